@@ -1,0 +1,41 @@
+//! Faults an operator can inject on purpose (enabled only with CHAOS_TOKEN), to watch the
+//! service heal itself and to prove that it does, in tests.
+
+use actix::Message;
+
+use super::db_executor::UseCase;
+use crate::{db::DbConnection, error::AppError};
+
+/// Makes the receiving async actor panic inside its handler.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), AppError>")]
+pub struct Crash;
+
+impl Crash {
+    pub fn detonate(self) {
+        panic!("fault injected: crash requested by an operator");
+    }
+}
+
+/// Makes a DbExecutor thread panic inside its handler.
+pub struct PanicWorker;
+
+impl UseCase for PanicWorker {
+    type Output = ();
+    fn run(self, _conn: &mut DbConnection) -> Result<(), AppError> {
+        panic!("fault injected: DbExecutor panic requested by an operator");
+    }
+}
+
+/// Holds a DbExecutor thread busy, as a slow query would.
+pub struct StallWorker {
+    pub duration: std::time::Duration,
+}
+
+impl UseCase for StallWorker {
+    type Output = ();
+    fn run(self, _conn: &mut DbConnection) -> Result<(), AppError> {
+        std::thread::sleep(self.duration);
+        Ok(())
+    }
+}

@@ -1,0 +1,178 @@
+//! The DbExecutor pool: `DB_WORKERS` threads on a SyncArbiter, each borrowing a pooled
+//! diesel connection per message. `DbGateway` is the only way in: it admits a bounded
+//! number of requests, times every send out, and carries the caller's tracing span.
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use actix::{Actor, ActorContext, Addr, Handler, MailboxError, Message, SyncArbiter, SyncContext};
+use tracing::Span;
+
+use super::supervision::{catch_panic, RestartReporter};
+use crate::{
+    db::{DbConnection, DbPool},
+    error::AppError,
+    metrics::Metrics,
+};
+
+/// One database use case: its own type, run on a DbExecutor thread with a connection.
+pub trait UseCase: Send + 'static {
+    type Output: Send + 'static;
+    fn run(self, conn: &mut DbConnection) -> Result<Self::Output, AppError>;
+}
+
+/// The message that carries a use case and the span of the request that asked for it.
+pub struct Query<U> {
+    use_case: U,
+    span: Span,
+}
+
+impl<U: UseCase> Message for Query<U> {
+    type Result = Result<U::Output, AppError>;
+}
+
+pub struct DbExecutor {
+    pool: DbPool,
+    reporter: RestartReporter,
+    metrics: Arc<Metrics>,
+}
+
+impl Actor for DbExecutor {
+    type Context = SyncContext<Self>;
+
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        self.metrics.db_workers_alive.inc();
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.metrics.db_workers_alive.dec();
+    }
+}
+
+impl<U: UseCase> Handler<Query<U>> for DbExecutor {
+    type Result = Result<U::Output, AppError>;
+
+    fn handle(&mut self, query: Query<U>, ctx: &mut SyncContext<Self>) -> Self::Result {
+        let _entered = query.span.enter();
+        let pool = &self.pool;
+        let use_case = query.use_case;
+        let outcome = catch_panic(move || {
+            let mut conn = pool.get().map_err(|error| {
+                tracing::warn!(%error, "no database connection available");
+                AppError::unavailable("The database is unavailable; try again shortly.")
+            })?;
+            use_case.run(&mut conn)
+        });
+        outcome.unwrap_or_else(|payload| {
+            // The SyncArbiter builds a fresh DbExecutor for this thread after stop().
+            ctx.stop();
+            Err(self.reporter.report("db_executor", &payload))
+        })
+    }
+}
+
+/// Counts requests admitted to the pool; the guard gives the slot back however the
+/// request ends (answered, timed out, or dropped by a disconnecting client).
+struct Admission {
+    in_flight: AtomicUsize,
+    capacity: usize,
+}
+
+struct AdmissionSlot {
+    admission: Arc<Admission>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for AdmissionSlot {
+    fn drop(&mut self) {
+        self.admission.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.db_in_flight.dec();
+    }
+}
+
+#[derive(Clone)]
+pub struct DbGateway {
+    addr: Addr<DbExecutor>,
+    admission: Arc<Admission>,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+    workers: usize,
+}
+
+pub struct DbGatewaySettings {
+    pub workers: usize,
+    pub queue_depth: usize,
+    pub timeout: Duration,
+}
+
+impl DbGateway {
+    pub fn start(pool: DbPool, settings: DbGatewaySettings, reporter: RestartReporter, metrics: Arc<Metrics>) -> Self {
+        let factory_metrics = Arc::clone(&metrics);
+        let addr = SyncArbiter::start(settings.workers, move || DbExecutor {
+            pool: pool.clone(),
+            reporter: reporter.clone(),
+            metrics: Arc::clone(&factory_metrics),
+        });
+        Self {
+            addr,
+            admission: Arc::new(Admission { in_flight: AtomicUsize::new(0), capacity: settings.queue_depth }),
+            timeout: settings.timeout,
+            metrics,
+            workers: settings.workers,
+        }
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Runs a use case on the pool, or refuses at once with 503 when the pool is saturated.
+    pub async fn run<U: UseCase>(&self, use_case: U) -> Result<U::Output, AppError> {
+        let _slot = self.admit()?;
+        let query = Query { use_case, span: Span::current() };
+        match self.addr.send(query).timeout(self.timeout).await {
+            Ok(result) => result,
+            Err(MailboxError::Timeout) => {
+                self.metrics.db_shed.with_label_values(&["timeout"]).inc();
+                tracing::warn!(timeout_ms = self.timeout.as_millis() as u64, "database request timed out");
+                Err(AppError::unavailable("The database did not answer in time; try again shortly."))
+            }
+            Err(MailboxError::Closed) => Err(AppError::Internal("the DbExecutor mailbox is closed".into())),
+        }
+    }
+
+    fn admit(&self) -> Result<AdmissionSlot, AppError> {
+        let admitted = self
+            .admission
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                (current < self.admission.capacity).then_some(current + 1)
+            })
+            .is_ok();
+        if !admitted {
+            self.metrics.db_shed.with_label_values(&["saturated"]).inc();
+            return Err(AppError::unavailable("The service is at capacity; try again shortly."));
+        }
+        self.metrics.db_in_flight.inc();
+        Ok(AdmissionSlot { admission: Arc::clone(&self.admission), metrics: Arc::clone(&self.metrics) })
+    }
+}
+
+/// The cheapest round trip through a worker and a connection: the readiness probe.
+pub struct Ping;
+
+impl UseCase for Ping {
+    type Output = ();
+    fn run(self, conn: &mut DbConnection) -> Result<(), AppError> {
+        use diesel::r2d2::R2D2Connection;
+        conn.ping().map_err(|error| {
+            tracing::warn!(%error, "database ping failed");
+            AppError::unavailable("The database is unavailable.")
+        })
+    }
+}

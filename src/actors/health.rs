@@ -1,0 +1,221 @@
+//! The Health actor owns readiness: the last database probe, whether shutdown has begun,
+//! and the ledger of actor restarts. `/readyz` asks it and never waits on the database.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use actix::{
+    fut::wrap_future, Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, Supervised,
+};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Value};
+
+use super::{
+    db_executor::{DbGateway, Ping},
+    supervision::{catch_panic, record_panic, ActorRestarted},
+    Crash,
+};
+use crate::metrics::Metrics;
+
+const ACTOR: &str = "health";
+
+#[derive(Debug, Clone)]
+enum Probe {
+    Pending,
+    Passed { at: DateTime<Utc>, latency: Duration },
+    Failed { at: DateTime<Utc> },
+}
+
+#[derive(Debug, Clone, Default)]
+struct RestartRecord {
+    count: u64,
+    last_at: Option<DateTime<Utc>>,
+    last_reason: String,
+}
+
+pub struct Health {
+    metrics: Arc<Metrics>,
+    probe_interval: Duration,
+    database: Option<DbGateway>,
+    probe: Probe,
+    probe_in_flight: bool,
+    shutting_down: bool,
+    restarts: BTreeMap<&'static str, RestartRecord>,
+}
+
+impl Health {
+    pub fn new(metrics: Arc<Metrics>, probe_interval: Duration) -> Self {
+        Self {
+            metrics,
+            probe_interval,
+            database: None,
+            probe: Probe::Pending,
+            probe_in_flight: false,
+            shutting_down: false,
+            restarts: BTreeMap::new(),
+        }
+    }
+
+    fn probe_database(&mut self, ctx: &mut Context<Self>) {
+        let Some(database) = self.database.clone() else { return };
+        if self.probe_in_flight {
+            return;
+        }
+        self.probe_in_flight = true;
+        let started = std::time::Instant::now();
+        ctx.spawn(wrap_future(async move { database.run(Ping).await }).map(move |outcome, act: &mut Self, _ctx| {
+            act.probe_in_flight = false;
+            let at = Utc::now();
+            let passed = outcome.is_ok();
+            let was_passing = matches!(act.probe, Probe::Passed { .. });
+            act.probe = if passed { Probe::Passed { at, latency: started.elapsed() } } else { Probe::Failed { at } };
+            if passed != was_passing {
+                tracing::info!(passed, "database readiness changed");
+            }
+        }));
+    }
+
+    fn report(&self) -> ReadinessReport {
+        let workers_alive = self.metrics.db_workers_alive.get();
+        let workers_wanted = self.database.as_ref().map_or(0, |db| db.workers() as i64);
+        let mut checks = serde_json::Map::new();
+
+        let database_ok = matches!(self.probe, Probe::Passed { .. });
+        checks.insert(
+            "database:responseTime".into(),
+            json!([match &self.probe {
+                Probe::Pending => json!({"status": "fail", "output": "not probed yet"}),
+                Probe::Passed { at, latency } => json!({
+                    "status": "pass", "observedValue": latency.as_secs_f64() * 1000.0,
+                    "observedUnit": "ms", "time": rfc3339(at),
+                }),
+                Probe::Failed { at } => json!({"status": "fail", "output": "database unreachable", "time": rfc3339(at)}),
+            }]),
+        );
+
+        let workers_ok = workers_alive >= workers_wanted;
+        checks.insert(
+            "db_executor:workers".into(),
+            json!([{"status": pass_fail(workers_ok), "observedValue": workers_alive, "targetValue": workers_wanted}]),
+        );
+        checks.insert("process:shutdown".into(), json!([{"status": pass_fail(!self.shutting_down)}]));
+
+        let restarts: Vec<Value> = self
+            .restarts
+            .iter()
+            .map(|(actor, record)| {
+                json!({
+                    "componentId": actor, "status": "pass", "observedValue": record.count,
+                    "time": record.last_at.as_ref().map(rfc3339), "output": record.last_reason,
+                })
+            })
+            .collect();
+        if !restarts.is_empty() {
+            checks.insert("actors:restarts".into(), Value::Array(restarts));
+        }
+
+        for (name, ok) in [("database", database_ok), ("db_executor", workers_ok), ("shutdown", !self.shutting_down)] {
+            self.metrics.readiness.with_label_values(&[name]).set(i64::from(ok));
+        }
+        ReadinessReport { ready: database_ok && workers_ok && !self.shutting_down, checks: Value::Object(checks) }
+    }
+
+    fn record_restart(&mut self, restart: ActorRestarted) {
+        let record = self.restarts.entry(restart.actor).or_default();
+        record.count += 1;
+        record.last_at = Some(restart.at);
+        record.last_reason = restart.reason;
+    }
+}
+
+fn pass_fail(ok: bool) -> &'static str {
+    if ok {
+        "pass"
+    } else {
+        "fail"
+    }
+}
+
+fn rfc3339(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl Actor for Health {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Runs again after a restart; the database, ledger and shutdown flag survive it.
+        self.probe_in_flight = false;
+        self.probe_database(ctx);
+        ctx.run_interval(self.probe_interval, |act, ctx| act.probe_database(ctx));
+    }
+}
+
+impl Supervised for Health {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        tracing::info!(actor = ACTOR, "restarting");
+    }
+}
+
+/// Hands Health the database to probe (it is built after Health, which it reports to).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchDatabase(pub DbGateway);
+
+impl Handler<WatchDatabase> for Health {
+    type Result = ();
+    fn handle(&mut self, msg: WatchDatabase, ctx: &mut Context<Self>) {
+        self.database = Some(msg.0);
+        self.probe_database(ctx);
+    }
+}
+
+impl Handler<ActorRestarted> for Health {
+    type Result = ();
+    fn handle(&mut self, msg: ActorRestarted, _ctx: &mut Context<Self>) {
+        self.record_restart(msg);
+    }
+}
+
+/// Shutdown has begun: readiness fails from now on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BeginShutdown;
+
+impl Handler<BeginShutdown> for Health {
+    type Result = ();
+    fn handle(&mut self, _msg: BeginShutdown, _ctx: &mut Context<Self>) {
+        self.shutting_down = true;
+        tracing::info!("shutdown begun; readiness now fails");
+    }
+}
+
+pub struct ReadinessReport {
+    pub ready: bool,
+    pub checks: Value,
+}
+
+#[derive(Message)]
+#[rtype(result = "ReadinessReport")]
+pub struct GetReadiness;
+
+impl Handler<GetReadiness> for Health {
+    type Result = MessageResult<GetReadiness>;
+    fn handle(&mut self, _msg: GetReadiness, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.report())
+    }
+}
+
+impl Handler<Crash> for Health {
+    type Result = Result<(), crate::error::AppError>;
+    fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
+        match catch_panic(|| msg.detonate()) {
+            Ok(()) => Ok(()),
+            Err(payload) => {
+                let restart = record_panic(&self.metrics, ACTOR, &payload);
+                self.record_restart(restart);
+                ctx.stop();
+                Err(crate::error::AppError::Internal("actor health panicked".into()))
+            }
+        }
+    }
+}

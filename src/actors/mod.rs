@@ -1,0 +1,9 @@
+//! The supervised actors that own the service's state.
+
+pub mod chaos;
+pub mod db_executor;
+pub mod health;
+pub mod supervision;
+
+pub use chaos::Crash;
+pub use db_executor::{DbGateway, UseCase};

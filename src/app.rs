@@ -1,0 +1,181 @@
+//! Building and running the service from a `Config`: the binary and the tests start it
+//! the same way.
+
+use std::{io, net::TcpListener, sync::Arc};
+
+use actix::{Addr, Supervisor};
+use actix_cors::Cors;
+use actix_web::{dev::ServerHandle, http::header, middleware::from_fn, web, App, HttpServer};
+use tracing_actix_web::TracingLogger;
+
+use crate::{
+    actors::{
+        db_executor::DbGatewaySettings,
+        health::{BeginShutdown, Health, WatchDatabase},
+        supervision::RestartReporter,
+        DbGateway,
+    },
+    config::Config,
+    db::{self, migrations, ConnectionManager},
+    http::{
+        self, extract,
+        middleware::{
+            http_metrics::record_http_metrics, problem::render_problems, request_id::assign_request_id,
+            request_span::RequestSpan, security_headers::add_security_headers,
+        },
+    },
+    metrics::Metrics,
+};
+
+/// What handlers share: immutable configuration and the addresses of the actors.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: DbGateway,
+    pub health: Addr<Health>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, derive_more::Display)]
+pub enum StartupError {
+    #[display("database: {_0}")]
+    Database(String),
+    #[display("cannot listen on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: io::Error },
+}
+
+impl std::error::Error for StartupError {}
+
+pub struct Application {
+    server: actix_web::dev::Server,
+    port: u16,
+    health: Addr<Health>,
+}
+
+impl Application {
+    /// Connects, migrates, starts the actors and binds the listener. Must run inside an
+    /// actix System; nothing is served until `run_until_stopped`.
+    pub fn build(config: Config) -> Result<Self, StartupError> {
+        let config = Arc::new(config);
+        prepare_database(&config)?;
+
+        let metrics = Arc::new(Metrics::new());
+        let health = {
+            let metrics = Arc::clone(&metrics);
+            let interval = config.health_probe_interval;
+            Supervisor::start(move |_| Health::new(metrics, interval))
+        };
+        let reporter = RestartReporter::new(Arc::clone(&metrics), health.clone().recipient());
+        let db = DbGateway::start(
+            db::build_pool(&config.database),
+            DbGatewaySettings { workers: config.db_workers, queue_depth: config.db_queue_depth, timeout: config.db_timeout },
+            reporter,
+            Arc::clone(&metrics),
+        );
+        health.do_send(WatchDatabase(db.clone()));
+
+        let state = AppState { config: Arc::clone(&config), db, health: health.clone(), metrics: Arc::clone(&metrics) };
+        let listener =
+            TcpListener::bind(config.bind_addr).map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;
+        let port = listener.local_addr().map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?.port();
+
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(state.clone()))
+                .app_data(web::Data::new(Arc::clone(&state.metrics)))
+                .app_data(extract::json_config())
+                .app_data(extract::payload_config())
+                .app_data(extract::path_config())
+                .app_data(extract::query_config())
+                .configure(|cfg| http::routes(cfg, &state.config))
+                .default_service(web::to(http::unknown_route))
+                .wrap(cors(&state.config))
+                .wrap(from_fn(render_problems))
+                .wrap(from_fn(add_security_headers))
+                .wrap(from_fn(record_http_metrics))
+                .wrap(TracingLogger::<RequestSpan>::new())
+                .wrap(from_fn(assign_request_id))
+        })
+        .listen(listener)
+        .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?
+        .disable_signals()
+        .shutdown_timeout(config.shutdown_timeout.as_secs())
+        .run();
+
+        tracing::info!(
+            address = %config.bind_addr, port, database = ?config.database.url, workers = config.db_workers,
+            "storefront is listening"
+        );
+        Ok(Self { server, port, health })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGTERM or SIGINT, then shuts down in order: readiness fails at once,
+    /// in-flight requests finish (up to SHUTDOWN_TIMEOUT_SECONDS), then the server stops.
+    pub async fn run_until_stopped(self) -> io::Result<()> {
+        let handle = self.server.handle();
+        let health = self.health.clone();
+        actix_rt::spawn(async move {
+            wait_for_stop_signal().await;
+            tracing::info!("stop signal received; draining");
+            health.do_send(BeginShutdown);
+            handle.stop(true).await;
+        });
+        self.server.await?;
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}
+
+/// Connects once (so a bad URL or an unreachable server fails start-up with its real
+/// cause) and applies pending migrations.
+fn prepare_database(config: &Config) -> Result<(), StartupError> {
+    let mut conn = ConnectionManager::new(&config.database)
+        .establish()
+        .map_err(|error| StartupError::Database(error.message))?;
+    let applied = migrations::run_pending(&mut conn).map_err(|error| StartupError::Database(format!("migrations failed: {error}")))?;
+    for version in applied {
+        tracing::info!(%version, "migration applied");
+    }
+    Ok(())
+}
+
+fn cors(config: &Config) -> Cors {
+    let cors = config.cors_allowed_origins.iter().fold(Cors::default(), |cors, origin| cors.allowed_origin(origin));
+    cors.allowed_methods(["GET", "POST", "PATCH", "DELETE"])
+        .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::IF_MATCH, header::IF_NONE_MATCH])
+        .allowed_header("idempotency-key")
+        .allowed_header("x-request-id")
+        .expose_headers([header::ETAG, header::LOCATION, header::RETRY_AFTER])
+        .max_age(600)
+}
+
+async fn wait_for_stop_signal() {
+    use actix_rt::signal::unix::{signal, SignalKind};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let interrupt = async {
+        if let Err(error) = actix_rt::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    futures_util::future::select(Box::pin(terminate), Box::pin(interrupt)).await;
+}
+

@@ -1,0 +1,102 @@
+//! The command line: what an operator can type. Every flag also reads an environment
+//! variable; values arrive as raw strings and are validated once by `config`.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "storefront", version, about = "Storefront shop backend")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (applies pending migrations first).
+    Serve(Box<ServeArgs>),
+    /// Apply, revert or list database migrations.
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Manage users from the command line (how the first admin is made).
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateAction {
+    /// Apply every pending migration.
+    Run,
+    /// Revert the most recent migration.
+    Revert,
+    /// List migrations and whether each is applied.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Create a user (or an admin) directly in the database.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        password: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = "user")]
+        role: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/storefront.db", hide_env_values = true)]
+    pub database_url: String,
+    #[arg(long, env = "DB_POOL_SIZE")]
+    pub db_pool_size: Option<String>,
+}
+
+/// Settings of `serve`. Everything is a string here so that validation can name the
+/// setting in a single line instead of clap's multi-line usage error.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[arg(long, env = "APP_ENV", default_value = "development")]
+    pub app_env: String,
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    #[arg(long, env = "JWT_TTL_SECONDS", default_value = "900")]
+    pub jwt_ttl_seconds: String,
+    #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
+    pub log_format: String,
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "")]
+    pub cors_allowed_origins: String,
+    #[arg(long, env = "DB_WORKERS")]
+    pub db_workers: Option<String>,
+    #[arg(long, env = "DB_QUEUE_DEPTH")]
+    pub db_queue_depth: Option<String>,
+    #[arg(long, env = "DB_TIMEOUT_MS", default_value = "5000")]
+    pub db_timeout_ms: String,
+    #[arg(long, env = "DB_CONNECT_TIMEOUT_MS", default_value = "250")]
+    pub db_connect_timeout_ms: String,
+    #[arg(long, env = "HEALTH_PROBE_INTERVAL_MS", default_value = "1000")]
+    pub health_probe_interval_ms: String,
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value = "30")]
+    pub shutdown_timeout_seconds: String,
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    #[arg(long, env = "CHAOS_TOKEN", hide_env_values = true)]
+    pub chaos_token: Option<String>,
+}

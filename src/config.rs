@@ -1,0 +1,306 @@
+//! Settings, validated once at start-up. An invalid value becomes a `ConfigError` that
+//! names the setting, so the operator sees one line telling what to fix.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use rand::RngCore;
+
+use crate::cli::{DatabaseArgs, ServeArgs};
+
+/// Where the data lives; the backend is chosen by the URL scheme, never guessed.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite { path: PathBuf },
+    Postgres { url: String },
+}
+
+impl DatabaseUrl {
+    pub fn parse(raw: &str) -> Result<Self, ConfigError> {
+        let invalid = |why: &str| ConfigError::new("DATABASE_URL", why);
+        let raw = raw.trim();
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            let parsed = url::Url::parse(raw).map_err(|_| invalid("not a valid postgres:// URL"))?;
+            if parsed.host_str().is_none_or(str::is_empty) && !raw.contains("host=") {
+                return Err(invalid("a postgres:// URL needs a host"));
+            }
+            return Ok(Self::Postgres { url: raw.to_owned() });
+        }
+        if let Some(rest) = raw.strip_prefix("sqlite:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            let path = path.split('?').next().unwrap_or_default();
+            if path.is_empty() || path.starts_with(':') {
+                return Err(invalid("sqlite URLs need a file path (in-memory databases cannot be pooled)"));
+            }
+            return Ok(Self::Sqlite { path: PathBuf::from(path) });
+        }
+        Err(invalid("must start with sqlite://, postgres:// or postgresql://"))
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Self::Sqlite { .. } => "sqlite",
+            Self::Postgres { .. } => "postgres",
+        }
+    }
+}
+
+/// Passwords may sit inside the URL; Debug shows the backend and never the credentials.
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite { path } => write!(f, "sqlite://{}", path.display()),
+            Self::Postgres { url } => match url::Url::parse(url) {
+                Ok(u) => write!(f, "postgres://{}:{}{}", u.host_str().unwrap_or("?"), u.port().unwrap_or(5432), u.path()),
+                Err(_) => f.write_str("postgres://(redacted)"),
+            },
+        }
+    }
+}
+
+/// A secret string: compared and used, never printed.
+#[derive(Clone)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    pub fn new(value: impl Into<Arc<str>>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnv {
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: DatabaseUrl,
+    pub pool_size: u32,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind_addr: SocketAddr,
+    pub database: DatabaseConfig,
+    pub app_env: AppEnv,
+    pub jwt_secret: Secret,
+    /// True when no JWT_SECRET was given and one was generated for this process.
+    pub jwt_secret_generated: bool,
+    pub jwt_ttl: Duration,
+    pub log_format: LogFormat,
+    pub cors_allowed_origins: Vec<String>,
+    pub db_workers: usize,
+    /// How many database requests may wait or run at once before new ones are shed.
+    pub db_queue_depth: usize,
+    pub db_timeout: Duration,
+    pub health_probe_interval: Duration,
+    pub shutdown_timeout: Duration,
+    pub metrics_token: Option<Secret>,
+    pub chaos_token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, derive_more::Display, derive_more::Error)]
+#[display("invalid configuration: {setting}: {message}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(setting: &'static str, message: impl Into<String>) -> Self {
+        Self { setting, message: message.into() }
+    }
+}
+
+const DEFAULT_DB_WORKERS: usize = 4;
+
+fn parse_number<T: std::str::FromStr + PartialOrd + fmt::Display>(
+    setting: &'static str,
+    raw: &str,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    let value: T = raw
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::new(setting, format!("expected a whole number, got {raw:?}")))?;
+    if value < min || value > max {
+        return Err(ConfigError::new(setting, format!("must be between {min} and {max}, got {value}")));
+    }
+    Ok(value)
+}
+
+fn non_empty_secret(setting: &'static str, raw: Option<&str>) -> Result<Option<Secret>, ConfigError> {
+    match raw {
+        None => Ok(None),
+        Some(value) if value.trim().is_empty() => Ok(None),
+        Some(value) if value.len() < 16 => Err(ConfigError::new(setting, "must be at least 16 characters")),
+        Some(value) => Ok(Some(Secret::new(value))),
+    }
+}
+
+impl DatabaseConfig {
+    pub fn from_args(args: &DatabaseArgs, default_pool_size: u32) -> Result<Self, ConfigError> {
+        let url = DatabaseUrl::parse(&args.database_url)?;
+        let pool_size = match &args.db_pool_size {
+            Some(raw) => parse_number("DB_POOL_SIZE", raw, 1, 512)?,
+            None => default_pool_size,
+        };
+        Ok(Self { url, pool_size, connect_timeout: Duration::from_millis(250) })
+    }
+}
+
+impl Config {
+    pub fn from_serve_args(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let bind_addr: SocketAddr = args
+            .bind
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::new("BIND_ADDR", format!("expected HOST:PORT such as 127.0.0.1:8080, got {:?}", args.bind)))?;
+
+        let db_workers = match &args.db_workers {
+            Some(raw) => parse_number("DB_WORKERS", raw, 1, 256)?,
+            None => DEFAULT_DB_WORKERS,
+        };
+        // Each worker holds one connection while it runs; the health probe needs none of its own.
+        let default_pool = u32::try_from(db_workers).unwrap_or(u32::MAX).saturating_add(2);
+        let mut database = DatabaseConfig::from_args(&args.database, default_pool)?;
+        if (database.pool_size as usize) < db_workers {
+            return Err(ConfigError::new(
+                "DB_POOL_SIZE",
+                format!("must be at least DB_WORKERS ({db_workers}), got {}", database.pool_size),
+            ));
+        }
+        database.connect_timeout =
+            Duration::from_millis(parse_number("DB_CONNECT_TIMEOUT_MS", &args.db_connect_timeout_ms, 10, 60_000)?);
+
+        let db_queue_depth = match &args.db_queue_depth {
+            Some(raw) => parse_number("DB_QUEUE_DEPTH", raw, 1, 1_000_000)?,
+            None => db_workers * 32,
+        };
+
+        let app_env = match args.app_env.trim().to_ascii_lowercase().as_str() {
+            "development" | "dev" | "test" => AppEnv::Development,
+            "production" | "prod" => AppEnv::Production,
+            other => return Err(ConfigError::new("APP_ENV", format!("expected development or production, got {other:?}"))),
+        };
+
+        let (jwt_secret, jwt_secret_generated) = match args.jwt_secret.as_deref().map(str::trim) {
+            Some(secret) if !secret.is_empty() => {
+                if secret.len() < 32 {
+                    return Err(ConfigError::new("JWT_SECRET", "must be at least 32 bytes"));
+                }
+                (Secret::new(secret), false)
+            }
+            _ if app_env == AppEnv::Production => {
+                return Err(ConfigError::new("JWT_SECRET", "is required when APP_ENV=production"));
+            }
+            _ => (generate_secret(), true),
+        };
+
+        let log_format = match args.log_format.trim().to_ascii_lowercase().as_str() {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => return Err(ConfigError::new("LOG_FORMAT", format!("expected pretty or json, got {other:?}"))),
+        };
+
+        let cors_allowed_origins = args
+            .cors_allowed_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|origin| !origin.is_empty())
+            .map(|origin| validate_origin(origin).map(|()| origin.trim_end_matches('/').to_owned()))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        Ok(Self {
+            bind_addr,
+            database,
+            app_env,
+            jwt_secret,
+            jwt_secret_generated,
+            jwt_ttl: Duration::from_secs(parse_number("JWT_TTL_SECONDS", &args.jwt_ttl_seconds, 30, 86_400 * 30)?),
+            log_format,
+            cors_allowed_origins,
+            db_workers,
+            db_queue_depth,
+            db_timeout: Duration::from_millis(parse_number("DB_TIMEOUT_MS", &args.db_timeout_ms, 10, 600_000)?),
+            health_probe_interval: Duration::from_millis(parse_number(
+                "HEALTH_PROBE_INTERVAL_MS",
+                &args.health_probe_interval_ms,
+                50,
+                600_000,
+            )?),
+            shutdown_timeout: Duration::from_secs(parse_number(
+                "SHUTDOWN_TIMEOUT_SECONDS",
+                &args.shutdown_timeout_seconds,
+                0,
+                3_600,
+            )?),
+            metrics_token: non_empty_secret("METRICS_TOKEN", args.metrics_token.as_deref())?,
+            chaos_token: non_empty_secret("CHAOS_TOKEN", args.chaos_token.as_deref())?,
+        })
+    }
+}
+
+fn validate_origin(origin: &str) -> Result<(), ConfigError> {
+    match url::Url::parse(origin) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => Ok(()),
+        _ => Err(ConfigError::new(
+            "CORS_ALLOWED_ORIGINS",
+            format!("expected comma-separated origins such as https://shop.example, got {origin:?}"),
+        )),
+    }
+}
+
+fn generate_secret() -> Secret {
+    let mut bytes = [0u8; 48];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    Secret::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_pick_the_backend_by_scheme() {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://data/storefront.db").unwrap(),
+            DatabaseUrl::Sqlite { path: PathBuf::from("data/storefront.db") }
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///tmp/x.db").unwrap(),
+            DatabaseUrl::Sqlite { path: PathBuf::from("/tmp/x.db") }
+        );
+        assert!(matches!(DatabaseUrl::parse("postgres://u@localhost/db").unwrap(), DatabaseUrl::Postgres { .. }));
+        for bad in ["", "host=localhost dbname=x", "mysql://x", "sqlite::memory:", "postgres://"] {
+            let err = DatabaseUrl::parse(bad).unwrap_err();
+            assert_eq!(err.setting, "DATABASE_URL", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn postgres_url_debug_hides_the_password() {
+        let url = DatabaseUrl::parse("postgres://admin:hunter2@db.internal:5433/shop").unwrap();
+        let shown = format!("{url:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("db.internal:5433/shop"), "{shown}");
+    }
+}

@@ -1,0 +1,216 @@
+//! The one error type. Every failure a client can see becomes an RFC 9457 problem; the
+//! `http::middleware::problem` layer adds `instance` and `request_id` and writes the body.
+
+use actix_web::{
+    http::{header, StatusCode},
+    HttpResponse, ResponseError,
+};
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+#[derive(Debug, derive_more::Display)]
+pub enum AppError {
+    #[display("bad request: {_0}")]
+    BadRequest(String),
+    #[display("validation failed")]
+    Validation(Vec<FieldError>),
+    /// A well-formed request the service cannot process (422 without field errors).
+    #[display("unprocessable: {_0}")]
+    Unprocessable(String),
+    #[display("unauthorized: {_0}")]
+    Unauthorized(String),
+    #[display("forbidden: {_0}")]
+    Forbidden(String),
+    #[display("not found: {_0}")]
+    NotFound(String),
+    #[display("conflict: {detail}")]
+    Conflict { detail: String, extensions: serde_json::Map<String, serde_json::Value> },
+    #[display("precondition failed")]
+    PreconditionFailed,
+    #[display("payload too large")]
+    PayloadTooLarge,
+    #[display("unsupported media type")]
+    UnsupportedMediaType,
+    #[display("too many requests")]
+    TooManyRequests { retry_after_secs: u64, detail: String },
+    #[display("service unavailable: {detail}")]
+    Unavailable { retry_after_secs: u64, detail: String },
+    /// Something broke inside; the message is logged, never sent.
+    #[display("internal error: {_0}")]
+    Internal(String),
+}
+
+impl std::error::Error for AppError {}
+
+impl AppError {
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::Conflict { detail: detail.into(), extensions: serde_json::Map::new() }
+    }
+
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::Unavailable { retry_after_secs: 1, detail: detail.into() }
+    }
+
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Validation(vec![FieldError::new(field, message)])
+    }
+
+    fn slug(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad-request",
+            Self::Validation(_) => "validation-error",
+            Self::Unprocessable(_) => "unprocessable",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not-found",
+            Self::Conflict { .. } => "conflict",
+            Self::PreconditionFailed => "precondition-failed",
+            Self::PayloadTooLarge => "payload-too-large",
+            Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::TooManyRequests { .. } => "rate-limited",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    pub fn to_problem(&self) -> Problem {
+        let status = self.status_code();
+        let mut problem = Problem::for_status(status);
+        problem.kind = self.slug();
+        match self {
+            Self::BadRequest(detail)
+            | Self::Unprocessable(detail)
+            | Self::Unauthorized(detail)
+            | Self::Forbidden(detail)
+            | Self::NotFound(detail) => problem.detail = detail.clone(),
+            Self::Validation(errors) => {
+                problem.detail = "The request has invalid fields.".into();
+                problem.errors = errors.clone();
+            }
+            Self::Conflict { detail, extensions } => {
+                problem.detail = detail.clone();
+                problem.extensions = extensions.clone();
+            }
+            Self::PreconditionFailed => problem.detail = "The resource has changed since it was read.".into(),
+            Self::PayloadTooLarge => problem.detail = "The request body is larger than 64 KiB.".into(),
+            Self::UnsupportedMediaType => problem.detail = "The request body must be application/json.".into(),
+            Self::TooManyRequests { detail, .. } | Self::Unavailable { detail, .. } => problem.detail = detail.clone(),
+            Self::Internal(_) => problem.detail = "The server could not complete the request.".into(),
+        }
+        problem
+    }
+}
+
+impl ResponseError for AppError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Validation(_) | Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Self::Internal(cause) = self {
+            tracing::error!(cause = %cause, "request failed with an internal error");
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            Self::Unauthorized(_) => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            Self::TooManyRequests { retry_after_secs, .. } | Self::Unavailable { retry_after_secs, .. } => {
+                response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            _ => {}
+        }
+        let mut response = response.finish();
+        response.extensions_mut().insert(self.to_problem());
+        response
+    }
+}
+
+/// Problem details as sent (RFC 9457). `instance` and `request_id` are filled in by the
+/// problem middleware, which knows the request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub instance: String,
+    pub request_id: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    #[serde(flatten)]
+    pub extensions: serde_json::Map<String, serde_json::Value>,
+    #[serde(skip)]
+    kind: &'static str,
+}
+
+impl Problem {
+    /// A problem for a status code alone, used for the framework's own error responses.
+    pub fn for_status(status: StatusCode) -> Self {
+        let title = status.canonical_reason().unwrap_or("Error").to_owned();
+        let (kind, detail) = match status {
+            StatusCode::NOT_FOUND => ("not-found", "No resource exists at this path."),
+            StatusCode::METHOD_NOT_ALLOWED => ("method-not-allowed", "This method is not allowed here; see the Allow header."),
+            StatusCode::PAYLOAD_TOO_LARGE => ("payload-too-large", "The request body is larger than 64 KiB."),
+            s if s.is_server_error() => ("internal", "The server could not complete the request."),
+            _ => ("bad-request", "The request could not be processed."),
+        };
+        Self {
+            type_uri: String::new(),
+            title,
+            status: status.as_u16(),
+            detail: detail.to_owned(),
+            instance: String::new(),
+            request_id: String::new(),
+            errors: Vec::new(),
+            extensions: serde_json::Map::new(),
+            kind,
+        }
+    }
+
+    pub fn finish(mut self, instance: &str, request_id: &str) -> Self {
+        self.type_uri = format!("urn:storefront:problem:{}", self.kind);
+        instance.clone_into(&mut self.instance);
+        request_id.clone_into(&mut self.request_id);
+        self
+    }
+}
+
+impl From<diesel::result::Error> for AppError {
+    fn from(error: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match error {
+            Error::NotFound => Self::NotFound("The resource does not exist.".into()),
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand, info) => {
+                tracing::warn!(error = %info.message(), "database connection lost");
+                Self::unavailable("The database is unavailable; try again shortly.")
+            }
+            other => Self::Internal(format!("database error: {other}")),
+        }
+    }
+}

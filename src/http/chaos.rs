@@ -1,0 +1,80 @@
+//! `POST /ops/chaos`: inject a fault into an actor on purpose. The route exists only when
+//! CHAOS_TOKEN is set and requires that token as a bearer token.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::{
+    actors::{
+        chaos::{PanicWorker, StallWorker},
+        Crash,
+    },
+    app::AppState,
+    error::AppError,
+    http::{auth_header::bearer_token, ops::constant_time_eq},
+};
+
+const ACTOR_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_STALL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChaosActor {
+    DbExecutor,
+    Health,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChaosFault {
+    /// The actor panics inside its handler; the caller gets a 500 problem.
+    Panic,
+    /// A DbExecutor thread stays busy for `millis`, as under a slow query.
+    Stall,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChaosRequest {
+    pub actor: ChaosActor,
+    pub fault: ChaosFault,
+    #[serde(default)]
+    pub millis: u64,
+}
+
+#[utoipa::path(post, path = "/ops/chaos", tag = "operations", request_body = ChaosRequest, responses(
+    (status = 204, description = "The fault ran and the actor survived it (stall)"),
+    (status = 500, description = "The actor panicked, as asked; a fresh one replaces it"),
+    (status = 404, description = "Fault injection is disabled (no CHAOS_TOKEN)"),
+), security(("chaos_token" = [])))]
+pub async fn inject_fault(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Json<ChaosRequest>,
+) -> Result<HttpResponse, AppError> {
+    let expected = state.config.chaos_token.as_ref().map(|token| token.expose().as_bytes()).unwrap_or_default();
+    let given = bearer_token(&request).unwrap_or_default();
+    if expected.is_empty() || !constant_time_eq(given.as_bytes(), expected) {
+        return Err(AppError::Unauthorized("A valid chaos token is required.".into()));
+    }
+    let ChaosRequest { actor, fault, millis } = body.into_inner();
+    tracing::warn!(?actor, ?fault, millis, "fault injected by an operator");
+    match (actor, fault) {
+        (ChaosActor::DbExecutor, ChaosFault::Panic) => state.db.run(PanicWorker).await?,
+        (ChaosActor::DbExecutor, ChaosFault::Stall) => {
+            let duration = Duration::from_millis(millis).min(MAX_STALL);
+            state.db.run(StallWorker { duration }).await?;
+        }
+        (ChaosActor::Health, ChaosFault::Panic) => state
+            .health
+            .send(Crash)
+            .timeout(ACTOR_TIMEOUT)
+            .await
+            .map_err(|error| AppError::Internal(format!("health actor: {error}")))??,
+        (_, ChaosFault::Stall) => return Err(AppError::invalid("fault", "stall applies to db_executor only")),
+    }
+    Ok(HttpResponse::NoContent().finish())
+}

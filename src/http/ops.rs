@@ -1,0 +1,70 @@
+//! Operations endpoints (no /api/v1 prefix, never rate limited): liveness, readiness,
+//! metrics and the OpenAPI document.
+
+use std::time::Duration;
+
+use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use crate::{
+    actors::health::{GetReadiness, ReadinessReport},
+    app::AppState,
+    error::AppError,
+    http::{auth_header::bearer_token, openapi},
+};
+
+const HEALTH_JSON: &str = "application/health+json";
+/// /readyz must answer quickly even when the Health actor is wedged.
+const READINESS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The process is up and can serve; the database is not consulted.
+#[utoipa::path(get, path = "/livez", tag = "operations", responses((status = 200, description = "Alive")))]
+pub async fn livez() -> HttpResponse {
+    HttpResponse::Ok().content_type(HEALTH_JSON).json(json!({"status": "pass"}))
+}
+
+/// Whether this replica should receive traffic: database reachable, DbExecutor pool
+/// complete, not shutting down. Answered from the Health actor's memory.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready", content_type = "application/health+json"),
+    (status = 503, description = "Not ready", content_type = "application/health+json"),
+))]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let report = match state.health.send(GetReadiness).timeout(READINESS_TIMEOUT).await {
+        Ok(report) => report,
+        Err(error) => {
+            tracing::warn!(%error, "health actor did not answer");
+            ReadinessReport { ready: false, checks: json!({"health:actor": [{"status": "fail", "output": "no answer"}]}) }
+        }
+    };
+    let mut response = if report.ready { HttpResponse::Ok() } else { HttpResponse::ServiceUnavailable() };
+    response
+        .content_type(HEALTH_JSON)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({"status": if report.ready { "pass" } else { "fail" }, "checks": report.checks}))
+}
+
+/// Prometheus text exposition; behind `METRICS_TOKEN` when one is set.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus text format", content_type = "text/plain"),
+    (status = 401, description = "METRICS_TOKEN is set and the bearer token does not match"),
+), security((), ("metrics_token" = [])))]
+pub async fn metrics(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse, AppError> {
+    if let Some(expected) = &state.config.metrics_token {
+        let given = bearer_token(&request).unwrap_or_default();
+        if !constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
+            return Err(AppError::Unauthorized("A valid metrics token is required.".into()));
+        }
+    }
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render()))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3 document")))]
+pub async fn openapi_document() -> HttpResponse {
+    HttpResponse::Ok().json(openapi::document())
+}
+
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

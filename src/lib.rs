@@ -1,0 +1,17 @@
+//! Storefront: a shop backend built as an actix actor system over diesel.
+//!
+//! `app::Application` builds the whole service from a `config::Config`; the binary
+//! (`main.rs`) and the black-box tests start it the same way.
+
+pub mod actors;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod telemetry;
+
+pub use app::Application;
+pub use config::Config;
