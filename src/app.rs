@@ -20,8 +20,9 @@ use crate::{
     http::{
         self, extract,
         middleware::{
-            http_metrics::record_http_metrics, problem::render_problems, request_id::assign_request_id,
-            request_span::RequestSpan, security_headers::add_security_headers,
+            http_metrics::record_http_metrics, problem::render_problems,
+            request_id::assign_request_id, request_span::RequestSpan,
+            security_headers::add_security_headers,
         },
     },
     metrics::Metrics,
@@ -41,7 +42,10 @@ pub enum StartupError {
     #[display("database: {_0}")]
     Database(String),
     #[display("cannot listen on {addr}: {source}")]
-    Bind { addr: std::net::SocketAddr, source: io::Error },
+    Bind {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
 }
 
 impl std::error::Error for StartupError {}
@@ -68,16 +72,34 @@ impl Application {
         let reporter = RestartReporter::new(Arc::clone(&metrics), health.clone().recipient());
         let db = DbGateway::start(
             db::build_pool(&config.database),
-            DbGatewaySettings { workers: config.db_workers, queue_depth: config.db_queue_depth, timeout: config.db_timeout },
+            DbGatewaySettings {
+                workers: config.db_workers,
+                queue_depth: config.db_queue_depth,
+                timeout: config.db_timeout,
+            },
             reporter,
             Arc::clone(&metrics),
         );
         health.do_send(WatchDatabase(db.clone()));
 
-        let state = AppState { config: Arc::clone(&config), db, health: health.clone(), metrics: Arc::clone(&metrics) };
+        let state = AppState {
+            config: Arc::clone(&config),
+            db,
+            health: health.clone(),
+            metrics: Arc::clone(&metrics),
+        };
         let listener =
-            TcpListener::bind(config.bind_addr).map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;
-        let port = listener.local_addr().map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?.port();
+            TcpListener::bind(config.bind_addr).map_err(|source| StartupError::Bind {
+                addr: config.bind_addr,
+                source,
+            })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind {
+                addr: config.bind_addr,
+                source,
+            })?
+            .port();
 
         let server = HttpServer::new(move || {
             App::new()
@@ -97,7 +119,10 @@ impl Application {
                 .wrap(from_fn(assign_request_id))
         })
         .listen(listener)
-        .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?
+        .map_err(|source| StartupError::Bind {
+            addr: config.bind_addr,
+            source,
+        })?
         .disable_signals()
         .shutdown_timeout(config.shutdown_timeout.as_secs())
         .run();
@@ -106,7 +131,11 @@ impl Application {
             address = %config.bind_addr, port, database = ?config.database.url, workers = config.db_workers,
             "storefront is listening"
         );
-        Ok(Self { server, port, health })
+        Ok(Self {
+            server,
+            port,
+            health,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -140,7 +169,8 @@ fn prepare_database(config: &Config) -> Result<(), StartupError> {
     let mut conn = ConnectionManager::new(&config.database)
         .establish()
         .map_err(|error| StartupError::Database(error.message))?;
-    let applied = migrations::run_pending(&mut conn).map_err(|error| StartupError::Database(format!("migrations failed: {error}")))?;
+    let applied = migrations::run_pending(&mut conn)
+        .map_err(|error| StartupError::Database(format!("migrations failed: {error}")))?;
     for version in applied {
         tracing::info!(%version, "migration applied");
     }
@@ -148,9 +178,17 @@ fn prepare_database(config: &Config) -> Result<(), StartupError> {
 }
 
 fn cors(config: &Config) -> Cors {
-    let cors = config.cors_allowed_origins.iter().fold(Cors::default(), |cors, origin| cors.allowed_origin(origin));
+    let cors = config
+        .cors_allowed_origins
+        .iter()
+        .fold(Cors::default(), |cors, origin| cors.allowed_origin(origin));
     cors.allowed_methods(["GET", "POST", "PATCH", "DELETE"])
-        .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::IF_MATCH, header::IF_NONE_MATCH])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+        ])
         .allowed_header("idempotency-key")
         .allowed_header("x-request-id")
         .expose_headers([header::ETAG, header::LOCATION, header::RETRY_AFTER])
@@ -178,4 +216,3 @@ async fn wait_for_stop_signal() {
     };
     futures_util::future::select(Box::pin(terminate), Box::pin(interrupt)).await;
 }
-

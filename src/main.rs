@@ -13,10 +13,12 @@ use storefront::{
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Serve(args) => Config::from_serve_args(&args).map_err(|e| e.to_string()).and_then(serve),
-        Command::Migrate { action, database } => {
-            DatabaseConfig::from_args(&database, 1).map_err(|e| e.to_string()).and_then(|db| migrate(&db, &action))
-        }
+        Command::Serve(args) => Config::from_serve_args(&args)
+            .map_err(|e| e.to_string())
+            .and_then(serve),
+        Command::Migrate { action, database } => DatabaseConfig::from_args(&database, 1)
+            .map_err(|e| e.to_string())
+            .and_then(|db| migrate(&db, &action)),
         Command::User { .. } => Err("user management is not available yet".into()),
         Command::Openapi => print_openapi(),
     };
@@ -32,19 +34,26 @@ fn main() -> ExitCode {
 fn serve(config: Config) -> Result<(), String> {
     telemetry::init(config.log_format);
     if config.jwt_secret_generated {
-        tracing::warn!("JWT_SECRET is not set: generated a random one; tokens will not survive a restart");
+        tracing::warn!(
+            "JWT_SECRET is not set: generated a random one; tokens will not survive a restart"
+        );
     }
     actix_rt::System::new().block_on(async move {
         let app = Application::build(config).map_err(|e| e.to_string())?;
-        app.run_until_stopped().await.map_err(|e| format!("server failed: {e}"))
+        app.run_until_stopped()
+            .await
+            .map_err(|e| format!("server failed: {e}"))
     })
 }
 
 fn migrate(database: &DatabaseConfig, action: &MigrateAction) -> Result<(), String> {
-    let mut conn = ConnectionManager::new(database).establish().map_err(|e| e.message)?;
+    let mut conn = ConnectionManager::new(database)
+        .establish()
+        .map_err(|e| e.message)?;
     match action {
         MigrateAction::Run => {
-            let applied = migrations::run_pending(&mut conn).map_err(|e| format!("migrations failed: {e}"))?;
+            let applied = migrations::run_pending(&mut conn)
+                .map_err(|e| format!("migrations failed: {e}"))?;
             if applied.is_empty() {
                 println!("no pending migrations");
             }
@@ -53,12 +62,17 @@ fn migrate(database: &DatabaseConfig, action: &MigrateAction) -> Result<(), Stri
             }
         }
         MigrateAction::Revert => {
-            let version = migrations::revert_last(&mut conn).map_err(|e| format!("revert failed: {e}"))?;
+            let version =
+                migrations::revert_last(&mut conn).map_err(|e| format!("revert failed: {e}"))?;
             println!("reverted {version}");
         }
         MigrateAction::Status => {
             for state in migrations::status(&mut conn).map_err(|e| format!("status failed: {e}"))? {
-                println!("{} {}", if state.applied { "applied" } else { "pending" }, state.version);
+                println!(
+                    "{} {}",
+                    if state.applied { "applied" } else { "pending" },
+                    state.version
+                );
             }
         }
     }
@@ -66,7 +80,9 @@ fn migrate(database: &DatabaseConfig, action: &MigrateAction) -> Result<(), Stri
 }
 
 fn print_openapi() -> Result<(), String> {
-    let document = storefront::http::openapi::document().to_pretty_json().map_err(|e| e.to_string())?;
+    let document = storefront::http::openapi::document()
+        .to_pretty_json()
+        .map_err(|e| e.to_string())?;
     println!("{document}");
     Ok(())
 }

@@ -111,7 +111,12 @@ pub struct DbGatewaySettings {
 }
 
 impl DbGateway {
-    pub fn start(pool: DbPool, settings: DbGatewaySettings, reporter: RestartReporter, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        pool: DbPool,
+        settings: DbGatewaySettings,
+        reporter: RestartReporter,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let factory_metrics = Arc::clone(&metrics);
         let addr = SyncArbiter::start(settings.workers, move || DbExecutor {
             pool: pool.clone(),
@@ -120,7 +125,10 @@ impl DbGateway {
         });
         Self {
             addr,
-            admission: Arc::new(Admission { in_flight: AtomicUsize::new(0), capacity: settings.queue_depth }),
+            admission: Arc::new(Admission {
+                in_flight: AtomicUsize::new(0),
+                capacity: settings.queue_depth,
+            }),
             timeout: settings.timeout,
             metrics,
             workers: settings.workers,
@@ -131,18 +139,33 @@ impl DbGateway {
         self.workers
     }
 
+    /// Every admission slot is taken: a new request would be shed.
+    pub fn is_saturated(&self) -> bool {
+        self.admission.in_flight.load(Ordering::Acquire) >= self.admission.capacity
+    }
+
     /// Runs a use case on the pool, or refuses at once with 503 when the pool is saturated.
     pub async fn run<U: UseCase>(&self, use_case: U) -> Result<U::Output, AppError> {
         let _slot = self.admit()?;
-        let query = Query { use_case, span: Span::current() };
+        let query = Query {
+            use_case,
+            span: Span::current(),
+        };
         match self.addr.send(query).timeout(self.timeout).await {
             Ok(result) => result,
             Err(MailboxError::Timeout) => {
                 self.metrics.db_shed.with_label_values(&["timeout"]).inc();
-                tracing::warn!(timeout_ms = self.timeout.as_millis() as u64, "database request timed out");
-                Err(AppError::unavailable("The database did not answer in time; try again shortly."))
+                tracing::warn!(
+                    timeout_ms = self.timeout.as_millis() as u64,
+                    "database request timed out"
+                );
+                Err(AppError::unavailable(
+                    "The database did not answer in time; try again shortly.",
+                ))
             }
-            Err(MailboxError::Closed) => Err(AppError::Internal("the DbExecutor mailbox is closed".into())),
+            Err(MailboxError::Closed) => Err(AppError::Internal(
+                "the DbExecutor mailbox is closed".into(),
+            )),
         }
     }
 
@@ -156,10 +179,15 @@ impl DbGateway {
             .is_ok();
         if !admitted {
             self.metrics.db_shed.with_label_values(&["saturated"]).inc();
-            return Err(AppError::unavailable("The service is at capacity; try again shortly."));
+            return Err(AppError::unavailable(
+                "The service is at capacity; try again shortly.",
+            ));
         }
         self.metrics.db_in_flight.inc();
-        Ok(AdmissionSlot { admission: Arc::clone(&self.admission), metrics: Arc::clone(&self.metrics) })
+        Ok(AdmissionSlot {
+            admission: Arc::clone(&self.admission),
+            metrics: Arc::clone(&self.metrics),
+        })
     }
 }
 

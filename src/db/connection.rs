@@ -41,7 +41,10 @@ const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
 
 impl ConnectionManager {
     pub fn new(config: &DatabaseConfig) -> Self {
-        Self { url: config.url.clone(), connect_timeout: config.connect_timeout }
+        Self {
+            url: config.url.clone(),
+            connect_timeout: config.connect_timeout,
+        }
     }
 
     pub fn establish(&self) -> Result<DbConnection, ConnectError> {
@@ -50,7 +53,12 @@ impl ConnectionManager {
                 let url = with_connect_timeout(url, self.connect_timeout);
                 PgConnection::establish(&url)
                     .map(DbConnection::Postgres)
-                    .map_err(|e| ConnectError { message: format!("cannot connect to PostgreSQL: {}", first_line(&e.to_string())) })
+                    .map_err(|e| ConnectError {
+                        message: format!(
+                            "cannot connect to PostgreSQL: {}",
+                            first_line(&e.to_string())
+                        ),
+                    })
             }
             DatabaseUrl::Sqlite { path } => {
                 if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
@@ -58,17 +66,22 @@ impl ConnectionManager {
                         message: format!("cannot create SQLite directory {}: {e}", dir.display()),
                     })?;
                 }
-                let path_text = path.to_str().ok_or_else(|| ConnectError { message: "SQLite path is not UTF-8".into() })?;
-                let mut conn = SqliteConnection::establish(path_text).map_err(|e| ConnectError {
-                    message: format!("cannot open SQLite database {}: {e}", path.display()),
+                let path_text = path.to_str().ok_or_else(|| ConnectError {
+                    message: "SQLite path is not UTF-8".into(),
                 })?;
+                let mut conn =
+                    SqliteConnection::establish(path_text).map_err(|e| ConnectError {
+                        message: format!("cannot open SQLite database {}: {e}", path.display()),
+                    })?;
                 // Order matters: the busy timeout must be in place before WAL is switched on,
                 // and pragmas only take effect outside a transaction.
                 conn.batch_execute(&format!(
                     "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA journal_mode = WAL; \
                      PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;"
                 ))
-                .map_err(|e| ConnectError { message: format!("cannot configure SQLite database {}: {e}", path.display()) })?;
+                .map_err(|e| ConnectError {
+                    message: format!("cannot configure SQLite database {}: {e}", path.display()),
+                })?;
                 Ok(DbConnection::Sqlite(conn))
             }
         }
@@ -84,7 +97,9 @@ impl r2d2::ManageConnection for ConnectionManager {
     }
 
     fn is_valid(&self, conn: &mut DbConnection) -> Result<(), ConnectError> {
-        conn.ping().map_err(|e| ConnectError { message: format!("connection check failed: {e}") })
+        conn.ping().map_err(|e| ConnectError {
+            message: format!("connection check failed: {e}"),
+        })
     }
 
     fn has_broken(&self, conn: &mut DbConnection) -> bool {
@@ -156,5 +171,8 @@ fn with_connect_timeout(url: &str, timeout: Duration) -> String {
 }
 
 fn first_line(text: &str) -> &str {
-    text.lines().map(str::trim).find(|line| !line.is_empty()).unwrap_or("unknown error")
+    text.lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty())
+        .unwrap_or("unknown error")
 }

@@ -22,9 +22,16 @@ pub struct MigrationState {
 /// Applies every pending migration and returns the versions applied.
 pub fn run_pending(conn: &mut DbConnection) -> Result<Vec<String>, BoxError> {
     let applied = match conn {
-        DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS)?.iter().map(ToString::to_string).collect(),
+        DbConnection::Sqlite(c) => c
+            .run_pending_migrations(SQLITE_MIGRATIONS)?
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         DbConnection::Postgres(c) => with_pg_lock(c, |c| {
-            Ok(c.run_pending_migrations(POSTGRES_MIGRATIONS)?.iter().map(ToString::to_string).collect())
+            Ok(c.run_pending_migrations(POSTGRES_MIGRATIONS)?
+                .iter()
+                .map(ToString::to_string)
+                .collect())
         })?,
     };
     Ok(applied)
@@ -34,9 +41,9 @@ pub fn run_pending(conn: &mut DbConnection) -> Result<Vec<String>, BoxError> {
 pub fn revert_last(conn: &mut DbConnection) -> Result<String, BoxError> {
     let reverted = match conn {
         DbConnection::Sqlite(c) => c.revert_last_migration(SQLITE_MIGRATIONS)?.to_string(),
-        DbConnection::Postgres(c) => {
-            with_pg_lock(c, |c| Ok(c.revert_last_migration(POSTGRES_MIGRATIONS)?.to_string()))?
-        }
+        DbConnection::Postgres(c) => with_pg_lock(c, |c| {
+            Ok(c.revert_last_migration(POSTGRES_MIGRATIONS)?.to_string())
+        })?,
     };
     Ok(reverted)
 }
@@ -45,17 +52,32 @@ pub fn revert_last(conn: &mut DbConnection) -> Result<String, BoxError> {
 pub fn status(conn: &mut DbConnection) -> Result<Vec<MigrationState>, BoxError> {
     let (known, applied) = match conn {
         DbConnection::Sqlite(c) => (
-            MigrationSource::<Sqlite>::migrations(&SQLITE_MIGRATIONS)?.iter().map(|m| m.name().version().to_string()).collect::<Vec<_>>(),
-            c.applied_migrations()?.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            MigrationSource::<Sqlite>::migrations(&SQLITE_MIGRATIONS)?
+                .iter()
+                .map(|m| m.name().version().to_string())
+                .collect::<Vec<_>>(),
+            c.applied_migrations()?
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
         ),
         DbConnection::Postgres(c) => (
-            MigrationSource::<Pg>::migrations(&POSTGRES_MIGRATIONS)?.iter().map(|m| m.name().version().to_string()).collect::<Vec<_>>(),
-            c.applied_migrations()?.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            MigrationSource::<Pg>::migrations(&POSTGRES_MIGRATIONS)?
+                .iter()
+                .map(|m| m.name().version().to_string())
+                .collect::<Vec<_>>(),
+            c.applied_migrations()?
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
         ),
     };
     Ok(known
         .into_iter()
-        .map(|version| MigrationState { applied: applied.contains(&version), version })
+        .map(|version| MigrationState {
+            applied: applied.contains(&version),
+            version,
+        })
         .collect())
 }
 

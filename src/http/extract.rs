@@ -11,7 +11,9 @@ use crate::error::{AppError, FieldError};
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 
 pub fn json_config() -> web::JsonConfig {
-    web::JsonConfig::default().limit(BODY_LIMIT_BYTES).error_handler(|error, _req| json_error(error).into())
+    web::JsonConfig::default()
+        .limit(BODY_LIMIT_BYTES)
+        .error_handler(|error, _req| json_error(error).into())
 }
 
 pub fn payload_config() -> web::PayloadConfig {
@@ -30,7 +32,9 @@ pub fn path_config() -> web::PathConfig {
 pub fn query_config() -> web::QueryConfig {
     web::QueryConfig::default().error_handler(|error: QueryPayloadError, _req: &HttpRequest| {
         let detail = match error {
-            QueryPayloadError::Deserialize(cause) => format!("The query string is not valid: {cause}."),
+            QueryPayloadError::Deserialize(cause) => {
+                format!("The query string is not valid: {cause}.")
+            }
             _ => "The query string is not valid.".to_owned(),
         };
         AppError::BadRequest(detail).into()
@@ -39,7 +43,9 @@ pub fn query_config() -> web::QueryConfig {
 
 fn json_error(error: JsonPayloadError) -> AppError {
     match error {
-        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => AppError::PayloadTooLarge,
+        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+            AppError::PayloadTooLarge
+        }
         JsonPayloadError::ContentType => AppError::UnsupportedMediaType,
         JsonPayloadError::Deserialize(cause) => classify_json(&cause),
         _ => AppError::BadRequest("The request body could not be read.".into()),
@@ -56,7 +62,9 @@ fn classify_json(cause: &serde_json::Error) -> AppError {
             return AppError::Validation(vec![FieldError::new(field, "is required")]);
         }
     }
-    AppError::BadRequest(format!("The request body is not valid JSON for this endpoint: {message}."))
+    AppError::BadRequest(format!(
+        "The request body is not valid JSON for this endpoint: {message}."
+    ))
 }
 
 fn quoted_name<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {

@@ -25,5 +25,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
 }
 
 pub async fn unknown_route(request: HttpRequest) -> Result<HttpResponse, AppError> {
-    Err(AppError::NotFound(format!("No resource exists at {}.", request.path())))
+    Err(AppError::NotFound(format!(
+        "No resource exists at {}.",
+        request.path()
+    )))
 }

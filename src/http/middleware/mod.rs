@@ -6,3 +6,14 @@ pub mod problem;
 pub mod request_id;
 pub mod request_span;
 pub mod security_headers;
+
+use actix_web::http::header::{HeaderMap, CONTENT_TYPE};
+
+/// Whether a response's media type is JSON of any flavour (`application/*json`).
+pub fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| mime.trim().ends_with("json"))
+}

@@ -21,7 +21,11 @@ pub async fn render_problems(
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     // Routing needs the request unshared, so keep copies of what a problem needs.
     let instance = req.path().to_owned();
-    let request_id = req.extensions().get::<RequestId>().map(|id| id.0.clone()).unwrap_or_default();
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.0.clone())
+        .unwrap_or_default();
     let response = match next.call(req).await {
         Ok(response) => response.map_into_boxed_body(),
         // Handlers, extractors and CORS answer errors as responses; an inner layer that
@@ -36,16 +40,19 @@ pub async fn render_problems(
     if !(status.is_client_error() || status.is_server_error()) {
         return Ok(response);
     }
-    let problem = response.response().extensions().get::<Problem>().cloned().unwrap_or_else(|| {
-        if status.is_server_error() {
-            tracing::error!(status = status.as_u16(), "framework error turned into a problem");
-        }
-        Problem::for_status(status)
-    });
+    let ours = response.response().extensions().get::<Problem>().cloned();
+    let problem = match ours {
+        Some(problem) => problem,
+        // A JSON error body written on purpose (the 503 of /readyz) is left as it is.
+        None if super::is_json(response.headers()) => return Ok(response),
+        None => Problem::for_status(status),
+    };
     let problem = problem.finish(&instance, &request_id);
     let body = serde_json::to_vec(&problem).unwrap_or_default();
     let mut response = response.map_body(|_, _| BoxBody::new(body));
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     Ok(response)
 }
 
@@ -56,10 +63,13 @@ struct RenderedProblem(Problem);
 
 impl actix_web::ResponseError for RenderedProblem {
     fn status_code(&self) -> actix_web::http::StatusCode {
-        actix_web::http::StatusCode::from_u16(self.0.status).unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR)
+        actix_web::http::StatusCode::from_u16(self.0.status)
+            .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     fn error_response(&self) -> actix_web::HttpResponse {
-        actix_web::HttpResponse::build(self.status_code()).content_type(PROBLEM_JSON).json(&self.0)
+        actix_web::HttpResponse::build(self.status_code())
+            .content_type(PROBLEM_JSON)
+            .json(&self.0)
     }
 }

@@ -1,0 +1,299 @@
+//! The binary as an operator runs it: start-up failures, migrations from the CLI, graceful
+//! shutdown on SIGTERM, and riding out a PostgreSQL outage.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{postgres_server::PostgresServer, Backend, TestApp, TestDatabase, CHAOS_TOKEN};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_storefront");
+
+fn storefront(cwd: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    command
+}
+
+fn stderr_lines(output: &std::process::Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn unreachable_postgres_stops_start_up_with_one_line_and_no_stray_file() {
+    let cwd = tempfile::tempdir().unwrap();
+    let output = storefront(cwd.path())
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/storefront")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let lines = stderr_lines(&output);
+    let errors: Vec<_> = lines
+        .iter()
+        .filter(|line| line.starts_with("storefront:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{lines:?}");
+    assert!(errors[0].contains("PostgreSQL"), "{lines:?}");
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "nothing is created on failure"
+    );
+}
+
+#[test]
+fn malformed_settings_stop_start_up_naming_the_setting() {
+    let cwd = tempfile::tempdir().unwrap();
+    for (variable, value) in [
+        ("DATABASE_URL", "host=localhost dbname=shop"),
+        ("DATABASE_URL", "mysql://localhost/shop"),
+        ("DB_WORKERS", "many"),
+        ("BIND_ADDR", "localhost"),
+        ("LOG_FORMAT", "xml"),
+        ("JWT_SECRET", "short"),
+        ("SHUTDOWN_TIMEOUT_SECONDS", "-1"),
+        ("CORS_ALLOWED_ORIGINS", "not an origin"),
+    ] {
+        let output = storefront(cwd.path())
+            .arg("serve")
+            .env(variable, value)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{variable}={value} must fail");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "one line for {variable}: {stderr}"
+        );
+        assert!(
+            stderr.contains(variable),
+            "the message names {variable}: {stderr}"
+        );
+        assert!(
+            !stderr.contains(value) || variable != "JWT_SECRET",
+            "secrets are never echoed"
+        );
+    }
+    let production = storefront(cwd.path())
+        .arg("serve")
+        .env("APP_ENV", "production")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&production.stderr).contains("JWT_SECRET"));
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "nothing is created on failure"
+    );
+}
+
+fn migrate_cycle(backend: Backend) {
+    let cwd = tempfile::tempdir().unwrap();
+    let database = TestDatabase::create(backend);
+    let migrate = |action: &str| {
+        let output = storefront(cwd.path())
+            .args(["migrate", action])
+            .env("DATABASE_URL", database.url())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "migrate {action}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let before = migrate("status");
+    assert!(
+        before.lines().all(|line| line.starts_with("pending ")),
+        "{before}"
+    );
+    let applied = migrate("run");
+    assert_eq!(applied.lines().count(), before.lines().count());
+    assert!(migrate("status")
+        .lines()
+        .all(|line| line.starts_with("applied ")));
+    assert_eq!(migrate("run").trim(), "no pending migrations");
+    let reverted = migrate("revert");
+    assert!(reverted.starts_with("reverted "));
+    assert!(migrate("status")
+        .lines()
+        .last()
+        .unwrap()
+        .starts_with("pending "));
+}
+
+#[test]
+fn migrate_runs_reports_and_reverts_on_sqlite() {
+    migrate_cycle(Backend::Sqlite);
+}
+
+#[test]
+fn migrate_runs_reports_and_reverts_on_postgres() {
+    if common::postgres_available() {
+        migrate_cycle(Backend::Postgres);
+    }
+}
+
+#[test]
+fn openapi_subcommand_prints_the_document() {
+    let cwd = tempfile::tempdir().unwrap();
+    let output = storefront(cwd.path()).arg("openapi").output().unwrap();
+    assert!(output.status.success());
+    let document: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(document["paths"]["/readyz"].is_object());
+}
+
+/// A `storefront serve` child process with JSON logs; knows its port from the start-up log.
+struct Served {
+    child: Child,
+    port: u16,
+}
+
+fn serve(cwd: &Path, database_url: &str, extra: &[(&str, &str)]) -> Served {
+    let mut command = storefront(cwd);
+    command
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("DATABASE_URL", database_url)
+        .env("LOG_FORMAT", "json")
+        .env("CHAOS_TOKEN", CHAOS_TOKEN)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+    for (key, value) in extra {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let port = loop {
+        let line = lines.next().expect("the server logs its start").unwrap();
+        let Ok(record) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if record["message"] == "storefront is listening" {
+            break record["port"].as_u64().unwrap() as u16;
+        }
+    };
+    // Keep draining the log so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Served { child, port }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_fails_readiness_drains_in_flight_requests_and_exits_zero() {
+    let cwd = tempfile::tempdir().unwrap();
+    let database = TestDatabase::create(Backend::Sqlite);
+    let mut served = serve(
+        cwd.path(),
+        &database.url(),
+        &[("SHUTDOWN_TIMEOUT_SECONDS", "10")],
+    );
+    let base = format!("http://127.0.0.1:{}", served.port);
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            client
+                .post(format!("{base}/ops/chaos"))
+                .bearer_auth(CHAOS_TOKEN)
+                .json(&json!({"actor": "db_executor", "fault": "stall", "millis": 1500}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    assert_eq!(
+        in_flight.await.unwrap().unwrap(),
+        204,
+        "the in-flight request finishes"
+    );
+    let status = tokio::task::spawn_blocking(move || served.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        client.get(format!("{base}/livez")).send().await.is_err(),
+        "no longer listening"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_fails_readiness_sheds_fast_and_recovers_by_itself() {
+    if !PostgresServer::available() {
+        return;
+    }
+    let server = tokio::task::spawn_blocking(PostgresServer::start)
+        .await
+        .unwrap();
+    let app = TestApp::builder(Backend::Postgres)
+        .database_url(&server.url())
+        .spawn()
+        .await;
+    let database_request =
+        || app.chaos(json!({"actor": "db_executor", "fault": "stall", "millis": 0}));
+    assert_eq!(database_request().await.status(), 204);
+
+    server.stop();
+
+    let report = app.wait_for_readiness(503, Duration::from_secs(5)).await;
+    assert_eq!(
+        report["checks"]["database:responseTime"][0]["status"], "fail",
+        "{report}"
+    );
+    assert_eq!(
+        app.get("/livez").await.status(),
+        200,
+        "liveness never depends on the database"
+    );
+
+    let started = Instant::now();
+    let refused = database_request().await;
+    let took = started.elapsed();
+    assert!(refused.headers().contains_key("retry-after"));
+    common::assert_problem(refused, 503).await;
+    assert!(took < Duration::from_millis(900), "failed fast: {took:?}");
+
+    server.start_again();
+    app.wait_for_readiness(200, Duration::from_secs(10)).await;
+    assert_eq!(
+        database_request().await.status(),
+        204,
+        "recovered without a restart"
+    );
+}
