@@ -15,14 +15,14 @@ use crate::{
         supervision::RestartReporter,
         DbGateway,
     },
+    auth::{password::Passwords, tokens::TokenKeys},
     config::Config,
     db::{self, migrations, ConnectionManager},
     http::{
         self, extract,
         middleware::{
-            http_metrics::record_http_metrics, problem::render_problems,
-            request_id::assign_request_id, request_span::RequestSpan,
-            security_headers::add_security_headers,
+            http_metrics::record_http_metrics, problem::render_problems, request_id::assign_request_id,
+            request_span::RequestSpan, security_headers::add_security_headers,
         },
     },
     metrics::Metrics,
@@ -35,17 +35,18 @@ pub struct AppState {
     pub db: DbGateway,
     pub health: Addr<Health>,
     pub metrics: Arc<Metrics>,
+    pub passwords: Passwords,
+    pub tokens: Arc<TokenKeys>,
 }
 
 #[derive(Debug, derive_more::Display)]
 pub enum StartupError {
     #[display("database: {_0}")]
     Database(String),
+    #[display("{_0}")]
+    Internal(String),
     #[display("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: io::Error,
-    },
+    Bind { addr: std::net::SocketAddr, source: io::Error },
 }
 
 impl std::error::Error for StartupError {}
@@ -77,29 +78,25 @@ impl Application {
                 queue_depth: config.db_queue_depth,
                 timeout: config.db_timeout,
             },
-            reporter,
+            reporter.clone(),
             Arc::clone(&metrics),
         );
         health.do_send(WatchDatabase(db.clone()));
+        let passwords = Passwords::start(config.password_hasher_threads, reporter)
+            .map_err(|error| StartupError::Internal(error.to_string()))?;
 
         let state = AppState {
             config: Arc::clone(&config),
             db,
             health: health.clone(),
             metrics: Arc::clone(&metrics),
+            passwords,
+            tokens: Arc::new(TokenKeys::new(&config.jwt_secret, config.jwt_ttl)),
         };
-        let listener =
-            TcpListener::bind(config.bind_addr).map_err(|source| StartupError::Bind {
-                addr: config.bind_addr,
-                source,
-            })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| StartupError::Bind {
-                addr: config.bind_addr,
-                source,
-            })?
-            .port();
+        let listener = TcpListener::bind(config.bind_addr)
+            .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;
+        let port =
+            listener.local_addr().map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?.port();
 
         let server = HttpServer::new(move || {
             App::new()
@@ -119,10 +116,7 @@ impl Application {
                 .wrap(from_fn(assign_request_id))
         })
         .listen(listener)
-        .map_err(|source| StartupError::Bind {
-            addr: config.bind_addr,
-            source,
-        })?
+        .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?
         .disable_signals()
         .shutdown_timeout(config.shutdown_timeout.as_secs())
         .run();
@@ -131,11 +125,7 @@ impl Application {
             address = %config.bind_addr, port, database = ?config.database.url, workers = config.db_workers,
             "storefront is listening"
         );
-        Ok(Self {
-            server,
-            port,
-            health,
-        })
+        Ok(Self { server, port, health })
     }
 
     pub fn port(&self) -> u16 {
@@ -166,9 +156,8 @@ impl Application {
 /// Connects once (so a bad URL or an unreachable server fails start-up with its real
 /// cause) and applies pending migrations.
 fn prepare_database(config: &Config) -> Result<(), StartupError> {
-    let mut conn = ConnectionManager::new(&config.database)
-        .establish()
-        .map_err(|error| StartupError::Database(error.message))?;
+    let mut conn =
+        ConnectionManager::new(&config.database).establish().map_err(|error| StartupError::Database(error.message))?;
     let applied = migrations::run_pending(&mut conn)
         .map_err(|error| StartupError::Database(format!("migrations failed: {error}")))?;
     for version in applied {
@@ -178,17 +167,9 @@ fn prepare_database(config: &Config) -> Result<(), StartupError> {
 }
 
 fn cors(config: &Config) -> Cors {
-    let cors = config
-        .cors_allowed_origins
-        .iter()
-        .fold(Cors::default(), |cors, origin| cors.allowed_origin(origin));
+    let cors = config.cors_allowed_origins.iter().fold(Cors::default(), |cors, origin| cors.allowed_origin(origin));
     cors.allowed_methods(["GET", "POST", "PATCH", "DELETE"])
-        .allowed_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            header::IF_MATCH,
-            header::IF_NONE_MATCH,
-        ])
+        .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::IF_MATCH, header::IF_NONE_MATCH])
         .allowed_header("idempotency-key")
         .allowed_header("x-request-id")
         .expose_headers([header::ETAG, header::LOCATION, header::RETRY_AFTER])

@@ -4,12 +4,7 @@
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "storefront",
-    version,
-    about = "Storefront shop backend",
-    args_override_self = true
-)]
+#[command(name = "storefront", version, about = "Storefront shop backend", args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -64,12 +59,7 @@ pub enum UserAction {
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "sqlite://data/storefront.db",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/storefront.db", hide_env_values = true)]
     pub database_url: String,
     #[arg(long, env = "DB_POOL_SIZE")]
     pub db_pool_size: Option<String>,

@@ -19,30 +19,21 @@ impl DatabaseUrl {
         let invalid = |why: &str| ConfigError::new("DATABASE_URL", why);
         let raw = raw.trim();
         if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
-            let parsed =
-                url::Url::parse(raw).map_err(|_| invalid("not a valid postgres:// URL"))?;
+            let parsed = url::Url::parse(raw).map_err(|_| invalid("not a valid postgres:// URL"))?;
             if parsed.host_str().is_none_or(str::is_empty) && !raw.contains("host=") {
                 return Err(invalid("a postgres:// URL needs a host"));
             }
-            return Ok(Self::Postgres {
-                url: raw.to_owned(),
-            });
+            return Ok(Self::Postgres { url: raw.to_owned() });
         }
         if let Some(rest) = raw.strip_prefix("sqlite:") {
             let path = rest.strip_prefix("//").unwrap_or(rest);
             let path = path.split('?').next().unwrap_or_default();
             if path.is_empty() || path.starts_with(':') {
-                return Err(invalid(
-                    "sqlite URLs need a file path (in-memory databases cannot be pooled)",
-                ));
+                return Err(invalid("sqlite URLs need a file path (in-memory databases cannot be pooled)"));
             }
-            return Ok(Self::Sqlite {
-                path: PathBuf::from(path),
-            });
+            return Ok(Self::Sqlite { path: PathBuf::from(path) });
         }
-        Err(invalid(
-            "must start with sqlite://, postgres:// or postgresql://",
-        ))
+        Err(invalid("must start with sqlite://, postgres:// or postgresql://"))
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -59,13 +50,9 @@ impl fmt::Debug for DatabaseUrl {
         match self {
             Self::Sqlite { path } => write!(f, "sqlite://{}", path.display()),
             Self::Postgres { url } => match url::Url::parse(url) {
-                Ok(u) => write!(
-                    f,
-                    "postgres://{}:{}{}",
-                    u.host_str().unwrap_or("?"),
-                    u.port().unwrap_or(5432),
-                    u.path()
-                ),
+                Ok(u) => {
+                    write!(f, "postgres://{}:{}{}", u.host_str().unwrap_or("?"), u.port().unwrap_or(5432), u.path())
+                }
                 Err(_) => f.write_str("postgres://(redacted)"),
             },
         }
@@ -125,6 +112,8 @@ pub struct Config {
     /// How many database requests may wait or run at once before new ones are shed.
     pub db_queue_depth: usize,
     pub db_timeout: Duration,
+    /// Threads that hash and verify passwords (argon2 is CPU- and memory-bound).
+    pub password_hasher_threads: usize,
     pub health_probe_interval: Duration,
     pub shutdown_timeout: Duration,
     pub metrics_token: Option<Secret>,
@@ -140,10 +129,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(setting: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            setting,
-            message: message.into(),
-        }
+        Self { setting, message: message.into() }
     }
 }
 
@@ -155,29 +141,19 @@ fn parse_number<T: std::str::FromStr + PartialOrd + fmt::Display>(
     min: T,
     max: T,
 ) -> Result<T, ConfigError> {
-    let value: T = raw
-        .trim()
-        .parse()
-        .map_err(|_| ConfigError::new(setting, format!("expected a whole number, got {raw:?}")))?;
+    let value: T =
+        raw.trim().parse().map_err(|_| ConfigError::new(setting, format!("expected a whole number, got {raw:?}")))?;
     if value < min || value > max {
-        return Err(ConfigError::new(
-            setting,
-            format!("must be between {min} and {max}, got {value}"),
-        ));
+        return Err(ConfigError::new(setting, format!("must be between {min} and {max}, got {value}")));
     }
     Ok(value)
 }
 
-fn non_empty_secret(
-    setting: &'static str,
-    raw: Option<&str>,
-) -> Result<Option<Secret>, ConfigError> {
+fn non_empty_secret(setting: &'static str, raw: Option<&str>) -> Result<Option<Secret>, ConfigError> {
     match raw {
         None => Ok(None),
         Some(value) if value.trim().is_empty() => Ok(None),
-        Some(value) if value.len() < 16 => {
-            Err(ConfigError::new(setting, "must be at least 16 characters"))
-        }
+        Some(value) if value.len() < 16 => Err(ConfigError::new(setting, "must be at least 16 characters")),
         Some(value) => Ok(Some(Secret::new(value))),
     }
 }
@@ -189,24 +165,14 @@ impl DatabaseConfig {
             Some(raw) => parse_number("DB_POOL_SIZE", raw, 1, 512)?,
             None => default_pool_size,
         };
-        Ok(Self {
-            url,
-            pool_size,
-            connect_timeout: Duration::from_millis(250),
-        })
+        Ok(Self { url, pool_size, connect_timeout: Duration::from_millis(250) })
     }
 }
 
 impl Config {
     pub fn from_serve_args(args: &ServeArgs) -> Result<Self, ConfigError> {
         let bind_addr: SocketAddr = args.bind.trim().parse().map_err(|_| {
-            ConfigError::new(
-                "BIND_ADDR",
-                format!(
-                    "expected HOST:PORT such as 127.0.0.1:8080, got {:?}",
-                    args.bind
-                ),
-            )
+            ConfigError::new("BIND_ADDR", format!("expected HOST:PORT such as 127.0.0.1:8080, got {:?}", args.bind))
         })?;
 
         let db_workers = match &args.db_workers {
@@ -214,25 +180,16 @@ impl Config {
             None => DEFAULT_DB_WORKERS,
         };
         // Each worker holds one connection while it runs; the health probe needs none of its own.
-        let default_pool = u32::try_from(db_workers)
-            .unwrap_or(u32::MAX)
-            .saturating_add(2);
+        let default_pool = u32::try_from(db_workers).unwrap_or(u32::MAX).saturating_add(2);
         let mut database = DatabaseConfig::from_args(&args.database, default_pool)?;
         if (database.pool_size as usize) < db_workers {
             return Err(ConfigError::new(
                 "DB_POOL_SIZE",
-                format!(
-                    "must be at least DB_WORKERS ({db_workers}), got {}",
-                    database.pool_size
-                ),
+                format!("must be at least DB_WORKERS ({db_workers}), got {}", database.pool_size),
             ));
         }
-        database.connect_timeout = Duration::from_millis(parse_number(
-            "DB_CONNECT_TIMEOUT_MS",
-            &args.db_connect_timeout_ms,
-            10,
-            60_000,
-        )?);
+        database.connect_timeout =
+            Duration::from_millis(parse_number("DB_CONNECT_TIMEOUT_MS", &args.db_connect_timeout_ms, 10, 60_000)?);
 
         let db_queue_depth = match &args.db_queue_depth {
             Some(raw) => parse_number("DB_QUEUE_DEPTH", raw, 1, 1_000_000)?,
@@ -243,10 +200,7 @@ impl Config {
             "development" | "dev" | "test" => AppEnv::Development,
             "production" | "prod" => AppEnv::Production,
             other => {
-                return Err(ConfigError::new(
-                    "APP_ENV",
-                    format!("expected development or production, got {other:?}"),
-                ))
+                return Err(ConfigError::new("APP_ENV", format!("expected development or production, got {other:?}")))
             }
         };
 
@@ -258,10 +212,7 @@ impl Config {
                 (Secret::new(secret), false)
             }
             _ if app_env == AppEnv::Production => {
-                return Err(ConfigError::new(
-                    "JWT_SECRET",
-                    "is required when APP_ENV=production",
-                ));
+                return Err(ConfigError::new("JWT_SECRET", "is required when APP_ENV=production"));
             }
             _ => (generate_secret(), true),
         };
@@ -269,12 +220,7 @@ impl Config {
         let log_format = match args.log_format.trim().to_ascii_lowercase().as_str() {
             "pretty" => LogFormat::Pretty,
             "json" => LogFormat::Json,
-            other => {
-                return Err(ConfigError::new(
-                    "LOG_FORMAT",
-                    format!("expected pretty or json, got {other:?}"),
-                ))
-            }
+            other => return Err(ConfigError::new("LOG_FORMAT", format!("expected pretty or json, got {other:?}"))),
         };
 
         let cors_allowed_origins = args
@@ -291,22 +237,13 @@ impl Config {
             app_env,
             jwt_secret,
             jwt_secret_generated,
-            jwt_ttl: Duration::from_secs(parse_number(
-                "JWT_TTL_SECONDS",
-                &args.jwt_ttl_seconds,
-                30,
-                86_400 * 30,
-            )?),
+            jwt_ttl: Duration::from_secs(parse_number("JWT_TTL_SECONDS", &args.jwt_ttl_seconds, 30, 86_400 * 30)?),
             log_format,
             cors_allowed_origins,
             db_workers,
             db_queue_depth,
-            db_timeout: Duration::from_millis(parse_number(
-                "DB_TIMEOUT_MS",
-                &args.db_timeout_ms,
-                10,
-                600_000,
-            )?),
+            db_timeout: Duration::from_millis(parse_number("DB_TIMEOUT_MS", &args.db_timeout_ms, 10, 600_000)?),
+            password_hasher_threads: std::thread::available_parallelism().map_or(2, usize::from),
             health_probe_interval: Duration::from_millis(parse_number(
                 "HEALTH_PROBE_INTERVAL_MS",
                 &args.health_probe_interval_ms,
@@ -330,9 +267,7 @@ fn validate_origin(origin: &str) -> Result<(), ConfigError> {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => Ok(()),
         _ => Err(ConfigError::new(
             "CORS_ALLOWED_ORIGINS",
-            format!(
-                "expected comma-separated origins such as https://shop.example, got {origin:?}"
-            ),
+            format!("expected comma-separated origins such as https://shop.example, got {origin:?}"),
         )),
     }
 }
@@ -351,27 +286,14 @@ mod tests {
     fn database_urls_pick_the_backend_by_scheme() {
         assert_eq!(
             DatabaseUrl::parse("sqlite://data/storefront.db").unwrap(),
-            DatabaseUrl::Sqlite {
-                path: PathBuf::from("data/storefront.db")
-            }
+            DatabaseUrl::Sqlite { path: PathBuf::from("data/storefront.db") }
         );
         assert_eq!(
             DatabaseUrl::parse("sqlite:///tmp/x.db").unwrap(),
-            DatabaseUrl::Sqlite {
-                path: PathBuf::from("/tmp/x.db")
-            }
+            DatabaseUrl::Sqlite { path: PathBuf::from("/tmp/x.db") }
         );
-        assert!(matches!(
-            DatabaseUrl::parse("postgres://u@localhost/db").unwrap(),
-            DatabaseUrl::Postgres { .. }
-        ));
-        for bad in [
-            "",
-            "host=localhost dbname=x",
-            "mysql://x",
-            "sqlite::memory:",
-            "postgres://",
-        ] {
+        assert!(matches!(DatabaseUrl::parse("postgres://u@localhost/db").unwrap(), DatabaseUrl::Postgres { .. }));
+        for bad in ["", "host=localhost dbname=x", "mysql://x", "sqlite::memory:", "postgres://"] {
             let err = DatabaseUrl::parse(bad).unwrap_err();
             assert_eq!(err.setting, "DATABASE_URL", "{bad:?}");
         }

@@ -15,10 +15,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { field: field.into(), message: message.into() }
     }
 }
 
@@ -38,10 +35,7 @@ pub enum AppError {
     #[display("not found: {_0}")]
     NotFound(String),
     #[display("conflict: {detail}")]
-    Conflict {
-        detail: String,
-        extensions: serde_json::Map<String, serde_json::Value>,
-    },
+    Conflict { detail: String, extensions: serde_json::Map<String, serde_json::Value> },
     #[display("precondition failed")]
     PreconditionFailed,
     #[display("payload too large")]
@@ -49,15 +43,9 @@ pub enum AppError {
     #[display("unsupported media type")]
     UnsupportedMediaType,
     #[display("too many requests")]
-    TooManyRequests {
-        retry_after_secs: u64,
-        detail: String,
-    },
+    TooManyRequests { retry_after_secs: u64, detail: String },
     #[display("service unavailable: {detail}")]
-    Unavailable {
-        retry_after_secs: u64,
-        detail: String,
-    },
+    Unavailable { retry_after_secs: u64, detail: String },
     /// Something broke inside; the message is logged, never sent.
     #[display("internal error: {_0}")]
     Internal(String),
@@ -67,17 +55,11 @@ impl std::error::Error for AppError {}
 
 impl AppError {
     pub fn conflict(detail: impl Into<String>) -> Self {
-        Self::Conflict {
-            detail: detail.into(),
-            extensions: serde_json::Map::new(),
-        }
+        Self::Conflict { detail: detail.into(), extensions: serde_json::Map::new() }
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Self {
-        Self::Unavailable {
-            retry_after_secs: 1,
-            detail: detail.into(),
-        }
+        Self::Unavailable { retry_after_secs: 1, detail: detail.into() }
     }
 
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -120,21 +102,11 @@ impl AppError {
                 problem.detail = detail.clone();
                 problem.extensions = extensions.clone();
             }
-            Self::PreconditionFailed => {
-                problem.detail = "The resource has changed since it was read.".into()
-            }
-            Self::PayloadTooLarge => {
-                problem.detail = "The request body is larger than 64 KiB.".into()
-            }
-            Self::UnsupportedMediaType => {
-                problem.detail = "The request body must be application/json.".into()
-            }
-            Self::TooManyRequests { detail, .. } | Self::Unavailable { detail, .. } => {
-                problem.detail = detail.clone()
-            }
-            Self::Internal(_) => {
-                problem.detail = "The server could not complete the request.".into()
-            }
+            Self::PreconditionFailed => problem.detail = "The resource has changed since it was read.".into(),
+            Self::PayloadTooLarge => problem.detail = "The request body is larger than 64 KiB.".into(),
+            Self::UnsupportedMediaType => problem.detail = "The request body must be application/json.".into(),
+            Self::TooManyRequests { detail, .. } | Self::Unavailable { detail, .. } => problem.detail = detail.clone(),
+            Self::Internal(_) => problem.detail = "The server could not complete the request.".into(),
         }
         problem
     }
@@ -167,12 +139,7 @@ impl ResponseError for AppError {
             Self::Unauthorized(_) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
-            Self::TooManyRequests {
-                retry_after_secs, ..
-            }
-            | Self::Unavailable {
-                retry_after_secs, ..
-            } => {
+            Self::TooManyRequests { retry_after_secs, .. } | Self::Unavailable { retry_after_secs, .. } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
             _ => {}
@@ -208,14 +175,10 @@ impl Problem {
         let title = status.canonical_reason().unwrap_or("Error").to_owned();
         let (kind, detail) = match status {
             StatusCode::NOT_FOUND => ("not-found", "No resource exists at this path."),
-            StatusCode::METHOD_NOT_ALLOWED => (
-                "method-not-allowed",
-                "This method is not allowed here; see the Allow header.",
-            ),
-            StatusCode::PAYLOAD_TOO_LARGE => (
-                "payload-too-large",
-                "The request body is larger than 64 KiB.",
-            ),
+            StatusCode::METHOD_NOT_ALLOWED => {
+                ("method-not-allowed", "This method is not allowed here; see the Allow header.")
+            }
+            StatusCode::PAYLOAD_TOO_LARGE => ("payload-too-large", "The request body is larger than 64 KiB."),
             s if s.is_server_error() => ("internal", "The server could not complete the request."),
             _ => ("bad-request", "The request could not be processed."),
         };

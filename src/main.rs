@@ -4,22 +4,27 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use storefront::{
-    cli::{Cli, Command, MigrateAction},
+    actors::UseCase,
+    auth::password::hash_password,
+    cli::{Cli, Command, MigrateAction, UserAction},
     config::{Config, DatabaseConfig},
-    db::{migrations, ConnectionManager},
+    db::{migrations, users::CreateUser, ConnectionManager},
+    domain::user::{validate_new_user, NewUser, Role},
     telemetry, Application,
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Serve(args) => Config::from_serve_args(&args)
-            .map_err(|e| e.to_string())
-            .and_then(serve),
-        Command::Migrate { action, database } => DatabaseConfig::from_args(&database, 1)
-            .map_err(|e| e.to_string())
-            .and_then(|db| migrate(&db, &action)),
-        Command::User { .. } => Err("user management is not available yet".into()),
+        Command::Serve(args) => Config::from_serve_args(&args).map_err(|e| e.to_string()).and_then(serve),
+        Command::Migrate { action, database } => {
+            DatabaseConfig::from_args(&database, 1).map_err(|e| e.to_string()).and_then(|db| migrate(&db, &action))
+        }
+        Command::User { action: UserAction::Create { email, password, name, role, database } } => {
+            DatabaseConfig::from_args(&database, 1)
+                .map_err(|e| e.to_string())
+                .and_then(|db| create_user(&db, &email, &password, name.as_deref(), &role))
+        }
         Command::Openapi => print_openapi(),
     };
     match outcome {
@@ -34,26 +39,19 @@ fn main() -> ExitCode {
 fn serve(config: Config) -> Result<(), String> {
     telemetry::init(config.log_format);
     if config.jwt_secret_generated {
-        tracing::warn!(
-            "JWT_SECRET is not set: generated a random one; tokens will not survive a restart"
-        );
+        tracing::warn!("JWT_SECRET is not set: generated a random one; tokens will not survive a restart");
     }
     actix_rt::System::new().block_on(async move {
         let app = Application::build(config).map_err(|e| e.to_string())?;
-        app.run_until_stopped()
-            .await
-            .map_err(|e| format!("server failed: {e}"))
+        app.run_until_stopped().await.map_err(|e| format!("server failed: {e}"))
     })
 }
 
 fn migrate(database: &DatabaseConfig, action: &MigrateAction) -> Result<(), String> {
-    let mut conn = ConnectionManager::new(database)
-        .establish()
-        .map_err(|e| e.message)?;
+    let mut conn = ConnectionManager::new(database).establish().map_err(|e| e.message)?;
     match action {
         MigrateAction::Run => {
-            let applied = migrations::run_pending(&mut conn)
-                .map_err(|e| format!("migrations failed: {e}"))?;
+            let applied = migrations::run_pending(&mut conn).map_err(|e| format!("migrations failed: {e}"))?;
             if applied.is_empty() {
                 println!("no pending migrations");
             }
@@ -62,27 +60,43 @@ fn migrate(database: &DatabaseConfig, action: &MigrateAction) -> Result<(), Stri
             }
         }
         MigrateAction::Revert => {
-            let version =
-                migrations::revert_last(&mut conn).map_err(|e| format!("revert failed: {e}"))?;
+            let version = migrations::revert_last(&mut conn).map_err(|e| format!("revert failed: {e}"))?;
             println!("reverted {version}");
         }
         MigrateAction::Status => {
             for state in migrations::status(&mut conn).map_err(|e| format!("status failed: {e}"))? {
-                println!(
-                    "{} {}",
-                    if state.applied { "applied" } else { "pending" },
-                    state.version
-                );
+                println!("{} {}", if state.applied { "applied" } else { "pending" }, state.version);
             }
         }
     }
     Ok(())
 }
 
+/// How operators (and tests) make the first admin: straight to the database, migrating it
+/// first if it is new.
+fn create_user(
+    database: &DatabaseConfig,
+    email: &str,
+    password: &str,
+    name: Option<&str>,
+    role: &str,
+) -> Result<(), String> {
+    let role = Role::parse(role).ok_or_else(|| format!("invalid --role {role:?}: expected admin or user"))?;
+    let name = name.unwrap_or_else(|| email.split('@').next().unwrap_or(email));
+    let NewUser { email, name } = validate_new_user(email, password, name).map_err(|errors| {
+        let reasons: Vec<String> = errors.iter().map(|e| format!("{} {}", e.field, e.message)).collect();
+        format!("invalid user: {}", reasons.join("; "))
+    })?;
+    let password_hash = hash_password(password).map_err(|e| e.to_string())?;
+    let mut conn = ConnectionManager::new(database).establish().map_err(|e| e.message)?;
+    migrations::run_pending(&mut conn).map_err(|e| format!("migrations failed: {e}"))?;
+    let user = CreateUser { email, name, role, password_hash }.run(&mut conn).map_err(|e| e.to_string())?;
+    println!("{}", serde_json::to_string(&user).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
 fn print_openapi() -> Result<(), String> {
-    let document = storefront::http::openapi::document()
-        .to_pretty_json()
-        .map_err(|e| e.to_string())?;
+    let document = storefront::http::openapi::document().to_pretty_json().map_err(|e| e.to_string())?;
     println!("{document}");
     Ok(())
 }

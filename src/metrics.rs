@@ -2,8 +2,7 @@
 //! several apps in one process), and collectors are atomics, so sharing it is lock-free.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -19,22 +18,16 @@ pub struct Metrics {
 
 /// Registration only fails for a duplicate or malformed name; the names below are fixed
 /// and distinct, so a failure is a programming error caught by every test run.
-fn register<C: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    collector: C,
-) -> C {
+fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
     #[allow(clippy::expect_used)]
-    registry
-        .register(Box::new(collector.clone()))
-        .expect("metric names are unique and valid");
+    registry.register(Box::new(collector.clone())).expect("metric names are unique and valid");
     collector
 }
 
 #[allow(clippy::expect_used)] // the option literals below are valid; see `register`
 impl Metrics {
     pub fn new() -> Self {
-        let registry =
-            Registry::new_custom(Some("storefront".into()), None).expect("static prefix is valid");
+        let registry = Registry::new_custom(Some("storefront".into()), None).expect("static prefix is valid");
         let http_requests = register(
             &registry,
             IntCounterVec::new(
@@ -46,48 +39,35 @@ impl Metrics {
         let http_duration = register(
             &registry,
             HistogramVec::new(
-                HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
-                    .buckets(vec![
-                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                        5.0, 10.0,
-                    ]),
+                HistogramOpts::new("http_request_duration_seconds", "HTTP request latency").buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
                 &["method", "route"],
             )
             .expect("valid metric"),
         );
         let actor_restarts = register(
             &registry,
-            IntCounterVec::new(
-                Opts::new("actor_restarts_total", "Actors restarted after a panic"),
-                &["actor"],
-            )
-            .expect("valid metric"),
+            IntCounterVec::new(Opts::new("actor_restarts_total", "Actors restarted after a panic"), &["actor"])
+                .expect("valid metric"),
         );
         let db_in_flight = register(
             &registry,
-            IntGauge::new("db_in_flight", "Database requests queued or running")
-                .expect("valid metric"),
+            IntGauge::new("db_in_flight", "Database requests queued or running").expect("valid metric"),
         );
         let db_workers_alive = register(
             &registry,
-            IntGauge::new("db_workers_alive", "DbExecutor threads able to serve")
-                .expect("valid metric"),
+            IntGauge::new("db_workers_alive", "DbExecutor threads able to serve").expect("valid metric"),
         );
         let db_shed = register(
             &registry,
-            IntCounterVec::new(
-                Opts::new("db_shed_total", "Database requests refused with 503"),
-                &["reason"],
-            )
-            .expect("valid metric"),
+            IntCounterVec::new(Opts::new("db_shed_total", "Database requests refused with 503"), &["reason"])
+                .expect("valid metric"),
         );
         let readiness = register(
             &registry,
-            IntGaugeVec::new(
-                Opts::new("readiness_check", "1 when a readiness check passes"),
-                &["check"],
-            )
-            .expect("valid metric"),
+            IntGaugeVec::new(Opts::new("readiness_check", "1 when a readiness check passes"), &["check"])
+                .expect("valid metric"),
         );
         Self {
             registry,

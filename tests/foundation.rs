@@ -45,62 +45,35 @@ async fn probes_answer_and_readiness_reports_its_checks(backend: Backend) {
 async fn request_ids_are_kept_when_safe_and_replaced_otherwise(backend: Backend) {
     let app = TestApp::spawn(backend).await;
 
-    let kept = app
-        .request(Method::GET, "/livez")
-        .header("x-request-id", "abc-123_X.y")
-        .send()
-        .await
-        .unwrap();
+    let kept = app.request(Method::GET, "/livez").header("x-request-id", "abc-123_X.y").send().await.unwrap();
     assert_eq!(kept.headers()["x-request-id"], "abc-123_X.y");
 
     for unsafe_id in ["has space", "semi;colon", &"a".repeat(65)] {
-        let replaced = app
-            .request(Method::GET, "/livez")
-            .header("x-request-id", unsafe_id)
-            .send()
-            .await
-            .unwrap();
-        let id = replaced.headers()["x-request-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let replaced = app.request(Method::GET, "/livez").header("x-request-id", unsafe_id).send().await.unwrap();
+        let id = replaced.headers()["x-request-id"].to_str().unwrap().to_owned();
         assert_ne!(id, unsafe_id);
-        assert!(
-            uuid::Uuid::parse_str(&id).is_ok(),
-            "fresh ids are UUIDs: {id}"
-        );
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "fresh ids are UUIDs: {id}");
     }
 
     let first = app.get("/livez").await.headers()["x-request-id"].clone();
     let second = app.get("/livez").await.headers()["x-request-id"].clone();
     assert_ne!(first, second, "each request gets its own id");
 
-    let problem = app
-        .request(Method::GET, "/no/such/route")
-        .header("x-request-id", "trace-me")
-        .send()
-        .await
-        .unwrap();
+    let problem = app.request(Method::GET, "/no/such/route").header("x-request-id", "trace-me").send().await.unwrap();
     let body = assert_problem(problem, 404).await;
     assert_eq!(body["request_id"], "trace-me");
 }
 
 async fn every_response_carries_security_headers(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    for (path, json) in [
-        ("/livez", true),
-        ("/no/such/route", true),
-        ("/metrics", false),
-    ] {
+    for (path, json) in [("/livez", true), ("/no/such/route", true), ("/metrics", false)] {
         let response = app.get(path).await;
         let headers = response.headers();
         assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
         assert_eq!(headers["x-frame-options"], "DENY", "{path}");
         assert_eq!(headers["referrer-policy"], "no-referrer", "{path}");
         assert_eq!(
-            headers
-                .get("content-security-policy")
-                .map(|v| v.to_str().unwrap()),
+            headers.get("content-security-policy").map(|v| v.to_str().unwrap()),
             json.then_some("default-src 'none'; frame-ancestors 'none'"),
             "{path}"
         );
@@ -127,14 +100,10 @@ async fn framework_errors_are_problems(backend: Backend) {
     let malformed = assert_problem(chaos("{not json".into()).await.unwrap(), 400).await;
     assert!(malformed["detail"].as_str().unwrap().contains("JSON"));
 
-    let wrong_type = chaos(r#"{"actor": 7, "fault": "stall"}"#.into())
-        .await
-        .unwrap();
+    let wrong_type = chaos(r#"{"actor": 7, "fault": "stall"}"#.into()).await.unwrap();
     assert_problem(wrong_type, 400).await;
 
-    let unknown_field = chaos(r#"{"actor": "db_executor", "fault": "stall", "extra": 1}"#.into())
-        .await
-        .unwrap();
+    let unknown_field = chaos(r#"{"actor": "db_executor", "fault": "stall", "extra": 1}"#.into()).await.unwrap();
     let body = assert_problem(unknown_field, 422).await;
     assert_eq!(body["errors"][0]["field"], "extra");
 
@@ -142,10 +111,7 @@ async fn framework_errors_are_problems(backend: Backend) {
     let body = assert_problem(missing_field, 422).await;
     assert_eq!(body["errors"][0]["field"], "fault");
 
-    let huge = format!(
-        r#"{{"actor": "db_executor", "fault": "stall", "pad": "{}"}}"#,
-        "x".repeat(70 * 1024)
-    );
+    let huge = format!(r#"{{"actor": "db_executor", "fault": "stall", "pad": "{}"}}"#, "x".repeat(70 * 1024));
     assert_problem(chaos(huge.into()).await.unwrap(), 413).await;
 
     let not_json = app
@@ -168,56 +134,30 @@ async fn metrics_count_requests_by_route_pattern(backend: Backend) {
 
     let text = app.get("/metrics").await.text().await.unwrap();
     assert_eq!(
-        common::metric_value(
-            &text,
-            r#"storefront_http_requests_total{method="GET",route="/livez",status="200"}"#
-        ),
+        common::metric_value(&text, r#"storefront_http_requests_total{method="GET",route="/livez",status="200"}"#),
         3.0
     );
     assert_eq!(
-        common::metric_value(
-            &text,
-            r#"storefront_http_requests_total{method="GET",route="unmatched",status="404"}"#
-        ),
+        common::metric_value(&text, r#"storefront_http_requests_total{method="GET",route="unmatched",status="404"}"#),
         1.0
     );
-    assert!(
-        !text.contains("/no/such/route/42"),
-        "raw paths never become labels"
-    );
+    assert!(!text.contains("/no/such/route/42"), "raw paths never become labels");
     assert!(text.contains("storefront_http_request_duration_seconds_bucket"));
     assert!(text.contains("storefront_db_in_flight 0"));
 }
 
 async fn metrics_token_guards_metrics_when_set(backend: Backend) {
-    let app = TestApp::builder(backend)
-        .setting("metrics-token", "metrics-secret-0123456789")
-        .spawn()
-        .await;
+    let app = TestApp::builder(backend).setting("metrics-token", "metrics-secret-0123456789").spawn().await;
     let anonymous = app.get("/metrics").await;
     assert_eq!(anonymous.headers()["www-authenticate"], "Bearer");
     assert_problem(anonymous, 401).await;
 
-    let wrong = app
-        .request(Method::GET, "/metrics")
-        .bearer_auth("nope")
-        .send()
-        .await
-        .unwrap();
+    let wrong = app.request(Method::GET, "/metrics").bearer_auth("nope").send().await.unwrap();
     assert_problem(wrong, 401).await;
 
-    let right = app
-        .request(Method::GET, "/metrics")
-        .bearer_auth("metrics-secret-0123456789")
-        .send()
-        .await
-        .unwrap();
+    let right = app.request(Method::GET, "/metrics").bearer_auth("metrics-secret-0123456789").send().await.unwrap();
     assert_eq!(right.status(), 200);
-    assert!(right
-        .text()
-        .await
-        .unwrap()
-        .contains("storefront_http_requests_total"));
+    assert!(right.text().await.unwrap().contains("storefront_http_requests_total"));
 }
 
 async fn openapi_document_lists_the_routes(backend: Backend) {
@@ -230,11 +170,17 @@ async fn openapi_document_lists_the_routes(backend: Backend) {
         "/metrics",
         "/openapi.json",
         "/ops/chaos",
+        "/api/v1/auth/register",
+        "/api/v1/auth/login",
+        "/api/v1/users/me",
+        "/api/v1/users",
+        "/api/v1/users/{id}",
     ] {
-        assert!(
-            document["paths"][path].is_object(),
-            "{path} missing from OpenAPI"
-        );
+        assert!(document["paths"][path].is_object(), "{path} missing from OpenAPI");
+    }
+    assert_eq!(document["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    for method in ["get", "patch", "delete"] {
+        assert!(document["paths"]["/api/v1/users/{id}"][method].is_object(), "{method} /api/v1/users/{{id}}");
     }
 }
 
@@ -243,19 +189,10 @@ async fn db_executor_panic_answers_500_and_the_pool_keeps_its_size(backend: Back
 
     // More panics than there are workers: a pool that lost threads would be empty.
     for round in 1..=5 {
-        let response = app
-            .chaos(json!({"actor": "db_executor", "fault": "panic"}))
-            .await;
+        let response = app.chaos(json!({"actor": "db_executor", "fault": "panic"})).await;
         let body = assert_problem(response, 500).await;
-        assert!(
-            !body["detail"].as_str().unwrap().contains("panic"),
-            "no internals leak: {body}"
-        );
-        assert_eq!(
-            app.metric(r#"storefront_actor_restarts_total{actor="db_executor"}"#)
-                .await,
-            f64::from(round)
-        );
+        assert!(!body["detail"].as_str().unwrap().contains("panic"), "no internals leak: {body}");
+        assert_eq!(app.metric(r#"storefront_actor_restarts_total{actor="db_executor"}"#).await, f64::from(round));
     }
 
     assert_eq!(app.metric("storefront_db_workers_alive").await, 2.0);
@@ -274,43 +211,22 @@ async fn db_executor_panic_answers_500_and_the_pool_keeps_its_size(backend: Back
 
 async fn health_actor_panic_is_survived_and_recorded(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    assert_problem(
-        app.chaos(json!({"actor": "health", "fault": "panic"}))
-            .await,
-        500,
-    )
-    .await;
+    assert_problem(app.chaos(json!({"actor": "health", "fault": "panic"})).await, 500).await;
 
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 200, "the restarted Health actor answers");
     let body: Value = ready.json().await.unwrap();
-    assert_eq!(
-        body["checks"]["actors:restarts"][0]["componentId"],
-        "health"
-    );
-    assert_eq!(
-        app.metric(r#"storefront_actor_restarts_total{actor="health"}"#)
-            .await,
-        1.0
-    );
+    assert_eq!(body["checks"]["actors:restarts"][0]["componentId"], "health");
+    assert_eq!(app.metric(r#"storefront_actor_restarts_total{actor="health"}"#).await, 1.0);
 
     // It keeps probing after the restart: a second crash is recorded too.
-    assert_problem(
-        app.chaos(json!({"actor": "health", "fault": "panic"}))
-            .await,
-        500,
-    )
-    .await;
+    assert_problem(app.chaos(json!({"actor": "health", "fault": "panic"})).await, 500).await;
     let body: Value = app.get("/readyz").await.json().await.unwrap();
     assert_eq!(body["checks"]["actors:restarts"][0]["observedValue"], 2);
 }
 
 async fn saturated_database_pool_sheds_with_503(backend: Backend) {
-    let app = TestApp::builder(backend)
-        .setting("db-workers", "1")
-        .setting("db-queue-depth", "2")
-        .spawn()
-        .await;
+    let app = TestApp::builder(backend).setting("db-workers", "1").setting("db-queue-depth", "2").spawn().await;
 
     let stall = || app.chaos(json!({"actor": "db_executor", "fault": "stall", "millis": 1500}));
     let occupy = async {
@@ -321,66 +237,31 @@ async fn saturated_database_pool_sheds_with_503(backend: Backend) {
         // Wait until both stalls hold the admission slots, then one more is refused.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while app.metric("storefront_db_in_flight").await < 2.0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "stalls were never admitted"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "stalls were never admitted");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let shed = app
-            .chaos(json!({"actor": "db_executor", "fault": "stall", "millis": 0}))
-            .await;
+        let shed = app.chaos(json!({"actor": "db_executor", "fault": "stall", "millis": 0})).await;
         assert_eq!(shed.headers()["retry-after"], "1");
         assert_problem(shed, 503).await;
     };
     let (statuses, ()) = tokio::join!(occupy, probe);
-    assert_eq!(
-        statuses,
-        (
-            reqwest::StatusCode::NO_CONTENT,
-            reqwest::StatusCode::NO_CONTENT
-        )
-    );
-    assert!(
-        app.metric(r#"storefront_db_shed_total{reason="saturated"}"#)
-            .await
-            >= 1.0
-    );
-    assert_eq!(
-        app.get("/readyz").await.status(),
-        200,
-        "a busy pool is not an unready one"
-    );
+    assert_eq!(statuses, (reqwest::StatusCode::NO_CONTENT, reqwest::StatusCode::NO_CONTENT));
+    assert!(app.metric(r#"storefront_db_shed_total{reason="saturated"}"#).await >= 1.0);
+    assert_eq!(app.get("/readyz").await.status(), 200, "a busy pool is not an unready one");
 }
 
 async fn slow_database_requests_time_out_with_503(backend: Backend) {
-    let app = TestApp::builder(backend)
-        .setting("db-timeout-ms", "200")
-        .spawn()
-        .await;
-    let slow = app
-        .chaos(json!({"actor": "db_executor", "fault": "stall", "millis": 1500}))
-        .await;
+    let app = TestApp::builder(backend).setting("db-timeout-ms", "200").spawn().await;
+    let slow = app.chaos(json!({"actor": "db_executor", "fault": "stall", "millis": 1500})).await;
     assert!(slow.headers().contains_key("retry-after"));
     assert_problem(slow, 503).await;
 }
 
 async fn cors_allows_only_listed_origins(backend: Backend) {
-    let app = TestApp::builder(backend)
-        .setting("cors-allowed-origins", "https://shop.example")
-        .spawn()
-        .await;
-    let allowed = app
-        .request(Method::GET, "/livez")
-        .header("origin", "https://shop.example")
-        .send()
-        .await
-        .unwrap();
+    let app = TestApp::builder(backend).setting("cors-allowed-origins", "https://shop.example").spawn().await;
+    let allowed = app.request(Method::GET, "/livez").header("origin", "https://shop.example").send().await.unwrap();
     assert_eq!(allowed.status(), 200);
-    assert_eq!(
-        allowed.headers()["access-control-allow-origin"],
-        "https://shop.example"
-    );
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://shop.example");
 
     let preflight = app
         .request(Method::OPTIONS, "/livez")
@@ -389,10 +270,7 @@ async fn cors_allows_only_listed_origins(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert!(preflight
-        .headers()
-        .get("access-control-allow-origin")
-        .is_none());
+    assert!(preflight.headers().get("access-control-allow-origin").is_none());
     assert!(preflight.status().is_client_error());
     assert_problem(preflight, 400).await;
 }

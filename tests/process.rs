@@ -19,18 +19,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_storefront");
 
 fn storefront(cwd: &Path) -> Command {
     let mut command = Command::new(BIN);
-    command
-        .current_dir(cwd)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    command.current_dir(cwd).env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
     command
 }
 
 fn stderr_lines(output: &std::process::Output) -> Vec<String> {
-    String::from_utf8_lossy(&output.stderr)
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    String::from_utf8_lossy(&output.stderr).lines().map(str::to_owned).collect()
 }
 
 #[test]
@@ -43,17 +37,10 @@ fn unreachable_postgres_stops_start_up_with_one_line_and_no_stray_file() {
         .unwrap();
     assert!(!output.status.success());
     let lines = stderr_lines(&output);
-    let errors: Vec<_> = lines
-        .iter()
-        .filter(|line| line.starts_with("storefront:"))
-        .collect();
+    let errors: Vec<_> = lines.iter().filter(|line| line.starts_with("storefront:")).collect();
     assert_eq!(errors.len(), 1, "{lines:?}");
     assert!(errors[0].contains("PostgreSQL"), "{lines:?}");
-    assert_eq!(
-        std::fs::read_dir(cwd.path()).unwrap().count(),
-        0,
-        "nothing is created on failure"
-    );
+    assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0, "nothing is created on failure");
 }
 
 #[test]
@@ -69,74 +56,36 @@ fn malformed_settings_stop_start_up_naming_the_setting() {
         ("SHUTDOWN_TIMEOUT_SECONDS", "-1"),
         ("CORS_ALLOWED_ORIGINS", "not an origin"),
     ] {
-        let output = storefront(cwd.path())
-            .arg("serve")
-            .env(variable, value)
-            .output()
-            .unwrap();
+        let output = storefront(cwd.path()).arg("serve").env(variable, value).output().unwrap();
         assert!(!output.status.success(), "{variable}={value} must fail");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(
-            stderr.trim().lines().count(),
-            1,
-            "one line for {variable}: {stderr}"
-        );
-        assert!(
-            stderr.contains(variable),
-            "the message names {variable}: {stderr}"
-        );
-        assert!(
-            !stderr.contains(value) || variable != "JWT_SECRET",
-            "secrets are never echoed"
-        );
+        assert_eq!(stderr.trim().lines().count(), 1, "one line for {variable}: {stderr}");
+        assert!(stderr.contains(variable), "the message names {variable}: {stderr}");
+        assert!(!stderr.contains(value) || variable != "JWT_SECRET", "secrets are never echoed");
     }
-    let production = storefront(cwd.path())
-        .arg("serve")
-        .env("APP_ENV", "production")
-        .output()
-        .unwrap();
+    let production = storefront(cwd.path()).arg("serve").env("APP_ENV", "production").output().unwrap();
     assert!(String::from_utf8_lossy(&production.stderr).contains("JWT_SECRET"));
-    assert_eq!(
-        std::fs::read_dir(cwd.path()).unwrap().count(),
-        0,
-        "nothing is created on failure"
-    );
+    assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0, "nothing is created on failure");
 }
 
 fn migrate_cycle(backend: Backend) {
     let cwd = tempfile::tempdir().unwrap();
     let database = TestDatabase::create(backend);
     let migrate = |action: &str| {
-        let output = storefront(cwd.path())
-            .args(["migrate", action])
-            .env("DATABASE_URL", database.url())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "migrate {action}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let output =
+            storefront(cwd.path()).args(["migrate", action]).env("DATABASE_URL", database.url()).output().unwrap();
+        assert!(output.status.success(), "migrate {action}: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
     let before = migrate("status");
-    assert!(
-        before.lines().all(|line| line.starts_with("pending ")),
-        "{before}"
-    );
+    assert!(before.lines().all(|line| line.starts_with("pending ")), "{before}");
     let applied = migrate("run");
     assert_eq!(applied.lines().count(), before.lines().count());
-    assert!(migrate("status")
-        .lines()
-        .all(|line| line.starts_with("applied ")));
+    assert!(migrate("status").lines().all(|line| line.starts_with("applied ")));
     assert_eq!(migrate("run").trim(), "no pending migrations");
     let reverted = migrate("revert");
     assert!(reverted.starts_with("reverted "));
-    assert!(migrate("status")
-        .lines()
-        .last()
-        .unwrap()
-        .starts_with("pending "));
+    assert!(migrate("status").lines().last().unwrap().starts_with("pending "));
 }
 
 #[test]
@@ -149,6 +98,40 @@ fn migrate_runs_reports_and_reverts_on_postgres() {
     if common::postgres_available() {
         migrate_cycle(Backend::Postgres);
     }
+}
+
+#[test]
+fn user_create_validates_before_touching_the_database() {
+    let cwd = tempfile::tempdir().unwrap();
+    for args in [
+        ["--email", "root@example.com", "--password", "long enough pw", "--role", "superuser"],
+        ["--email", "not-an-email", "--password", "long enough pw", "--role", "admin"],
+        ["--email", "root@example.com", "--password", "short", "--role", "admin"],
+    ] {
+        let output = storefront(cwd.path()).args(["user", "create"]).args(args).output().unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&output.stderr).trim().lines().count(), 1, "{args:?}");
+    }
+    assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0, "no database was created");
+
+    let database = TestDatabase::create(Backend::Sqlite);
+    let create = |email: &str| {
+        storefront(cwd.path())
+            .args(["user", "create", "--email", email, "--password", "long enough pw", "--role", "admin"])
+            .env("DATABASE_URL", database.url())
+            .output()
+            .unwrap()
+    };
+    let created = create("Root@Example.com");
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let user: Value = serde_json::from_slice(&created.stdout).unwrap();
+    assert_eq!(
+        (user["email"].as_str(), user["role"].as_str(), user["name"].as_str()),
+        (Some("root@example.com"), Some("admin"), Some("Root"))
+    );
+    let duplicate = create("root@example.com");
+    assert!(!duplicate.status.success());
+    assert!(String::from_utf8_lossy(&duplicate.stderr).contains("already exists"));
 }
 
 #[test]
@@ -198,21 +181,11 @@ fn serve(cwd: &Path, database_url: &str, extra: &[(&str, &str)]) -> Served {
 async fn sigterm_fails_readiness_drains_in_flight_requests_and_exits_zero() {
     let cwd = tempfile::tempdir().unwrap();
     let database = TestDatabase::create(Backend::Sqlite);
-    let mut served = serve(
-        cwd.path(),
-        &database.url(),
-        &[("SHUTDOWN_TIMEOUT_SECONDS", "10")],
-    );
+    let mut served = serve(cwd.path(), &database.url(), &[("SHUTDOWN_TIMEOUT_SECONDS", "10")]);
     let base = format!("http://127.0.0.1:{}", served.port);
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
+    while client.get(format!("{base}/readyz")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
         assert!(Instant::now() < deadline, "never became ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -231,26 +204,13 @@ async fn sigterm_fails_readiness_drains_in_flight_requests_and_exits_zero() {
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let killed = Command::new("kill")
-        .args(["-TERM", &served.child.id().to_string()])
-        .status()
-        .unwrap();
+    let killed = Command::new("kill").args(["-TERM", &served.child.id().to_string()]).status().unwrap();
     assert!(killed.success());
 
-    assert_eq!(
-        in_flight.await.unwrap().unwrap(),
-        204,
-        "the in-flight request finishes"
-    );
-    let status = tokio::task::spawn_blocking(move || served.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    assert_eq!(in_flight.await.unwrap().unwrap(), 204, "the in-flight request finishes");
+    let status = tokio::task::spawn_blocking(move || served.child.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(0));
-    assert!(
-        client.get(format!("{base}/livez")).send().await.is_err(),
-        "no longer listening"
-    );
+    assert!(client.get(format!("{base}/livez")).send().await.is_err(), "no longer listening");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,29 +218,16 @@ async fn postgres_outage_fails_readiness_sheds_fast_and_recovers_by_itself() {
     if !PostgresServer::available() {
         return;
     }
-    let server = tokio::task::spawn_blocking(PostgresServer::start)
-        .await
-        .unwrap();
-    let app = TestApp::builder(Backend::Postgres)
-        .database_url(&server.url())
-        .spawn()
-        .await;
-    let database_request =
-        || app.chaos(json!({"actor": "db_executor", "fault": "stall", "millis": 0}));
+    let server = tokio::task::spawn_blocking(PostgresServer::start).await.unwrap();
+    let app = TestApp::builder(Backend::Postgres).database_url(&server.url()).spawn().await;
+    let database_request = || app.chaos(json!({"actor": "db_executor", "fault": "stall", "millis": 0}));
     assert_eq!(database_request().await.status(), 204);
 
     server.stop();
 
     let report = app.wait_for_readiness(503, Duration::from_secs(5)).await;
-    assert_eq!(
-        report["checks"]["database:responseTime"][0]["status"], "fail",
-        "{report}"
-    );
-    assert_eq!(
-        app.get("/livez").await.status(),
-        200,
-        "liveness never depends on the database"
-    );
+    assert_eq!(report["checks"]["database:responseTime"][0]["status"], "fail", "{report}");
+    assert_eq!(app.get("/livez").await.status(), 200, "liveness never depends on the database");
 
     let started = Instant::now();
     let refused = database_request().await;
@@ -291,9 +238,5 @@ async fn postgres_outage_fails_readiness_sheds_fast_and_recovers_by_itself() {
 
     server.start_again();
     app.wait_for_readiness(200, Duration::from_secs(10)).await;
-    assert_eq!(
-        database_request().await.status(),
-        204,
-        "recovered without a restart"
-    );
+    assert_eq!(database_request().await.status(), 204, "recovered without a restart");
 }

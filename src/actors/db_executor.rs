@@ -2,18 +2,15 @@
 //! diesel connection per message. `DbGateway` is the only way in: it admits a bounded
 //! number of requests, times every send out, and carries the caller's tracing span.
 
-use std::{
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use actix::{Actor, ActorContext, Addr, Handler, MailboxError, Message, SyncArbiter, SyncContext};
 use tracing::Span;
 
-use super::supervision::{catch_panic, RestartReporter};
+use super::{
+    admission::{Admission, AdmissionSlot},
+    supervision::{catch_panic, RestartReporter},
+};
 use crate::{
     db::{DbConnection, DbPool},
     error::AppError,
@@ -76,25 +73,6 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
     }
 }
 
-/// Counts requests admitted to the pool; the guard gives the slot back however the
-/// request ends (answered, timed out, or dropped by a disconnecting client).
-struct Admission {
-    in_flight: AtomicUsize,
-    capacity: usize,
-}
-
-struct AdmissionSlot {
-    admission: Arc<Admission>,
-    metrics: Arc<Metrics>,
-}
-
-impl Drop for AdmissionSlot {
-    fn drop(&mut self) {
-        self.admission.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.db_in_flight.dec();
-    }
-}
-
 #[derive(Clone)]
 pub struct DbGateway {
     addr: Addr<DbExecutor>,
@@ -111,12 +89,7 @@ pub struct DbGatewaySettings {
 }
 
 impl DbGateway {
-    pub fn start(
-        pool: DbPool,
-        settings: DbGatewaySettings,
-        reporter: RestartReporter,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn start(pool: DbPool, settings: DbGatewaySettings, reporter: RestartReporter, metrics: Arc<Metrics>) -> Self {
         let factory_metrics = Arc::clone(&metrics);
         let addr = SyncArbiter::start(settings.workers, move || DbExecutor {
             pool: pool.clone(),
@@ -125,10 +98,7 @@ impl DbGateway {
         });
         Self {
             addr,
-            admission: Arc::new(Admission {
-                in_flight: AtomicUsize::new(0),
-                capacity: settings.queue_depth,
-            }),
+            admission: Arc::new(Admission::new(settings.queue_depth, Some(metrics.db_in_flight.clone()))),
             timeout: settings.timeout,
             metrics,
             workers: settings.workers,
@@ -141,52 +111,28 @@ impl DbGateway {
 
     /// Every admission slot is taken: a new request would be shed.
     pub fn is_saturated(&self) -> bool {
-        self.admission.in_flight.load(Ordering::Acquire) >= self.admission.capacity
+        self.admission.is_full()
     }
 
     /// Runs a use case on the pool, or refuses at once with 503 when the pool is saturated.
     pub async fn run<U: UseCase>(&self, use_case: U) -> Result<U::Output, AppError> {
         let _slot = self.admit()?;
-        let query = Query {
-            use_case,
-            span: Span::current(),
-        };
+        let query = Query { use_case, span: Span::current() };
         match self.addr.send(query).timeout(self.timeout).await {
             Ok(result) => result,
             Err(MailboxError::Timeout) => {
                 self.metrics.db_shed.with_label_values(&["timeout"]).inc();
-                tracing::warn!(
-                    timeout_ms = self.timeout.as_millis() as u64,
-                    "database request timed out"
-                );
-                Err(AppError::unavailable(
-                    "The database did not answer in time; try again shortly.",
-                ))
+                tracing::warn!(timeout_ms = self.timeout.as_millis() as u64, "database request timed out");
+                Err(AppError::unavailable("The database did not answer in time; try again shortly."))
             }
-            Err(MailboxError::Closed) => Err(AppError::Internal(
-                "the DbExecutor mailbox is closed".into(),
-            )),
+            Err(MailboxError::Closed) => Err(AppError::Internal("the DbExecutor mailbox is closed".into())),
         }
     }
 
     fn admit(&self) -> Result<AdmissionSlot, AppError> {
-        let admitted = self
-            .admission
-            .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
-                (current < self.admission.capacity).then_some(current + 1)
-            })
-            .is_ok();
-        if !admitted {
+        self.admission.try_admit().ok_or_else(|| {
             self.metrics.db_shed.with_label_values(&["saturated"]).inc();
-            return Err(AppError::unavailable(
-                "The service is at capacity; try again shortly.",
-            ));
-        }
-        self.metrics.db_in_flight.inc();
-        Ok(AdmissionSlot {
-            admission: Arc::clone(&self.admission),
-            metrics: Arc::clone(&self.metrics),
+            AppError::unavailable("The service is at capacity; try again shortly.")
         })
     }
 }

@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use actix::{
-    fut::wrap_future, Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message,
-    MessageResult, Supervised,
+    fut::wrap_future, Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult,
+    Supervised,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
@@ -22,13 +22,8 @@ const ACTOR: &str = "health";
 #[derive(Debug, Clone)]
 enum Probe {
     Pending,
-    Passed {
-        at: DateTime<Utc>,
-        latency: Duration,
-    },
-    Failed {
-        at: DateTime<Utc>,
-    },
+    Passed { at: DateTime<Utc>, latency: Duration },
+    Failed { at: DateTime<Utc> },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -71,25 +66,16 @@ impl Health {
         }
         self.probe_in_flight = true;
         let started = std::time::Instant::now();
-        ctx.spawn(wrap_future(async move { database.run(Ping).await }).map(
-            move |outcome, act: &mut Self, _ctx| {
-                act.probe_in_flight = false;
-                let at = Utc::now();
-                let passed = outcome.is_ok();
-                let was_passing = matches!(act.probe, Probe::Passed { .. });
-                act.probe = if passed {
-                    Probe::Passed {
-                        at,
-                        latency: started.elapsed(),
-                    }
-                } else {
-                    Probe::Failed { at }
-                };
-                if passed != was_passing {
-                    tracing::info!(passed, "database readiness changed");
-                }
-            },
-        ));
+        ctx.spawn(wrap_future(async move { database.run(Ping).await }).map(move |outcome, act: &mut Self, _ctx| {
+            act.probe_in_flight = false;
+            let at = Utc::now();
+            let passed = outcome.is_ok();
+            let was_passing = matches!(act.probe, Probe::Passed { .. });
+            act.probe = if passed { Probe::Passed { at, latency: started.elapsed() } } else { Probe::Failed { at } };
+            if passed != was_passing {
+                tracing::info!(passed, "database readiness changed");
+            }
+        }));
     }
 
     fn report(&self) -> ReadinessReport {
@@ -106,7 +92,8 @@ impl Health {
                     "status": "pass", "observedValue": latency.as_secs_f64() * 1000.0,
                     "observedUnit": "ms", "time": rfc3339(at),
                 }),
-                Probe::Failed { at } => json!({"status": "fail", "output": "database unreachable", "time": rfc3339(at)}),
+                Probe::Failed { at } =>
+                    json!({"status": "fail", "output": "database unreachable", "time": rfc3339(at)}),
             }]),
         );
 
@@ -115,10 +102,7 @@ impl Health {
             "db_executor:workers".into(),
             json!([{"status": pass_fail(workers_ok), "observedValue": workers_alive, "targetValue": workers_wanted}]),
         );
-        checks.insert(
-            "process:shutdown".into(),
-            json!([{"status": pass_fail(!self.shutting_down)}]),
-        );
+        checks.insert("process:shutdown".into(), json!([{"status": pass_fail(!self.shutting_down)}]));
 
         let restarts: Vec<Value> = self
             .restarts
@@ -134,20 +118,10 @@ impl Health {
             checks.insert("actors:restarts".into(), Value::Array(restarts));
         }
 
-        for (name, ok) in [
-            ("database", database_ok),
-            ("db_executor", workers_ok),
-            ("shutdown", !self.shutting_down),
-        ] {
-            self.metrics
-                .readiness
-                .with_label_values(&[name])
-                .set(i64::from(ok));
+        for (name, ok) in [("database", database_ok), ("db_executor", workers_ok), ("shutdown", !self.shutting_down)] {
+            self.metrics.readiness.with_label_values(&[name]).set(i64::from(ok));
         }
-        ReadinessReport {
-            ready: database_ok && workers_ok && !self.shutting_down,
-            checks: Value::Object(checks),
-        }
+        ReadinessReport { ready: database_ok && workers_ok && !self.shutting_down, checks: Value::Object(checks) }
     }
 
     fn record_restart(&mut self, restart: ActorRestarted) {
@@ -245,9 +219,7 @@ impl Handler<Crash> for Health {
                 let restart = record_panic(&self.metrics, ACTOR, &payload);
                 self.record_restart(restart);
                 ctx.stop();
-                Err(crate::error::AppError::Internal(
-                    "actor health panicked".into(),
-                ))
+                Err(crate::error::AppError::Internal("actor health panicked".into()))
             }
         }
     }

@@ -1,5 +1,6 @@
 //! The supervised actors that own the service's state.
 
+pub mod admission;
 pub mod chaos;
 pub mod db_executor;
 pub mod health;

@@ -53,19 +53,11 @@ impl RestartReporter {
 }
 
 /// Logs and counts a panic; returns the ledger entry for it.
-pub fn record_panic(
-    metrics: &Metrics,
-    actor: &'static str,
-    payload: &PanicPayload,
-) -> ActorRestarted {
+pub fn record_panic(metrics: &Metrics, actor: &'static str, payload: &PanicPayload) -> ActorRestarted {
     let reason = panic_message(payload);
     tracing::error!(actor, reason = %reason, "actor panicked; a fresh one takes its place");
     metrics.actor_restarts.with_label_values(&[actor]).inc();
-    ActorRestarted {
-        actor,
-        at: Utc::now(),
-        reason,
-    }
+    ActorRestarted { actor, at: Utc::now(), reason }
 }
 
 fn panic_message(payload: &PanicPayload) -> String {

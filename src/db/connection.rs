@@ -41,24 +41,16 @@ const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
 
 impl ConnectionManager {
     pub fn new(config: &DatabaseConfig) -> Self {
-        Self {
-            url: config.url.clone(),
-            connect_timeout: config.connect_timeout,
-        }
+        Self { url: config.url.clone(), connect_timeout: config.connect_timeout }
     }
 
     pub fn establish(&self) -> Result<DbConnection, ConnectError> {
         match &self.url {
             DatabaseUrl::Postgres { url } => {
                 let url = with_connect_timeout(url, self.connect_timeout);
-                PgConnection::establish(&url)
-                    .map(DbConnection::Postgres)
-                    .map_err(|e| ConnectError {
-                        message: format!(
-                            "cannot connect to PostgreSQL: {}",
-                            first_line(&e.to_string())
-                        ),
-                    })
+                PgConnection::establish(&url).map(DbConnection::Postgres).map_err(|e| ConnectError {
+                    message: format!("cannot connect to PostgreSQL: {}", first_line(&e.to_string())),
+                })
             }
             DatabaseUrl::Sqlite { path } => {
                 if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
@@ -66,13 +58,11 @@ impl ConnectionManager {
                         message: format!("cannot create SQLite directory {}: {e}", dir.display()),
                     })?;
                 }
-                let path_text = path.to_str().ok_or_else(|| ConnectError {
-                    message: "SQLite path is not UTF-8".into(),
+                let path_text =
+                    path.to_str().ok_or_else(|| ConnectError { message: "SQLite path is not UTF-8".into() })?;
+                let mut conn = SqliteConnection::establish(path_text).map_err(|e| ConnectError {
+                    message: format!("cannot open SQLite database {}: {e}", path.display()),
                 })?;
-                let mut conn =
-                    SqliteConnection::establish(path_text).map_err(|e| ConnectError {
-                        message: format!("cannot open SQLite database {}: {e}", path.display()),
-                    })?;
                 // Order matters: the busy timeout must be in place before WAL is switched on,
                 // and pragmas only take effect outside a transaction.
                 conn.batch_execute(&format!(
@@ -97,9 +87,7 @@ impl r2d2::ManageConnection for ConnectionManager {
     }
 
     fn is_valid(&self, conn: &mut DbConnection) -> Result<(), ConnectError> {
-        conn.ping().map_err(|e| ConnectError {
-            message: format!("connection check failed: {e}"),
-        })
+        conn.ping().map_err(|e| ConnectError { message: format!("connection check failed: {e}") })
     }
 
     fn has_broken(&self, conn: &mut DbConnection) -> bool {
@@ -171,8 +159,5 @@ fn with_connect_timeout(url: &str, timeout: Duration) -> String {
 }
 
 fn first_line(text: &str) -> &str {
-    text.lines()
-        .map(str::trim)
-        .find(|line| !line.is_empty())
-        .unwrap_or("unknown error")
+    text.lines().map(str::trim).find(|line| !line.is_empty()).unwrap_or("unknown error")
 }

@@ -22,16 +22,11 @@ pub struct MigrationState {
 /// Applies every pending migration and returns the versions applied.
 pub fn run_pending(conn: &mut DbConnection) -> Result<Vec<String>, BoxError> {
     let applied = match conn {
-        DbConnection::Sqlite(c) => c
-            .run_pending_migrations(SQLITE_MIGRATIONS)?
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
+        DbConnection::Sqlite(c) => {
+            c.run_pending_migrations(SQLITE_MIGRATIONS)?.iter().map(ToString::to_string).collect()
+        }
         DbConnection::Postgres(c) => with_pg_lock(c, |c| {
-            Ok(c.run_pending_migrations(POSTGRES_MIGRATIONS)?
-                .iter()
-                .map(ToString::to_string)
-                .collect())
+            Ok(c.run_pending_migrations(POSTGRES_MIGRATIONS)?.iter().map(ToString::to_string).collect())
         })?,
     };
     Ok(applied)
@@ -41,9 +36,9 @@ pub fn run_pending(conn: &mut DbConnection) -> Result<Vec<String>, BoxError> {
 pub fn revert_last(conn: &mut DbConnection) -> Result<String, BoxError> {
     let reverted = match conn {
         DbConnection::Sqlite(c) => c.revert_last_migration(SQLITE_MIGRATIONS)?.to_string(),
-        DbConnection::Postgres(c) => with_pg_lock(c, |c| {
-            Ok(c.revert_last_migration(POSTGRES_MIGRATIONS)?.to_string())
-        })?,
+        DbConnection::Postgres(c) => {
+            with_pg_lock(c, |c| Ok(c.revert_last_migration(POSTGRES_MIGRATIONS)?.to_string()))?
+        }
     };
     Ok(reverted)
 }
@@ -56,29 +51,17 @@ pub fn status(conn: &mut DbConnection) -> Result<Vec<MigrationState>, BoxError> 
                 .iter()
                 .map(|m| m.name().version().to_string())
                 .collect::<Vec<_>>(),
-            c.applied_migrations()?
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>(),
+            c.applied_migrations()?.iter().map(ToString::to_string).collect::<Vec<_>>(),
         ),
         DbConnection::Postgres(c) => (
             MigrationSource::<Pg>::migrations(&POSTGRES_MIGRATIONS)?
                 .iter()
                 .map(|m| m.name().version().to_string())
                 .collect::<Vec<_>>(),
-            c.applied_migrations()?
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>(),
+            c.applied_migrations()?.iter().map(ToString::to_string).collect::<Vec<_>>(),
         ),
     };
-    Ok(known
-        .into_iter()
-        .map(|version| MigrationState {
-            applied: applied.contains(&version),
-            version,
-        })
-        .collect())
+    Ok(known.into_iter().map(|version| MigrationState { applied: applied.contains(&version), version }).collect())
 }
 
 fn with_pg_lock<T>(

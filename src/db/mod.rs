@@ -3,5 +3,6 @@
 pub mod connection;
 pub mod migrations;
 pub mod schema;
+pub mod users;
 
 pub use connection::{build_pool, ConnectionManager, DbConnection, DbPool};

@@ -55,23 +55,12 @@ pub async fn inject_fault(
     request: HttpRequest,
     body: web::Json<ChaosRequest>,
 ) -> Result<HttpResponse, AppError> {
-    let expected = state
-        .config
-        .chaos_token
-        .as_ref()
-        .map(|token| token.expose().as_bytes())
-        .unwrap_or_default();
+    let expected = state.config.chaos_token.as_ref().map(|token| token.expose().as_bytes()).unwrap_or_default();
     let given = bearer_token(&request).unwrap_or_default();
     if expected.is_empty() || !constant_time_eq(given.as_bytes(), expected) {
-        return Err(AppError::Unauthorized(
-            "A valid chaos token is required.".into(),
-        ));
+        return Err(AppError::Unauthorized("A valid chaos token is required.".into()));
     }
-    let ChaosRequest {
-        actor,
-        fault,
-        millis,
-    } = body.into_inner();
+    let ChaosRequest { actor, fault, millis } = body.into_inner();
     tracing::warn!(?actor, ?fault, millis, "fault injected by an operator");
     match (actor, fault) {
         (ChaosActor::DbExecutor, ChaosFault::Panic) => state.db.run(PanicWorker).await?,
@@ -85,12 +74,7 @@ pub async fn inject_fault(
             .timeout(ACTOR_TIMEOUT)
             .await
             .map_err(|error| AppError::Internal(format!("health actor: {error}")))??,
-        (_, ChaosFault::Stall) => {
-            return Err(AppError::invalid(
-                "fault",
-                "stall applies to db_executor only",
-            ))
-        }
+        (_, ChaosFault::Stall) => return Err(AppError::invalid("fault", "stall applies to db_executor only")),
     }
     Ok(HttpResponse::NoContent().finish())
 }

@@ -11,9 +11,7 @@ use crate::error::{AppError, FieldError};
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 
 pub fn json_config() -> web::JsonConfig {
-    web::JsonConfig::default()
-        .limit(BODY_LIMIT_BYTES)
-        .error_handler(|error, _req| json_error(error).into())
+    web::JsonConfig::default().limit(BODY_LIMIT_BYTES).error_handler(|error, _req| json_error(error).into())
 }
 
 pub fn payload_config() -> web::PayloadConfig {
@@ -43,9 +41,7 @@ pub fn query_config() -> web::QueryConfig {
 
 fn json_error(error: JsonPayloadError) -> AppError {
     match error {
-        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
-            AppError::PayloadTooLarge
-        }
+        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => AppError::PayloadTooLarge,
         JsonPayloadError::ContentType => AppError::UnsupportedMediaType,
         JsonPayloadError::Deserialize(cause) => classify_json(&cause),
         _ => AppError::BadRequest("The request body could not be read.".into()),
@@ -62,9 +58,7 @@ fn classify_json(cause: &serde_json::Error) -> AppError {
             return AppError::Validation(vec![FieldError::new(field, "is required")]);
         }
     }
-    AppError::BadRequest(format!(
-        "The request body is not valid JSON for this endpoint: {message}."
-    ))
+    AppError::BadRequest(format!("The request body is not valid JSON for this endpoint: {message}."))
 }
 
 fn quoted_name<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {

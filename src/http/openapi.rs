@@ -5,15 +5,33 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use crate::http::{chaos, ops};
+use crate::{
+    domain::{
+        paging::Page,
+        user::{Role, User},
+    },
+    http::{auth, chaos, ops, users},
+};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Storefront", description = "Shop backend: catalog, credit accounts, orders, live updates."),
-    paths(ops::livez, ops::readyz, ops::metrics, ops::openapi_document, chaos::inject_fault),
-    components(schemas(chaos::ChaosRequest, chaos::ChaosActor, chaos::ChaosFault)),
+    paths(
+        ops::livez, ops::readyz, ops::metrics, ops::openapi_document, chaos::inject_fault,
+        auth::register, auth::login,
+        users::me, users::list, users::get, users::update, users::delete,
+    ),
+    components(schemas(
+        chaos::ChaosRequest, chaos::ChaosActor, chaos::ChaosFault,
+        auth::RegisterRequest, auth::LoginRequest, auth::TokenResponse,
+        users::UpdateUserRequest, User, Role, Page<User>,
+    )),
     modifiers(&SecuritySchemes),
-    tags((name = "operations", description = "Probes, metrics and fault injection"))
+    tags(
+        (name = "operations", description = "Probes, metrics and fault injection"),
+        (name = "auth", description = "Registration and sign-in"),
+        (name = "users", description = "The caller's record and user management"),
+    )
 )]
 struct ApiDoc;
 
@@ -25,12 +43,7 @@ impl Modify for SecuritySchemes {
         for name in ["bearer", "metrics_token", "chaos_token"] {
             components.add_security_scheme(
                 name,
-                SecurityScheme::Http(
-                    HttpBuilder::new()
-                        .scheme(HttpAuthScheme::Bearer)
-                        .bearer_format("JWT")
-                        .build(),
-                ),
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
             );
         }
     }

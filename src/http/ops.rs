@@ -20,9 +20,7 @@ const READINESS_TIMEOUT: Duration = Duration::from_millis(500);
 /// The process is up and can serve; the database is not consulted.
 #[utoipa::path(get, path = "/livez", tag = "operations", responses((status = 200, description = "Alive")))]
 pub async fn livez() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type(HEALTH_JSON)
-        .json(json!({"status": "pass"}))
+    HttpResponse::Ok().content_type(HEALTH_JSON).json(json!({"status": "pass"}))
 }
 
 /// Whether this replica should receive traffic: database reachable, DbExecutor pool
@@ -32,12 +30,7 @@ pub async fn livez() -> HttpResponse {
     (status = 503, description = "Not ready", content_type = "application/health+json"),
 ))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let report = match state
-        .health
-        .send(GetReadiness)
-        .timeout(READINESS_TIMEOUT)
-        .await
-    {
+    let report = match state.health.send(GetReadiness).timeout(READINESS_TIMEOUT).await {
         Ok(report) => report,
         Err(error) => {
             tracing::warn!(%error, "health actor did not answer");
@@ -47,17 +40,11 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             }
         }
     };
-    let mut response = if report.ready {
-        HttpResponse::Ok()
-    } else {
-        HttpResponse::ServiceUnavailable()
-    };
+    let mut response = if report.ready { HttpResponse::Ok() } else { HttpResponse::ServiceUnavailable() };
     response
         .content_type(HEALTH_JSON)
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(
-            json!({"status": if report.ready { "pass" } else { "fail" }, "checks": report.checks}),
-        )
+        .json(json!({"status": if report.ready { "pass" } else { "fail" }, "checks": report.checks}))
 }
 
 /// Prometheus text exposition; behind `METRICS_TOKEN` when one is set.
@@ -65,21 +52,14 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     (status = 200, description = "Prometheus text format", content_type = "text/plain"),
     (status = 401, description = "METRICS_TOKEN is set and the bearer token does not match"),
 ), security((), ("metrics_token" = [])))]
-pub async fn metrics(
-    state: web::Data<AppState>,
-    request: HttpRequest,
-) -> Result<HttpResponse, AppError> {
+pub async fn metrics(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse, AppError> {
     if let Some(expected) = &state.config.metrics_token {
         let given = bearer_token(&request).unwrap_or_default();
         if !constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
-            return Err(AppError::Unauthorized(
-                "A valid metrics token is required.".into(),
-            ));
+            return Err(AppError::Unauthorized("A valid metrics token is required.".into()));
         }
     }
-    Ok(HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render()))
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render()))
 }
 
 /// This document.

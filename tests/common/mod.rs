@@ -18,6 +18,9 @@ use serde_json::Value;
 use storefront::{cli::Cli, Application, Config};
 
 pub const CHAOS_TOKEN: &str = "chaos-token-for-tests-only";
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
+pub const PASSWORD: &str = "correct horse battery";
+const BIN: &str = env!("CARGO_BIN_EXE_storefront");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -53,9 +56,7 @@ macro_rules! on_both_backends {
 
 /// The admin URL of the PostgreSQL that tests create databases on, if any.
 pub fn postgres_admin_url() -> Option<String> {
-    std::env::var("TEST_DATABASE_URL")
-        .ok()
-        .filter(|url| !url.trim().is_empty())
+    std::env::var("TEST_DATABASE_URL").ok().filter(|url| !url.trim().is_empty())
 }
 
 /// Whether PostgreSQL tests can run; panics when CI requires them and they cannot.
@@ -80,17 +81,12 @@ pub enum TestDatabase {
 impl TestDatabase {
     pub fn create(backend: Backend) -> Self {
         match backend {
-            Backend::Sqlite => Self::Sqlite {
-                dir: tempfile::tempdir().expect("temp dir"),
-            },
+            Backend::Sqlite => Self::Sqlite { dir: tempfile::tempdir().expect("temp dir") },
             Backend::Postgres => {
                 let admin_url = postgres_admin_url().expect("TEST_DATABASE_URL is set");
                 let name = format!("storefront_test_{}", uuid::Uuid::new_v4().simple());
-                let mut conn =
-                    PgConnection::establish(&admin_url).expect("connect to TEST_DATABASE_URL");
-                diesel::sql_query(format!("CREATE DATABASE {name}"))
-                    .execute(&mut conn)
-                    .expect("create test database");
+                let mut conn = PgConnection::establish(&admin_url).expect("connect to TEST_DATABASE_URL");
+                diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut conn).expect("create test database");
                 Self::Postgres { admin_url, name }
             }
         }
@@ -114,8 +110,7 @@ impl Drop for TestDatabase {
     fn drop(&mut self) {
         if let Self::Postgres { admin_url, name } = self {
             if let Ok(mut conn) = PgConnection::establish(admin_url) {
-                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn);
+                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn);
             }
         }
     }
@@ -156,7 +151,7 @@ impl TestAppBuilder {
             "--bind".into(),
             "127.0.0.1:0".into(),
             "--database-url".into(),
-            url,
+            url.clone(),
             "--db-workers".into(),
             "2".into(),
             "--health-probe-interval-ms".into(),
@@ -164,18 +159,17 @@ impl TestAppBuilder {
             "--chaos-token".into(),
             CHAOS_TOKEN.into(),
             "--jwt-secret".into(),
-            "test-secret-test-secret-test-secret-0123456789".into(),
+            JWT_SECRET.into(),
         ];
         argv.append(&mut self.args);
+        let database_url = url;
         let config = config_from_argv(&argv);
         self.database = database;
         let (port, handle, thread) = start_server(config);
         let app = TestApp {
             address: format!("http://127.0.0.1:{port}"),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("http client"),
+            database_url,
+            client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client"),
             backend: self.backend,
             handle,
             thread: Some(thread),
@@ -189,9 +183,7 @@ impl TestAppBuilder {
 pub fn config_from_argv(argv: &[String]) -> Config {
     use clap::Parser;
     let cli = Cli::try_parse_from(argv).expect("test settings parse");
-    let storefront::cli::Command::Serve(args) = cli.command else {
-        unreachable!("serve command")
-    };
+    let storefront::cli::Command::Serve(args) = cli.command else { unreachable!("serve command") };
     Config::from_serve_args(&args).expect("test settings are valid")
 }
 
@@ -213,15 +205,13 @@ fn start_server(config: Config) -> (u16, ServerHandle, thread::JoinHandle<()>) {
             }
         });
     });
-    let (port, handle) = ready_rx
-        .recv()
-        .expect("server thread reports")
-        .expect("server starts");
+    let (port, handle) = ready_rx.recv().expect("server thread reports").expect("server starts");
     (port, handle, thread)
 }
 
 pub struct TestApp {
     pub address: String,
+    pub database_url: String,
     pub client: reqwest::Client,
     pub backend: Backend,
     handle: ServerHandle,
@@ -231,12 +221,7 @@ pub struct TestApp {
 
 impl TestApp {
     pub fn builder(backend: Backend) -> TestAppBuilder {
-        TestAppBuilder {
-            backend,
-            args: Vec::new(),
-            database: None,
-            database_url: None,
-        }
+        TestAppBuilder { backend, args: Vec::new(), database: None, database_url: None }
     }
 
     pub async fn spawn(backend: Backend) -> Self {
@@ -252,27 +237,65 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> Response {
-        self.request(Method::GET, path)
-            .send()
-            .await
-            .expect("request sent")
+        self.request(Method::GET, path).send().await.expect("request sent")
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
-        self.request(Method::POST, path)
-            .json(body)
-            .send()
-            .await
-            .expect("request sent")
+        self.request(Method::POST, path).json(body).send().await.expect("request sent")
     }
 
     pub async fn chaos(&self, body: Value) -> Response {
-        self.request(Method::POST, "/ops/chaos")
-            .bearer_auth(CHAOS_TOKEN)
-            .json(&body)
-            .send()
+        self.request(Method::POST, "/ops/chaos").bearer_auth(CHAOS_TOKEN).json(&body).send().await.expect("sent")
+    }
+
+    pub async fn send_json(&self, method: Method, path: &str, token: &str, body: &Value) -> Response {
+        self.request(method, path).bearer_auth(token).json(body).send().await.expect("request sent")
+    }
+
+    pub async fn get_as(&self, path: &str, token: &str) -> Response {
+        self.request(Method::GET, path).bearer_auth(token).send().await.expect("request sent")
+    }
+
+    /// Registers a user (password `PASSWORD`) and returns the created user.
+    pub async fn register(&self, email: &str) -> Value {
+        let response = self
+            .post_json(
+                "/api/v1/auth/register",
+                &serde_json::json!({"email": email, "password": PASSWORD, "name": "Test User"}),
+            )
+            .await;
+        assert_eq!(response.status(), 201, "register {email}");
+        response.json().await.expect("user json")
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.post_json("/api/v1/auth/login", &serde_json::json!({"email": email, "password": password})).await
+    }
+
+    pub async fn token_for(&self, email: &str) -> String {
+        let response = self.login(email, PASSWORD).await;
+        assert_eq!(response.status(), 200, "login {email}");
+        let body: Value = response.json().await.expect("token json");
+        body["access_token"].as_str().expect("access token").to_owned()
+    }
+
+    /// A registered user: (id, token).
+    pub async fn user(&self, email: &str) -> (String, String) {
+        let user = self.register(email).await;
+        (user["id"].as_str().expect("id").to_owned(), self.token_for(email).await)
+    }
+
+    /// An admin made the way operators make one, with `storefront user create`: (id, token).
+    pub async fn admin(&self, email: &str) -> (String, String) {
+        let output = tokio::process::Command::new(BIN)
+            .args(["user", "create", "--email", email, "--password", PASSWORD, "--role", "admin"])
+            .env("DATABASE_URL", &self.database_url)
+            .output()
             .await
-            .expect("sent")
+            .expect("run storefront user create");
+        assert!(output.status.success(), "user create: {}", String::from_utf8_lossy(&output.stderr));
+        let user: Value = serde_json::from_slice(&output.stdout).expect("user json");
+        (user["id"].as_str().expect("id").to_owned(), self.token_for(email).await)
     }
 
     /// Polls /readyz until it passes: the first database probe runs right after start.
@@ -289,10 +312,7 @@ impl TestApp {
                     return response.json().await.expect("health json");
                 }
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "/readyz did not turn {status} within {within:?}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "/readyz did not turn {status} within {within:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -300,12 +320,7 @@ impl TestApp {
     /// The value of one Prometheus sample, e.g. `storefront_db_in_flight` or
     /// `storefront_actor_restarts_total{actor="health"}`; 0 when it is absent.
     pub async fn metric(&self, sample: &str) -> f64 {
-        let text = self
-            .get("/metrics")
-            .await
-            .text()
-            .await
-            .expect("metrics text");
+        let text = self.get("/metrics").await.text().await.expect("metrics text");
         metric_value(&text, sample)
     }
 }
@@ -335,27 +350,15 @@ impl Drop for TestApp {
 /// Asserts that a response is an RFC 9457 problem with this status, and returns it.
 pub async fn assert_problem(response: Response, status: u16) -> Value {
     assert_eq!(response.status().as_u16(), status, "unexpected status");
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let content_type =
+        response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     assert_eq!(content_type, "application/problem+json");
-    let request_id = response
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body: Value = response.json().await.expect("problem json");
     assert_eq!(body["status"], status);
     for field in ["type", "title", "detail", "instance", "request_id"] {
         assert!(body[field].is_string(), "problem lacks {field}: {body}");
     }
-    assert_eq!(
-        body["request_id"].as_str(),
-        request_id.as_deref(),
-        "problem and header name the same request"
-    );
+    assert_eq!(body["request_id"].as_str(), request_id.as_deref(), "problem and header name the same request");
     body
 }

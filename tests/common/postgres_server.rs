@@ -23,11 +23,7 @@ fn as_postgres(program: &str) -> Command {
 
 fn run(mut command: Command, what: &str) {
     let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        output.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{what} failed: {}", String::from_utf8_lossy(&output.stderr));
 }
 
 impl PostgresServer {
@@ -45,10 +41,7 @@ impl PostgresServer {
     }
 
     pub fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("storefront-pg-")
-            .tempdir_in("/tmp")
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("storefront-pg-").tempdir_in("/tmp").expect("temp dir");
         run(
             {
                 let mut c = Command::new("chown");
@@ -57,17 +50,12 @@ impl PostgresServer {
             },
             "chown cluster dir",
         );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("port")
-            .port();
+        let port = TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("port").port();
         let server = Self { dir, port };
         run(
             {
                 let mut c = as_postgres("initdb");
-                c.args(["-A", "trust", "-U", "postgres", "-D"])
-                    .arg(server.data_dir());
+                c.args(["-A", "trust", "-U", "postgres", "-D"]).arg(server.data_dir());
                 c
             },
             "initdb",
@@ -85,11 +73,7 @@ impl PostgresServer {
     }
 
     pub fn start_again(&self) {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
-            self.port,
-            self.dir.path().display()
-        );
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.path().display());
         let mut command = as_postgres("pg_ctl");
         command
             .args(["-w", "-D"])
@@ -102,10 +86,7 @@ impl PostgresServer {
 
     pub fn stop(&self) {
         let mut command = as_postgres("pg_ctl");
-        command
-            .args(["-w", "-m", "fast", "-D"])
-            .arg(self.data_dir())
-            .arg("stop");
+        command.args(["-w", "-m", "fast", "-D"]).arg(self.data_dir()).arg("stop");
         run(command, "pg_ctl stop");
     }
 }
@@ -113,10 +94,7 @@ impl PostgresServer {
 impl Drop for PostgresServer {
     fn drop(&mut self) {
         let mut command = as_postgres("pg_ctl");
-        command
-            .args(["-m", "immediate", "-D"])
-            .arg(self.data_dir())
-            .arg("stop");
+        command.args(["-m", "immediate", "-D"]).arg(self.data_dir()).arg("stop");
         let _ = command.output();
     }
 }

@@ -17,21 +17,13 @@ pub async fn record_http_metrics(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let started = Instant::now();
-    let metrics = req
-        .app_data::<web::Data<Arc<Metrics>>>()
-        .map(|data| Arc::clone(data.get_ref()));
+    let metrics = req.app_data::<web::Data<Arc<Metrics>>>().map(|data| Arc::clone(data.get_ref()));
     let method = req.method().as_str().to_owned();
     let response = next.call(req).await?;
     if let Some(metrics) = metrics {
-        let route = response
-            .request()
-            .match_pattern()
-            .unwrap_or_else(|| "unmatched".to_owned());
+        let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
         let status = response.status().as_u16().to_string();
-        metrics
-            .http_requests
-            .with_label_values(&[method.as_str(), route.as_str(), status.as_str()])
-            .inc();
+        metrics.http_requests.with_label_values(&[method.as_str(), route.as_str(), status.as_str()]).inc();
         metrics
             .http_duration
             .with_label_values(&[method.as_str(), route.as_str()])

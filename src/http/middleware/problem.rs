@@ -21,11 +21,7 @@ pub async fn render_problems(
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     // Routing needs the request unshared, so keep copies of what a problem needs.
     let instance = req.path().to_owned();
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|id| id.0.clone())
-        .unwrap_or_default();
+    let request_id = req.extensions().get::<RequestId>().map(|id| id.0.clone()).unwrap_or_default();
     let response = match next.call(req).await {
         Ok(response) => response.map_into_boxed_body(),
         // Handlers, extractors and CORS answer errors as responses; an inner layer that
@@ -50,9 +46,7 @@ pub async fn render_problems(
     let problem = problem.finish(&instance, &request_id);
     let body = serde_json::to_vec(&problem).unwrap_or_default();
     let mut response = response.map_body(|_, _| BoxBody::new(body));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     Ok(response)
 }
 
@@ -68,8 +62,6 @@ impl actix_web::ResponseError for RenderedProblem {
     }
 
     fn error_response(&self) -> actix_web::HttpResponse {
-        actix_web::HttpResponse::build(self.status_code())
-            .content_type(PROBLEM_JSON)
-            .json(&self.0)
+        actix_web::HttpResponse::build(self.status_code()).content_type(PROBLEM_JSON).json(&self.0)
     }
 }

@@ -17,9 +17,7 @@ pub struct RequestId(pub String);
 
 pub fn is_acceptable(candidate: &str) -> bool {
     (1..=64).contains(&candidate.len())
-        && candidate
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && candidate.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 pub async fn assign_request_id(
@@ -35,9 +33,7 @@ pub async fn assign_request_id(
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut response = next.call(req).await?;
     if let Ok(value) = HeaderValue::from_str(&id) {
-        response
-            .headers_mut()
-            .insert(REQUEST_ID_HEADER.clone(), value);
+        response.headers_mut().insert(REQUEST_ID_HEADER.clone(), value);
     }
     Ok(response)
 }

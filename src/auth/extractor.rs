@@ -1,0 +1,61 @@
+//! `AuthUser`: the caller behind a valid bearer token, looked up fresh so that a deleted
+//! user's tokens stop working at once and role changes apply to the next request.
+
+use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
+
+use crate::{
+    app::AppState,
+    db::users::FindActiveUser,
+    domain::user::{Permission, User},
+    error::AppError,
+    http::auth_header::bearer_token,
+};
+
+#[derive(Debug, Clone)]
+pub struct AuthUser(pub User);
+
+impl AuthUser {
+    pub fn can(&self, permission: Permission) -> bool {
+        self.0.role.can(permission)
+    }
+
+    /// Refuses with 403 unless the caller's role grants `permission`.
+    pub fn require(&self, permission: Permission) -> Result<(), AppError> {
+        if self.can(permission) {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden("Your role does not allow this.".into()))
+        }
+    }
+
+    /// The caller's own records, or anyone's with `permission`. Others' records answer
+    /// 404, so their existence is not revealed.
+    pub fn may_access(&self, owner: uuid::Uuid, permission: Permission) -> Result<(), AppError> {
+        if self.0.id == owner || self.can(permission) {
+            Ok(())
+        } else {
+            Err(AppError::NotFound("No such resource.".into()))
+        }
+    }
+}
+
+fn unauthorized() -> AppError {
+    AppError::Unauthorized("The access token is missing, invalid or expired.".into())
+}
+
+impl FromRequest for AuthUser {
+    type Error = AppError;
+    type Future = LocalBoxFuture<'static, Result<Self, AppError>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let token = bearer_token(req).map(str::to_owned);
+        Box::pin(async move {
+            let state = state.ok_or_else(|| AppError::Internal("application state missing".into()))?;
+            let user_id = state.tokens.verify(&token.ok_or_else(unauthorized)?)?;
+            let user = state.db.run(FindActiveUser { id: user_id }).await?.ok_or_else(unauthorized)?;
+            Ok(AuthUser(user))
+        })
+    }
+}

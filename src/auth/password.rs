@@ -1,0 +1,147 @@
+//! Password hashing off the async threads: argon2id (OWASP: m = 19456 KiB, t = 2, p = 1)
+//! on a SyncArbiter of its own, never on an actix-web worker and never on a DbExecutor
+//! thread holding a connection. Admission is bounded, because each hash takes 19 MiB.
+
+use std::{sync::Arc, time::Duration};
+
+use actix::{Actor, ActorContext, Addr, Handler, MailboxError, Message, SyncArbiter, SyncContext};
+use argon2::{
+    password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString},
+    Algorithm, Argon2, Params, Version,
+};
+
+use crate::{
+    actors::{
+        admission::Admission,
+        supervision::{catch_panic, RestartReporter},
+    },
+    error::AppError,
+};
+
+const ACTOR: &str = "password_hasher";
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn argon2() -> Result<Argon2<'static>, AppError> {
+    let params = Params::new(19_456, 2, 1, None).map_err(|e| AppError::Internal(format!("argon2 params: {e}")))?;
+    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+}
+
+pub fn hash_password(password: &str) -> Result<String, AppError> {
+    let salt = SaltString::generate(&mut OsRng);
+    argon2()?
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| AppError::Internal(format!("argon2 hash: {e}")))
+}
+
+fn verify_password(password: &str, hash: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else { return false };
+    argon2().is_ok_and(|argon| argon.verify_password(password.as_bytes(), &parsed).is_ok())
+}
+
+pub struct PasswordHasher {
+    /// A hash of nothing anyone knows: verifying against it costs what a real check costs,
+    /// so a login for an unknown email takes as long as a wrong password.
+    dummy_hash: String,
+    reporter: RestartReporter,
+}
+
+impl Actor for PasswordHasher {
+    type Context = SyncContext<Self>;
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<String, AppError>")]
+struct Hash(String);
+
+#[derive(Message)]
+#[rtype(result = "Result<bool, AppError>")]
+struct Verify {
+    password: String,
+    hash: Option<String>,
+}
+
+impl Handler<Hash> for PasswordHasher {
+    type Result = Result<String, AppError>;
+    fn handle(&mut self, msg: Hash, ctx: &mut SyncContext<Self>) -> Self::Result {
+        catch_panic(|| hash_password(&msg.0)).unwrap_or_else(|payload| {
+            ctx.stop();
+            Err(self.reporter.report(ACTOR, &payload))
+        })
+    }
+}
+
+impl Handler<Verify> for PasswordHasher {
+    type Result = Result<bool, AppError>;
+    fn handle(&mut self, msg: Verify, ctx: &mut SyncContext<Self>) -> Self::Result {
+        let dummy = &self.dummy_hash;
+        catch_panic(|| match &msg.hash {
+            Some(hash) => verify_password(&msg.password, hash),
+            None => {
+                verify_password(&msg.password, dummy);
+                false
+            }
+        })
+        .map_err(|payload| {
+            ctx.stop();
+            self.reporter.report(ACTOR, &payload)
+        })
+    }
+}
+
+/// The way in: bounded and timed out, like the database gateway.
+#[derive(Clone)]
+pub struct Passwords {
+    addr: Addr<PasswordHasher>,
+    admission: Arc<Admission>,
+}
+
+impl Passwords {
+    pub fn start(threads: usize, reporter: RestartReporter) -> Result<Self, AppError> {
+        let dummy_hash = hash_password("storefront-dummy-password-never-valid")?;
+        let addr = SyncArbiter::start(threads, move || PasswordHasher {
+            dummy_hash: dummy_hash.clone(),
+            reporter: reporter.clone(),
+        });
+        Ok(Self { addr, admission: Arc::new(Admission::new(threads * 16, None)) })
+    }
+
+    pub async fn hash(&self, password: String) -> Result<String, AppError> {
+        self.ask(Hash(password)).await?
+    }
+
+    /// `hash: None` (unknown account) does the full work of a check and answers false.
+    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, AppError> {
+        self.ask(Verify { password, hash }).await?
+    }
+
+    async fn ask<M>(&self, msg: M) -> Result<M::Result, AppError>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        PasswordHasher: Handler<M>,
+    {
+        let _slot = self
+            .admission
+            .try_admit()
+            .ok_or_else(|| AppError::unavailable("Too many sign-ins at once; try again shortly."))?;
+        self.addr.send(msg).timeout(TIMEOUT).await.map_err(|error| match error {
+            MailboxError::Timeout => AppError::unavailable("Password check timed out; try again shortly."),
+            MailboxError::Closed => AppError::Internal("password hasher mailbox closed".into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_verify_only_their_password() {
+        let hash = hash_password("correct horse").unwrap();
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert!(verify_password("correct horse", &hash));
+        assert!(!verify_password("wrong horse", &hash));
+        assert!(!verify_password("correct horse", "not a hash"));
+    }
+}

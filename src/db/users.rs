@@ -1,0 +1,255 @@
+//! Users, their accounts and failed-login records: one use case per operation.
+
+use chrono::NaiveDateTime;
+use diesel::{
+    prelude::*,
+    result::{DatabaseErrorKind, Error as DieselError},
+};
+use uuid::Uuid;
+
+use super::{schema::*, DbConnection};
+use crate::{
+    actors::UseCase,
+    domain::{
+        clock,
+        paging::{Page, PageRequest},
+        user::{login_retry_after, Role, User, LOGIN_FAILURE_WINDOW},
+    },
+    error::AppError,
+};
+
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = users)]
+struct UserRow {
+    id: String,
+    email: String,
+    name: String,
+    role: String,
+    password_hash: String,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+    deleted_at: Option<NaiveDateTime>,
+}
+
+impl UserRow {
+    fn into_user(self) -> Result<User, AppError> {
+        Ok(User {
+            id: parse_id(&self.id)?,
+            role: Role::parse(&self.role).ok_or_else(|| AppError::Internal(format!("unknown role {:?}", self.role)))?,
+            email: self.email,
+            name: self.name,
+            created_at: clock::to_utc(self.created_at),
+            updated_at: clock::to_utc(self.updated_at),
+        })
+    }
+}
+
+pub fn parse_id(raw: &str) -> Result<Uuid, AppError> {
+    Uuid::parse_str(raw).map_err(|_| AppError::Internal(format!("malformed id {raw:?} in the database")))
+}
+
+fn email_taken(error: DieselError) -> AppError {
+    match error {
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
+            AppError::conflict("An account with this email already exists.")
+        }
+        other => other.into(),
+    }
+}
+
+fn live_user(conn: &mut DbConnection, id: Uuid) -> Result<Option<UserRow>, AppError> {
+    Ok(users::table
+        .filter(users::id.eq(id.to_string()))
+        .filter(users::deleted_at.is_null())
+        .select(UserRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// A new user with an account of balance 0, in one transaction.
+pub struct CreateUser {
+    pub email: String,
+    pub name: String,
+    pub role: Role,
+    pub password_hash: String,
+}
+
+impl UseCase for CreateUser {
+    type Output = User;
+    fn run(self, conn: &mut DbConnection) -> Result<User, AppError> {
+        let now = clock::now();
+        let row = UserRow {
+            id: Uuid::now_v7().to_string(),
+            email: self.email,
+            name: self.name,
+            role: self.role.as_str().to_owned(),
+            password_hash: self.password_hash,
+            created_at: now,
+            updated_at: now,
+            deleted_at: None,
+        };
+        conn.write_transaction(|conn| {
+            diesel::insert_into(users::table).values(&row).execute(conn).map_err(email_taken)?;
+            diesel::insert_into(accounts::table)
+                .values((
+                    accounts::user_id.eq(&row.id),
+                    accounts::balance_cents.eq(0_i64),
+                    accounts::updated_at.eq(now),
+                ))
+                .execute(conn)?;
+            Ok::<_, AppError>(())
+        })?;
+        row.into_user()
+    }
+}
+
+/// What a login needs to check a password.
+pub struct Credentials {
+    pub user_id: Uuid,
+    pub role: Role,
+    pub password_hash: String,
+}
+
+/// Refuses while the email is throttled; otherwise finds its credentials (if any).
+pub struct LoginLookup {
+    pub email: String,
+}
+
+impl UseCase for LoginLookup {
+    type Output = Option<Credentials>;
+    fn run(self, conn: &mut DbConnection) -> Result<Option<Credentials>, AppError> {
+        let now = clock::now();
+        let since = now - chrono::Duration::from_std(LOGIN_FAILURE_WINDOW).unwrap_or(chrono::Duration::MAX);
+        let failures: Vec<NaiveDateTime> = login_failures::table
+            .filter(login_failures::email.eq(&self.email))
+            .filter(login_failures::failed_at.gt(since))
+            .select(login_failures::failed_at)
+            .load(conn)?;
+        if let Some(retry_after_secs) = login_retry_after(&failures, now) {
+            return Err(AppError::TooManyRequests {
+                retry_after_secs,
+                detail: "Too many failed sign-ins for this email; try again later.".into(),
+            });
+        }
+        let found: Option<(String, String, String)> = users::table
+            .filter(users::email.eq(&self.email))
+            .filter(users::deleted_at.is_null())
+            .select((users::id, users::role, users::password_hash))
+            .first(conn)
+            .optional()?;
+        found
+            .map(|(id, role, password_hash)| {
+                Ok(Credentials {
+                    user_id: parse_id(&id)?,
+                    role: Role::parse(&role).ok_or_else(|| AppError::Internal(format!("unknown role {role:?}")))?,
+                    password_hash,
+                })
+            })
+            .transpose()
+    }
+}
+
+/// Remembers a failed login (for throttling), or forgets the failures after a success.
+pub struct RecordLoginOutcome {
+    pub email: String,
+    pub succeeded: bool,
+}
+
+impl UseCase for RecordLoginOutcome {
+    type Output = ();
+    fn run(self, conn: &mut DbConnection) -> Result<(), AppError> {
+        let now = clock::now();
+        let by_email = login_failures::table.filter(login_failures::email.eq(&self.email));
+        if self.succeeded {
+            diesel::delete(by_email).execute(conn)?;
+        } else {
+            let stale = now - chrono::Duration::from_std(LOGIN_FAILURE_WINDOW).unwrap_or(chrono::Duration::MAX);
+            diesel::delete(by_email.filter(login_failures::failed_at.le(stale))).execute(conn)?;
+            diesel::insert_into(login_failures::table)
+                .values((login_failures::email.eq(&self.email), login_failures::failed_at.eq(now)))
+                .execute(conn)?;
+        }
+        Ok(())
+    }
+}
+
+pub struct FindActiveUser {
+    pub id: Uuid,
+}
+
+impl UseCase for FindActiveUser {
+    type Output = Option<User>;
+    fn run(self, conn: &mut DbConnection) -> Result<Option<User>, AppError> {
+        live_user(conn, self.id)?.map(UserRow::into_user).transpose()
+    }
+}
+
+pub struct ListUsers {
+    pub page: PageRequest,
+}
+
+impl UseCase for ListUsers {
+    type Output = Page<User>;
+    fn run(self, conn: &mut DbConnection) -> Result<Page<User>, AppError> {
+        let live = || users::table.filter(users::deleted_at.is_null());
+        let total: i64 = live().count().get_result(conn)?;
+        let rows: Vec<UserRow> = live()
+            .order((users::created_at.asc(), users::id.asc()))
+            .limit(self.page.limit())
+            .offset(self.page.offset())
+            .select(UserRow::as_select())
+            .load(conn)?;
+        let users = rows.into_iter().map(UserRow::into_user).collect::<Result<_, _>>()?;
+        Ok(Page::new(users, self.page, total))
+    }
+}
+
+#[derive(Debug, Default, AsChangeset)]
+#[diesel(table_name = users)]
+pub struct UserChanges {
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub role: Option<String>,
+    pub password_hash: Option<String>,
+}
+
+pub struct UpdateUser {
+    pub id: Uuid,
+    pub changes: UserChanges,
+}
+
+impl UseCase for UpdateUser {
+    type Output = User;
+    fn run(self, conn: &mut DbConnection) -> Result<User, AppError> {
+        conn.write_transaction(|conn| {
+            if live_user(conn, self.id)?.is_none() {
+                return Err(AppError::NotFound("No such user.".into()));
+            }
+            diesel::update(users::table.filter(users::id.eq(self.id.to_string())))
+                .set((&self.changes, users::updated_at.eq(clock::now())))
+                .execute(conn)
+                .map_err(email_taken)?;
+            live_user(conn, self.id)?.ok_or_else(|| AppError::NotFound("No such user.".into()))?.into_user()
+        })
+    }
+}
+
+/// Soft delete: the row stays for past orders; the email is free again, and every token
+/// of the user stops working because lookups only see live users.
+pub struct DeleteUser {
+    pub id: Uuid,
+}
+
+impl UseCase for DeleteUser {
+    type Output = ();
+    fn run(self, conn: &mut DbConnection) -> Result<(), AppError> {
+        let deleted =
+            diesel::update(users::table.filter(users::id.eq(self.id.to_string())).filter(users::deleted_at.is_null()))
+                .set(users::deleted_at.eq(Some(clock::now())))
+                .execute(conn)?;
+        if deleted == 0 {
+            return Err(AppError::NotFound("No such user.".into()));
+        }
+        Ok(())
+    }
+}

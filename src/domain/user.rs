@@ -1,0 +1,238 @@
+//! Users: roles, the permission table, and the rules for emails, names and passwords.
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::FieldError;
+
+/// A user as the API shows it: never a password or a hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub name: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// After this many failed logins for one email within the window, logins are refused.
+pub const LOGIN_FAILURE_LIMIT: usize = 5;
+pub const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// Seconds until a login for this email may be tried again, given the times of its recent
+/// failures; `None` while fewer than the limit fall inside the window.
+pub fn login_retry_after(failures: &[NaiveDateTime], now: NaiveDateTime) -> Option<u64> {
+    let window = chrono::Duration::from_std(LOGIN_FAILURE_WINDOW).unwrap_or(chrono::Duration::MAX);
+    let mut recent: Vec<NaiveDateTime> = failures.iter().copied().filter(|at| *at > now - window).collect();
+    if recent.len() < LOGIN_FAILURE_LIMIT {
+        return None;
+    }
+    // The window reopens when enough of the oldest failures have aged out of it.
+    recent.sort_unstable();
+    let reopening = recent[recent.len() - LOGIN_FAILURE_LIMIT] + window;
+    Some(u64::try_from((reopening - now).num_seconds()).unwrap_or(0).max(1))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    User,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::User => "user",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "admin" => Some(Self::Admin),
+            "user" => Some(Self::User),
+            _ => None,
+        }
+    }
+
+    /// The RBAC table: what each role may do beyond acting on its own records.
+    fn permissions(self) -> &'static [Permission] {
+        use Permission::*;
+        match self {
+            Self::Admin => &[
+                ListUsers,
+                ReadAnyUser,
+                UpdateAnyUser,
+                ChangeRoles,
+                DeleteUsers,
+                ManageCatalog,
+                Deposit,
+                SeeAllOrders,
+                SeeOpsTopic,
+            ],
+            Self::User => &[],
+        }
+    }
+
+    pub fn can(self, permission: Permission) -> bool {
+        self.permissions().contains(&permission)
+    }
+}
+
+/// Everything a role can be allowed to do; handlers ask `Role::can`, never compare roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    ListUsers,
+    ReadAnyUser,
+    UpdateAnyUser,
+    ChangeRoles,
+    DeleteUsers,
+    ManageCatalog,
+    Deposit,
+    SeeAllOrders,
+    SeeOpsTopic,
+}
+
+pub const PASSWORD_MIN_CHARS: usize = 8;
+pub const PASSWORD_MAX_CHARS: usize = 128;
+pub const NAME_MAX_CHARS: usize = 100;
+const EMAIL_MAX_CHARS: usize = 254;
+
+/// Trims and lower-cases an email and checks its syntax (one `@`, a local part, and a
+/// dotted domain of letters, digits and hyphens).
+pub fn normalize_email(raw: &str) -> Result<String, FieldError> {
+    let email = raw.trim().to_lowercase();
+    let invalid = || FieldError::new("email", "must be a valid email address");
+    if email.is_empty() || email.chars().count() > EMAIL_MAX_CHARS {
+        return Err(invalid());
+    }
+    let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && local.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
+    let labels: Vec<&str> = domain.split('.').collect();
+    let domain_ok = labels.len() >= 2
+        && labels.iter().all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if local_ok && domain_ok {
+        Ok(email)
+    } else {
+        Err(invalid())
+    }
+}
+
+pub fn validate_password(password: &str) -> Result<(), FieldError> {
+    let chars = password.chars().count();
+    if (PASSWORD_MIN_CHARS..=PASSWORD_MAX_CHARS).contains(&chars) {
+        Ok(())
+    } else {
+        Err(FieldError::new("password", format!("must be {PASSWORD_MIN_CHARS} to {PASSWORD_MAX_CHARS} characters")))
+    }
+}
+
+pub fn normalize_name(raw: &str) -> Result<String, FieldError> {
+    let name = raw.trim();
+    let chars = name.chars().count();
+    if (1..=NAME_MAX_CHARS).contains(&chars) && !name.chars().any(char::is_control) {
+        Ok(name.to_owned())
+    } else {
+        Err(FieldError::new("name", format!("must be 1 to {NAME_MAX_CHARS} characters")))
+    }
+}
+
+/// The checked fields of a new account.
+pub struct NewUser {
+    pub email: String,
+    pub name: String,
+}
+
+pub fn validate_new_user(email: &str, password: &str, name: &str) -> Result<NewUser, Vec<FieldError>> {
+    let email = normalize_email(email);
+    let name = normalize_name(name);
+    let errors: Vec<_> = [email.as_ref().err(), validate_password(password).err().as_ref(), name.as_ref().err()]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    match (email, name) {
+        (Ok(email), Ok(name)) if errors.is_empty() => Ok(NewUser { email, name }),
+        _ => Err(errors),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn emails_are_trimmed_lower_cased_and_checked() {
+        assert_eq!(normalize_email("  Alice@Example.COM ").unwrap(), "alice@example.com");
+        for bad in
+            ["", "alice", "alice@", "@example.com", "a@b", "a b@example.com", "a@exa mple.com", "a@@b.com", "a@-b.com"]
+        {
+            assert!(normalize_email(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_admins_hold_permissions() {
+        assert!(Role::Admin.can(Permission::DeleteUsers));
+        assert!(!Role::User.can(Permission::DeleteUsers));
+        assert!(!Role::User.can(Permission::ChangeRoles));
+    }
+
+    #[test]
+    fn five_recent_failures_close_the_window_until_the_oldest_ages_out() {
+        let now = chrono::Utc::now().naive_utc();
+        let minutes_ago = |m: i64| now - chrono::Duration::minutes(m);
+        assert_eq!(login_retry_after(&[minutes_ago(1); 4], now), None);
+        let failures = [minutes_ago(10), minutes_ago(5), minutes_ago(4), minutes_ago(3), minutes_ago(2)];
+        assert_eq!(login_retry_after(&failures, now), Some(5 * 60));
+        let with_stale = [minutes_ago(20), minutes_ago(5), minutes_ago(4), minutes_ago(3), minutes_ago(2)];
+        assert_eq!(login_retry_after(&with_stale, now), None);
+    }
+
+    proptest! {
+        #[test]
+        fn password_length_rule_counts_characters(password in "\\PC{0,140}") {
+            let chars = password.chars().count();
+            prop_assert_eq!(validate_password(&password).is_ok(), (8..=128).contains(&chars));
+        }
+
+        #[test]
+        fn names_are_trimmed_and_bounded(name in "[ a-zA-Zé]{0,120}") {
+            match normalize_name(&name) {
+                Ok(kept) => {
+                    prop_assert_eq!(kept.as_str(), name.trim());
+                    prop_assert!((1..=100).contains(&kept.chars().count()));
+                }
+                Err(_) => prop_assert!(name.trim().is_empty() || name.trim().chars().count() > 100),
+            }
+        }
+
+        #[test]
+        fn normalized_emails_are_stable(local in "[a-z0-9._%+-]{1,20}", domain in "[a-z0-9]{1,10}\\.[a-z]{2,5}") {
+            let raw = format!("{local}@{domain}");
+            if let Ok(email) = normalize_email(&raw.to_uppercase()) {
+                prop_assert_eq!(normalize_email(&email), Ok(email.clone()));
+                prop_assert_eq!(email, raw);
+            }
+        }
+    }
+}

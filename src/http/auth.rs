@@ -1,0 +1,78 @@
+//! `POST /api/v1/auth/register` and `POST /api/v1/auth/login`.
+
+use actix_web::{http::header, web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{
+    app::AppState,
+    db::users::{CreateUser, LoginLookup, RecordLoginOutcome},
+    domain::user::{validate_new_user, NewUser, Role, User},
+    error::AppError,
+};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub email: String,
+    pub password: String,
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+}
+
+/// Create an account (role `user`, balance 0).
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest, responses(
+    (status = 201, description = "Registered", body = User),
+    (status = 409, description = "Email taken"),
+    (status = 422, description = "Invalid email, password (8–128 chars) or name (1–100 chars)"),
+))]
+pub async fn register(state: web::Data<AppState>, body: web::Json<RegisterRequest>) -> Result<HttpResponse, AppError> {
+    let RegisterRequest { email, password, name } = body.into_inner();
+    let NewUser { email, name } = validate_new_user(&email, &password, &name).map_err(AppError::Validation)?;
+    let password_hash = state.passwords.hash(password).await?;
+    let user = state.db.run(CreateUser { email, name, role: Role::User, password_hash }).await?;
+    Ok(HttpResponse::Created().insert_header((header::LOCATION, format!("/api/v1/users/{}", user.id))).json(user))
+}
+
+/// Exchange email and password for an access token. A wrong password and an unknown email
+/// get the same 401, after the same amount of work.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest, responses(
+    (status = 200, description = "Signed in", body = TokenResponse),
+    (status = 401, description = "Wrong email or password"),
+    (status = 429, description = "Too many failed sign-ins for this email; see Retry-After"),
+))]
+pub async fn login(state: web::Data<AppState>, body: web::Json<LoginRequest>) -> Result<HttpResponse, AppError> {
+    let LoginRequest { email, password } = body.into_inner();
+    let email = email.trim().to_lowercase();
+    let credentials = state.db.run(LoginLookup { email: email.clone() }).await?;
+    let (account, hash) = match credentials {
+        Some(found) => (Some((found.user_id, found.role)), Some(found.password_hash)),
+        None => (None, None),
+    };
+    let verified = state.passwords.verify(password, hash).await?;
+    state.db.run(RecordLoginOutcome { email, succeeded: verified }).await?;
+    match account {
+        Some((user_id, role)) if verified => {
+            let issued = state.tokens.issue(user_id, role)?;
+            Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(TokenResponse {
+                access_token: issued.token,
+                token_type: "Bearer",
+                expires_in: issued.expires_in,
+            }))
+        }
+        _ => Err(AppError::Unauthorized("The email or password is wrong.".into())),
+    }
+}

@@ -1,0 +1,132 @@
+//! `/api/v1/users`: the caller's own record, and user management for admins.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    auth::AuthUser,
+    db::users::{DeleteUser, FindActiveUser, ListUsers, UpdateUser, UserChanges},
+    domain::{
+        paging::{Page, PageRequest},
+        user::{normalize_email, normalize_name, validate_password, Permission, Role, User},
+    },
+    error::{AppError, FieldError},
+};
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PageQuery {
+    /// Page number, from 1.
+    pub page: Option<i64>,
+    /// Items per page, 1–100 (larger values are clamped to 100).
+    pub per_page: Option<i64>,
+}
+
+impl PageQuery {
+    pub fn to_request(&self) -> Result<PageRequest, AppError> {
+        PageRequest::new(self.page, self.per_page).map_err(AppError::Validation)
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUserRequest {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub password: Option<String>,
+    /// `admin` or `user`; admins only.
+    pub role: Option<String>,
+}
+
+/// The caller.
+#[utoipa::path(get, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = User), (status = 401, description = "No valid token")))]
+pub async fn me(caller: AuthUser) -> HttpResponse {
+    HttpResponse::Ok().json(caller.0)
+}
+
+/// Every user (admin).
+#[utoipa::path(get, path = "/api/v1/users", tag = "users", params(PageQuery), security(("bearer" = [])),
+    responses((status = 200, body = Page<User>), (status = 403, description = "Not an admin")))]
+pub async fn list(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, AppError> {
+    caller.require(Permission::ListUsers)?;
+    let page = state.db.run(ListUsers { page: query.to_request()? }).await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+/// One user (admin, or the user themself; anyone else gets 404).
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = User), (status = 404, description = "No such user, or not yours")))]
+pub async fn get(state: web::Data<AppState>, caller: AuthUser, id: web::Path<Uuid>) -> Result<HttpResponse, AppError> {
+    let id = id.into_inner();
+    caller.may_access(id, Permission::ReadAnyUser)?;
+    let user = state.db.run(FindActiveUser { id }).await?.ok_or_else(|| AppError::NotFound("No such user.".into()))?;
+    Ok(HttpResponse::Ok().json(user))
+}
+
+/// Change name, email, password (self or admin) or role (admin only).
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", request_body = UpdateUserRequest, security(("bearer" = [])),
+    responses(
+        (status = 200, body = User),
+        (status = 403, description = "A non-admin sent `role`"),
+        (status = 404, description = "No such user, or not yours"),
+        (status = 409, description = "Email taken"),
+        (status = 422, description = "Invalid fields"),
+    ))]
+pub async fn update(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    id: web::Path<Uuid>,
+    body: web::Json<UpdateUserRequest>,
+) -> Result<HttpResponse, AppError> {
+    let id = id.into_inner();
+    caller.may_access(id, Permission::UpdateAnyUser)?;
+    let UpdateUserRequest { name, email, password, role } = body.into_inner();
+    if role.is_some() {
+        caller.require(Permission::ChangeRoles)?;
+    }
+    let mut errors = Vec::new();
+    let mut changes = UserChanges::default();
+    if let Some(role) = role {
+        match Role::parse(&role) {
+            Some(role) => changes.role = Some(role.as_str().to_owned()),
+            None => errors.push(FieldError::new("role", "must be admin or user")),
+        }
+    }
+    if let Some(name) = name {
+        normalize_name(&name).map(|n| changes.name = Some(n)).unwrap_or_else(|e| errors.push(e));
+    }
+    if let Some(email) = email {
+        normalize_email(&email).map(|e| changes.email = Some(e)).unwrap_or_else(|e| errors.push(e));
+    }
+    if let Some(password) = &password {
+        validate_password(password).unwrap_or_else(|e| errors.push(e));
+    }
+    if !errors.is_empty() {
+        return Err(AppError::Validation(errors));
+    }
+    if let Some(password) = password {
+        changes.password_hash = Some(state.passwords.hash(password).await?);
+    }
+    let user = state.db.run(UpdateUser { id, changes }).await?;
+    Ok(HttpResponse::Ok().json(user))
+}
+
+/// Delete a user (admin). Their tokens stop working at once; past orders stay.
+#[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
+    responses((status = 204), (status = 403, description = "Not an admin"), (status = 404, description = "No such user")))]
+pub async fn delete(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, AppError> {
+    caller.require(Permission::DeleteUsers)?;
+    state.db.run(DeleteUser { id: id.into_inner() }).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
