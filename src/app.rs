@@ -12,6 +12,7 @@ use crate::{
     actors::{
         db_executor::DbGatewaySettings,
         health::{BeginShutdown, Health, WatchDatabase},
+        janitor::{Janitor, Retention},
         supervision::RestartReporter,
         DbGateway,
     },
@@ -55,6 +56,8 @@ pub struct Application {
     server: actix_web::dev::Server,
     port: u16,
     health: Addr<Health>,
+    /// Held so the Janitor lives as long as the server.
+    _janitor: Addr<Janitor>,
 }
 
 impl Application {
@@ -82,6 +85,15 @@ impl Application {
             Arc::clone(&metrics),
         );
         health.do_send(WatchDatabase(db.clone()));
+        let janitor = {
+            let db = db.clone();
+            let retention = Retention {
+                idempotency_keys: config.idempotency_key_retention,
+                events: config.event_retention,
+                interval: config.janitor_interval,
+            };
+            Supervisor::start(move |_| Janitor::new(db, retention))
+        };
         let passwords = Passwords::start(config.password_hasher_threads, reporter)
             .map_err(|error| StartupError::Internal(error.to_string()))?;
 
@@ -125,7 +137,7 @@ impl Application {
             address = %config.bind_addr, port, database = ?config.database.url, workers = config.db_workers,
             "storefront is listening"
         );
-        Ok(Self { server, port, health })
+        Ok(Self { server, port, health, _janitor: janitor })
     }
 
     pub fn port(&self) -> u16 {

@@ -95,6 +95,12 @@ pub struct ServeArgs {
     pub health_probe_interval_ms: String,
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value = "30")]
     pub shutdown_timeout_seconds: String,
+    #[arg(long, env = "EVENT_RETENTION_HOURS", default_value = "24")]
+    pub event_retention_hours: String,
+    #[arg(long, env = "IDEMPOTENCY_KEY_RETENTION_HOURS", default_value = "24")]
+    pub idempotency_key_retention_hours: String,
+    #[arg(long, env = "JANITOR_INTERVAL_SECONDS", default_value = "300")]
+    pub janitor_interval_seconds: String,
     #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
     #[arg(long, env = "CHAOS_TOKEN", hide_env_values = true)]

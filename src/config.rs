@@ -116,6 +116,9 @@ pub struct Config {
     pub password_hasher_threads: usize,
     pub health_probe_interval: Duration,
     pub shutdown_timeout: Duration,
+    pub event_retention: Duration,
+    pub idempotency_key_retention: Duration,
+    pub janitor_interval: Duration,
     pub metrics_token: Option<Secret>,
     pub chaos_token: Option<Secret>,
 }
@@ -256,10 +259,28 @@ impl Config {
                 0,
                 3_600,
             )?),
+            event_retention: hours(parse_number("EVENT_RETENTION_HOURS", &args.event_retention_hours, 1, 24 * 365)?),
+            // api.md promises keys are kept at least 24 hours.
+            idempotency_key_retention: hours(parse_number(
+                "IDEMPOTENCY_KEY_RETENTION_HOURS",
+                &args.idempotency_key_retention_hours,
+                24,
+                24 * 365,
+            )?),
+            janitor_interval: Duration::from_secs(parse_number(
+                "JANITOR_INTERVAL_SECONDS",
+                &args.janitor_interval_seconds,
+                1,
+                86_400,
+            )?),
             metrics_token: non_empty_secret("METRICS_TOKEN", args.metrics_token.as_deref())?,
             chaos_token: non_empty_secret("CHAOS_TOKEN", args.chaos_token.as_deref())?,
         })
     }
+}
+
+fn hours(count: u64) -> Duration {
+    Duration::from_secs(count * 3600)
 }
 
 fn validate_origin(origin: &str) -> Result<(), ConfigError> {

@@ -34,8 +34,9 @@ pub enum AppError {
     Forbidden(String),
     #[display("not found: {_0}")]
     NotFound(String),
+    /// `kind` names the problem type (`conflict`, `insufficient-funds`, ...).
     #[display("conflict: {detail}")]
-    Conflict { detail: String, extensions: serde_json::Map<String, serde_json::Value> },
+    Conflict { kind: &'static str, detail: String, extensions: serde_json::Map<String, serde_json::Value> },
     #[display("precondition failed")]
     PreconditionFailed,
     #[display("payload too large")]
@@ -55,7 +56,7 @@ impl std::error::Error for AppError {}
 
 impl AppError {
     pub fn conflict(detail: impl Into<String>) -> Self {
-        Self::Conflict { detail: detail.into(), extensions: serde_json::Map::new() }
+        Self::Conflict { kind: "conflict", detail: detail.into(), extensions: serde_json::Map::new() }
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Self {
@@ -74,7 +75,7 @@ impl AppError {
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not-found",
-            Self::Conflict { .. } => "conflict",
+            Self::Conflict { kind, .. } => kind,
             Self::PreconditionFailed => "precondition-failed",
             Self::PayloadTooLarge => "payload-too-large",
             Self::UnsupportedMediaType => "unsupported-media-type",
@@ -98,7 +99,7 @@ impl AppError {
                 problem.detail = "The request has invalid fields.".into();
                 problem.errors = errors.clone();
             }
-            Self::Conflict { detail, extensions } => {
+            Self::Conflict { detail, extensions, .. } => {
                 problem.detail = detail.clone();
                 problem.extensions = extensions.clone();
             }

@@ -4,6 +4,7 @@ pub mod admission;
 pub mod chaos;
 pub mod db_executor;
 pub mod health;
+pub mod janitor;
 pub mod supervision;
 
 pub use chaos::Crash;

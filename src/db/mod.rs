@@ -1,8 +1,13 @@
 //! Everything that speaks SQL. Only DbExecutor threads call into this module.
 
+pub mod catalog;
 pub mod connection;
+pub mod housekeeping;
+pub mod idempotency;
 pub mod migrations;
+pub mod outbox;
 pub mod schema;
+pub mod shop;
 pub mod users;
 
 pub use connection::{build_pool, ConnectionManager, DbConnection, DbPool};

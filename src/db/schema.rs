@@ -30,4 +30,97 @@ diesel::table! {
 }
 
 diesel::joinable!(accounts -> users (user_id));
-diesel::allow_tables_to_appear_in_same_query!(users, accounts, login_failures);
+
+diesel::table! {
+    products (id) {
+        id -> Text,
+        name -> Text,
+        description -> Text,
+        price_cents -> BigInt,
+        stock -> BigInt,
+        status -> Text,
+        version -> BigInt,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+        deleted_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    orders (id) {
+        id -> Text,
+        user_id -> Text,
+        status -> Text,
+        total_cents -> BigInt,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    order_items (order_id, position) {
+        order_id -> Text,
+        position -> Integer,
+        product_id -> Text,
+        name -> Text,
+        unit_price_cents -> BigInt,
+        quantity -> BigInt,
+    }
+}
+
+diesel::table! {
+    transfers (id) {
+        id -> Text,
+        from_user_id -> Text,
+        to_user_id -> Text,
+        amount_cents -> BigInt,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    deposits (id) {
+        id -> Text,
+        user_id -> Text,
+        amount_cents -> BigInt,
+        deposited_by -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    idempotency_keys (user_id, scope, idempotency_key) {
+        user_id -> Text,
+        scope -> Text,
+        idempotency_key -> Text,
+        fingerprint -> Text,
+        response_status -> Nullable<Integer>,
+        response_body -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    events (id) {
+        id -> BigInt,
+        topic -> Text,
+        kind -> Text,
+        user_id -> Nullable<Text>,
+        payload -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::joinable!(order_items -> orders (order_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    accounts,
+    login_failures,
+    products,
+    orders,
+    order_items,
+    transfers,
+    deposits,
+    idempotency_keys,
+    events,
+);

@@ -1,12 +1,16 @@
 //! The HTTP face of the service: routes, middleware and one handler module per resource.
 
+pub mod accounts;
 pub mod auth;
 pub mod auth_header;
 pub mod chaos;
 pub mod extract;
+pub mod idempotency;
 pub mod middleware;
 pub mod openapi;
 pub mod ops;
+pub mod orders;
+pub mod products;
 pub mod users;
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -31,7 +35,31 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
                         .route(web::get().to(users::get))
                         .route(web::patch().to(users::update))
                         .route(web::delete().to(users::delete)),
-                ),
+                )
+                .service(web::resource("/users/{id}/orders").route(web::get().to(orders::list_for_user)))
+                .service(
+                    web::resource("/products")
+                        .route(web::get().to(products::list))
+                        .route(web::post().to(products::create)),
+                )
+                .service(
+                    web::resource("/products/{id}")
+                        .route(web::get().to(products::get))
+                        .route(web::patch().to(products::update))
+                        .route(web::delete().to(products::delete)),
+                )
+                .service(web::resource("/account").route(web::get().to(accounts::mine)))
+                .service(web::resource("/accounts/{user_id}/deposits").route(web::post().to(accounts::deposit)))
+                .service(
+                    web::resource("/transfers")
+                        .route(web::get().to(accounts::list_transfers))
+                        .route(web::post().to(accounts::transfer)),
+                )
+                .service(
+                    web::resource("/orders").route(web::get().to(orders::list)).route(web::post().to(orders::place)),
+                )
+                .service(web::resource("/orders/{id}").route(web::get().to(orders::get)))
+                .service(web::resource("/orders/{id}/cancel").route(web::post().to(orders::cancel))),
         );
     // Fault injection exists only when an operator asked for it with CHAOS_TOKEN.
     if config.chaos_token.is_some() {

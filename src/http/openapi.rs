@@ -7,10 +7,12 @@ use utoipa::{
 
 use crate::{
     domain::{
+        catalog::{Product, ProductStatus},
         paging::Page,
+        shop::{Account, Order, OrderItem, OrderStatus, Transfer},
         user::{Role, User},
     },
-    http::{auth, chaos, ops, users},
+    http::{accounts, auth, chaos, ops, orders, products, users},
 };
 
 #[derive(OpenApi)]
@@ -20,17 +22,26 @@ use crate::{
         ops::livez, ops::readyz, ops::metrics, ops::openapi_document, chaos::inject_fault,
         auth::register, auth::login,
         users::me, users::list, users::get, users::update, users::delete,
+        products::list, products::get, products::create, products::update, products::delete,
+        accounts::mine, accounts::deposit, accounts::transfer, accounts::list_transfers,
+        orders::place, orders::list, orders::list_for_user, orders::get, orders::cancel,
     ),
     components(schemas(
         chaos::ChaosRequest, chaos::ChaosActor, chaos::ChaosFault,
         auth::RegisterRequest, auth::LoginRequest, auth::TokenResponse,
         users::UpdateUserRequest, User, Role, Page<User>,
+        products::CreateProductRequest, products::UpdateProductRequest, Product, ProductStatus, Page<Product>,
+        accounts::DepositRequest, accounts::TransferRequest, Account, Transfer, Page<Transfer>,
+        orders::PlaceOrderRequest, orders::OrderLineRequest, Order, OrderItem, OrderStatus, Page<Order>,
     )),
     modifiers(&SecuritySchemes),
     tags(
         (name = "operations", description = "Probes, metrics and fault injection"),
         (name = "auth", description = "Registration and sign-in"),
         (name = "users", description = "The caller's record and user management"),
+        (name = "catalog", description = "Products"),
+        (name = "accounts", description = "Balances, deposits and transfers"),
+        (name = "orders", description = "Placing and cancelling orders"),
     )
 )]
 struct ApiDoc;

@@ -1,0 +1,65 @@
+//! The transactional outbox: events appended in the same transaction as the change they
+//! describe. On PostgreSQL, appenders take a transaction-scoped advisory lock first, so
+//! ids are handed out in commit order and a reader tailing `id > last` never skips a row
+//! that commits later. SQLite writers are serialised by `BEGIN IMMEDIATE` already.
+
+use diesel::prelude::*;
+use serde_json::Value;
+
+use super::{schema::events, DbConnection};
+use crate::{domain::clock, error::AppError};
+
+const OUTBOX_LOCK_KEY: i64 = 0x5354_4f52_4f55_5442; // "STOROUTB"
+
+pub mod topic {
+    pub const PRODUCTS: &str = "products";
+    pub const ORDERS: &str = "orders";
+    pub const ACCOUNT: &str = "account";
+}
+
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub topic: &'static str,
+    pub kind: &'static str,
+    /// The owner of a private event (orders, account); `None` for public topics.
+    pub user_id: Option<String>,
+    pub payload: Value,
+}
+
+impl NewEvent {
+    pub fn public(topic: &'static str, kind: &'static str, payload: impl serde::Serialize) -> Self {
+        Self { topic, kind, user_id: None, payload: serde_json::to_value(payload).unwrap_or(Value::Null) }
+    }
+
+    pub fn private(topic: &'static str, kind: &'static str, owner: uuid::Uuid, payload: impl serde::Serialize) -> Self {
+        Self {
+            topic,
+            kind,
+            user_id: Some(owner.to_string()),
+            payload: serde_json::to_value(payload).unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// Appends events; call it last in a write transaction, to hold the lock briefly.
+pub fn append(conn: &mut DbConnection, new_events: Vec<NewEvent>) -> Result<(), AppError> {
+    if new_events.is_empty() {
+        return Ok(());
+    }
+    if matches!(conn, DbConnection::Postgres(_)) {
+        diesel::sql_query(format!("SELECT pg_advisory_xact_lock({OUTBOX_LOCK_KEY})")).execute(conn)?;
+    }
+    let now = clock::now();
+    for event in new_events {
+        diesel::insert_into(events::table)
+            .values((
+                events::topic.eq(event.topic),
+                events::kind.eq(event.kind),
+                events::user_id.eq(event.user_id),
+                events::payload.eq(event.payload.to_string()),
+                events::created_at.eq(now),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,475 @@
+//! Money and orders: accounts, deposits, transfers, placing and cancelling orders. Every
+//! balance or stock change is a conditional UPDATE (`… WHERE balance >= amount`), atomic
+//! on both backends without row locks, and rows are always touched in the same order
+//! (products by id, then accounts by user id) so concurrent transactions cannot deadlock.
+
+use std::collections::HashMap;
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use super::{
+    catalog::{find_live, product_event, ProductRow},
+    idempotency::{run_once, IdempotencyKey, Outcome},
+    outbox::{self, topic, NewEvent},
+    schema::{accounts, deposits, order_items, orders, products, transfers, users},
+    users::parse_id,
+    DbConnection,
+};
+use crate::{
+    actors::UseCase,
+    domain::{
+        catalog::ProductStatus,
+        clock,
+        money::order_total,
+        paging::{Page, PageRequest},
+        shop::{Account, Order, OrderItem, OrderLine, OrderStatus, Transfer},
+    },
+    error::{AppError, FieldError},
+};
+
+fn insufficient_funds() -> AppError {
+    AppError::Conflict {
+        kind: "insufficient-funds",
+        detail: "The balance is too low for this.".into(),
+        extensions: serde_json::Map::new(),
+    }
+}
+
+fn user_is_live(conn: &mut DbConnection, id: Uuid) -> Result<bool, AppError> {
+    let found: i64 = users::table
+        .filter(users::id.eq(id.to_string()))
+        .filter(users::deleted_at.is_null())
+        .count()
+        .get_result(conn)?;
+    Ok(found > 0)
+}
+
+fn load_account(conn: &mut DbConnection, user_id: Uuid) -> Result<Account, AppError> {
+    let (balance_cents, updated_at): (i64, NaiveDateTime) = accounts::table
+        .find(user_id.to_string())
+        .select((accounts::balance_cents, accounts::updated_at))
+        .first(conn)
+        .optional()?
+        .ok_or_else(|| AppError::NotFound("No such account.".into()))?;
+    Ok(Account { user_id, balance_cents, updated_at: clock::to_utc(updated_at) })
+}
+
+fn account_event(account: &Account) -> NewEvent {
+    NewEvent::private(topic::ACCOUNT, "account.updated", account.user_id, account)
+}
+
+/// Adds to a balance unless it would overflow; false when it would.
+fn credit(conn: &mut DbConnection, user_id: Uuid, amount: i64, now: NaiveDateTime) -> Result<bool, AppError> {
+    let credited = diesel::update(accounts::table.find(user_id.to_string()))
+        .filter(accounts::balance_cents.le(i64::MAX - amount))
+        .set((accounts::balance_cents.eq(accounts::balance_cents + amount), accounts::updated_at.eq(now)))
+        .execute(conn)?;
+    Ok(credited == 1)
+}
+
+/// Takes from a balance only if it covers the amount; false when it does not.
+fn debit(conn: &mut DbConnection, user_id: Uuid, amount: i64, now: NaiveDateTime) -> Result<bool, AppError> {
+    let debited = diesel::update(accounts::table.find(user_id.to_string()))
+        .filter(accounts::balance_cents.ge(amount))
+        .set((accounts::balance_cents.eq(accounts::balance_cents - amount), accounts::updated_at.eq(now)))
+        .execute(conn)?;
+    Ok(debited == 1)
+}
+
+pub struct GetAccount {
+    pub user_id: Uuid,
+}
+
+impl UseCase for GetAccount {
+    type Output = Account;
+    fn run(self, conn: &mut DbConnection) -> Result<Account, AppError> {
+        load_account(conn, self.user_id)
+    }
+}
+
+pub struct Deposit {
+    pub user_id: Uuid,
+    pub amount_cents: i64,
+    pub deposited_by: Uuid,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+impl UseCase for Deposit {
+    type Output = Outcome<Account>;
+    fn run(self, conn: &mut DbConnection) -> Result<Outcome<Account>, AppError> {
+        run_once(conn, self.idempotency.as_ref(), 201, |conn| {
+            if !user_is_live(conn, self.user_id)? {
+                return Err(AppError::NotFound("No such user.".into()));
+            }
+            let now = clock::now();
+            if !credit(conn, self.user_id, self.amount_cents, now)? {
+                return Err(AppError::invalid("amount_cents", "would overflow the balance"));
+            }
+            diesel::insert_into(deposits::table)
+                .values((
+                    deposits::id.eq(Uuid::now_v7().to_string()),
+                    deposits::user_id.eq(self.user_id.to_string()),
+                    deposits::amount_cents.eq(self.amount_cents),
+                    deposits::deposited_by.eq(self.deposited_by.to_string()),
+                    deposits::created_at.eq(now),
+                ))
+                .execute(conn)?;
+            let account = load_account(conn, self.user_id)?;
+            outbox::append(conn, vec![account_event(&account)])?;
+            Ok(account)
+        })
+    }
+}
+
+pub struct MakeTransfer {
+    pub from_user_id: Uuid,
+    pub to_user_id: Uuid,
+    pub amount_cents: i64,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+impl UseCase for MakeTransfer {
+    type Output = Outcome<Transfer>;
+    fn run(self, conn: &mut DbConnection) -> Result<Outcome<Transfer>, AppError> {
+        let (from, to, amount) = (self.from_user_id, self.to_user_id, self.amount_cents);
+        run_once(conn, self.idempotency.as_ref(), 201, |conn| {
+            if !user_is_live(conn, to)? {
+                return Err(AppError::NotFound("No such recipient.".into()));
+            }
+            let now = clock::now();
+            // Lower user id first: two opposite transfers lock the same rows in the same order.
+            let (debited, credited) = if from.to_string() < to.to_string() {
+                let debited = debit(conn, from, amount, now)?;
+                (debited, debited && credit(conn, to, amount, now)?)
+            } else {
+                let credited = credit(conn, to, amount, now)?;
+                (credited && debit(conn, from, amount, now)?, credited)
+            };
+            if !debited {
+                return Err(insufficient_funds());
+            }
+            if !credited {
+                return Err(AppError::invalid("amount_cents", "would overflow the recipient's balance"));
+            }
+            let transfer = Transfer {
+                id: Uuid::now_v7(),
+                from_user_id: from,
+                to_user_id: to,
+                amount_cents: amount,
+                created_at: clock::to_utc(now),
+            };
+            diesel::insert_into(transfers::table)
+                .values((
+                    transfers::id.eq(transfer.id.to_string()),
+                    transfers::from_user_id.eq(from.to_string()),
+                    transfers::to_user_id.eq(to.to_string()),
+                    transfers::amount_cents.eq(amount),
+                    transfers::created_at.eq(now),
+                ))
+                .execute(conn)?;
+            let sender = load_account(conn, from)?;
+            let recipient = load_account(conn, to)?;
+            outbox::append(conn, vec![account_event(&sender), account_event(&recipient)])?;
+            Ok(transfer)
+        })
+    }
+}
+
+type TransferRow = (String, String, String, i64, NaiveDateTime);
+
+fn into_transfer((id, from, to, amount_cents, created_at): TransferRow) -> Result<Transfer, AppError> {
+    Ok(Transfer {
+        id: parse_id(&id)?,
+        from_user_id: parse_id(&from)?,
+        to_user_id: parse_id(&to)?,
+        amount_cents,
+        created_at: clock::to_utc(created_at),
+    })
+}
+
+/// Transfers the user sent or received, newest first.
+pub struct ListTransfers {
+    pub user_id: Uuid,
+    pub page: PageRequest,
+}
+
+impl UseCase for ListTransfers {
+    type Output = Page<Transfer>;
+    fn run(self, conn: &mut DbConnection) -> Result<Page<Transfer>, AppError> {
+        let id = self.user_id.to_string();
+        let mine =
+            || transfers::table.filter(transfers::from_user_id.eq(id.clone()).or(transfers::to_user_id.eq(id.clone())));
+        let total: i64 = mine().count().get_result(conn)?;
+        let rows: Vec<TransferRow> = mine()
+            .order((transfers::created_at.desc(), transfers::id.desc()))
+            .limit(self.page.limit())
+            .offset(self.page.offset())
+            .select((
+                transfers::id,
+                transfers::from_user_id,
+                transfers::to_user_id,
+                transfers::amount_cents,
+                transfers::created_at,
+            ))
+            .load(conn)?;
+        let data = rows.into_iter().map(into_transfer).collect::<Result<_, _>>()?;
+        Ok(Page::new(data, self.page, total))
+    }
+}
+
+type OrderRow = (String, String, String, i64, NaiveDateTime, NaiveDateTime);
+type ItemRow = (String, String, String, i64, i64);
+
+/// Orders with their items, in the order given.
+fn assemble_orders(conn: &mut DbConnection, rows: Vec<OrderRow>) -> Result<Vec<Order>, AppError> {
+    let ids: Vec<&String> = rows.iter().map(|row| &row.0).collect();
+    let items: Vec<ItemRow> = order_items::table
+        .filter(order_items::order_id.eq_any(ids))
+        .order((order_items::order_id.asc(), order_items::position.asc()))
+        .select((
+            order_items::order_id,
+            order_items::product_id,
+            order_items::name,
+            order_items::unit_price_cents,
+            order_items::quantity,
+        ))
+        .load(conn)?;
+    let mut by_order: HashMap<String, Vec<OrderItem>> = HashMap::new();
+    for (order_id, product_id, name, unit_price_cents, quantity) in items {
+        by_order.entry(order_id).or_default().push(OrderItem {
+            product_id: parse_id(&product_id)?,
+            name,
+            unit_price_cents,
+            quantity,
+        });
+    }
+    rows.into_iter()
+        .map(|(id, user_id, status, total_cents, created_at, updated_at)| {
+            Ok(Order {
+                items: by_order.remove(&id).unwrap_or_default(),
+                id: parse_id(&id)?,
+                user_id: parse_id(&user_id)?,
+                status: OrderStatus::parse(&status)
+                    .ok_or_else(|| AppError::Internal(format!("unknown order status {status:?}")))?,
+                total_cents,
+                created_at: clock::to_utc(created_at),
+                updated_at: clock::to_utc(updated_at),
+            })
+        })
+        .collect()
+}
+
+fn order_columns(
+) -> (orders::id, orders::user_id, orders::status, orders::total_cents, orders::created_at, orders::updated_at) {
+    (orders::id, orders::user_id, orders::status, orders::total_cents, orders::created_at, orders::updated_at)
+}
+
+fn load_order(conn: &mut DbConnection, id: &str) -> Result<Option<Order>, AppError> {
+    let row: Option<OrderRow> = orders::table.find(id).select(order_columns()).first(conn).optional()?;
+    Ok(assemble_orders(conn, row.into_iter().collect())?.pop())
+}
+
+pub struct PlaceOrder {
+    pub user_id: Uuid,
+    pub lines: Vec<OrderLine>,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+impl UseCase for PlaceOrder {
+    type Output = Outcome<Order>;
+    fn run(self, conn: &mut DbConnection) -> Result<Outcome<Order>, AppError> {
+        let (user_id, lines) = (self.user_id, self.lines);
+        run_once(conn, self.idempotency.as_ref(), 201, |conn| place_order(conn, user_id, &lines))
+    }
+}
+
+fn orderable(row: &ProductRow) -> bool {
+    row.deleted_at.is_none() && row.status == ProductStatus::Active.as_str()
+}
+
+fn place_order(conn: &mut DbConnection, user_id: Uuid, lines: &[OrderLine]) -> Result<Order, AppError> {
+    let now = clock::now();
+    let mut sorted: Vec<(usize, &OrderLine)> = lines.iter().enumerate().collect();
+    sorted.sort_by_key(|(_, line)| line.product_id.to_string());
+
+    // Take the stock first: the conditional updates lock the rows, so the names and prices
+    // read afterwards cannot change before this transaction commits.
+    let mut unavailable = Vec::new();
+    let mut short = Vec::new();
+    for (index, line) in &sorted {
+        let id = line.product_id.to_string();
+        let taken = diesel::update(products::table.filter(products::id.eq(&id)))
+            .filter(products::deleted_at.is_null())
+            .filter(products::status.eq(ProductStatus::Active.as_str()))
+            .filter(products::stock.ge(line.quantity))
+            .set((
+                products::stock.eq(products::stock - line.quantity),
+                products::version.eq(products::version + 1),
+                products::updated_at.eq(now),
+            ))
+            .execute(conn)?;
+        if taken == 0 {
+            match find_live(conn, &id)? {
+                Some(row) if orderable(&row) => short.push(id),
+                _ => {
+                    unavailable.push(FieldError::new(format!("items[{index}].product_id"), "is not an active product"))
+                }
+            }
+        }
+    }
+    if !unavailable.is_empty() {
+        unavailable.sort_by(|a, b| a.field.cmp(&b.field));
+        return Err(AppError::Validation(unavailable));
+    }
+    if !short.is_empty() {
+        return Err(AppError::Conflict {
+            kind: "insufficient-stock",
+            detail: "Some products do not have enough stock.".into(),
+            extensions: serde_json::Map::from_iter([("product_ids".to_owned(), serde_json::json!(short))]),
+        });
+    }
+
+    let mut items = Vec::with_capacity(lines.len());
+    let mut events = Vec::with_capacity(lines.len() + 2);
+    for line in lines {
+        let (product, event) = product_event(conn, &line.product_id.to_string(), "product.updated")?;
+        items.push(OrderItem {
+            product_id: product.id,
+            name: product.name,
+            unit_price_cents: product.price_cents,
+            quantity: line.quantity,
+        });
+        events.push(event);
+    }
+    let priced: Vec<(i64, i64)> = items.iter().map(|item| (item.unit_price_cents, item.quantity)).collect();
+    let total_cents = order_total(&priced).ok_or_else(|| AppError::invalid("items", "the order total is too large"))?;
+    if !debit(conn, user_id, total_cents, now)? {
+        return Err(insufficient_funds());
+    }
+
+    let order_id = Uuid::now_v7().to_string();
+    diesel::insert_into(orders::table)
+        .values((
+            orders::id.eq(&order_id),
+            orders::user_id.eq(user_id.to_string()),
+            orders::status.eq(OrderStatus::Paid.as_str()),
+            orders::total_cents.eq(total_cents),
+            orders::created_at.eq(now),
+            orders::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    for (position, item) in (0_i32..).zip(&items) {
+        diesel::insert_into(order_items::table)
+            .values((
+                order_items::order_id.eq(&order_id),
+                order_items::position.eq(position),
+                order_items::product_id.eq(item.product_id.to_string()),
+                order_items::name.eq(&item.name),
+                order_items::unit_price_cents.eq(item.unit_price_cents),
+                order_items::quantity.eq(item.quantity),
+            ))
+            .execute(conn)?;
+    }
+    let order = load_order(conn, &order_id)?.ok_or_else(|| AppError::Internal("order vanished".into()))?;
+    let account = load_account(conn, user_id)?;
+    events.push(NewEvent::private(topic::ORDERS, "order.created", user_id, &order));
+    events.push(account_event(&account));
+    outbox::append(conn, events)?;
+    Ok(order)
+}
+
+pub struct GetOrder {
+    pub id: Uuid,
+}
+
+impl UseCase for GetOrder {
+    type Output = Option<Order>;
+    fn run(self, conn: &mut DbConnection) -> Result<Option<Order>, AppError> {
+        load_order(conn, &self.id.to_string())
+    }
+}
+
+pub struct ListOrders {
+    /// Only this user's orders; `None` lists everyone's (admins).
+    pub user_id: Option<Uuid>,
+    pub status: Option<OrderStatus>,
+    pub page: PageRequest,
+}
+
+impl UseCase for ListOrders {
+    type Output = Page<Order>;
+    fn run(self, conn: &mut DbConnection) -> Result<Page<Order>, AppError> {
+        let query = || {
+            let mut query = orders::table.into_boxed();
+            if let Some(user_id) = self.user_id {
+                query = query.filter(orders::user_id.eq(user_id.to_string()));
+            }
+            if let Some(status) = self.status {
+                query = query.filter(orders::status.eq(status.as_str()));
+            }
+            query
+        };
+        let total: i64 = query().count().get_result(conn)?;
+        let rows: Vec<OrderRow> = query()
+            .order((orders::created_at.desc(), orders::id.desc()))
+            .limit(self.page.limit())
+            .offset(self.page.offset())
+            .select(order_columns())
+            .load(conn)?;
+        Ok(Page::new(assemble_orders(conn, rows)?, self.page, total))
+    }
+}
+
+pub struct CancelOrder {
+    pub id: Uuid,
+    pub requested_by: Uuid,
+    /// Admins may cancel anyone's order; others only their own (else 404).
+    pub may_cancel_any: bool,
+}
+
+impl UseCase for CancelOrder {
+    type Output = Order;
+    fn run(self, conn: &mut DbConnection) -> Result<Order, AppError> {
+        let id = self.id.to_string();
+        conn.write_transaction(|conn| {
+            let order = load_order(conn, &id)?
+                .filter(|order| self.may_cancel_any || order.user_id == self.requested_by)
+                .ok_or_else(|| AppError::NotFound("No such order.".into()))?;
+            let now = clock::now();
+            let cancelled = diesel::update(orders::table.find(&id))
+                .filter(orders::status.eq(OrderStatus::Paid.as_str()))
+                .set((orders::status.eq(OrderStatus::Cancelled.as_str()), orders::updated_at.eq(now)))
+                .execute(conn)?;
+            if cancelled == 0 {
+                return Err(AppError::conflict("The order is already cancelled."));
+            }
+            let mut items: Vec<&OrderItem> = order.items.iter().collect();
+            items.sort_by_key(|item| item.product_id.to_string());
+            let mut events = Vec::with_capacity(items.len() + 2);
+            for item in &items {
+                let product_id = item.product_id.to_string();
+                diesel::update(products::table.filter(products::id.eq(&product_id)))
+                    .set((
+                        products::stock.eq(products::stock + item.quantity),
+                        products::version.eq(products::version + 1),
+                        products::updated_at.eq(now),
+                    ))
+                    .execute(conn)?;
+                if find_live(conn, &product_id)?.is_some() {
+                    events.push(product_event(conn, &product_id, "product.updated")?.1);
+                }
+            }
+            if !credit(conn, order.user_id, order.total_cents, now)? {
+                return Err(AppError::Internal("refund would overflow the balance".into()));
+            }
+            let order = load_order(conn, &id)?.ok_or_else(|| AppError::Internal("order vanished".into()))?;
+            let account = load_account(conn, order.user_id)?;
+            events.push(NewEvent::private(topic::ORDERS, "order.cancelled", order.user_id, &order));
+            events.push(account_event(&account));
+            outbox::append(conn, events)?;
+            Ok(order)
+        })
+    }
+}

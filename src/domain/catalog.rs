@@ -1,0 +1,246 @@
+//! Products: their shape, the rules for creating and changing them, and list filters.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::FieldError;
+
+pub const NAME_MAX_CHARS: usize = 200;
+pub const DESCRIPTION_MAX_CHARS: usize = 2000;
+pub const MAX_PRICE_CENTS: i64 = 100_000_000_000;
+pub const MAX_STOCK: i64 = 1_000_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProductStatus {
+    Active,
+    Archived,
+}
+
+impl ProductStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Archived => "archived",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "active" => Some(Self::Active),
+            "archived" => Some(Self::Archived),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Product {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub price_cents: i64,
+    pub stock: i64,
+    pub status: ProductStatus,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Bumped by every change; the ETag is made from it.
+    #[serde(skip)]
+    pub version: i64,
+}
+
+impl Product {
+    pub fn etag(&self) -> String {
+        etag_for(self.version)
+    }
+}
+
+pub fn etag_for(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// Whether an `If-Match` / `If-None-Match` header value names this version.
+pub fn etag_matches(header: &str, version: i64) -> bool {
+    let current = etag_for(version);
+    header.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == current)
+}
+
+/// The checked fields of a product change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProductChanges {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub price_cents: Option<i64>,
+    pub stock: Option<i64>,
+    pub status: Option<ProductStatus>,
+}
+
+/// Raw fields as a client sent them, for create (all given) or patch (any subset).
+#[derive(Debug, Default)]
+pub struct ProductInput {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub price_cents: Option<i64>,
+    pub stock: Option<i64>,
+    pub status: Option<String>,
+}
+
+impl ProductInput {
+    pub fn validate(self) -> Result<ProductChanges, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let name = self.name.map(|raw| raw.trim().to_owned());
+        if let Some(name) = &name {
+            if !(1..=NAME_MAX_CHARS).contains(&name.chars().count()) {
+                errors.push(FieldError::new("name", format!("must be 1 to {NAME_MAX_CHARS} characters")));
+            }
+        }
+        if let Some(description) = &self.description {
+            if description.chars().count() > DESCRIPTION_MAX_CHARS {
+                errors.push(FieldError::new(
+                    "description",
+                    format!("must be at most {DESCRIPTION_MAX_CHARS} characters"),
+                ));
+            }
+        }
+        if self.price_cents.is_some_and(|price| !(0..=MAX_PRICE_CENTS).contains(&price)) {
+            errors.push(FieldError::new("price_cents", format!("must be between 0 and {MAX_PRICE_CENTS}")));
+        }
+        if self.stock.is_some_and(|stock| !(0..=MAX_STOCK).contains(&stock)) {
+            errors.push(FieldError::new("stock", format!("must be between 0 and {MAX_STOCK}")));
+        }
+        let status = match self.status.as_deref().map(ProductStatus::parse) {
+            None => None,
+            Some(Some(status)) => Some(status),
+            Some(None) => {
+                errors.push(FieldError::new("status", "must be active or archived"));
+                None
+            }
+        };
+        if errors.is_empty() {
+            Ok(ProductChanges {
+                name,
+                description: self.description,
+                price_cents: self.price_cents,
+                stock: self.stock,
+                status,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProductSort {
+    CreatedAt,
+    Name,
+    Price,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductFilter {
+    /// Case-insensitive substring of the name, matched literally.
+    pub name_contains: Option<String>,
+    pub status: Option<ProductStatus>,
+    pub min_price_cents: Option<i64>,
+    pub max_price_cents: Option<i64>,
+    pub sort: ProductSort,
+    pub descending: bool,
+}
+
+impl ProductFilter {
+    pub fn parse(
+        q: Option<&str>,
+        status: Option<&str>,
+        min_price_cents: Option<i64>,
+        max_price_cents: Option<i64>,
+        sort: Option<&str>,
+        order: Option<&str>,
+    ) -> Result<Self, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let status = match status.filter(|s| !s.is_empty()) {
+            None => None,
+            Some(raw) => ProductStatus::parse(raw).or_else(|| {
+                errors.push(FieldError::new("status", "must be active or archived"));
+                None
+            }),
+        };
+        let sort = match sort.unwrap_or("created_at") {
+            "created_at" => ProductSort::CreatedAt,
+            "name" => ProductSort::Name,
+            "price_cents" => ProductSort::Price,
+            _ => {
+                errors.push(FieldError::new("sort", "must be created_at, name or price_cents"));
+                ProductSort::CreatedAt
+            }
+        };
+        let descending = match order.unwrap_or("desc") {
+            "desc" => true,
+            "asc" => false,
+            _ => {
+                errors.push(FieldError::new("order", "must be asc or desc"));
+                true
+            }
+        };
+        if let (Some(min), Some(max)) = (min_price_cents, max_price_cents) {
+            if min > max {
+                errors.push(FieldError::new("min_price_cents", "must not exceed max_price_cents"));
+            }
+        }
+        for (field, value) in [("min_price_cents", min_price_cents), ("max_price_cents", max_price_cents)] {
+            if value.is_some_and(|v| v < 0) {
+                errors.push(FieldError::new(field, "must be 0 or more"));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let name_contains = q.map(str::trim).filter(|q| !q.is_empty()).map(str::to_lowercase);
+        Ok(Self { name_contains, status, min_price_cents, max_price_cents, sort, descending })
+    }
+}
+
+/// A LIKE pattern that matches `needle` literally anywhere (escape character `\`).
+pub fn contains_pattern(needle: &str) -> String {
+    let escaped: String = needle
+        .chars()
+        .flat_map(|c| match c {
+            '%' | '_' | '\\' => vec!['\\', c],
+            other => vec![other],
+        })
+        .collect();
+    format!("%{escaped}%")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_match_exact_weak_and_star() {
+        assert!(etag_matches("\"3\"", 3));
+        assert!(etag_matches("W/\"3\"", 3));
+        assert!(etag_matches("\"1\", \"3\"", 3));
+        assert!(etag_matches("*", 3));
+        assert!(!etag_matches("\"4\"", 3));
+    }
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(contains_pattern("50%_off\\"), "%50\\%\\_off\\\\%");
+    }
+
+    #[test]
+    fn product_input_reports_every_bad_field() {
+        let input = ProductInput {
+            name: Some("  ".into()),
+            description: Some("d".repeat(2001)),
+            price_cents: Some(-1),
+            stock: Some(MAX_STOCK + 1),
+            status: Some("gone".into()),
+        };
+        assert_eq!(input.validate().unwrap_err().len(), 5);
+    }
+}

@@ -1,0 +1,110 @@
+//! Credit accounts: balances, admin deposits and transfers between users.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    auth::AuthUser,
+    db::shop::{Deposit, GetAccount, ListTransfers, MakeTransfer},
+    domain::{
+        money::validate_amount,
+        paging::Page,
+        shop::{Account, Transfer},
+        user::Permission,
+    },
+    error::{AppError, FieldError},
+    http::{idempotency, users::PageQuery},
+};
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DepositRequest {
+    pub amount_cents: i64,
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    pub to_user_id: String,
+    pub amount_cents: i64,
+}
+
+/// The caller's balance.
+#[utoipa::path(get, path = "/api/v1/account", tag = "accounts", security(("bearer" = [])),
+    responses((status = 200, body = Account), (status = 401)))]
+pub async fn mine(state: web::Data<AppState>, caller: AuthUser) -> Result<HttpResponse, AppError> {
+    Ok(HttpResponse::Ok().json(state.db.run(GetAccount { user_id: caller.0.id }).await?))
+}
+
+/// Credit a user's account (admin). Honours `Idempotency-Key`.
+#[utoipa::path(post, path = "/api/v1/accounts/{user_id}/deposits", tag = "accounts", request_body = DepositRequest,
+    security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    responses((status = 201, body = Account), (status = 403), (status = 404, description = "No such user"),
+        (status = 409, description = "Same Idempotency-Key still running"), (status = 422)))]
+pub async fn deposit(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    request: HttpRequest,
+    user_id: web::Path<Uuid>,
+    body: web::Json<DepositRequest>,
+) -> Result<HttpResponse, AppError> {
+    caller.require(Permission::Deposit)?;
+    let user_id = user_id.into_inner();
+    validate_amount("amount_cents", body.amount_cents).map_err(|e| AppError::Validation(vec![e]))?;
+    let idempotency = idempotency::key_of(&request, caller.0.id, format!("deposit:{user_id}"), &*body)?;
+    let outcome = state
+        .db
+        .run(Deposit { user_id, amount_cents: body.amount_cents, deposited_by: caller.0.id, idempotency })
+        .await?;
+    Ok(idempotency::respond(outcome, |account| HttpResponse::Created().json(account)))
+}
+
+/// Send credit to another user. Honours `Idempotency-Key`.
+#[utoipa::path(post, path = "/api/v1/transfers", tag = "accounts", request_body = TransferRequest,
+    security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    responses((status = 201, body = Transfer), (status = 404, description = "Unknown recipient"),
+        (status = 409, description = "Insufficient funds, or the same Idempotency-Key still running"),
+        (status = 422, description = "Amount not positive, or a transfer to oneself")))]
+pub async fn transfer(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    request: HttpRequest,
+    body: web::Json<TransferRequest>,
+) -> Result<HttpResponse, AppError> {
+    let mut errors: Vec<FieldError> = validate_amount("amount_cents", body.amount_cents).err().into_iter().collect();
+    let to_user_id = match Uuid::parse_str(&body.to_user_id) {
+        Ok(id) if id == caller.0.id => {
+            errors.push(FieldError::new("to_user_id", "must be another user"));
+            None
+        }
+        Ok(id) => Some(id),
+        Err(_) => {
+            errors.push(FieldError::new("to_user_id", "must be a user id"));
+            None
+        }
+    };
+    let Some(to_user_id) = to_user_id.filter(|_| errors.is_empty()) else {
+        return Err(AppError::Validation(errors));
+    };
+    let idempotency = idempotency::key_of(&request, caller.0.id, "transfer".into(), &*body)?;
+    let outcome = state
+        .db
+        .run(MakeTransfer { from_user_id: caller.0.id, to_user_id, amount_cents: body.amount_cents, idempotency })
+        .await?;
+    Ok(idempotency::respond(outcome, |transfer| HttpResponse::Created().json(transfer)))
+}
+
+/// Transfers the caller sent or received, newest first.
+#[utoipa::path(get, path = "/api/v1/transfers", tag = "accounts", params(PageQuery), security(("bearer" = [])),
+    responses((status = 200, body = Page<Transfer>)))]
+pub async fn list_transfers(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, AppError> {
+    let page = query.to_request()?;
+    Ok(HttpResponse::Ok().json(state.db.run(ListTransfers { user_id: caller.0.id, page }).await?))
+}

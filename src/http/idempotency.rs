@@ -1,0 +1,59 @@
+//! The `Idempotency-Key` header: turning it into a key the database layer honours, and a
+//! stored first response back into the very same response.
+
+use actix_web::{http::StatusCode, HttpMessage, HttpRequest, HttpResponse};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::{
+    db::idempotency::{IdempotencyKey, Outcome},
+    error::AppError,
+    http::middleware::{problem::PROBLEM_JSON, request_id::RequestId},
+};
+
+const HEADER: &str = "idempotency-key";
+const MAX_KEY_CHARS: usize = 255;
+
+/// The request's key, if it sent one. `scope` names the operation (and its target), and
+/// `body` is the parsed request, so whitespace or field order do not change the fingerprint.
+pub fn key_of(
+    request: &HttpRequest,
+    user_id: Uuid,
+    scope: String,
+    body: &impl Serialize,
+) -> Result<Option<IdempotencyKey>, AppError> {
+    let Some(value) = request.headers().get(HEADER) else { return Ok(None) };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|key| (1..=MAX_KEY_CHARS).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| AppError::invalid("Idempotency-Key", "must be 1 to 255 visible ASCII characters"))?;
+    let canonical = serde_json::to_vec(body).map_err(|e| AppError::Internal(format!("encode request: {e}")))?;
+    let digest = Sha256::new().chain_update(scope.as_bytes()).chain_update([0]).chain_update(&canonical).finalize();
+    let fingerprint = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    let request_id = request.extensions().get::<RequestId>().map(|id| id.0.clone()).unwrap_or_default();
+    Ok(Some(IdempotencyKey {
+        user_id,
+        scope,
+        key: key.to_owned(),
+        fingerprint,
+        request_id,
+        instance: request.path().to_owned(),
+    }))
+}
+
+/// The fresh response, or the stored first response replayed byte for byte.
+pub fn respond<T>(outcome: Outcome<T>, fresh: impl FnOnce(T) -> HttpResponse) -> HttpResponse {
+    match outcome {
+        Outcome::Fresh(value) => fresh(value),
+        Outcome::Replay { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let content_type = if status.is_client_error() { PROBLEM_JSON } else { "application/json" };
+            HttpResponse::build(status)
+                .content_type(content_type)
+                .insert_header(("idempotent-replayed", "true"))
+                .body(body)
+        }
+    }
+}

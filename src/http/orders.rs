@@ -1,0 +1,140 @@
+//! Orders: place, list, read and cancel.
+
+use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    auth::AuthUser,
+    db::shop::{CancelOrder, GetOrder, ListOrders, PlaceOrder},
+    domain::{
+        paging::{Page, PageRequest},
+        shop::{validate_order_lines, Order, OrderStatus},
+        user::Permission,
+    },
+    error::{AppError, FieldError},
+    http::idempotency,
+};
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderLineRequest {
+    pub product_id: String,
+    pub quantity: i64,
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrderRequest {
+    /// 1–100 lines, quantity 1–1000 each, each product once.
+    pub items: Vec<OrderLineRequest>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct OrderQuery {
+    /// `paid` or `cancelled`.
+    pub status: Option<String>,
+    /// Admins only: one user's orders.
+    pub user_id: Option<Uuid>,
+    pub page: Option<i64>,
+    pub per_page: Option<i64>,
+}
+
+impl OrderQuery {
+    fn parse(&self) -> Result<(Option<OrderStatus>, PageRequest), AppError> {
+        let mut errors = Vec::new();
+        let status = match self.status.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(raw) => OrderStatus::parse(raw).or_else(|| {
+                errors.push(FieldError::new("status", "must be paid or cancelled"));
+                None
+            }),
+        };
+        let page = PageRequest::new(self.page, self.per_page).map_err(|e| errors.extend(e)).ok();
+        match page {
+            Some(page) if errors.is_empty() => Ok((status, page)),
+            _ => Err(AppError::Validation(errors)),
+        }
+    }
+}
+
+/// Buy: stock taken, balance debited, order stored, all or nothing. Honours `Idempotency-Key`.
+#[utoipa::path(post, path = "/api/v1/orders", tag = "orders", request_body = PlaceOrderRequest,
+    security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    responses((status = 201, body = Order),
+        (status = 409, description = "Insufficient stock (`product_ids` lists them) or funds, or the same Idempotency-Key still running"),
+        (status = 422, description = "Invalid lines, or an unknown or inactive product")))]
+pub async fn place(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    request: HttpRequest,
+    body: web::Json<PlaceOrderRequest>,
+) -> Result<HttpResponse, AppError> {
+    let raw: Vec<(String, i64)> = body.items.iter().map(|line| (line.product_id.clone(), line.quantity)).collect();
+    let lines = validate_order_lines(&raw).map_err(AppError::Validation)?;
+    let idempotency = idempotency::key_of(&request, caller.0.id, "order".into(), &*body)?;
+    let outcome = state.db.run(PlaceOrder { user_id: caller.0.id, lines, idempotency }).await?;
+    Ok(idempotency::respond(outcome, |order| {
+        HttpResponse::Created().insert_header((header::LOCATION, format!("/api/v1/orders/{}", order.id))).json(order)
+    }))
+}
+
+/// The caller's orders, newest first; admins see everyone's (or one user's with `user_id`).
+#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", params(OrderQuery), security(("bearer" = [])),
+    responses((status = 200, body = Page<Order>), (status = 422)))]
+pub async fn list(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    query: web::Query<OrderQuery>,
+) -> Result<HttpResponse, AppError> {
+    let (status, page) = query.parse()?;
+    let user_id = if caller.can(Permission::SeeAllOrders) { query.user_id } else { Some(caller.0.id) };
+    Ok(HttpResponse::Ok().json(state.db.run(ListOrders { user_id, status, page }).await?))
+}
+
+/// A user's orders (the user themself, or an admin).
+#[utoipa::path(get, path = "/api/v1/users/{id}/orders", tag = "orders", params(OrderQuery), security(("bearer" = [])),
+    responses((status = 200, body = Page<Order>), (status = 404, description = "Not yours")))]
+pub async fn list_for_user(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    id: web::Path<Uuid>,
+    query: web::Query<OrderQuery>,
+) -> Result<HttpResponse, AppError> {
+    let id = id.into_inner();
+    caller.may_access(id, Permission::SeeAllOrders)?;
+    let (status, page) = query.parse()?;
+    Ok(HttpResponse::Ok().json(state.db.run(ListOrders { user_id: Some(id), status, page }).await?))
+}
+
+/// One order (its owner, or an admin).
+#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", security(("bearer" = [])),
+    responses((status = 200, body = Order), (status = 404, description = "No such order, or not yours")))]
+pub async fn get(state: web::Data<AppState>, caller: AuthUser, id: web::Path<Uuid>) -> Result<HttpResponse, AppError> {
+    let not_found = || AppError::NotFound("No such order.".into());
+    let order = state.db.run(GetOrder { id: id.into_inner() }).await?.ok_or_else(not_found)?;
+    caller.may_access(order.user_id, Permission::SeeAllOrders).map_err(|_| not_found())?;
+    Ok(HttpResponse::Ok().json(order))
+}
+
+/// Cancel a paid order: stock restored, total refunded, all or nothing.
+#[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
+    responses((status = 200, body = Order), (status = 404, description = "No such order, or not yours"),
+        (status = 409, description = "Already cancelled")))]
+pub async fn cancel(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, AppError> {
+    let order = state
+        .db
+        .run(CancelOrder {
+            id: id.into_inner(),
+            requested_by: caller.0.id,
+            may_cancel_any: caller.can(Permission::SeeAllOrders),
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(order))
+}

@@ -1,0 +1,172 @@
+//! `/api/v1/products`: the catalog. Anyone reads; admins write.
+
+use actix_web::{
+    http::header::{self, HeaderValue},
+    web, HttpRequest, HttpResponse,
+};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    auth::AuthUser,
+    db::catalog::{CreateProduct, DeleteProduct, GetProduct, ListProducts, UpdateProduct},
+    domain::{
+        catalog::{etag_matches, Product, ProductFilter, ProductInput},
+        paging::{Page, PageRequest},
+        user::Permission,
+    },
+    error::AppError,
+};
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ProductQuery {
+    /// Case-insensitive substring of the name.
+    pub q: Option<String>,
+    /// `active` or `archived`.
+    pub status: Option<String>,
+    pub min_price_cents: Option<i64>,
+    pub max_price_cents: Option<i64>,
+    /// `created_at` (default), `name` or `price_cents`.
+    pub sort: Option<String>,
+    /// `desc` (default) or `asc`.
+    pub order: Option<String>,
+    pub page: Option<i64>,
+    pub per_page: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProductRequest {
+    pub name: String,
+    pub description: Option<String>,
+    pub price_cents: i64,
+    pub stock: i64,
+    /// `active` (default) or `archived`.
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProductRequest {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub price_cents: Option<i64>,
+    pub stock: Option<i64>,
+    pub status: Option<String>,
+}
+
+fn with_etag(mut response: HttpResponse, product: &Product) -> HttpResponse {
+    if let Ok(value) = HeaderValue::from_str(&product.etag()) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+fn header_text(request: &HttpRequest, name: header::HeaderName) -> Option<&str> {
+    request.headers().get(name).and_then(|value| value.to_str().ok())
+}
+
+/// Search and page through the catalog.
+#[utoipa::path(get, path = "/api/v1/products", tag = "catalog", params(ProductQuery),
+    responses((status = 200, body = Page<Product>), (status = 422, description = "Invalid filter")))]
+pub async fn list(state: web::Data<AppState>, query: web::Query<ProductQuery>) -> Result<HttpResponse, AppError> {
+    let q = query.into_inner();
+    let page = PageRequest::new(q.page, q.per_page);
+    let filter = ProductFilter::parse(
+        q.q.as_deref(),
+        q.status.as_deref(),
+        q.min_price_cents,
+        q.max_price_cents,
+        q.sort.as_deref(),
+        q.order.as_deref(),
+    );
+    let (page, filter) = match (page, filter) {
+        (Ok(page), Ok(filter)) => (page, filter),
+        (page, filter) => {
+            let errors = page.err().into_iter().chain(filter.err()).flatten().collect();
+            return Err(AppError::Validation(errors));
+        }
+    };
+    Ok(HttpResponse::Ok().json(state.db.run(ListProducts { filter, page }).await?))
+}
+
+/// One product, with an `ETag`; `If-None-Match` with the current tag answers 304.
+#[utoipa::path(get, path = "/api/v1/products/{id}", tag = "catalog",
+    responses((status = 200, body = Product), (status = 304, description = "Not modified"), (status = 404)))]
+pub async fn get(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, AppError> {
+    let product = state
+        .db
+        .run(GetProduct { id: id.into_inner() })
+        .await?
+        .ok_or_else(|| AppError::NotFound("No such product.".into()))?;
+    if header_text(&request, header::IF_NONE_MATCH).is_some_and(|tag| etag_matches(tag, product.version)) {
+        return Ok(with_etag(HttpResponse::NotModified().finish(), &product));
+    }
+    Ok(with_etag(HttpResponse::Ok().json(&product), &product))
+}
+
+/// Add a product (admin).
+#[utoipa::path(post, path = "/api/v1/products", tag = "catalog", request_body = CreateProductRequest,
+    security(("bearer" = [])),
+    responses((status = 201, body = Product), (status = 403), (status = 422, description = "Invalid fields")))]
+pub async fn create(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    body: web::Json<CreateProductRequest>,
+) -> Result<HttpResponse, AppError> {
+    caller.require(Permission::ManageCatalog)?;
+    let CreateProductRequest { name, description, price_cents, stock, status } = body.into_inner();
+    let input = ProductInput {
+        name: Some(name),
+        description: Some(description.unwrap_or_default()),
+        price_cents: Some(price_cents),
+        stock: Some(stock),
+        status,
+    };
+    let changes = input.validate().map_err(AppError::Validation)?;
+    let product = state.db.run(CreateProduct { changes }).await?;
+    let response = HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/api/v1/products/{}", product.id)))
+        .json(&product);
+    Ok(with_etag(response, &product))
+}
+
+/// Change any subset of a product's fields (admin). `If-Match` makes it conditional.
+#[utoipa::path(patch, path = "/api/v1/products/{id}", tag = "catalog", request_body = UpdateProductRequest,
+    security(("bearer" = [])),
+    responses((status = 200, body = Product), (status = 403), (status = 404),
+        (status = 412, description = "If-Match does not match the current ETag"), (status = 422)))]
+pub async fn update(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    request: HttpRequest,
+    id: web::Path<Uuid>,
+    body: web::Json<UpdateProductRequest>,
+) -> Result<HttpResponse, AppError> {
+    caller.require(Permission::ManageCatalog)?;
+    let UpdateProductRequest { name, description, price_cents, stock, status } = body.into_inner();
+    let changes =
+        ProductInput { name, description, price_cents, stock, status }.validate().map_err(AppError::Validation)?;
+    let if_match = header_text(&request, header::IF_MATCH).map(str::to_owned);
+    let product = state.db.run(UpdateProduct { id: id.into_inner(), changes, if_match }).await?;
+    Ok(with_etag(HttpResponse::Ok().json(&product), &product))
+}
+
+/// Remove a product (admin). Past orders keep their snapshots of it.
+#[utoipa::path(delete, path = "/api/v1/products/{id}", tag = "catalog", security(("bearer" = [])),
+    responses((status = 204), (status = 403), (status = 404)))]
+pub async fn delete(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, AppError> {
+    caller.require(Permission::ManageCatalog)?;
+    state.db.run(DeleteProduct { id: id.into_inner() }).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
