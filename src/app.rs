@@ -1,7 +1,7 @@
 //! Building and running the service from a `Config`: the binary and the tests start it
 //! the same way.
 
-use std::{io, net::TcpListener, sync::Arc};
+use std::{io, net::TcpListener, sync::Arc, time::Duration};
 
 use actix::{Addr, Supervisor};
 use actix_cors::Cors;
@@ -10,9 +10,11 @@ use tracing_actix_web::TracingLogger;
 
 use crate::{
     actors::{
+        cache::{Cache, CacheClient},
         db_executor::DbGatewaySettings,
         health::{BeginShutdown, Health, WatchDatabase},
         janitor::{Janitor, Retention},
+        rate_limiter::RateLimiter,
         supervision::RestartReporter,
         DbGateway,
     },
@@ -22,8 +24,8 @@ use crate::{
     http::{
         self, extract,
         middleware::{
-            http_metrics::record_http_metrics, problem::render_problems, request_id::assign_request_id,
-            request_span::RequestSpan, security_headers::add_security_headers,
+            http_metrics::record_http_metrics, problem::render_problems, rate_limit::limit_rate,
+            request_id::assign_request_id, request_span::RequestSpan, security_headers::add_security_headers,
         },
     },
     metrics::Metrics,
@@ -38,6 +40,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub passwords: Passwords,
     pub tokens: Arc<TokenKeys>,
+    pub cache: CacheClient,
+    pub rate_limiter: Addr<RateLimiter>,
 }
 
 #[derive(Debug, derive_more::Display)]
@@ -94,6 +98,19 @@ impl Application {
             };
             Supervisor::start(move |_| Janitor::new(db, retention))
         };
+        let cache = {
+            let addr = config.cache_capacity.map(|capacity| {
+                let (db, ttl, metrics, reporter) =
+                    (db.clone(), config.cache_ttl, Arc::clone(&metrics), reporter.clone());
+                Supervisor::start(move |_| Cache::new(db, capacity, ttl, metrics, reporter))
+            });
+            CacheClient::new(addr, db.clone(), Arc::clone(&metrics), config.db_timeout + Duration::from_millis(500))
+        };
+        let rate_limiter = {
+            let (quotas, max_keys) = (config.rate_limits, config.rate_limit_max_keys);
+            let (metrics, reporter) = (Arc::clone(&metrics), reporter.clone());
+            Supervisor::start(move |_| RateLimiter::new(quotas, max_keys, metrics, reporter))
+        };
         let passwords = Passwords::start(config.password_hasher_threads, reporter)
             .map_err(|error| StartupError::Internal(error.to_string()))?;
 
@@ -104,6 +121,8 @@ impl Application {
             metrics: Arc::clone(&metrics),
             passwords,
             tokens: Arc::new(TokenKeys::new(&config.jwt_secret, config.jwt_ttl)),
+            cache,
+            rate_limiter,
         };
         let listener = TcpListener::bind(config.bind_addr)
             .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;
@@ -120,6 +139,7 @@ impl Application {
                 .app_data(extract::query_config())
                 .configure(|cfg| http::routes(cfg, &state.config))
                 .default_service(web::to(http::unknown_route))
+                .wrap(from_fn(limit_rate))
                 .wrap(cors(&state.config))
                 .wrap(from_fn(render_problems))
                 .wrap(from_fn(add_security_headers))

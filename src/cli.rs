@@ -95,6 +95,20 @@ pub struct ServeArgs {
     pub health_probe_interval_ms: String,
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value = "30")]
     pub shutdown_timeout_seconds: String,
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
+    #[arg(long, env = "RATE_LIMIT_RPS", default_value = "20")]
+    pub rate_limit_rps: String,
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value = "40")]
+    pub rate_limit_burst: String,
+    #[arg(long, env = "AUTH_RATE_LIMIT_PER_MINUTE", default_value = "10")]
+    pub auth_rate_limit_per_minute: String,
+    #[arg(long, env = "RATE_LIMIT_MAX_KEYS", default_value = "100000")]
+    pub rate_limit_max_keys: String,
+    #[arg(long, env = "CACHE_CAPACITY", default_value = "10000")]
+    pub cache_capacity: String,
+    #[arg(long, env = "CACHE_TTL_SECONDS", default_value = "60")]
+    pub cache_ttl_seconds: String,
     #[arg(long, env = "EVENT_RETENTION_HOURS", default_value = "24")]
     pub event_retention_hours: String,
     #[arg(long, env = "IDEMPOTENCY_KEY_RETENTION_HOURS", default_value = "24")]

@@ -1,11 +1,15 @@
 //! Settings, validated once at start-up. An invalid value becomes a `ConfigError` that
 //! names the setting, so the operator sees one line telling what to fix.
 
-use std::{fmt, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{fmt, net::SocketAddr, num::NonZeroUsize, path::PathBuf, sync::Arc, time::Duration};
 
 use rand::RngCore;
 
-use crate::cli::{DatabaseArgs, ServeArgs};
+use crate::{
+    actors::rate_limiter::Quotas,
+    cli::{DatabaseArgs, ServeArgs},
+    domain::rate_limit::Quota,
+};
 
 /// Where the data lives; the backend is chosen by the URL scheme, never guessed.
 #[derive(Clone, PartialEq, Eq)]
@@ -116,6 +120,12 @@ pub struct Config {
     pub password_hasher_threads: usize,
     pub health_probe_interval: Duration,
     pub shutdown_timeout: Duration,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub rate_limits: Quotas,
+    pub rate_limit_max_keys: NonZeroUsize,
+    /// Entries the cache may hold; `None` (CACHE_CAPACITY=0) turns the cache off.
+    pub cache_capacity: Option<NonZeroUsize>,
+    pub cache_ttl: Duration,
     pub event_retention: Duration,
     pub idempotency_key_retention: Duration,
     pub janitor_interval: Duration,
@@ -259,6 +269,28 @@ impl Config {
                 0,
                 3_600,
             )?),
+            trusted_proxies: parse_trusted_proxies(&args.trusted_proxies)?,
+            rate_limits: Quotas {
+                default: Quota::per_second(
+                    parse_number("RATE_LIMIT_RPS", &args.rate_limit_rps, 1, 1_000_000)?,
+                    parse_number("RATE_LIMIT_BURST", &args.rate_limit_burst, 1, 1_000_000)?,
+                ),
+                auth: Quota::per_minute(parse_number(
+                    "AUTH_RATE_LIMIT_PER_MINUTE",
+                    &args.auth_rate_limit_per_minute,
+                    1,
+                    1_000_000,
+                )?),
+            },
+            rate_limit_max_keys: NonZeroUsize::new(parse_number(
+                "RATE_LIMIT_MAX_KEYS",
+                &args.rate_limit_max_keys,
+                1,
+                100_000_000,
+            )?)
+            .unwrap_or(NonZeroUsize::MIN),
+            cache_capacity: NonZeroUsize::new(parse_number("CACHE_CAPACITY", &args.cache_capacity, 0, 100_000_000)?),
+            cache_ttl: Duration::from_secs(parse_number("CACHE_TTL_SECONDS", &args.cache_ttl_seconds, 1, 86_400)?),
             event_retention: hours(parse_number("EVENT_RETENTION_HOURS", &args.event_retention_hours, 1, 24 * 365)?),
             // api.md promises keys are kept at least 24 hours.
             idempotency_key_retention: hours(parse_number(
@@ -277,6 +309,21 @@ impl Config {
             chaos_token: non_empty_secret("CHAOS_TOKEN", args.chaos_token.as_deref())?,
         })
     }
+}
+
+fn parse_trusted_proxies(raw: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    ConfigError::new("TRUSTED_PROXIES", format!("expected IP addresses or CIDR ranges, got {entry:?}"))
+                })
+        })
+        .collect()
 }
 
 fn hours(count: u64) -> Duration {

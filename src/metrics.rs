@@ -2,7 +2,7 @@
 //! several apps in one process), and collectors are atomics, so sharing it is lock-free.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -14,6 +14,13 @@ pub struct Metrics {
     pub db_workers_alive: IntGauge,
     pub db_shed: IntCounterVec,
     pub readiness: IntGaugeVec,
+    pub cache_requests: IntCounterVec,
+    pub cache_loads: IntCounterVec,
+    pub cache_entries: IntGaugeVec,
+    pub cache_bypass: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub rate_limit_keys: IntGauge,
+    pub rate_limiter_fail_open: IntCounter,
 }
 
 /// Registration only fails for a duplicate or malformed name; the names below are fixed
@@ -69,8 +76,52 @@ impl Metrics {
             IntGaugeVec::new(Opts::new("readiness_check", "1 when a readiness check passes"), &["check"])
                 .expect("valid metric"),
         );
+        let cache_requests = register(
+            &registry,
+            IntCounterVec::new(Opts::new("cache_requests_total", "Cache lookups by outcome"), &["cache", "result"])
+                .expect("valid metric"),
+        );
+        let cache_loads = register(
+            &registry,
+            IntCounterVec::new(Opts::new("cache_loads_total", "Cache loads that reached the database"), &["cache"])
+                .expect("valid metric"),
+        );
+        let cache_entries = register(
+            &registry,
+            IntGaugeVec::new(Opts::new("cache_entries", "Entries held by the cache"), &["cache"])
+                .expect("valid metric"),
+        );
+        let cache_bypass = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("cache_bypass_total", "Reads that went to the database because the cache could not answer"),
+                &["cache", "reason"],
+            )
+            .expect("valid metric"),
+        );
+        let rate_limited = register(
+            &registry,
+            IntCounterVec::new(Opts::new("rate_limited_total", "Requests refused with 429"), &["policy"])
+                .expect("valid metric"),
+        );
+        let rate_limit_keys = register(
+            &registry,
+            IntGauge::new("rate_limit_keys", "Client buckets tracked by the rate limiter").expect("valid metric"),
+        );
+        let rate_limiter_fail_open = register(
+            &registry,
+            IntCounter::new("rate_limiter_fail_open_total", "Requests let through because the limiter did not answer")
+                .expect("valid metric"),
+        );
         Self {
             registry,
+            cache_requests,
+            cache_loads,
+            cache_entries,
+            cache_bypass,
+            rate_limited,
+            rate_limit_keys,
+            rate_limiter_fail_open,
             http_requests,
             http_duration,
             actor_restarts,

@@ -1,10 +1,12 @@
 //! The supervised actors that own the service's state.
 
 pub mod admission;
+pub mod cache;
 pub mod chaos;
 pub mod db_executor;
 pub mod health;
 pub mod janitor;
+pub mod rate_limiter;
 pub mod supervision;
 
 pub use chaos::Crash;

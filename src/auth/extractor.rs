@@ -6,7 +6,6 @@ use futures_util::future::LocalBoxFuture;
 
 use crate::{
     app::AppState,
-    db::users::FindActiveUser,
     domain::user::{Permission, User},
     error::AppError,
     http::auth_header::bearer_token,
@@ -54,7 +53,7 @@ impl FromRequest for AuthUser {
         Box::pin(async move {
             let state = state.ok_or_else(|| AppError::Internal("application state missing".into()))?;
             let user_id = state.tokens.verify(&token.ok_or_else(unauthorized)?)?;
-            let user = state.db.run(FindActiveUser { id: user_id }).await?.ok_or_else(unauthorized)?;
+            let user = state.cache.user(user_id).await?.ok_or_else(unauthorized)?;
             Ok(AuthUser(user))
         })
     }

@@ -4,5 +4,6 @@ pub mod catalog;
 pub mod clock;
 pub mod money;
 pub mod paging;
+pub mod rate_limit;
 pub mod shop;
 pub mod user;

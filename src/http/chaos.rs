@@ -25,6 +25,8 @@ const MAX_STALL: Duration = Duration::from_secs(60);
 pub enum ChaosActor {
     DbExecutor,
     Health,
+    Cache,
+    RateLimiter,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -74,6 +76,22 @@ pub async fn inject_fault(
             .timeout(ACTOR_TIMEOUT)
             .await
             .map_err(|error| AppError::Internal(format!("health actor: {error}")))??,
+        (ChaosActor::Cache, ChaosFault::Panic) => {
+            let cache = state.cache.addr().ok_or_else(|| AppError::invalid("actor", "the cache is disabled"))?;
+            cache
+                .send(Crash)
+                .timeout(ACTOR_TIMEOUT)
+                .await
+                .map_err(|error| AppError::Internal(format!("cache: {error}")))??
+        }
+        (ChaosActor::RateLimiter, ChaosFault::Panic) => {
+            state
+                .rate_limiter
+                .send(Crash)
+                .timeout(ACTOR_TIMEOUT)
+                .await
+                .map_err(|error| AppError::Internal(format!("rate limiter: {error}")))??
+        }
         (_, ChaosFault::Stall) => return Err(AppError::invalid("fault", "stall applies to db_executor only")),
     }
     Ok(HttpResponse::NoContent().finish())

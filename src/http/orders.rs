@@ -6,6 +6,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
+    actors::cache::CacheKey,
     app::AppState,
     auth::AuthUser,
     db::shop::{CancelOrder, GetOrder, ListOrders, PlaceOrder},
@@ -75,7 +76,12 @@ pub async fn place(
     let raw: Vec<(String, i64)> = body.items.iter().map(|line| (line.product_id.clone(), line.quantity)).collect();
     let lines = validate_order_lines(&raw).map_err(AppError::Validation)?;
     let idempotency = idempotency::key_of(&request, caller.0.id, "order".into(), &*body)?;
+    let products: Vec<_> = lines.iter().map(|line| CacheKey::Product(line.product_id)).collect();
     let outcome = state.db.run(PlaceOrder { user_id: caller.0.id, lines, idempotency }).await?;
+    // Stock changed: the next read of these products must see it.
+    for key in products {
+        state.cache.invalidate(key);
+    }
     Ok(idempotency::respond(outcome, |order| {
         HttpResponse::Created().insert_header((header::LOCATION, format!("/api/v1/orders/{}", order.id))).json(order)
     }))
@@ -136,5 +142,8 @@ pub async fn cancel(
             may_cancel_any: caller.can(Permission::SeeAllOrders),
         })
         .await?;
+    for item in &order.items {
+        state.cache.invalidate(CacheKey::Product(item.product_id));
+    }
     Ok(HttpResponse::Ok().json(order))
 }

@@ -9,9 +9,10 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
+    actors::cache::CacheKey,
     app::AppState,
     auth::AuthUser,
-    db::catalog::{CreateProduct, DeleteProduct, GetProduct, ListProducts, UpdateProduct},
+    db::catalog::{CreateProduct, DeleteProduct, ListProducts, UpdateProduct},
     domain::{
         catalog::{etag_matches, Product, ProductFilter, ProductInput},
         paging::{Page, PageRequest},
@@ -100,11 +101,8 @@ pub async fn get(
     request: HttpRequest,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, AppError> {
-    let product = state
-        .db
-        .run(GetProduct { id: id.into_inner() })
-        .await?
-        .ok_or_else(|| AppError::NotFound("No such product.".into()))?;
+    let product =
+        state.cache.product(id.into_inner()).await?.ok_or_else(|| AppError::NotFound("No such product.".into()))?;
     if header_text(&request, header::IF_NONE_MATCH).is_some_and(|tag| etag_matches(tag, product.version)) {
         return Ok(with_etag(HttpResponse::NotModified().finish(), &product));
     }
@@ -131,6 +129,7 @@ pub async fn create(
     };
     let changes = input.validate().map_err(AppError::Validation)?;
     let product = state.db.run(CreateProduct { changes }).await?;
+    state.cache.invalidate(CacheKey::Product(product.id));
     let response = HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/products/{}", product.id)))
         .json(&product);
@@ -154,7 +153,9 @@ pub async fn update(
     let changes =
         ProductInput { name, description, price_cents, stock, status }.validate().map_err(AppError::Validation)?;
     let if_match = header_text(&request, header::IF_MATCH).map(str::to_owned);
-    let product = state.db.run(UpdateProduct { id: id.into_inner(), changes, if_match }).await?;
+    let id = id.into_inner();
+    let product = state.db.run(UpdateProduct { id, changes, if_match }).await?;
+    state.cache.invalidate(CacheKey::Product(id));
     Ok(with_etag(HttpResponse::Ok().json(&product), &product))
 }
 
@@ -167,6 +168,8 @@ pub async fn delete(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, AppError> {
     caller.require(Permission::ManageCatalog)?;
-    state.db.run(DeleteProduct { id: id.into_inner() }).await?;
+    let id = id.into_inner();
+    state.db.run(DeleteProduct { id }).await?;
+    state.cache.invalidate(CacheKey::Product(id));
     Ok(HttpResponse::NoContent().finish())
 }

@@ -6,6 +6,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
+    actors::cache::CacheKey,
     app::AppState,
     auth::AuthUser,
     db::users::{DeleteUser, FindActiveUser, ListUsers, UpdateUser, UserChanges},
@@ -115,6 +116,7 @@ pub async fn update(
         changes.password_hash = Some(state.passwords.hash(password).await?);
     }
     let user = state.db.run(UpdateUser { id, changes }).await?;
+    state.cache.invalidate(CacheKey::User(id));
     Ok(HttpResponse::Ok().json(user))
 }
 
@@ -127,6 +129,8 @@ pub async fn delete(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, AppError> {
     caller.require(Permission::DeleteUsers)?;
-    state.db.run(DeleteUser { id: id.into_inner() }).await?;
+    let id = id.into_inner();
+    state.db.run(DeleteUser { id }).await?;
+    state.cache.invalidate(CacheKey::User(id));
     Ok(HttpResponse::NoContent().finish())
 }

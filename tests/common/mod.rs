@@ -7,6 +7,7 @@
 //! (CI), which turns a missing PostgreSQL into a failure.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod events;
 pub mod postgres_server;
 
 use std::{sync::mpsc, thread, time::Duration};
@@ -160,6 +161,13 @@ impl TestAppBuilder {
             CHAOS_TOKEN.into(),
             "--jwt-secret".into(),
             JWT_SECRET.into(),
+            // Generous limits: only the rate-limit tests, which set their own, hit them.
+            "--rate-limit-rps".into(),
+            "100000".into(),
+            "--rate-limit-burst".into(),
+            "100000".into(),
+            "--auth-rate-limit-per-minute".into(),
+            "100000".into(),
         ];
         argv.append(&mut self.args);
         let database_url = url;

@@ -1,8 +1,9 @@
 //! The middleware stack, outermost first: request id → tracing span → metrics →
-//! security headers → problem rendering → CORS → (rate limit) → handlers.
+//! security headers → problem rendering → CORS → rate limit → handlers.
 
 pub mod http_metrics;
 pub mod problem;
+pub mod rate_limit;
 pub mod request_id;
 pub mod request_span;
 pub mod security_headers;

@@ -1,0 +1,309 @@
+//! The Cache actor: cache-aside for products and authenticated users. It owns an LRU
+//! with a TTL, runs at most one database load per key at a time (single flight: every
+//! concurrent miss waits for that load), and never lets a load that began before an
+//! invalidation fill the cache (each load is tracked by id; an invalidation detaches it).
+
+use std::{collections::HashMap, num::NonZeroUsize, sync::Arc, time::Duration, time::Instant};
+
+use actix::{
+    fut::wrap_future, Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message,
+    MessageResult, Supervised,
+};
+use lru::LruCache;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::{
+    db_executor::DbGateway,
+    supervision::{catch_panic, RestartReporter},
+    Crash,
+};
+use crate::{
+    db::{catalog::GetProduct, users::FindActiveUser},
+    domain::{catalog::Product, user::User},
+    error::AppError,
+    metrics::Metrics,
+};
+
+const ACTOR: &str = "cache";
+/// A miss (404) is remembered only briefly: the thing may be created soon.
+const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// How long a reader waits for the actor to answer before going to the database itself.
+const ASK_TIMEOUT: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CacheKey {
+    Product(Uuid),
+    User(Uuid),
+}
+
+impl CacheKey {
+    fn cache(&self) -> &'static str {
+        match self {
+            Self::Product(_) => "products",
+            Self::User(_) => "users",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Cached {
+    Product(Option<Product>),
+    User(Option<User>),
+}
+
+impl Cached {
+    fn is_negative(&self) -> bool {
+        matches!(self, Self::Product(None) | Self::User(None))
+    }
+}
+
+async fn load(db: &DbGateway, key: &CacheKey) -> Result<Cached, AppError> {
+    match *key {
+        CacheKey::Product(id) => db.run(GetProduct { id }).await.map(Cached::Product),
+        CacheKey::User(id) => db.run(FindActiveUser { id }).await.map(Cached::User),
+    }
+}
+
+struct Entry {
+    value: Cached,
+    expires: Instant,
+}
+
+type Waiter = oneshot::Sender<Option<Cached>>;
+
+pub struct Cache {
+    db: DbGateway,
+    ttl: Duration,
+    entries: LruCache<CacheKey, Entry>,
+    /// The load currently allowed to fill each key.
+    in_flight: HashMap<CacheKey, u64>,
+    /// Everyone waiting on each running load, detached or not.
+    waiters: HashMap<u64, Vec<Waiter>>,
+    next_load: u64,
+    metrics: Arc<Metrics>,
+    reporter: RestartReporter,
+}
+
+impl Cache {
+    pub fn new(
+        db: DbGateway,
+        capacity: NonZeroUsize,
+        ttl: Duration,
+        metrics: Arc<Metrics>,
+        reporter: RestartReporter,
+    ) -> Self {
+        Self {
+            db,
+            ttl,
+            entries: LruCache::new(capacity),
+            in_flight: HashMap::new(),
+            waiters: HashMap::new(),
+            next_load: 0,
+            metrics,
+            reporter,
+        }
+    }
+
+    fn count(&self, key: &CacheKey, result: &str) {
+        self.metrics.cache_requests.with_label_values(&[key.cache(), result]).inc();
+    }
+
+    fn update_size(&self) {
+        let mut sizes: HashMap<&'static str, i64> = HashMap::from([("products", 0), ("users", 0)]);
+        for (key, _) in self.entries.iter() {
+            *sizes.entry(key.cache()).or_default() += 1;
+        }
+        for (cache, size) in sizes {
+            self.metrics.cache_entries.with_label_values(&[cache]).set(size);
+        }
+    }
+
+    fn lookup(&mut self, key: CacheKey, ctx: &mut Context<Self>) -> Lookup {
+        let now = Instant::now();
+        match self.entries.get(&key) {
+            Some(entry) if entry.expires > now => {
+                let value = entry.value.clone();
+                self.count(&key, "hit");
+                return Lookup::Ready(value);
+            }
+            Some(_) => {
+                self.entries.pop(&key);
+            }
+            None => {}
+        }
+        let (tx, rx) = oneshot::channel();
+        if let Some(load) = self.in_flight.get(&key) {
+            self.waiters.entry(*load).or_default().push(tx);
+            self.count(&key, "coalesced");
+            return Lookup::Pending(rx);
+        }
+        self.count(&key, "miss");
+        self.metrics.cache_loads.with_label_values(&[key.cache()]).inc();
+        let load_id = self.next_load;
+        self.next_load += 1;
+        self.in_flight.insert(key.clone(), load_id);
+        self.waiters.insert(load_id, vec![tx]);
+        let db = self.db.clone();
+        let loading = key.clone();
+        ctx.spawn(
+            wrap_future(async move { load(&db, &loading).await })
+                .map(move |outcome, act: &mut Self, _| act.finish(load_id, key, outcome.ok())),
+        );
+        Lookup::Pending(rx)
+    }
+
+    fn finish(&mut self, load_id: u64, key: CacheKey, value: Option<Cached>) {
+        for waiter in self.waiters.remove(&load_id).unwrap_or_default() {
+            let _ = waiter.send(value.clone());
+        }
+        // Only the load still attached to the key may fill it: an invalidation in between
+        // detached this one, and its value may predate the write.
+        if self.in_flight.get(&key) != Some(&load_id) {
+            return;
+        }
+        self.in_flight.remove(&key);
+        if let Some(value) = value {
+            let ttl = if value.is_negative() { NEGATIVE_TTL.min(self.ttl) } else { self.ttl };
+            self.entries.put(key, Entry { value, expires: Instant::now() + ttl });
+            self.update_size();
+        }
+    }
+
+    fn invalidate(&mut self, key: &CacheKey) {
+        self.entries.pop(key);
+        self.in_flight.remove(key);
+        self.update_size();
+    }
+
+    fn reset(&mut self) {
+        self.entries.clear();
+        self.in_flight.clear();
+        // Dropping the senders tells every waiter to read the database itself.
+        self.waiters.clear();
+        self.update_size();
+    }
+}
+
+impl Actor for Cache {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(1024);
+    }
+}
+
+impl Supervised for Cache {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.reset();
+    }
+}
+
+pub enum Lookup {
+    Ready(Cached),
+    Pending(oneshot::Receiver<Option<Cached>>),
+}
+
+#[derive(Message)]
+#[rtype(result = "Option<Lookup>")]
+struct Get(CacheKey);
+
+impl Handler<Get> for Cache {
+    type Result = MessageResult<Get>;
+    fn handle(&mut self, msg: Get, ctx: &mut Context<Self>) -> Self::Result {
+        match catch_panic(|| self.lookup(msg.0, ctx)) {
+            Ok(lookup) => MessageResult(Some(lookup)),
+            Err(payload) => {
+                self.reporter.report(ACTOR, &payload);
+                ctx.stop();
+                MessageResult(None)
+            }
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Invalidate(CacheKey);
+
+impl Handler<Invalidate> for Cache {
+    type Result = ();
+    fn handle(&mut self, msg: Invalidate, ctx: &mut Context<Self>) {
+        if let Err(payload) = catch_panic(|| self.invalidate(&msg.0)) {
+            self.reporter.report(ACTOR, &payload);
+            ctx.stop();
+        }
+    }
+}
+
+impl Handler<Crash> for Cache {
+    type Result = Result<(), AppError>;
+    fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
+        catch_panic(|| msg.detonate()).map_err(|payload| {
+            ctx.stop();
+            self.reporter.report(ACTOR, &payload)
+        })
+    }
+}
+
+/// How handlers read through the cache. Without a cache actor (CACHE_CAPACITY=0), or when
+/// it is down or slow, reads go straight to the database: the cache is never a single
+/// point of failure.
+#[derive(Clone)]
+pub struct CacheClient {
+    cache: Option<Addr<Cache>>,
+    db: DbGateway,
+    metrics: Arc<Metrics>,
+    wait_timeout: Duration,
+}
+
+impl CacheClient {
+    pub fn new(cache: Option<Addr<Cache>>, db: DbGateway, metrics: Arc<Metrics>, wait_timeout: Duration) -> Self {
+        Self { cache, db, metrics, wait_timeout }
+    }
+
+    pub fn addr(&self) -> Option<&Addr<Cache>> {
+        self.cache.as_ref()
+    }
+
+    pub async fn product(&self, id: Uuid) -> Result<Option<Product>, AppError> {
+        match self.get(CacheKey::Product(id)).await? {
+            Cached::Product(product) => Ok(product),
+            Cached::User(_) => Err(AppError::Internal("cache returned a user for a product key".into())),
+        }
+    }
+
+    pub async fn user(&self, id: Uuid) -> Result<Option<User>, AppError> {
+        match self.get(CacheKey::User(id)).await? {
+            Cached::User(user) => Ok(user),
+            Cached::Product(_) => Err(AppError::Internal("cache returned a product for a user key".into())),
+        }
+    }
+
+    /// Forgets a key; call it after a write commits and before its response is sent.
+    /// The mailbox is FIFO, so every read asked after this is answered after it.
+    pub fn invalidate(&self, key: CacheKey) {
+        if let Some(cache) = &self.cache {
+            cache.do_send(Invalidate(key));
+        }
+    }
+
+    async fn get(&self, key: CacheKey) -> Result<Cached, AppError> {
+        let Some(cache) = &self.cache else { return load(&self.db, &key).await };
+        let bypass = |reason: &str| {
+            self.metrics.cache_bypass.with_label_values(&[key.cache(), reason]).inc();
+        };
+        match cache.send(Get(key.clone())).timeout(ASK_TIMEOUT).await {
+            Ok(Some(Lookup::Ready(value))) => return Ok(value),
+            Ok(Some(Lookup::Pending(pending))) => match actix_rt::time::timeout(self.wait_timeout, pending).await {
+                Ok(Ok(Some(value))) => return Ok(value),
+                _ => bypass("load_failed"),
+            },
+            Ok(None) | Err(_) => {
+                tracing::warn!(cache = key.cache(), "cache actor unavailable; reading the database");
+                bypass("unavailable");
+            }
+        }
+        load(&self.db, &key).await
+    }
+}

@@ -1,0 +1,144 @@
+//! GCRA (the generic cell rate algorithm) in integer nanoseconds. A bucket is one number,
+//! its theoretical arrival time (TAT); a request is admitted when the TAT is no more than
+//! the burst tolerance ahead of now. Over any window of length `e` at most
+//! `burst + rate × e` requests are admitted.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Requests that may come at once after a quiet spell.
+    pub burst: u32,
+    /// One request's worth of time: 1 / rate.
+    pub interval_ns: u64,
+}
+
+impl Quota {
+    pub fn per_second(rate: u32, burst: u32) -> Self {
+        Self { burst: burst.max(1), interval_ns: 1_000_000_000 / u64::from(rate.max(1)) }
+    }
+
+    pub fn per_minute(count: u32) -> Self {
+        let count = count.max(1);
+        Self { burst: count, interval_ns: 60_000_000_000 / u64::from(count) }
+    }
+
+    /// The window in which `burst` requests refill, as the RateLimit-Policy `w`.
+    pub fn window(&self) -> Duration {
+        Duration::from_nanos(self.interval_ns.saturating_mul(u64::from(self.burst)))
+    }
+
+    fn tolerance_ns(&self) -> u64 {
+        self.interval_ns.saturating_mul(u64::from(self.burst - 1))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// The bucket's TAT after this request (unchanged when refused).
+    pub tat_ns: u64,
+    /// Requests that could still pass right now.
+    pub remaining: u32,
+    /// Until the bucket is full again.
+    pub reset_after: Duration,
+    /// Until the next request can pass (zero when allowed).
+    pub retry_after: Duration,
+}
+
+/// Decides one request at `now_ns` for a bucket whose TAT is `tat_ns` (None: a new bucket).
+pub fn check(quota: Quota, tat_ns: Option<u64>, now_ns: u64) -> Decision {
+    let tat = tat_ns.unwrap_or(now_ns).max(now_ns);
+    let ahead = tat - now_ns;
+    if ahead > quota.tolerance_ns() {
+        return Decision {
+            allowed: false,
+            tat_ns: tat,
+            remaining: 0,
+            reset_after: Duration::from_nanos(ahead),
+            retry_after: Duration::from_nanos(ahead - quota.tolerance_ns()),
+        };
+    }
+    let new_tat = tat.saturating_add(quota.interval_ns);
+    let debt = new_tat - now_ns;
+    let capacity = quota.interval_ns.saturating_mul(u64::from(quota.burst));
+    let remaining = u32::try_from(capacity.saturating_sub(debt) / quota.interval_ns).unwrap_or(u32::MAX);
+    Decision {
+        allowed: true,
+        tat_ns: new_tat,
+        remaining,
+        reset_after: Duration::from_nanos(debt),
+        retry_after: Duration::ZERO,
+    }
+}
+
+/// Whole seconds, rounded up, at least 1: what `Retry-After` and `t=` carry.
+pub fn whole_seconds_up(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn a_fresh_bucket_admits_the_burst_then_refuses() {
+        let quota = Quota::per_second(5, 10);
+        let mut tat = None;
+        for expected_remaining in (0..10).rev() {
+            let decision = check(quota, tat, 0);
+            assert!(decision.allowed);
+            assert_eq!(decision.remaining, expected_remaining);
+            tat = Some(decision.tat_ns);
+        }
+        let refused = check(quota, tat, 0);
+        assert!(!refused.allowed);
+        assert_eq!(refused.retry_after, Duration::from_millis(200));
+        assert_eq!(whole_seconds_up(refused.retry_after), 1);
+        assert!(check(quota, tat, 200_000_000).allowed, "one interval later one more passes");
+    }
+
+    #[test]
+    fn windows_describe_the_refill_time() {
+        assert_eq!(Quota::per_second(20, 40).window(), Duration::from_secs(2));
+        assert_eq!(Quota::per_minute(10).window(), Duration::from_secs(60));
+    }
+
+    proptest! {
+        #[test]
+        fn never_admits_more_than_burst_plus_rate_times_elapsed(
+            rate in 1..200_u32,
+            burst in 1..50_u32,
+            gaps in proptest::collection::vec(0..50_000_000_u64, 1..400),
+        ) {
+            let quota = Quota::per_second(rate, burst);
+            let (mut now, mut tat, mut admitted) = (0_u64, None, 0_u64);
+            for gap in gaps {
+                now += gap;
+                let decision = check(quota, tat, now);
+                if decision.allowed {
+                    admitted += 1;
+                    tat = Some(decision.tat_ns);
+                }
+                let bound = u64::from(burst) as f64 + f64::from(rate) * now as f64 / 1e9;
+                prop_assert!(admitted as f64 <= bound + 1e-9, "admitted {} > bound {}", admitted, bound);
+            }
+        }
+
+        #[test]
+        fn refusals_name_a_wait_after_which_a_request_passes(rate in 1..200_u32, burst in 1..50_u32, n in 1..200_usize) {
+            let quota = Quota::per_second(rate, burst);
+            let mut tat = None;
+            for _ in 0..n {
+                let decision = check(quota, tat, 0);
+                if !decision.allowed {
+                    prop_assert!(check(quota, tat, decision.retry_after.as_nanos() as u64).allowed);
+                    break;
+                }
+                tat = Some(decision.tat_ns);
+            }
+        }
+    }
+}

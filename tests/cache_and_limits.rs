@@ -1,0 +1,304 @@
+//! The Cache and RateLimiter actors as clients and operators see them: single-flight
+//! loads, read-your-writes, rate-limit headers and refusals, and both actors surviving
+//! panics.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_problem, Backend, TestApp};
+use futures_util::future::join_all;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+on_both_backends!(
+    concurrent_misses_on_one_product_make_one_database_load,
+    every_read_after_a_write_returns_sees_that_write,
+    misses_are_cached_briefly_and_hits_are_counted,
+    order_placement_invalidates_the_products_it_touches,
+    cache_actor_panic_is_survived_and_reads_keep_working,
+    reads_work_with_the_cache_disabled,
+);
+
+async fn product(app: &TestApp, admin: &str, name: &str) -> String {
+    let created = app
+        .send_json(Method::POST, "/api/v1/products", admin, &json!({"name": name, "price_cents": 500, "stock": 100}))
+        .await;
+    assert_eq!(created.status(), 201);
+    created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+}
+
+const PRODUCT_LOADS: &str = r#"storefront_cache_loads_total{cache="products"}"#;
+
+async fn concurrent_misses_on_one_product_make_one_database_load(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, admin) = app.admin("root@example.com").await;
+    let id = product(&app, &admin, "Lamp").await;
+    let path = format!("/api/v1/products/{id}");
+    let loads_before = app.metric(PRODUCT_LOADS).await;
+
+    let responses = join_all((0..100).map(|_| app.get(&path))).await;
+    let mut bodies = Vec::new();
+    for response in responses {
+        assert_eq!(response.status(), 200);
+        bodies.push(response.text().await.unwrap());
+    }
+    assert!(bodies.windows(2).all(|pair| pair[0] == pair[1]), "all 100 answers are identical");
+    assert_eq!(app.metric(PRODUCT_LOADS).await - loads_before, 1.0, "one database load for 100 concurrent misses");
+    let coalesced = app.metric(r#"storefront_cache_requests_total{cache="products",result="coalesced"}"#).await;
+    let hits = app.metric(r#"storefront_cache_requests_total{cache="products",result="hit"}"#).await;
+    assert_eq!(coalesced + hits, 99.0);
+}
+
+async fn every_read_after_a_write_returns_sees_that_write(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, admin) = app.admin("root@example.com").await;
+    let id = product(&app, &admin, "Clock").await;
+    let path = format!("/api/v1/products/{id}");
+    let done = std::sync::atomic::AtomicBool::new(false);
+
+    // Readers keep the key hot (and loads in flight) while the writer changes it.
+    let readers = join_all((0..4).map(|_| async {
+        let mut reads = 0;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            assert_eq!(app.get(&path).await.status(), 200);
+            reads += 1;
+        }
+        reads
+    }));
+    let writer = async {
+        for round in 1..=60 {
+            let price = 1000 + round;
+            let patched = app.send_json(Method::PATCH, &path, &admin, &json!({"price_cents": price})).await;
+            assert_eq!(patched.status(), 200);
+            let read: Value = app.get(&path).await.json().await.unwrap();
+            assert_eq!(read["price_cents"], price, "round {round}: the read after the PATCH sees it");
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let (reads, ()) = tokio::join!(readers, writer);
+    assert!(reads.iter().sum::<i32>() > 0);
+}
+
+async fn misses_are_cached_briefly_and_hits_are_counted(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, admin) = app.admin("root@example.com").await;
+    let missing = format!("/api/v1/products/{}", uuid::Uuid::now_v7());
+    assert_problem(app.get(&missing).await, 404).await;
+    assert_problem(app.get(&missing).await, 404).await;
+    assert_eq!(app.metric(PRODUCT_LOADS).await, 1.0, "the 404 was remembered");
+
+    let id = product(&app, &admin, "Vase").await;
+    let path = format!("/api/v1/products/{id}");
+    for _ in 0..3 {
+        assert_eq!(app.get(&path).await.status(), 200);
+    }
+    assert_eq!(app.metric(PRODUCT_LOADS).await, 2.0);
+    assert_eq!(app.metric(r#"storefront_cache_requests_total{cache="products",result="hit"}"#).await, 3.0);
+    assert_eq!(app.metric(r#"storefront_cache_entries{cache="products"}"#).await, 2.0);
+}
+
+async fn order_placement_invalidates_the_products_it_touches(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, admin) = app.admin("root@example.com").await;
+    let (buyer_id, buyer) = app.user("buyer@example.com").await;
+    let id = product(&app, &admin, "Chair").await;
+    let path = format!("/api/v1/products/{id}");
+    let deposit = app
+        .send_json(
+            Method::POST,
+            &format!("/api/v1/accounts/{buyer_id}/deposits"),
+            &admin,
+            &json!({"amount_cents": 10_000}),
+        )
+        .await;
+    assert_eq!(deposit.status(), 201);
+    assert_eq!(app.get(&path).await.json::<Value>().await.unwrap()["stock"], 100);
+
+    let order = app
+        .send_json(Method::POST, "/api/v1/orders", &buyer, &json!({"items": [{"product_id": id, "quantity": 3}]}))
+        .await;
+    assert_eq!(order.status(), 201);
+    let order_id = order.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.get(&path).await.json::<Value>().await.unwrap()["stock"], 97);
+
+    let cancel = app.send_json(Method::POST, &format!("/api/v1/orders/{order_id}/cancel"), &buyer, &json!({})).await;
+    assert_eq!(cancel.status(), 200);
+    assert_eq!(app.get(&path).await.json::<Value>().await.unwrap()["stock"], 100);
+}
+
+async fn cache_actor_panic_is_survived_and_reads_keep_working(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, admin) = app.admin("root@example.com").await;
+    let id = product(&app, &admin, "Rug").await;
+    let path = format!("/api/v1/products/{id}");
+    assert_eq!(app.get(&path).await.status(), 200);
+
+    assert_problem(app.chaos(json!({"actor": "cache", "fault": "panic"})).await, 500).await;
+    assert_eq!(app.metric(r#"storefront_actor_restarts_total{actor="cache"}"#).await, 1.0);
+    let ready: Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["checks"]["actors:restarts"][0]["componentId"], "cache");
+
+    // The fresh cache starts empty and serves again.
+    let loads = app.metric(PRODUCT_LOADS).await;
+    assert_eq!(app.get(&path).await.status(), 200);
+    assert_eq!(app.get(&path).await.status(), 200);
+    assert_eq!(app.metric(PRODUCT_LOADS).await - loads, 1.0);
+    assert_eq!(app.get_as("/api/v1/users/me", &admin).await.status(), 200, "user lookups go through it too");
+}
+
+async fn reads_work_with_the_cache_disabled(backend: Backend) {
+    let app = TestApp::builder(backend).setting("cache-capacity", "0").spawn().await;
+    let (_, admin) = app.admin("root@example.com").await;
+    let id = product(&app, &admin, "Desk").await;
+    for _ in 0..3 {
+        assert_eq!(app.get(&format!("/api/v1/products/{id}")).await.status(), 200);
+    }
+    assert_eq!(app.metric(PRODUCT_LOADS).await, 0.0);
+    assert_problem(app.chaos(json!({"actor": "cache", "fault": "panic"})).await, 422).await;
+}
+
+/// A server whose default policy allows 5 per second with a burst of 10.
+async fn limited(extra: &[(&str, &str)]) -> TestApp {
+    let mut builder =
+        TestApp::builder(Backend::Sqlite).setting("rate-limit-rps", "5").setting("rate-limit-burst", "10");
+    for (flag, value) in extra {
+        builder = builder.setting(flag, value);
+    }
+    builder.spawn().await
+}
+
+fn header(response: &reqwest::Response, name: &str) -> String {
+    response.headers().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_policy_admits_the_burst_then_refuses_until_the_advertised_wait() {
+    let app = limited(&[]).await;
+    let path = "/api/v1/products";
+    for n in 1..=10 {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), 200, "request {n} of the burst");
+        assert_eq!(header(&response, "ratelimit-policy"), "\"default\";q=10;w=2");
+        assert!(header(&response, "ratelimit").starts_with(&format!("\"default\";r={};t=", 10 - n)));
+    }
+    let refused = app.get(path).await;
+    let retry_after: u64 = header(&refused, "retry-after").parse().unwrap();
+    assert!(retry_after >= 1);
+    assert_eq!(header(&refused, "ratelimit-policy"), "\"default\";q=10;w=2");
+    assert!(header(&refused, "ratelimit").starts_with("\"default\";r=0;t="));
+    assert_problem(refused, 429).await;
+    assert_eq!(app.metric(r#"storefront_rate_limited_total{policy="default"}"#).await, 1.0);
+
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    assert_eq!(app.get(path).await.status(), 200, "passes after the advertised wait");
+
+    for probe in ["/livez", "/readyz", "/metrics"] {
+        for _ in 0..15 {
+            let response = app.get(probe).await;
+            assert_eq!(response.status(), 200, "{probe} is never limited");
+            assert!(response.headers().get("ratelimit").is_none());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_keys_do_not_share_a_bucket_and_untrusted_forwarding_is_ignored() {
+    let app = limited(&[]).await;
+    let (_, alice) = app.user("alice@example.com").await;
+    let (_, bob) = app.user("bob@example.com").await;
+    let spend = |token: Option<String>, forwarded: Option<&'static str>| {
+        let app = &app;
+        async move {
+            let mut statuses = Vec::new();
+            for _ in 0..11 {
+                let mut request = app.request(Method::GET, "/api/v1/products");
+                if let Some(token) = &token {
+                    request = request.bearer_auth(token);
+                }
+                if let Some(forwarded) = forwarded {
+                    request = request.header("x-forwarded-for", forwarded);
+                }
+                statuses.push(request.send().await.unwrap().status());
+            }
+            statuses
+        }
+    };
+    let last_is_refused = |statuses: &[StatusCode]| {
+        statuses[..10].iter().all(|s| *s == StatusCode::OK) && statuses[10] == StatusCode::TOO_MANY_REQUESTS
+    };
+    assert!(last_is_refused(&spend(Some(alice), None).await), "alice spends her own bucket");
+    assert!(last_is_refused(&spend(Some(bob), None).await), "bob has one of his own");
+    assert!(last_is_refused(&spend(None, Some("203.0.113.7")).await), "anonymous callers share the peer address");
+    let spoofed = spend(None, Some("198.51.100.9")).await;
+    assert!(spoofed.iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS), "an untrusted X-Forwarded-For is ignored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxies_forward_the_client_address() {
+    let app = limited(&[("trusted-proxies", "127.0.0.1")]).await;
+    let from = |client: &'static str| {
+        let app = &app;
+        async move {
+            let mut last = StatusCode::OK;
+            for _ in 0..11 {
+                last = app
+                    .request(Method::GET, "/api/v1/products")
+                    .header("x-forwarded-for", format!("{client}, 127.0.0.1"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+            }
+            last
+        }
+    };
+    assert_eq!(from("203.0.113.7").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(from("203.0.113.8").await, StatusCode::TOO_MANY_REQUESTS, "a second client has a bucket of its own");
+    assert_eq!(app.metric(r#"storefront_rate_limited_total{policy="default"}"#).await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_policy_limits_sign_ins_per_address() {
+    let app = TestApp::builder(Backend::Sqlite).setting("auth-rate-limit-per-minute", "3").spawn().await;
+    for n in 1..=3 {
+        let response = app.login("nobody@example.com", "whatever-password").await;
+        assert_eq!(response.status(), 401, "attempt {n}");
+        assert_eq!(header(&response, "ratelimit-policy"), "\"auth\";q=3;w=60");
+    }
+    let refused = app.login("nobody@example.com", "whatever-password").await;
+    let retry_after: u64 = header(&refused, "retry-after").parse().unwrap();
+    assert!((1..=20).contains(&retry_after), "one attempt refills in 20 s: {retry_after}");
+    assert_problem(refused, 429).await;
+    assert_eq!(app.metric(r#"storefront_rate_limited_total{policy="auth"}"#).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limiter_survives_a_panic_and_keeps_limiting() {
+    let app = limited(&[]).await;
+    assert_problem(app.chaos(json!({"actor": "rate_limiter", "fault": "panic"})).await, 500).await;
+    assert_eq!(app.metric(r#"storefront_actor_restarts_total{actor="rate_limiter"}"#).await, 1.0);
+    let mut statuses = Vec::new();
+    for _ in 0..11 {
+        statuses.push(app.get("/api/v1/products").await.status());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 10);
+    assert_eq!(statuses[10], StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracked_keys_stay_under_the_cap_when_clients_churn() {
+    let app = limited(&[("trusted-proxies", "127.0.0.1"), ("rate-limit-max-keys", "50")]).await;
+    for n in 0..200 {
+        let response = app
+            .request(Method::GET, "/api/v1/products")
+            .header("x-forwarded-for", format!("10.0.{}.{}", n / 256, n % 256))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "each new client gets its burst");
+    }
+    assert_eq!(app.metric("storefront_rate_limit_keys").await, 50.0);
+}
