@@ -1,4 +1,6 @@
 //! Money rules: amounts are whole cents in an i64, never negative, never overflowing.
+//! (Balances themselves change only through conditional UPDATEs in `db::shop`, which is
+//! what keeps them from going negative under concurrency.)
 
 use crate::error::FieldError;
 
@@ -18,16 +20,6 @@ pub fn order_total(lines: &[(i64, i64)]) -> Option<i64> {
     lines.iter().try_fold(0_i64, |total, &(unit_price, quantity)| total.checked_add(unit_price.checked_mul(quantity)?))
 }
 
-/// A balance after a credit, or `None` on overflow.
-pub fn credit(balance: i64, amount: i64) -> Option<i64> {
-    balance.checked_add(amount).filter(|after| *after >= 0)
-}
-
-/// A balance after a debit, or `None` when funds are insufficient.
-pub fn debit(balance: i64, amount: i64) -> Option<i64> {
-    (amount >= 0 && balance >= amount).then(|| balance - amount)
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -41,23 +33,6 @@ mod tests {
             match order_total(&lines) {
                 Some(total) => prop_assert_eq!(i128::from(total), exact),
                 None => prop_assert!(exact > i128::from(i64::MAX)),
-            }
-        }
-
-        #[test]
-        fn debits_never_go_negative(balance in 0..=i64::MAX, amount in 0..=i64::MAX) {
-            match debit(balance, amount) {
-                Some(after) => prop_assert!(after >= 0 && after == balance - amount),
-                None => prop_assert!(amount > balance),
-            }
-        }
-
-        #[test]
-        fn credit_then_debit_restores_the_balance(balance in 0..=i64::MAX, amount in 1..=MAX_AMOUNT_CENTS) {
-            if let Some(after) = credit(balance, amount) {
-                prop_assert_eq!(debit(after, amount), Some(balance));
-            } else {
-                prop_assert!(balance > i64::MAX - amount);
             }
         }
 
