@@ -206,7 +206,7 @@ impl Config {
 
         let db_queue_depth = match &args.db_queue_depth {
             Some(raw) => parse_number("DB_QUEUE_DEPTH", raw, 1, 1_000_000)?,
-            None => db_workers * 32,
+            None => db_workers * 64,
         };
 
         let app_env = match args.app_env.trim().to_ascii_lowercase().as_str() {

@@ -103,7 +103,9 @@ impl Passwords {
             dummy_hash: dummy_hash.clone(),
             reporter: reporter.clone(),
         });
-        Ok(Self { addr, admission: Arc::new(Admission::new(threads * 16, None)) })
+        // Waiting requests hold no argon2 memory (only running hashes do), so the queue can
+        // be deep; it is bounded so a sign-in storm is shed instead of piling up.
+        Ok(Self { addr, admission: Arc::new(Admission::new(threads * 64, None)) })
     }
 
     pub async fn hash(&self, password: String) -> Result<String, AppError> {
