@@ -32,7 +32,7 @@ pub fn key_of(
     let canonical = serde_json::to_vec(body).map_err(|e| AppError::Internal(format!("encode request: {e}")))?;
     let digest = Sha256::new().chain_update(scope.as_bytes()).chain_update([0]).chain_update(&canonical).finalize();
     let fingerprint = digest.iter().map(|byte| format!("{byte:02x}")).collect();
-    let request_id = request.extensions().get::<RequestId>().map(|id| id.0.clone()).unwrap_or_default();
+    let request_id = request.extensions().get::<RequestId>().map(|id| id.0.to_string()).unwrap_or_default();
     Ok(Some(IdempotencyKey {
         user_id,
         scope,

@@ -19,8 +19,8 @@ pub async fn render_problems(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
-    // Routing needs the request unshared, so keep copies of what a problem needs.
-    let instance = req.path().to_owned();
+    // Routing needs the request unshared, so keep (cheap, shared) copies of what a problem needs.
+    let uri = req.uri().clone();
     let request_id = req.extensions().get::<RequestId>().map(|id| id.0.clone()).unwrap_or_default();
     let response = match next.call(req).await {
         Ok(response) => response.map_into_boxed_body(),
@@ -28,7 +28,7 @@ pub async fn render_problems(
         // fails outright still leaves as a problem, though without the outer headers.
         Err(error) => {
             let status = error.as_response_error().status_code();
-            let problem = Problem::for_status(status).finish(&instance, &request_id);
+            let problem = Problem::for_status(status).finish(uri.path(), &request_id);
             return Err(RenderedProblem(problem).into());
         }
     };
@@ -43,7 +43,7 @@ pub async fn render_problems(
         None if super::is_json(response.headers()) => return Ok(response),
         None => Problem::for_status(status),
     };
-    let problem = problem.finish(&instance, &request_id);
+    let problem = problem.finish(uri.path(), &request_id);
     let body = serde_json::to_vec(&problem).unwrap_or_default();
     let mut response = response.map_body(|_, _| BoxBody::new(body));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));

@@ -13,7 +13,7 @@ use actix_web::{
 pub static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub struct RequestId(pub std::sync::Arc<str>);
 
 pub fn is_acceptable(candidate: &str) -> bool {
     (1..=64).contains(&candidate.len())
@@ -29,8 +29,8 @@ pub async fn assign_request_id(
         .get(&REQUEST_ID_HEADER)
         .and_then(|value| value.to_str().ok())
         .filter(|value| is_acceptable(value))
-        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
-    req.extensions_mut().insert(RequestId(id.clone()));
+        .map_or_else(|| std::sync::Arc::from(uuid::Uuid::now_v7().to_string()), std::sync::Arc::from);
+    req.extensions_mut().insert(RequestId(std::sync::Arc::clone(&id)));
     let mut response = next.call(req).await?;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER.clone(), value);
