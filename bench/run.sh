@@ -1,0 +1,404 @@
+#!/usr/bin/env bash
+# Throughput benchmark: a bare actix-web server (examples/bare.rs, the HTTP ceiling) against
+# `GET /api/v1/products/{id}` on storefront with the cache on and with it off, measured with wrk
+# one after the other on this machine. Writes docs/BENCHMARKS.md (overwritten).
+#
+# Usage: bench/run.sh        (from anywhere; needs cargo, curl, python3; installs wrk if missing)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REPORT="$ROOT/docs/BENCHMARKS.md"
+
+CONNECTIONS=64
+THREADS=2
+WARMUP=3s
+DURATION=15s
+BARE_ADDR=127.0.0.1:18090
+CACHED_ADDR=127.0.0.1:18091
+UNCACHED_ADDR=127.0.0.1:18092
+READY_TIMEOUT_S=30
+STOP_TIMEOUT_S=15
+
+ADMIN_EMAIL=bench@example.com
+ADMIN_PASSWORD=bench-password
+BENCH_JWT_SECRET=storefront-bench-jwt-secret-0123456789ab # 40 characters, used only here
+PRODUCT_BODY='{"name":"Bench widget","description":"A product for benchmarking","price_cents":1999,"stock":100}'
+# Settings every storefront run gets; the cache-off run adds CACHE_CAPACITY=0.
+SERVER_SETTINGS=(RUST_LOG=warn RATE_LIMIT_RPS=1000000 RATE_LIMIT_BURST=1000000)
+
+TMP=""
+PIDS=()
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+# --- processes ------------------------------------------------------------------------------
+
+# start_bg LOGFILE CMD...: start CMD in the background, remember its pid in STARTED_PID.
+start_bg() {
+    local logfile=$1
+    shift
+    "$@" >"$logfile" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+}
+
+# stop_pid PID: SIGTERM, wait (bounded), then SIGKILL; reaps it and forgets it.
+stop_pid() {
+    local pid=$1 i keep=()
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < STOP_TIMEOUT_S * 10; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "pid $pid did not stop in ${STOP_TIMEOUT_S}s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || true
+    for i in ${PIDS[@]+"${PIDS[@]}"}; do
+        [[ $i == "$pid" ]] || keep+=("$i")
+    done
+    PIDS=(${keep[@]+"${keep[@]}"})
+}
+
+cleanup() {
+    local status=$? pid
+    trap - EXIT INT TERM
+    for pid in ${PIDS[@]+"${PIDS[@]}"}; do
+        stop_pid "$pid"
+    done
+    if [[ -n $TMP && -d $TMP ]]; then
+        rm -rf "$TMP"
+    fi
+    exit "$status"
+}
+
+# require_free ADDR: refuse to run if something already answers there (it would be measured instead).
+require_free() {
+    if (: <>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; then
+        die "something is already listening on $1; stop it or change the ports at the top of $0"
+    fi
+}
+
+# wait_ready URL PID LOGFILE: poll URL until it answers 2xx, bounded; fail early if PID exits.
+wait_ready() {
+    local url=$1 pid=$2 logfile=$3 i
+    for ((i = 0; i < READY_TIMEOUT_S * 10; i++)); do
+        if curl -fs -o /dev/null --max-time 1 "$url"; then
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "server exited before $url answered; its output:"
+            tail -n 40 "$logfile" >&2 || true
+            die "server failed to start"
+        fi
+        sleep 0.1
+    done
+    tail -n 40 "$logfile" >&2 || true
+    die "$url did not answer 200 within ${READY_TIMEOUT_S}s"
+}
+
+# --- measuring ------------------------------------------------------------------------------
+
+# measure NAME URL: a warm-up, then the measured run; raw output in $TMP/NAME.wrk.
+measure() {
+    local name=$1 url=$2
+    curl -fsS -o "$TMP/$name.body" "$url" || die "GET $url did not answer 2xx before measuring"
+    log "$name: warm-up $WARMUP ($url)"
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$url" >"$TMP/$name.warmup.wrk"
+    log "$name: measuring $DURATION"
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url" | tee "$TMP/$name.wrk" >&2
+}
+
+# parse_wrk FILE: prints "req/s<TAB>p50 ms<TAB>p99 ms<TAB>non-2xx<TAB>socket errors<TAB>requests".
+parse_wrk() {
+    python3 - "$1" <<'PY'
+import re
+import sys
+
+text = open(sys.argv[1], encoding="utf-8").read()
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def to_ms(value):
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(us|ms|s|m|h)", value)
+    if not match:
+        sys.exit(f"parse_wrk: unrecognised latency {value!r} in {sys.argv[1]}")
+    return float(match.group(1)) * UNITS_MS[match.group(2)]
+
+
+def find(pattern, what):
+    match = re.search(pattern, text, re.MULTILINE)
+    if not match:
+        sys.exit(f"parse_wrk: no {what} in {sys.argv[1]}")
+    return match
+
+
+rps = float(find(r"^Requests/sec:\s+([0-9.]+)", "Requests/sec line").group(1))
+p50 = to_ms(find(r"^\s+50%\s+(\S+)\s*$", "50% latency line").group(1))
+p99 = to_ms(find(r"^\s+99%\s+(\S+)\s*$", "99% latency line").group(1))
+requests = int(find(r"^\s+(\d+) requests in ", "request count").group(1))
+non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+print(
+    f"{rps:.2f}\t{p50:.3f}\t{p99:.3f}\t{int(non2xx.group(1)) if non2xx else 0}\t"
+    f"{sum(map(int, sockets.groups())) if sockets else 0}\t{requests}"
+)
+PY
+}
+
+# percent PART WHOLE
+percent() { python3 -c 'import sys; print(f"{100 * float(sys.argv[1]) / float(sys.argv[2]):.1f}")' "$1" "$2"; }
+
+# Counters about the cache and the rate limiter, scraped from /metrics after a run.
+scrape_counters() {
+    curl -fsS --max-time 5 "http://$1/metrics" 2>/dev/null | grep -E 'cache|rate_limit' | grep -v '^#' || true
+}
+
+# --- the report -----------------------------------------------------------------------------
+
+# fence FILE: FILE's content in a fenced block (or a note that it is empty).
+fence() {
+    if [[ -s $1 ]]; then
+        printf '```text\n'
+        cat "$1"
+        printf '```\n'
+    else
+        printf '(empty)\n'
+    fi
+}
+
+write_report() {
+    local out=$1 bare cached uncached
+    local b_rps b_p50 b_p99 b_non b_sock b_req
+    local c_rps c_p50 c_p99 c_non c_sock c_req
+    local u_rps u_p50 u_p99 u_non u_sock u_req
+    bare=$(parse_wrk "$TMP/bare.wrk")
+    cached=$(parse_wrk "$TMP/cached.wrk")
+    uncached=$(parse_wrk "$TMP/uncached.wrk")
+    IFS=$'\t' read -r b_rps b_p50 b_p99 b_non b_sock b_req <<<"$bare"
+    IFS=$'\t' read -r c_rps c_p50 c_p99 c_non c_sock c_req <<<"$cached"
+    IFS=$'\t' read -r u_rps u_p50 u_p99 u_non u_sock u_req <<<"$uncached"
+
+    local c_pct u_pct verdict
+    c_pct=$(percent "$c_rps" "$b_rps")
+    u_pct=$(percent "$u_rps" "$b_rps")
+    if python3 -c 'import sys; r, b, p99, bad = map(float, sys.argv[1:]); sys.exit(0 if r >= 0.5 * b and p99 < 10 and bad == 0 else 1)' \
+        "$c_rps" "$b_rps" "$c_p99" "$c_non"; then
+        verdict="**Met**: cached GET reached ${c_pct}% of bare throughput with p99 ${c_p99} ms."
+    else
+        verdict="**Not met**: cached GET reached ${c_pct}% of bare throughput with p99 ${c_p99} ms"
+        if [[ $c_non != 0 ]]; then
+            verdict+=" (and ${c_non} non-2xx responses, so the run is not valid)"
+        fi
+        verdict+="."
+    fi
+
+    local wrk_warm="wrk -t$THREADS -c$CONNECTIONS -d$WARMUP URL"
+    local wrk_run="wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency URL"
+    local settings="${SERVER_SETTINGS[*]}"
+    local db_url="sqlite://$TMP/bench.db"
+
+    {
+        cat <<EOF
+# Benchmarks
+
+Written by \`bench/run.sh\`; do not edit by hand, run the script again.
+
+- **Date:** $RUN_DATE
+- **Machine:** $MACHINE_CPU; $MACHINE_CORES cores (\`nproc\`); kernel $MACHINE_KERNEL (\`uname -r\`)
+- **Commit:** \`$GIT_COMMIT\`$GIT_DIRTY
+- **Toolchain:** $RUSTC_VERSION; release profile; $WRK_VERSION
+- **Load:** wrk, $CONNECTIONS connections, $THREADS threads; $WARMUP warm-up, then $DURATION measured with \`--latency\`.
+
+The server under test **and wrk share the same $MACHINE_CORES cores** (everything on 127.0.0.1), so
+every figure includes wrk's own CPU use and absolute numbers are lower than on separate machines;
+the ratios to the bare server are the meaningful part. The three servers ran one after the other,
+never at the same time.
+
+## Results
+
+| Scenario | Requests/s | p50 (ms) | p99 (ms) | % of bare throughput | Non-2xx | Socket errors |
+|---|---:|---:|---:|---:|---:|---:|
+| (a) bare actix-web \`GET /bare\` | $b_rps | $b_p50 | $b_p99 | 100.0 | $b_non | $b_sock |
+| (b) storefront \`GET /api/v1/products/{id}\`, cache on | $c_rps | $c_p50 | $c_p99 | $c_pct | $c_non | $c_sock |
+| (c) storefront \`GET /api/v1/products/{id}\`, cache off (\`CACHE_CAPACITY=0\`) | $u_rps | $u_p50 | $u_p99 | $u_pct | $u_non | $u_sock |
+
+Requests measured: bare $b_req, cache on $c_req, cache off $u_req. Response bodies: bare
+$(wc -c <"$TMP/bare.body" | tr -d ' ') bytes, product $(wc -c <"$TMP/cached.body" | tr -d ' ') bytes.
+
+**Target:** cached GET ≥ 50% of bare throughput at $CONNECTIONS connections, with p99 < 10 ms.
+$verdict
+
+The bare server (\`examples/bare.rs\`) has no middleware, no logging and a fixed body: it is the
+ceiling for actix-web on this machine, not a fair competitor. Storefront adds its middleware
+(rate limiter actor, metrics, error rendering and the rest), JSON serialisation of the product and,
+with the cache off, a database round trip on every request.
+
+## Commands
+
+Build: \`cargo build --release --bin storefront --example bare\`
+
+Setup (once, fresh SQLite database in a temporary directory, removed afterwards):
+
+\`\`\`sh
+env -i PATH="\$PATH" DATABASE_URL=$db_url \\
+  target/release/storefront user create --email $ADMIN_EMAIL --password '$ADMIN_PASSWORD' --role admin
+\`\`\`
+
+Servers (\`JWT_SECRET\` is a fixed 40-character value set in \`bench/run.sh\`; \`env -i\` so that
+nothing else from the caller's environment leaks in):
+
+\`\`\`sh
+# (a)
+target/release/examples/bare $BARE_ADDR
+# (b) cache on: default settings
+env -i PATH="\$PATH" DATABASE_URL=$db_url BIND_ADDR=$CACHED_ADDR $settings JWT_SECRET=... \\
+  target/release/storefront serve
+# (c) cache off
+env -i PATH="\$PATH" DATABASE_URL=$db_url BIND_ADDR=$UNCACHED_ADDR $settings JWT_SECRET=... CACHE_CAPACITY=0 \\
+  target/release/storefront serve
+\`\`\`
+
+Before (b): \`POST /api/v1/auth/login\` as the admin, then \`POST /api/v1/products\` with
+\`$PRODUCT_BODY\`; both storefront runs read product \`$PRODUCT_ID\`.
+
+Load, for each URL (\`http://$BARE_ADDR/bare\`, \`http://$CACHED_ADDR/api/v1/products/$PRODUCT_ID\`,
+\`http://$UNCACHED_ADDR/api/v1/products/$PRODUCT_ID\`):
+
+\`\`\`sh
+$wrk_warm                # warm-up, not recorded
+$wrk_run     # measured
+\`\`\`
+
+## Raw output
+
+EOF
+        local name title addr
+        for name in bare cached uncached; do
+            case $name in
+            bare) title="(a) bare" addr=$BARE_ADDR ;;
+            cached) title="(b) cache on" addr=$CACHED_ADDR ;;
+            uncached) title="(c) cache off" addr=$UNCACHED_ADDR ;;
+            esac
+            printf '<details><summary>%s: wrk output</summary>\n\n' "$title"
+            fence "$TMP/$name.wrk"
+            if [[ $name != bare ]]; then
+                # shellcheck disable=SC2016 # the backticks are Markdown
+                printf '\nCache and rate-limiter counters from `http://%s/metrics` after the run:\n\n' "$addr"
+                fence "$TMP/$name.counters"
+                printf '\nServer log (RUST_LOG=warn; %s lines, the last 20 shown):\n\n' "$(grep -c '' "$TMP/$name.log" || true)"
+                tail -n 20 "$TMP/$name.log" >"$TMP/$name.logtail"
+                fence "$TMP/$name.logtail"
+            fi
+            printf '\n</details>\n\n'
+        done
+    } >"$out"
+
+    log "results: bare $b_rps req/s (p99 $b_p99 ms); cache on $c_rps req/s = ${c_pct}% (p99 $c_p99 ms); cache off $u_rps req/s = ${u_pct}% (p99 $u_p99 ms)"
+    log "target: ${verdict//\*/}"
+}
+
+# --- main -----------------------------------------------------------------------------------
+
+# run_storefront NAME ADDR [EXTRA_ENV...]: start `storefront serve`, wait for /readyz.
+run_storefront() {
+    local name=$1 addr=$2
+    shift 2
+    require_free "$addr"
+    log "$name: starting storefront on $addr $*"
+    start_bg "$TMP/$name.log" env -i PATH="$PATH" DATABASE_URL="sqlite://$TMP/bench.db" BIND_ADDR="$addr" \
+        "${SERVER_SETTINGS[@]}" JWT_SECRET="$BENCH_JWT_SECRET" "$@" target/release/storefront serve
+    wait_ready "http://$addr/readyz" "$STARTED_PID" "$TMP/$name.log"
+}
+
+main() {
+    cd "$ROOT"
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+
+    local tool
+    for tool in cargo curl python3 git; do
+        command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
+    done
+    if ! command -v wrk >/dev/null 2>&1; then
+        log "installing wrk"
+        local sudo=()
+        if [[ $EUID -ne 0 ]]; then sudo=(sudo); fi
+        "${sudo[@]}" apt-get update
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y wrk
+    fi
+    ((${#BENCH_JWT_SECRET} == 40)) || die "BENCH_JWT_SECRET must be 40 characters"
+
+    RUN_DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
+    MACHINE_CORES=$(nproc)
+    MACHINE_KERNEL=$(uname -r)
+    MACHINE_CPU=$({ grep -m1 -E '^model name' /proc/cpuinfo || true; } | cut -d: -f2- | sed 's/^ *//')
+    MACHINE_CPU=${MACHINE_CPU:-unknown CPU}
+    GIT_COMMIT=$(git rev-parse --short HEAD)
+    GIT_DIRTY=""
+    if [[ -n $(git status --porcelain --untracked-files=no -- . ':!docs/BENCHMARKS.md') ]]; then
+        GIT_DIRTY=" (plus uncommitted changes)"
+    fi
+    RUSTC_VERSION=$(rustc --version 2>/dev/null || echo "rustc (unknown)")
+    WRK_VERSION=$({ wrk -v 2>&1 || true; } | head -n1 | cut -d' ' -f1-2)
+
+    log "building (release)"
+    cargo build --release --bin storefront --example bare
+
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/storefront-bench.XXXXXX")
+    log "database in $TMP"
+    env -i PATH="$PATH" DATABASE_URL="sqlite://$TMP/bench.db" target/release/storefront user create \
+        --email "$ADMIN_EMAIL" --password "$ADMIN_PASSWORD" --role admin >"$TMP/user.log" 2>&1 ||
+        {
+            cat "$TMP/user.log" >&2
+            die "could not create the admin user"
+        }
+
+    # (a) the HTTP ceiling
+    require_free "$BARE_ADDR"
+    log "bare: starting on $BARE_ADDR"
+    start_bg "$TMP/bare.log" target/release/examples/bare "$BARE_ADDR"
+    local bare_pid=$STARTED_PID
+    wait_ready "http://$BARE_ADDR/bare" "$bare_pid" "$TMP/bare.log"
+    measure bare "http://$BARE_ADDR/bare"
+    stop_pid "$bare_pid"
+
+    # (b) cache on (default settings)
+    run_storefront cached "$CACHED_ADDR"
+    local cached_pid=$STARTED_PID token
+    token=$(curl -fsS --max-time 10 -H 'Content-Type: application/json' \
+        -d "{\"email\":\"$ADMIN_EMAIL\",\"password\":\"$ADMIN_PASSWORD\"}" \
+        "http://$CACHED_ADDR/api/v1/auth/login" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])') || die "admin login failed"
+    PRODUCT_ID=$(curl -fsS --max-time 10 -H 'Content-Type: application/json' -H "Authorization: Bearer $token" \
+        -d "$PRODUCT_BODY" "http://$CACHED_ADDR/api/v1/products" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])') || die "creating the product failed"
+    log "product $PRODUCT_ID"
+    measure cached "http://$CACHED_ADDR/api/v1/products/$PRODUCT_ID"
+    scrape_counters "$CACHED_ADDR" >"$TMP/cached.counters"
+    stop_pid "$cached_pid"
+
+    # (c) cache off
+    run_storefront uncached "$UNCACHED_ADDR" CACHE_CAPACITY=0
+    local uncached_pid=$STARTED_PID
+    measure uncached "http://$UNCACHED_ADDR/api/v1/products/$PRODUCT_ID"
+    scrape_counters "$UNCACHED_ADDR" >"$TMP/uncached.counters"
+    stop_pid "$uncached_pid"
+
+    mkdir -p "$(dirname "$REPORT")"
+    write_report "$TMP/BENCHMARKS.md"
+    mv "$TMP/BENCHMARKS.md" "$REPORT"
+    log "wrote $REPORT"
+}
+
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    main "$@"
+fi
