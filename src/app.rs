@@ -96,7 +96,8 @@ impl Application {
                 events: config.event_retention,
                 interval: config.janitor_interval,
             };
-            Supervisor::start(move |_| Janitor::new(db, retention))
+            let reporter = reporter.clone();
+            Supervisor::start(move |_| Janitor::new(db, retention, reporter))
         };
         let cache = {
             let addr = config.cache_capacity.map(|capacity| {

@@ -4,10 +4,25 @@
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "storefront", version, about = "Storefront shop backend", args_override_self = true)]
+#[command(
+    name = "storefront",
+    version,
+    about = "Storefront shop backend",
+    args_override_self = true,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    /// Without a subcommand, `storefront` serves (so `cargo run` starts the server).
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: Box<ServeArgs>,
+}
+
+impl Cli {
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Serve(self.serve))
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -45,6 +45,9 @@ pub enum AppError {
     UnsupportedMediaType,
     #[display("too many requests")]
     TooManyRequests { retry_after_secs: u64, detail: String },
+    /// A write was still running when its caller stopped waiting: it may have applied.
+    #[display("outcome unknown")]
+    OutcomeUnknown,
     #[display("service unavailable: {detail}")]
     Unavailable { retry_after_secs: u64, detail: String },
     /// Something broke inside; the message is logged, never sent.
@@ -81,6 +84,7 @@ impl AppError {
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::TooManyRequests { .. } => "rate-limited",
             Self::Unavailable { .. } => "unavailable",
+            Self::OutcomeUnknown => "outcome-unknown",
             Self::Internal(_) => "internal",
         }
     }
@@ -108,6 +112,11 @@ impl AppError {
             Self::UnsupportedMediaType => problem.detail = "The request body must be application/json.".into(),
             Self::TooManyRequests { detail, .. } | Self::Unavailable { detail, .. } => problem.detail = detail.clone(),
             Self::Internal(_) => problem.detail = "The server could not complete the request.".into(),
+            Self::OutcomeUnknown => {
+                problem.detail = "The database did not finish in time; the change may or may not have been applied. \
+                                  Check before retrying, or retry with the same Idempotency-Key."
+                    .into();
+            }
         }
         problem
     }
@@ -127,6 +136,7 @@ impl ResponseError for AppError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -215,6 +225,10 @@ impl From<diesel::result::Error> for AppError {
             ) => {
                 tracing::warn!(error = %info.message(), "database connection lost");
                 Self::unavailable("The database is unavailable; try again shortly.")
+            }
+            Error::DatabaseError(DatabaseErrorKind::SerializationFailure, info) => {
+                tracing::warn!(error = %info.message(), "transaction conflict");
+                Self::unavailable("The request conflicted with a concurrent one; try again.")
             }
             other => Self::Internal(format!("database error: {other}")),
         }

@@ -15,7 +15,7 @@ use storefront::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let outcome = match cli.command {
+    let outcome = match cli.into_command() {
         Command::Serve(args) => Config::from_serve_args(&args).map_err(|e| e.to_string()).and_then(serve),
         Command::Migrate { action, database } => {
             DatabaseConfig::from_args(&database, 1).map_err(|e| e.to_string()).and_then(|db| migrate(&db, &action))

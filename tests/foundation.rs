@@ -23,7 +23,7 @@ on_both_backends!(
     db_executor_panic_answers_500_and_the_pool_keeps_its_size,
     health_actor_panic_is_survived_and_recorded,
     saturated_database_pool_sheds_with_503,
-    slow_database_requests_time_out_with_503,
+    slow_database_requests_time_out_with_503_or_504,
     cors_allows_only_listed_origins,
 );
 
@@ -250,11 +250,23 @@ async fn saturated_database_pool_sheds_with_503(backend: Backend) {
     assert_eq!(app.get("/readyz").await.status(), 200, "a busy pool is not an unready one");
 }
 
-async fn slow_database_requests_time_out_with_503(backend: Backend) {
-    let app = TestApp::builder(backend).setting("db-timeout-ms", "200").spawn().await;
-    let slow = app.chaos(json!({"actor": "db_executor", "fault": "stall", "millis": 1500})).await;
-    assert!(slow.headers().contains_key("retry-after"));
-    assert_problem(slow, 503).await;
+async fn slow_database_requests_time_out_with_503_or_504(backend: Backend) {
+    let app = TestApp::builder(backend).setting("db-workers", "1").setting("db-timeout-ms", "300").spawn().await;
+    let stall = |millis: u64| app.chaos(json!({"actor": "db_executor", "fault": "stall", "millis": millis}));
+
+    // The first request starts and overruns: it may have changed something, so 504.
+    // The second waits behind it and is withdrawn before it starts: nothing ran, so 503.
+    let (overran, withdrawn) = tokio::join!(stall(1500), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stall(0).await
+    });
+    let body = assert_problem(overran, 504).await;
+    assert_eq!(body["type"], "urn:storefront:problem:outcome-unknown");
+    assert_eq!(withdrawn.headers()["retry-after"], "1");
+    assert_problem(withdrawn, 503).await;
+    assert_eq!(app.metric(r#"storefront_db_shed_total{reason="overran"}"#).await, 1.0);
+    // At least the withdrawn request (a readiness probe queued behind the stall may be too).
+    assert!(app.metric(r#"storefront_db_shed_total{reason="timeout"}"#).await >= 1.0);
 }
 
 async fn cors_allows_only_listed_origins(backend: Backend) {

@@ -151,8 +151,9 @@ struct Served {
 
 fn serve(cwd: &Path, database_url: &str, extra: &[(&str, &str)]) -> Served {
     let mut command = storefront(cwd);
+    // No subcommand: plain `storefront` serves, which is what `cargo run` relies on.
     command
-        .args(["serve", "--bind", "127.0.0.1:0"])
+        .args(["--bind", "127.0.0.1:0"])
         .env("DATABASE_URL", database_url)
         .env("LOG_FORMAT", "json")
         .env("CHAOS_TOKEN", CHAOS_TOKEN)

@@ -6,16 +6,16 @@
 use std::{collections::HashMap, num::NonZeroUsize, sync::Arc, time::Duration, time::Instant};
 
 use actix::{
-    fut::wrap_future, Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message,
-    MessageResult, Supervised,
+    fut::wrap_future, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, Supervised,
 };
 use lru::LruCache;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::{
+    chaos::crashed,
     db_executor::DbGateway,
-    supervision::{catch_panic, RestartReporter},
+    supervision::{guarded, Guarded, PanicPayload, RestartReporter},
     Crash,
 };
 use crate::{
@@ -109,13 +109,27 @@ impl Cache {
         self.metrics.cache_requests.with_label_values(&[key.cache(), result]).inc();
     }
 
-    fn update_size(&self) {
-        let mut sizes: HashMap<&'static str, i64> = HashMap::from([("products", 0), ("users", 0)]);
-        for (key, _) in self.entries.iter() {
-            *sizes.entry(key.cache()).or_default() += 1;
+    fn gauge(&self, key: &CacheKey) -> prometheus::IntGauge {
+        self.metrics.cache_entries.with_label_values(&[key.cache()])
+    }
+
+    fn remove(&mut self, key: &CacheKey) {
+        if self.entries.pop(key).is_some() {
+            self.gauge(key).dec();
         }
-        for (cache, size) in sizes {
-            self.metrics.cache_entries.with_label_values(&[cache]).set(size);
+    }
+
+    fn insert(&mut self, key: CacheKey, entry: Entry) {
+        let gauge = self.gauge(&key);
+        match self.entries.push(key.clone(), entry) {
+            // Replaced the same key: the count stands.
+            Some((old, _)) if old == key => {}
+            // Evicted the least recently used entry to make room.
+            Some((evicted, _)) => {
+                self.gauge(&evicted).dec();
+                gauge.inc();
+            }
+            None => gauge.inc(),
         }
     }
 
@@ -127,9 +141,7 @@ impl Cache {
                 self.count(&key, "hit");
                 return Lookup::Ready(value);
             }
-            Some(_) => {
-                self.entries.pop(&key);
-            }
+            Some(_) => self.remove(&key),
             None => {}
         }
         let (tx, rx) = oneshot::channel();
@@ -146,10 +158,9 @@ impl Cache {
         self.waiters.insert(load_id, vec![tx]);
         let db = self.db.clone();
         let loading = key.clone();
-        ctx.spawn(
-            wrap_future(async move { load(&db, &loading).await })
-                .map(move |outcome, act: &mut Self, _| act.finish(load_id, key, outcome.ok())),
-        );
+        ctx.spawn(wrap_future(async move { load(&db, &loading).await }).map(move |outcome, act: &mut Self, ctx| {
+            guarded(act, ctx, |act, _| act.finish(load_id, key, outcome.ok()));
+        }));
         Lookup::Pending(rx)
     }
 
@@ -165,23 +176,23 @@ impl Cache {
         self.in_flight.remove(&key);
         if let Some(value) = value {
             let ttl = if value.is_negative() { NEGATIVE_TTL.min(self.ttl) } else { self.ttl };
-            self.entries.put(key, Entry { value, expires: Instant::now() + ttl });
-            self.update_size();
+            self.insert(key, Entry { value, expires: Instant::now() + ttl });
         }
     }
 
     fn invalidate(&mut self, key: &CacheKey) {
-        self.entries.pop(key);
+        self.remove(key);
         self.in_flight.remove(key);
-        self.update_size();
     }
 
     fn reset(&mut self) {
         self.entries.clear();
+        for cache in ["products", "users"] {
+            self.metrics.cache_entries.with_label_values(&[cache]).set(0);
+        }
         self.in_flight.clear();
         // Dropping the senders tells every waiter to read the database itself.
         self.waiters.clear();
-        self.update_size();
     }
 }
 
@@ -190,6 +201,12 @@ impl Actor for Cache {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(1024);
+    }
+}
+
+impl Guarded for Cache {
+    fn on_panic(&mut self, payload: &PanicPayload) {
+        self.reporter.report(ACTOR, payload);
     }
 }
 
@@ -211,14 +228,7 @@ struct Get(CacheKey);
 impl Handler<Get> for Cache {
     type Result = MessageResult<Get>;
     fn handle(&mut self, msg: Get, ctx: &mut Context<Self>) -> Self::Result {
-        match catch_panic(|| self.lookup(msg.0, ctx)) {
-            Ok(lookup) => MessageResult(Some(lookup)),
-            Err(payload) => {
-                self.reporter.report(ACTOR, &payload);
-                ctx.stop();
-                MessageResult(None)
-            }
-        }
+        MessageResult(guarded(self, ctx, |act, ctx| act.lookup(msg.0, ctx)))
     }
 }
 
@@ -229,26 +239,20 @@ struct Invalidate(CacheKey);
 impl Handler<Invalidate> for Cache {
     type Result = ();
     fn handle(&mut self, msg: Invalidate, ctx: &mut Context<Self>) {
-        if let Err(payload) = catch_panic(|| self.invalidate(&msg.0)) {
-            self.reporter.report(ACTOR, &payload);
-            ctx.stop();
-        }
+        guarded(self, ctx, |act, _| act.invalidate(&msg.0));
     }
 }
 
 impl Handler<Crash> for Cache {
     type Result = Result<(), AppError>;
     fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
-        catch_panic(|| msg.detonate()).map_err(|payload| {
-            ctx.stop();
-            self.reporter.report(ACTOR, &payload)
-        })
+        guarded(self, ctx, |_, _| msg.detonate()).ok_or_else(|| crashed(ACTOR))
     }
 }
 
 /// How handlers read through the cache. Without a cache actor (CACHE_CAPACITY=0), or when
-/// it is down or slow, reads go straight to the database: the cache is never a single
-/// point of failure.
+/// it is down, slow or restarting, reads go straight to the database: the cache is never a
+/// single point of failure.
 #[derive(Clone)]
 pub struct CacheClient {
     cache: Option<Addr<Cache>>,
@@ -297,7 +301,13 @@ impl CacheClient {
             Ok(Some(Lookup::Ready(value))) => return Ok(value),
             Ok(Some(Lookup::Pending(pending))) => match actix_rt::time::timeout(self.wait_timeout, pending).await {
                 Ok(Ok(Some(value))) => return Ok(value),
-                _ => bypass("load_failed"),
+                // The one shared load failed or hung: every waiter shares that answer rather
+                // than stampeding a struggling database with loads of its own.
+                Ok(Ok(None)) | Err(_) => {
+                    return Err(AppError::unavailable("The database is unavailable; try again shortly."));
+                }
+                // The cache actor restarted and dropped its waiters.
+                Ok(Err(_)) => bypass("restarted"),
             },
             Ok(None) | Err(_) => {
                 tracing::warn!(cache = key.cache(), "cache actor unavailable; reading the database");

@@ -2,7 +2,13 @@
 //! diesel connection per message. `DbGateway` is the only way in: it admits a bounded
 //! number of requests, times every send out, and carries the caller's tracing span.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicU8, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use actix::{Actor, ActorContext, Addr, Handler, MailboxError, Message, SyncArbiter, SyncContext};
 use tracing::Span;
@@ -23,10 +29,19 @@ pub trait UseCase: Send + 'static {
     fn run(self, conn: &mut DbConnection) -> Result<Self::Output, AppError>;
 }
 
-/// The message that carries a use case and the span of the request that asked for it.
+/// Where a query stands, shared by the caller and the executor, so that a caller that
+/// gives up can tell "never ran, never will" from "ran, or is running".
+const QUEUED: u8 = 0;
+const STARTED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// The message that carries a use case, the span of the request that asked for it, and
+/// its admission slot, which is released only when the executor is done with it.
 pub struct Query<U> {
     use_case: U,
     span: Span,
+    progress: Arc<AtomicU8>,
+    _slot: AdmissionSlot,
 }
 
 impl<U: UseCase> Message for Query<U> {
@@ -56,6 +71,10 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
 
     fn handle(&mut self, query: Query<U>, ctx: &mut SyncContext<Self>) -> Self::Result {
         let _entered = query.span.enter();
+        if query.progress.compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            // The caller gave up before this started and was told nothing happened.
+            return Err(AppError::unavailable("The request was abandoned before it ran."));
+        }
         let pool = &self.pool;
         let use_case = query.use_case;
         let outcome = catch_panic(move || {
@@ -115,15 +134,26 @@ impl DbGateway {
     }
 
     /// Runs a use case on the pool, or refuses at once with 503 when the pool is saturated.
+    /// A request that waited too long in the queue is withdrawn (503, safe to retry); one
+    /// that had already started runs on, and its caller learns the outcome is unknown (504).
     pub async fn run<U: UseCase>(&self, use_case: U) -> Result<U::Output, AppError> {
-        let _slot = self.admit()?;
-        let query = Query { use_case, span: Span::current() };
+        let progress = Arc::new(AtomicU8::new(QUEUED));
+        let query = Query { use_case, span: Span::current(), progress: Arc::clone(&progress), _slot: self.admit()? };
         match self.addr.send(query).timeout(self.timeout).await {
             Ok(result) => result,
             Err(MailboxError::Timeout) => {
-                self.metrics.db_shed.with_label_values(&["timeout"]).inc();
-                tracing::warn!(timeout_ms = self.timeout.as_millis() as u64, "database request timed out");
-                Err(AppError::unavailable("The database did not answer in time; try again shortly."))
+                let withdrawn =
+                    progress.compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok();
+                let reason = if withdrawn { "timeout" } else { "overran" };
+                self.metrics.db_shed.with_label_values(&[reason]).inc();
+                tracing::warn!(timeout_ms = self.timeout.as_millis() as u64, withdrawn, "database request timed out");
+                Err(if withdrawn {
+                    AppError::unavailable(
+                        "The database did not answer in time; nothing was changed, try again shortly.",
+                    )
+                } else {
+                    AppError::OutcomeUnknown
+                })
             }
             Err(MailboxError::Closed) => Err(AppError::Internal("the DbExecutor mailbox is closed".into())),
         }

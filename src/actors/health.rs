@@ -4,15 +4,15 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use actix::{
-    fut::wrap_future, Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult,
-    Supervised,
+    fut::wrap_future, Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, Supervised,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
 use super::{
+    chaos::crashed,
     db_executor::{DbGateway, Ping},
-    supervision::{catch_panic, record_panic, ActorRestarted},
+    supervision::{guarded, record_panic, ActorRestarted, Guarded, PanicPayload},
     Crash,
 };
 use crate::metrics::Metrics;
@@ -66,16 +66,19 @@ impl Health {
         }
         self.probe_in_flight = true;
         let started = std::time::Instant::now();
-        ctx.spawn(wrap_future(async move { database.run(Ping).await }).map(move |outcome, act: &mut Self, _ctx| {
-            act.probe_in_flight = false;
-            let at = Utc::now();
-            let passed = outcome.is_ok();
-            let was_passing = matches!(act.probe, Probe::Passed { .. });
-            act.probe = if passed { Probe::Passed { at, latency: started.elapsed() } } else { Probe::Failed { at } };
-            if passed != was_passing {
-                tracing::info!(passed, "database readiness changed");
-            }
+        ctx.spawn(wrap_future(async move { database.run(Ping).await }).map(move |outcome, act: &mut Self, ctx| {
+            guarded(act, ctx, |act, _| act.record_probe(outcome.is_ok(), started.elapsed()));
         }));
+    }
+
+    fn record_probe(&mut self, passed: bool, latency: Duration) {
+        self.probe_in_flight = false;
+        let at = Utc::now();
+        let was_passing = matches!(self.probe, Probe::Passed { .. });
+        self.probe = if passed { Probe::Passed { at, latency } } else { Probe::Failed { at } };
+        if passed != was_passing {
+            tracing::info!(passed, "database readiness changed");
+        }
     }
 
     fn report(&self) -> ReadinessReport {
@@ -151,7 +154,17 @@ impl Actor for Health {
         // Runs again after a restart; the database, ledger and shutdown flag survive it.
         self.probe_in_flight = false;
         self.probe_database(ctx);
-        ctx.run_interval(self.probe_interval, |act, ctx| act.probe_database(ctx));
+        ctx.run_interval(self.probe_interval, |act, ctx| {
+            guarded(act, ctx, |act, ctx| act.probe_database(ctx));
+        });
+    }
+}
+
+impl Guarded for Health {
+    fn on_panic(&mut self, payload: &PanicPayload) {
+        // Health keeps its own ledger, so its own restarts are recorded right here.
+        let restart = record_panic(&self.metrics, ACTOR, payload);
+        self.record_restart(restart);
     }
 }
 
@@ -169,15 +182,17 @@ pub struct WatchDatabase(pub DbGateway);
 impl Handler<WatchDatabase> for Health {
     type Result = ();
     fn handle(&mut self, msg: WatchDatabase, ctx: &mut Context<Self>) {
-        self.database = Some(msg.0);
-        self.probe_database(ctx);
+        guarded(self, ctx, |act, ctx| {
+            act.database = Some(msg.0);
+            act.probe_database(ctx);
+        });
     }
 }
 
 impl Handler<ActorRestarted> for Health {
     type Result = ();
-    fn handle(&mut self, msg: ActorRestarted, _ctx: &mut Context<Self>) {
-        self.record_restart(msg);
+    fn handle(&mut self, msg: ActorRestarted, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, _| act.record_restart(msg));
     }
 }
 
@@ -188,9 +203,10 @@ pub struct BeginShutdown;
 
 impl Handler<BeginShutdown> for Health {
     type Result = ();
-    fn handle(&mut self, _msg: BeginShutdown, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, _msg: BeginShutdown, ctx: &mut Context<Self>) {
+        // Plain assignments cannot panic; the flag must be set whatever else happens.
         self.shutting_down = true;
-        tracing::info!("shutdown begun; readiness now fails");
+        guarded(self, ctx, |_, _| tracing::info!("shutdown begun; readiness now fails"));
     }
 }
 
@@ -205,22 +221,17 @@ pub struct GetReadiness;
 
 impl Handler<GetReadiness> for Health {
     type Result = MessageResult<GetReadiness>;
-    fn handle(&mut self, _msg: GetReadiness, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.report())
+    fn handle(&mut self, _msg: GetReadiness, ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(guarded(self, ctx, |act, _| act.report()).unwrap_or_else(|| ReadinessReport {
+            ready: false,
+            checks: json!({"health:actor": [{"status": "fail", "output": "restarting"}]}),
+        }))
     }
 }
 
 impl Handler<Crash> for Health {
     type Result = Result<(), crate::error::AppError>;
     fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
-        match catch_panic(|| msg.detonate()) {
-            Ok(()) => Ok(()),
-            Err(payload) => {
-                let restart = record_panic(&self.metrics, ACTOR, &payload);
-                self.record_restart(restart);
-                ctx.stop();
-                Err(crate::error::AppError::Internal("actor health panicked".into()))
-            }
-        }
+        guarded(self, ctx, |_, _| msg.detonate()).ok_or_else(|| crashed(ACTOR))
     }
 }

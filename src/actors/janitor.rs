@@ -5,7 +5,12 @@ use std::time::Duration;
 
 use actix::{fut::wrap_future, Actor, ActorFutureExt, AsyncContext, Context, Supervised};
 
-use super::db_executor::DbGateway;
+use super::{
+    db_executor::DbGateway,
+    supervision::{guarded, Guarded, PanicPayload, RestartReporter},
+};
+
+const ACTOR: &str = "janitor";
 use crate::{
     db::housekeeping::PruneExpired,
     domain::{clock, user::LOGIN_FAILURE_WINDOW},
@@ -21,11 +26,12 @@ pub struct Janitor {
     db: DbGateway,
     retention: Retention,
     running: bool,
+    reporter: RestartReporter,
 }
 
 impl Janitor {
-    pub fn new(db: DbGateway, retention: Retention) -> Self {
-        Self { db, retention, running: false }
+    pub fn new(db: DbGateway, retention: Retention, reporter: RestartReporter) -> Self {
+        Self { db, retention, running: false, reporter }
     }
 
     fn sweep(&mut self, ctx: &mut Context<Self>) {
@@ -56,7 +62,15 @@ impl Actor for Janitor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.running = false;
-        ctx.run_interval(self.retention.interval, |act, ctx| act.sweep(ctx));
+        ctx.run_interval(self.retention.interval, |act, ctx| {
+            guarded(act, ctx, |act, ctx| act.sweep(ctx));
+        });
+    }
+}
+
+impl Guarded for Janitor {
+    fn on_panic(&mut self, payload: &PanicPayload) {
+        self.reporter.report(ACTOR, payload);
     }
 }
 

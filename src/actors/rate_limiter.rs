@@ -4,11 +4,12 @@
 
 use std::{num::NonZeroUsize, sync::Arc, time::Duration, time::Instant};
 
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, MessageResult, Supervised};
+use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, Supervised};
 use lru::LruCache;
 
 use super::{
-    supervision::{catch_panic, RestartReporter},
+    chaos::crashed,
+    supervision::{guarded, Guarded, PanicPayload, RestartReporter},
     Crash,
 };
 use crate::{
@@ -98,7 +99,15 @@ impl Actor for RateLimiter {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(1024);
-        ctx.run_interval(SWEEP_INTERVAL, |act, _| act.sweep());
+        ctx.run_interval(SWEEP_INTERVAL, |act, ctx| {
+            guarded(act, ctx, |act, _| act.sweep());
+        });
+    }
+}
+
+impl Guarded for RateLimiter {
+    fn on_panic(&mut self, payload: &PanicPayload) {
+        self.reporter.report(ACTOR, payload);
     }
 }
 
@@ -119,23 +128,13 @@ pub struct Check {
 impl Handler<Check> for RateLimiter {
     type Result = MessageResult<Check>;
     fn handle(&mut self, msg: Check, ctx: &mut Context<Self>) -> Self::Result {
-        match catch_panic(|| self.decide(msg.policy, msg.key)) {
-            Ok(decision) => MessageResult(Some(decision)),
-            Err(payload) => {
-                self.reporter.report(ACTOR, &payload);
-                ctx.stop();
-                MessageResult(None)
-            }
-        }
+        MessageResult(guarded(self, ctx, |act, _| act.decide(msg.policy, msg.key)))
     }
 }
 
 impl Handler<Crash> for RateLimiter {
     type Result = Result<(), AppError>;
     fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
-        catch_panic(|| msg.detonate()).map_err(|payload| {
-            ctx.stop();
-            self.reporter.report(ACTOR, &payload)
-        })
+        guarded(self, ctx, |_, _| msg.detonate()).ok_or_else(|| crashed(ACTOR))
     }
 }

@@ -10,7 +10,7 @@ use std::{
     sync::Arc,
 };
 
-use actix::{Message, Recipient};
+use actix::{Actor, ActorContext, Context, Message, Recipient};
 use chrono::{DateTime, Utc};
 
 use crate::{error::AppError, metrics::Metrics};
@@ -67,5 +67,27 @@ fn panic_message(payload: &PanicPayload) -> String {
         text.clone()
     } else {
         "panic with a non-text payload".to_owned()
+    }
+}
+
+/// An async actor that can be told it panicked (to log, count and record it).
+pub trait Guarded: Actor<Context = Context<Self>> {
+    fn on_panic(&mut self, payload: &PanicPayload);
+}
+
+/// Runs a piece of an async actor's work under `catch_panic`. On a panic the actor is told,
+/// and its context stopped so the Supervisor builds it afresh; the caller gets `None`.
+pub fn guarded<A: Guarded, T>(
+    act: &mut A,
+    ctx: &mut Context<A>,
+    work: impl FnOnce(&mut A, &mut Context<A>) -> T,
+) -> Option<T> {
+    match catch_panic(|| work(act, ctx)) {
+        Ok(value) => Some(value),
+        Err(payload) => {
+            act.on_panic(&payload);
+            ctx.stop();
+            None
+        }
     }
 }

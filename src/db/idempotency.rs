@@ -7,7 +7,10 @@
 use std::time::Duration;
 
 use actix_web::ResponseError;
-use diesel::prelude::*;
+use diesel::{
+    prelude::*,
+    result::{DatabaseErrorKind, Error as DieselError},
+};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -99,7 +102,13 @@ fn claim(conn: &mut DbConnection, key: &IdempotencyKey) -> Result<Option<(u16, S
                         keys::fingerprint.eq(&key.fingerprint),
                         keys::created_at.eq(now),
                     ))
-                    .execute(conn)?;
+                    .execute(conn)
+                    // On PostgreSQL a concurrent first request can insert between our
+                    // read and our insert: it is running, so this one is the duplicate.
+                    .map_err(|error| match error {
+                        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => still_running(),
+                        other => other.into(),
+                    })?;
                 Ok(None)
             }
             Some((fingerprint, _, _, _)) if fingerprint != key.fingerprint => {
@@ -109,14 +118,26 @@ fn claim(conn: &mut DbConnection, key: &IdempotencyKey) -> Result<Option<(u16, S
             Some((_, _, _, claimed_at))
                 if now - claimed_at < chrono::Duration::from_std(ABANDONED_AFTER).unwrap_or(chrono::Duration::MAX) =>
             {
-                Err(AppError::conflict("A request with this Idempotency-Key is still being processed."))
+                Err(still_running())
             }
-            Some(_) => {
-                diesel::update(keys::table.find(key.primary_key())).set(keys::created_at.eq(now)).execute(conn)?;
+            Some((_, _, _, claimed_at)) => {
+                // Take over an abandoned claim, unless another retry just did.
+                let taken = diesel::update(keys::table.find(key.primary_key()))
+                    .filter(keys::created_at.eq(claimed_at))
+                    .filter(keys::response_status.is_null())
+                    .set(keys::created_at.eq(now))
+                    .execute(conn)?;
+                if taken == 0 {
+                    return Err(still_running());
+                }
                 Ok(None)
             }
         }
     })
+}
+
+fn still_running() -> AppError {
+    AppError::conflict("A request with this Idempotency-Key is still being processed.")
 }
 
 fn store_response(conn: &mut DbConnection, key: &IdempotencyKey, status: u16, body: &str) -> Result<(), AppError> {

@@ -77,11 +77,13 @@ pub async fn place(
     let lines = validate_order_lines(&raw).map_err(AppError::Validation)?;
     let idempotency = idempotency::key_of(&request, caller.0.id, "order".into(), &*body)?;
     let products: Vec<_> = lines.iter().map(|line| CacheKey::Product(line.product_id)).collect();
-    let outcome = state.db.run(PlaceOrder { user_id: caller.0.id, lines, idempotency }).await?;
-    // Stock changed: the next read of these products must see it.
+    let outcome = state.db.run(PlaceOrder { user_id: caller.0.id, lines, idempotency }).await;
+    // Stock may have changed (even behind an error: a timed-out write can still commit),
+    // so the next read of these products must go to the database.
     for key in products {
         state.cache.invalidate(key);
     }
+    let outcome = outcome?;
     Ok(idempotency::respond(outcome, |order| {
         HttpResponse::Created().insert_header((header::LOCATION, format!("/api/v1/orders/{}", order.id))).json(order)
     }))

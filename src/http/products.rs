@@ -154,8 +154,10 @@ pub async fn update(
         ProductInput { name, description, price_cents, stock, status }.validate().map_err(AppError::Validation)?;
     let if_match = header_text(&request, header::IF_MATCH).map(str::to_owned);
     let id = id.into_inner();
-    let product = state.db.run(UpdateProduct { id, changes, if_match }).await?;
+    let updated = state.db.run(UpdateProduct { id, changes, if_match }).await;
+    // Even on an error: a write that timed out may still have committed.
     state.cache.invalidate(CacheKey::Product(id));
+    let product = updated?;
     Ok(with_etag(HttpResponse::Ok().json(&product), &product))
 }
 
@@ -169,7 +171,8 @@ pub async fn delete(
 ) -> Result<HttpResponse, AppError> {
     caller.require(Permission::ManageCatalog)?;
     let id = id.into_inner();
-    state.db.run(DeleteProduct { id }).await?;
+    let deleted = state.db.run(DeleteProduct { id }).await;
     state.cache.invalidate(CacheKey::Product(id));
+    deleted?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -115,8 +115,10 @@ pub async fn update(
     if let Some(password) = password {
         changes.password_hash = Some(state.passwords.hash(password).await?);
     }
-    let user = state.db.run(UpdateUser { id, changes }).await?;
+    let updated = state.db.run(UpdateUser { id, changes }).await;
+    // Even on an error: a write that timed out may still have committed.
     state.cache.invalidate(CacheKey::User(id));
+    let user = updated?;
     Ok(HttpResponse::Ok().json(user))
 }
 
@@ -130,7 +132,8 @@ pub async fn delete(
 ) -> Result<HttpResponse, AppError> {
     caller.require(Permission::DeleteUsers)?;
     let id = id.into_inner();
-    state.db.run(DeleteUser { id }).await?;
+    let deleted = state.db.run(DeleteUser { id }).await;
     state.cache.invalidate(CacheKey::User(id));
+    deleted?;
     Ok(HttpResponse::NoContent().finish())
 }
