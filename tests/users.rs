@@ -23,6 +23,7 @@ on_both_backends!(
     deleted_users_lose_access_at_once,
     forged_and_stale_tokens_are_rejected,
     repeated_failed_logins_are_throttled_per_email,
+    parallel_guesses_cannot_slip_past_the_throttle,
 );
 
 async fn register_login_and_me(backend: Backend) {
@@ -317,4 +318,18 @@ async fn repeated_failed_logins_are_throttled_per_email(backend: Backend) {
     }
     let ghost_problem = assert_problem(app.login("ghost@example.com", "wrong password").await, 429).await;
     assert_eq!(alice_problem["detail"], ghost_problem["detail"]);
+}
+
+async fn parallel_guesses_cannot_slip_past_the_throttle(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("alice@example.com").await;
+    let app = &app;
+    let guesses = futures_util::future::join_all(
+        (0..12).map(|n| async move { app.login("alice@example.com", &format!("guess number {n}")).await }),
+    )
+    .await;
+    let statuses: Vec<u16> = guesses.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 5, "exactly five guesses were checked: {statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 7, "{statuses:?}");
+    assert_problem(app.login("alice@example.com", PASSWORD).await, 429).await;
 }

@@ -110,65 +110,103 @@ pub struct Credentials {
     pub password_hash: String,
 }
 
-/// Refuses while the email is throttled; otherwise finds its credentials (if any).
-pub struct LoginLookup {
+/// A sign-in attempt that passed the throttle: the credentials to check (if the email has
+/// an account) and the failure row provisionally written for it.
+pub struct LoginAttempt {
+    pub credentials: Option<Credentials>,
+    pub attempt_id: i64,
+}
+
+fn window_start(now: NaiveDateTime) -> NaiveDateTime {
+    now - chrono::Duration::from_std(LOGIN_FAILURE_WINDOW).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Refuses while the email is throttled; otherwise records the attempt as a failure until
+/// it is proven otherwise, and finds the email's credentials. Counting and recording happen
+/// in one transaction (serialised per email), so parallel guesses cannot slip past the limit.
+pub struct BeginLogin {
     pub email: String,
 }
 
-impl UseCase for LoginLookup {
-    type Output = Option<Credentials>;
-    fn run(self, conn: &mut DbConnection) -> Result<Option<Credentials>, AppError> {
-        let now = clock::now();
-        let since = now - chrono::Duration::from_std(LOGIN_FAILURE_WINDOW).unwrap_or(chrono::Duration::MAX);
-        let failures: Vec<NaiveDateTime> = login_failures::table
-            .filter(login_failures::email.eq(&self.email))
-            .filter(login_failures::failed_at.gt(since))
-            .select(login_failures::failed_at)
-            .load(conn)?;
-        if let Some(retry_after_secs) = login_retry_after(&failures, now) {
-            return Err(AppError::TooManyRequests {
-                retry_after_secs,
-                detail: "Too many failed sign-ins for this email; try again later.".into(),
-            });
-        }
-        let found: Option<(String, String, String)> = users::table
-            .filter(users::email.eq(&self.email))
-            .filter(users::deleted_at.is_null())
-            .select((users::id, users::role, users::password_hash))
-            .first(conn)
-            .optional()?;
-        found
-            .map(|(id, role, password_hash)| {
-                Ok(Credentials {
-                    user_id: parse_id(&id)?,
-                    role: Role::parse(&role).ok_or_else(|| AppError::Internal(format!("unknown role {role:?}")))?,
-                    password_hash,
+impl UseCase for BeginLogin {
+    type Output = LoginAttempt;
+    fn run(self, conn: &mut DbConnection) -> Result<LoginAttempt, AppError> {
+        let email = self.email;
+        conn.write_transaction(|conn| {
+            if matches!(conn, DbConnection::Postgres(_)) {
+                // SQLite's BEGIN IMMEDIATE already serialises writers.
+                diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind::<diesel::sql_types::Text, _>(&email)
+                    .execute(conn)?;
+            }
+            let now = clock::now();
+            let failures: Vec<NaiveDateTime> = login_failures::table
+                .filter(login_failures::email.eq(&email))
+                .filter(login_failures::failed_at.gt(window_start(now)))
+                .select(login_failures::failed_at)
+                .load(conn)?;
+            if let Some(retry_after_secs) = login_retry_after(&failures, now) {
+                return Err(AppError::TooManyRequests {
+                    retry_after_secs,
+                    detail: "Too many failed sign-ins for this email; try again later.".into(),
+                });
+            }
+            diesel::delete(login_failures::table.filter(login_failures::email.eq(&email)))
+                .filter(login_failures::failed_at.le(window_start(now)))
+                .execute(conn)?;
+            diesel::insert_into(login_failures::table)
+                .values((login_failures::email.eq(&email), login_failures::failed_at.eq(now)))
+                .execute(conn)?;
+            let attempt_id: i64 = login_failures::table
+                .filter(login_failures::email.eq(&email))
+                .select(diesel::dsl::max(login_failures::id))
+                .first::<Option<i64>>(conn)?
+                .ok_or_else(|| AppError::Internal("login attempt row vanished".into()))?;
+            let found: Option<(String, String, String)> = users::table
+                .filter(users::email.eq(&email))
+                .filter(users::deleted_at.is_null())
+                .select((users::id, users::role, users::password_hash))
+                .first(conn)
+                .optional()?;
+            let credentials = found
+                .map(|(id, role, password_hash)| {
+                    Ok::<_, AppError>(Credentials {
+                        user_id: parse_id(&id)?,
+                        role: Role::parse(&role).ok_or_else(|| AppError::Internal(format!("unknown role {role:?}")))?,
+                        password_hash,
+                    })
                 })
-            })
-            .transpose()
+                .transpose()?;
+            Ok(LoginAttempt { credentials, attempt_id })
+        })
     }
 }
 
-/// Remembers a failed login (for throttling), or forgets the failures after a success.
-pub struct RecordLoginOutcome {
-    pub email: String,
-    pub succeeded: bool,
+pub enum LoginOutcome {
+    /// The password was right: the email's failures are forgotten.
+    Succeeded,
+    /// The password could not be checked (the server was busy): the attempt does not count.
+    Unchecked,
 }
 
-impl UseCase for RecordLoginOutcome {
+/// Settles an attempt begun by `BeginLogin`; a wrong password needs nothing, since the
+/// attempt was recorded as a failure already.
+pub struct FinishLogin {
+    pub email: String,
+    pub attempt_id: i64,
+    pub outcome: LoginOutcome,
+}
+
+impl UseCase for FinishLogin {
     type Output = ();
     fn run(self, conn: &mut DbConnection) -> Result<(), AppError> {
-        let now = clock::now();
         let by_email = login_failures::table.filter(login_failures::email.eq(&self.email));
-        if self.succeeded {
-            diesel::delete(by_email).execute(conn)?;
-        } else {
-            let stale = now - chrono::Duration::from_std(LOGIN_FAILURE_WINDOW).unwrap_or(chrono::Duration::MAX);
-            diesel::delete(by_email.filter(login_failures::failed_at.le(stale))).execute(conn)?;
-            diesel::insert_into(login_failures::table)
-                .values((login_failures::email.eq(&self.email), login_failures::failed_at.eq(now)))
-                .execute(conn)?;
-        }
+        match self.outcome {
+            LoginOutcome::Succeeded => diesel::delete(by_email).execute(conn)?,
+            LoginOutcome::Unchecked => {
+                diesel::delete(by_email.filter(login_failures::id.eq(self.attempt_id))).execute(conn)?
+            }
+        };
         Ok(())
     }
 }

@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 
 use crate::{
     app::AppState,
-    db::users::{CreateUser, LoginLookup, RecordLoginOutcome},
+    db::users::{BeginLogin, CreateUser, FinishLogin, LoginAttempt, LoginOutcome},
     domain::user::{validate_new_user, NewUser, Role, User},
     error::AppError,
 };
@@ -57,15 +57,21 @@ pub async fn register(state: web::Data<AppState>, body: web::Json<RegisterReques
 pub async fn login(state: web::Data<AppState>, body: web::Json<LoginRequest>) -> Result<HttpResponse, AppError> {
     let LoginRequest { email, password } = body.into_inner();
     let email = email.trim().to_lowercase();
-    let credentials = state.db.run(LoginLookup { email: email.clone() }).await?;
+    let LoginAttempt { credentials, attempt_id } = state.db.run(BeginLogin { email: email.clone() }).await?;
     let (account, hash) = match credentials {
         Some(found) => (Some((found.user_id, found.role)), Some(found.password_hash)),
         None => (None, None),
     };
-    let verified = state.passwords.verify(password, hash).await?;
-    state.db.run(RecordLoginOutcome { email, succeeded: verified }).await?;
+    let verified = match state.passwords.verify(password, hash).await {
+        Ok(verified) => verified,
+        Err(error) => {
+            state.db.run(FinishLogin { email, attempt_id, outcome: LoginOutcome::Unchecked }).await?;
+            return Err(error);
+        }
+    };
     match account {
         Some((user_id, role)) if verified => {
+            state.db.run(FinishLogin { email, attempt_id, outcome: LoginOutcome::Succeeded }).await?;
             let issued = state.tokens.issue(user_id, role)?;
             Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(TokenResponse {
                 access_token: issued.token,
