@@ -529,6 +529,13 @@ async fn product_search_matches_names_case_insensitively_and_literally(backend: 
     assert_eq!(names(&list_products(&app, &[("q", "a_c")]).await), ["Tea_Cup"]);
     let none = list_products(&app, &[("q", "sofa")]).await;
     assert_eq!((none["total"].as_i64(), none["data"].as_array().map(Vec::len)), (Some(0), Some(0)));
+
+    // Beyond ASCII too, on SQLite as on PostgreSQL.
+    let (_, admin) = app.admin("chef@example.com").await;
+    create_product(&app, &admin, json!({"name": "ÉCLAIR AU CAFÉ", "price_cents": 350, "stock": 5})).await;
+    for q in ["éclair", "ÉCLAIR", "Café"] {
+        assert_eq!(names(&list_products(&app, &[("q", q)]).await), ["ÉCLAIR AU CAFÉ"], "q={q}");
+    }
 }
 
 async fn product_lists_filter_by_status_and_price_range(backend: Backend) {

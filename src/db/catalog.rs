@@ -1,7 +1,7 @@
 //! Products: create, read, change, delete and search, each change with its outbox event.
 
 use chrono::NaiveDateTime;
-use diesel::{prelude::*, sql_types::Text};
+use diesel::prelude::*;
 use uuid::Uuid;
 
 use super::{
@@ -13,20 +13,21 @@ use super::{
 use crate::{
     actors::UseCase,
     domain::{
-        catalog::{contains_pattern, etag_matches, Product, ProductChanges, ProductFilter, ProductSort, ProductStatus},
+        catalog::{
+            contains_pattern, etag_matches, fold, Product, ProductChanges, ProductFilter, ProductSort, ProductStatus,
+        },
         clock,
         paging::{Page, PageRequest},
     },
     error::AppError,
 };
 
-diesel::define_sql_function!(fn lower(text: Text) -> Text);
-
 #[derive(Debug, Queryable, Selectable, Insertable)]
 #[diesel(table_name = products)]
 pub struct ProductRow {
     pub id: String,
     pub name: String,
+    pub name_folded: String,
     pub description: String,
     pub price_cents: i64,
     pub stock: i64,
@@ -84,9 +85,11 @@ impl UseCase for CreateProduct {
     fn run(self, conn: &mut DbConnection) -> Result<Product, AppError> {
         let now = clock::now();
         let c = self.changes;
+        let name = c.name.unwrap_or_default();
         let row = ProductRow {
             id: Uuid::now_v7().to_string(),
-            name: c.name.unwrap_or_default(),
+            name_folded: fold(&name),
+            name,
             description: c.description.unwrap_or_default(),
             price_cents: c.price_cents.unwrap_or_default(),
             stock: c.stock.unwrap_or_default(),
@@ -120,6 +123,7 @@ impl UseCase for GetProduct {
 #[diesel(table_name = products)]
 struct ProductChangeset {
     name: Option<String>,
+    name_folded: Option<String>,
     description: Option<String>,
     price_cents: Option<i64>,
     stock: Option<i64>,
@@ -144,6 +148,7 @@ impl UseCase for UpdateProduct {
             }
             let c = self.changes;
             let changeset = ProductChangeset {
+                name_folded: c.name.as_deref().map(fold),
                 name: c.name,
                 description: c.description,
                 price_cents: c.price_cents,
@@ -207,7 +212,7 @@ impl UseCase for ListProducts {
         let query = || {
             let mut query = products::table.filter(products::deleted_at.is_null()).into_boxed();
             if let Some(needle) = &filter.name_contains {
-                query = query.filter(lower(products::name).like(contains_pattern(needle)).escape('\\'));
+                query = query.filter(products::name_folded.like(contains_pattern(needle)).escape('\\'));
             }
             if let Some(status) = filter.status {
                 query = query.filter(products::status.eq(status.as_str()));
@@ -224,8 +229,8 @@ impl UseCase for ListProducts {
         let ordered = match (filter.sort, filter.descending) {
             (ProductSort::CreatedAt, false) => query().order((products::created_at.asc(), products::id.asc())),
             (ProductSort::CreatedAt, true) => query().order((products::created_at.desc(), products::id.desc())),
-            (ProductSort::Name, false) => query().order((lower(products::name).asc(), products::id.asc())),
-            (ProductSort::Name, true) => query().order((lower(products::name).desc(), products::id.desc())),
+            (ProductSort::Name, false) => query().order((products::name_folded.asc(), products::id.asc())),
+            (ProductSort::Name, true) => query().order((products::name_folded.desc(), products::id.desc())),
             (ProductSort::Price, false) => query().order((products::price_cents.asc(), products::id.asc())),
             (ProductSort::Price, true) => query().order((products::price_cents.desc(), products::id.desc())),
         };

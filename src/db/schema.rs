@@ -35,6 +35,7 @@ diesel::table! {
     products (id) {
         id -> Text,
         name -> Text,
+        name_folded -> Text,
         description -> Text,
         price_cents -> BigInt,
         stock -> BigInt,

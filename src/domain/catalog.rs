@@ -197,9 +197,14 @@ impl ProductFilter {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let name_contains = q.map(str::trim).filter(|q| !q.is_empty()).map(str::to_lowercase);
+        let name_contains = q.map(str::trim).filter(|q| !q.is_empty()).map(fold);
         Ok(Self { name_contains, status, min_price_cents, max_price_cents, sort, descending })
     }
+}
+
+/// A name folded for case-insensitive search and sorting, the same way on every backend.
+pub fn fold(name: &str) -> String {
+    name.to_lowercase()
 }
 
 /// A LIKE pattern that matches `needle` literally anywhere (escape character `\`).

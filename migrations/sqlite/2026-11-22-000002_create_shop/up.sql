@@ -2,6 +2,9 @@
 CREATE TABLE products (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL,
+    -- The name lower-cased by the service (full Unicode), for search and sorting: SQLite's
+    -- lower() folds ASCII only, so neither backend's lower() is used.
+    name_folded TEXT NOT NULL,
     description TEXT NOT NULL,
     price_cents BIGINT NOT NULL CHECK (price_cents >= 0),
     stock       BIGINT NOT NULL CHECK (stock >= 0),
