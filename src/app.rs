@@ -59,6 +59,7 @@ impl std::error::Error for StartupError {}
 pub struct Application {
     server: actix_web::dev::Server,
     port: u16,
+    shutdown_drain: Duration,
     health: Addr<Health>,
     /// Held so the Janitor lives as long as the server.
     _janitor: Addr<Janitor>,
@@ -158,7 +159,7 @@ impl Application {
             address = %config.bind_addr, port, database = ?config.database.url, workers = config.db_workers,
             "storefront is listening"
         );
-        Ok(Self { server, port, health, _janitor: janitor })
+        Ok(Self { server, port, shutdown_drain: config.shutdown_drain, health, _janitor: janitor })
     }
 
     pub fn port(&self) -> u16 {
@@ -170,20 +171,35 @@ impl Application {
     }
 
     /// Serves until SIGTERM or SIGINT, then shuts down in order: readiness fails at once,
-    /// in-flight requests finish (up to SHUTDOWN_TIMEOUT_SECONDS), then the server stops.
+    /// the listener stays open for SHUTDOWN_DRAIN_SECONDS (so load balancers notice), then
+    /// closes while in-flight requests get up to SHUTDOWN_TIMEOUT_SECONDS to finish. A
+    /// second signal skips whatever waiting is left.
     pub async fn run_until_stopped(self) -> io::Result<()> {
         let handle = self.server.handle();
-        let health = self.health.clone();
+        let (health, drain) = (self.health.clone(), self.shutdown_drain);
         actix_rt::spawn(async move {
             wait_for_stop_signal().await;
-            tracing::info!("stop signal received; draining");
             health.do_send(BeginShutdown);
-            handle.stop(true).await;
+            tracing::info!(drain_seconds = drain.as_secs(), "stop signal received; readiness fails, draining");
+            let drained = first_of(actix_rt::time::sleep(drain), wait_for_stop_signal()).await;
+            if drained && first_of(handle.stop(true), wait_for_stop_signal()).await {
+                return;
+            }
+            tracing::warn!("second stop signal: stopping now");
+            handle.stop(false).await;
         });
         self.server.await?;
         tracing::info!("server stopped");
         Ok(())
     }
+}
+
+/// Waits for both futures' first; true when it was `first`.
+async fn first_of(first: impl std::future::Future<Output = ()>, second: impl std::future::Future<Output = ()>) -> bool {
+    matches!(
+        futures_util::future::select(Box::pin(first), Box::pin(second)).await,
+        futures_util::future::Either::Left(_)
+    )
 }
 
 /// Connects once (so a bad URL or an unreachable server fails start-up with its real

@@ -110,6 +110,8 @@ pub struct ServeArgs {
     pub health_probe_interval_ms: String,
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value = "30")]
     pub shutdown_timeout_seconds: String,
+    #[arg(long, env = "SHUTDOWN_DRAIN_SECONDS", default_value = "0")]
+    pub shutdown_drain_seconds: String,
     #[arg(long, env = "TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: String,
     #[arg(long, env = "RATE_LIMIT_RPS", default_value = "20")]

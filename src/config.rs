@@ -120,6 +120,8 @@ pub struct Config {
     pub password_hasher_threads: usize,
     pub health_probe_interval: Duration,
     pub shutdown_timeout: Duration,
+    /// How long /readyz fails before the listener closes, so load balancers stop sending.
+    pub shutdown_drain: Duration,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub rate_limits: Quotas,
     pub rate_limit_max_keys: NonZeroUsize,
@@ -304,6 +306,12 @@ impl Config {
                 &args.janitor_interval_seconds,
                 1,
                 86_400,
+            )?),
+            shutdown_drain: Duration::from_secs(parse_number(
+                "SHUTDOWN_DRAIN_SECONDS",
+                &args.shutdown_drain_seconds,
+                0,
+                600,
             )?),
             metrics_token: non_empty_secret("METRICS_TOKEN", args.metrics_token.as_deref())?,
             chaos_token: non_empty_secret("CHAOS_TOKEN", args.chaos_token.as_deref())?,

@@ -182,7 +182,8 @@ fn serve(cwd: &Path, database_url: &str, extra: &[(&str, &str)]) -> Served {
 async fn sigterm_fails_readiness_drains_in_flight_requests_and_exits_zero() {
     let cwd = tempfile::tempdir().unwrap();
     let database = TestDatabase::create(Backend::Sqlite);
-    let mut served = serve(cwd.path(), &database.url(), &[("SHUTDOWN_TIMEOUT_SECONDS", "10")]);
+    let settings = [("SHUTDOWN_TIMEOUT_SECONDS", "10"), ("SHUTDOWN_DRAIN_SECONDS", "1")];
+    let mut served = serve(cwd.path(), &database.url(), &settings);
     let base = format!("http://127.0.0.1:{}", served.port);
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -198,15 +199,39 @@ async fn sigterm_fails_readiness_drains_in_flight_requests_and_exits_zero() {
             client
                 .post(format!("{base}/ops/chaos"))
                 .bearer_auth(CHAOS_TOKEN)
-                .json(&json!({"actor": "db_executor", "fault": "stall", "millis": 1500}))
+                .json(&json!({"actor": "db_executor", "fault": "stall", "millis": 2000}))
                 .send()
                 .await
                 .map(|r| r.status().as_u16())
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The stall is admitted once the in-flight gauge shows it.
+    while !client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .contains("storefront_db_in_flight 1")
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let killed = Command::new("kill").args(["-TERM", &served.child.id().to_string()]).status().unwrap();
     assert!(killed.success());
+
+    // During the drain the listener is still open and readiness fails.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+        if ready.status() == 503 {
+            assert_eq!(ready.json::<Value>().await.unwrap()["checks"]["process:shutdown"][0]["status"], "fail");
+            break;
+        }
+        assert!(Instant::now() < deadline, "readiness did not fail at once");
+    }
+    assert_eq!(client.get(format!("{base}/livez")).send().await.unwrap().status(), 200);
 
     assert_eq!(in_flight.await.unwrap().unwrap(), 204, "the in-flight request finishes");
     let status = tokio::task::spawn_blocking(move || served.child.wait()).await.unwrap().unwrap();
