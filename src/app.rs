@@ -222,6 +222,10 @@ fn cors(config: &Config) -> Cors {
         .allowed_header("idempotency-key")
         .allowed_header("x-request-id")
         .expose_headers([header::ETAG, header::LOCATION, header::RETRY_AFTER])
+        .expose_headers(["x-request-id", "ratelimit", "ratelimit-policy", "idempotent-replayed"])
+        // A disallowed origin just gets no CORS headers (the browser then blocks it);
+        // refusing the request outright would also break non-browser clients sending Origin.
+        .block_on_origin_mismatch(false)
         .max_age(600)
 }
 

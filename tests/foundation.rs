@@ -274,6 +274,15 @@ async fn cors_allows_only_listed_origins(backend: Backend) {
     let allowed = app.request(Method::GET, "/livez").header("origin", "https://shop.example").send().await.unwrap();
     assert_eq!(allowed.status(), 200);
     assert_eq!(allowed.headers()["access-control-allow-origin"], "https://shop.example");
+    let exposed = allowed.headers()["access-control-expose-headers"].to_str().unwrap().to_owned();
+    for header in ["x-request-id", "ratelimit", "etag", "location", "retry-after"] {
+        assert!(exposed.contains(header), "{header} is readable by browser code: {exposed}");
+    }
+
+    // Another origin is served without CORS headers, so a browser will not hand it the body.
+    let foreign = app.request(Method::GET, "/livez").header("origin", "https://evil.example").send().await.unwrap();
+    assert_eq!(foreign.status(), 200);
+    assert!(foreign.headers().get("access-control-allow-origin").is_none());
 
     let preflight = app
         .request(Method::OPTIONS, "/livez")

@@ -1008,9 +1008,15 @@ async fn an_order_retried_with_its_key_is_placed_once(backend: Backend) {
     let print = product(&app, &admin, "Print", 700, 10).await;
     let body = order_body(&[(&print, 2)]);
 
-    let first = status_and_body(keyed(&app, ORDERS, &buyer, KEY, &body).await).await;
+    let first_response = keyed(&app, ORDERS, &buyer, KEY, &body).await;
+    let first_location = header(&first_response, "location");
+    let first = status_and_body(first_response).await;
     assert_eq!(first.0, 201);
-    let retried = status_and_body(keyed(&app, ORDERS, &buyer, KEY, &body).await).await;
+    assert_eq!(first_location, format!("{ORDERS}/{}", id_of(&first.1)));
+    let retried_response = keyed(&app, ORDERS, &buyer, KEY, &body).await;
+    assert_eq!(header(&retried_response, "location"), first_location, "a replay points at the same order");
+    assert_eq!(header(&retried_response, "idempotent-replayed"), "true");
+    let retried = status_and_body(retried_response).await;
     assert_eq!(retried, first, "the retry answers exactly as the first request did");
     assert_eq!((stock(&app, &print).await, balance(&app, &buyer).await), (8, 8600), "one effect");
     assert_eq!(total(&app, ORDERS, &buyer).await, 1);

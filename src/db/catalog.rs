@@ -14,7 +14,7 @@ use crate::{
     actors::UseCase,
     domain::{
         catalog::{
-            contains_pattern, etag_matches, fold, Product, ProductChanges, ProductFilter, ProductSort, ProductStatus,
+            contains_pattern, fold, if_match_holds, Product, ProductChanges, ProductFilter, ProductSort, ProductStatus,
         },
         clock,
         paging::{Page, PageRequest},
@@ -143,7 +143,7 @@ impl UseCase for UpdateProduct {
         let id = self.id.to_string();
         conn.write_transaction(|conn| {
             let current = find_live(conn, &id)?.ok_or_else(not_found)?;
-            if self.if_match.as_deref().is_some_and(|tag| !etag_matches(tag, current.version)) {
+            if self.if_match.as_deref().is_some_and(|tag| !if_match_holds(tag, current.version)) {
                 return Err(AppError::PreconditionFailed);
             }
             let c = self.changes;

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::error::FieldError;
+use super::FieldError;
 
 pub const NAME_MAX_CHARS: usize = 200;
 pub const DESCRIPTION_MAX_CHARS: usize = 2000;
@@ -61,10 +61,16 @@ pub fn etag_for(version: i64) -> String {
     format!("\"{version}\"")
 }
 
-/// Whether an `If-Match` / `If-None-Match` header value names this version.
-pub fn etag_matches(header: &str, version: i64) -> bool {
+/// `If-None-Match`: weak comparison (RFC 9110 13.1.2), so `W/"3"` names version 3.
+pub fn none_match_hits(header: &str, version: i64) -> bool {
     let current = etag_for(version);
     header.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == current)
+}
+
+/// `If-Match`: strong comparison (RFC 9110 13.1.1); a weak tag never matches.
+pub fn if_match_holds(header: &str, version: i64) -> bool {
+    let current = etag_for(version);
+    header.split(',').map(str::trim).any(|tag| tag == "*" || tag == current)
 }
 
 /// The checked fields of a product change; `None` leaves a field as it is.
@@ -224,12 +230,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn etags_match_exact_weak_and_star() {
-        assert!(etag_matches("\"3\"", 3));
-        assert!(etag_matches("W/\"3\"", 3));
-        assert!(etag_matches("\"1\", \"3\"", 3));
-        assert!(etag_matches("*", 3));
-        assert!(!etag_matches("\"4\"", 3));
+    fn etags_compare_weakly_for_none_match_and_strongly_for_match() {
+        assert!(none_match_hits("\"3\"", 3));
+        assert!(none_match_hits("W/\"3\"", 3));
+        assert!(none_match_hits("\"1\", \"3\"", 3));
+        assert!(none_match_hits("*", 3));
+        assert!(!none_match_hits("\"4\"", 3));
+        assert!(if_match_holds("\"3\"", 3));
+        assert!(if_match_holds("*", 3));
+        assert!(!if_match_holds("W/\"3\"", 3), "If-Match compares strongly");
     }
 
     #[test]

@@ -7,3 +7,18 @@ pub mod paging;
 pub mod rate_limit;
 pub mod shop;
 pub mod user;
+
+use serde::Serialize;
+
+/// What is wrong with one field of a request: the `errors` of a validation problem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}

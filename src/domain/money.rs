@@ -2,7 +2,7 @@
 //! (Balances themselves change only through conditional UPDATEs in `db::shop`, which is
 //! what keeps them from going negative under concurrency.)
 
-use crate::error::FieldError;
+use super::FieldError;
 
 /// The largest single deposit or transfer: ten billion in currency units.
 pub const MAX_AMOUNT_CENTS: i64 = 1_000_000_000_000;

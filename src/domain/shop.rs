@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::error::FieldError;
+use super::FieldError;
 
 pub const MAX_ORDER_LINES: usize = 100;
 pub const MAX_LINE_QUANTITY: i64 = 1000;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::error::FieldError;
+use super::FieldError;
 
 /// A user as the API shows it: never a password or a hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -74,6 +74,7 @@ impl Role {
                 ManageCatalog,
                 Deposit,
                 SeeAllOrders,
+                CancelAnyOrder,
                 SeeOpsTopic,
             ],
             Self::User => &[],
@@ -96,6 +97,7 @@ pub enum Permission {
     ManageCatalog,
     Deposit,
     SeeAllOrders,
+    CancelAnyOrder,
     SeeOpsTopic,
 }
 

@@ -59,7 +59,7 @@ pub async fn deposit(
         .db
         .run(Deposit { user_id, amount_cents: body.amount_cents, deposited_by: caller.0.id, idempotency })
         .await?;
-    Ok(idempotency::respond(outcome, |account| HttpResponse::Created().json(account)))
+    idempotency::respond_created(outcome, None)
 }
 
 /// Send credit to another user. Honours `Idempotency-Key`.
@@ -94,7 +94,7 @@ pub async fn transfer(
         .db
         .run(MakeTransfer { from_user_id: caller.0.id, to_user_id, amount_cents: body.amount_cents, idempotency })
         .await?;
-    Ok(idempotency::respond(outcome, |transfer| HttpResponse::Created().json(transfer)))
+    idempotency::respond_created(outcome, None)
 }
 
 /// Transfers the caller sent or received, newest first.

@@ -1,7 +1,10 @@
 //! The `Idempotency-Key` header: turning it into a key the database layer honours, and a
 //! stored first response back into the very same response.
 
-use actix_web::{http::StatusCode, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{
+    http::{header, StatusCode},
+    HttpMessage, HttpRequest, HttpResponse,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -43,17 +46,32 @@ pub fn key_of(
     }))
 }
 
-/// The fresh response, or the stored first response replayed byte for byte.
-pub fn respond<T>(outcome: Outcome<T>, fresh: impl FnOnce(T) -> HttpResponse) -> HttpResponse {
-    match outcome {
-        Outcome::Fresh(value) => fresh(value),
-        Outcome::Replay { status, body } => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let content_type = if status.is_client_error() { PROBLEM_JSON } else { "application/json" };
-            HttpResponse::build(status)
-                .content_type(content_type)
-                .insert_header(("idempotent-replayed", "true"))
-                .body(body)
+/// The fresh `201 Created`, or the stored first response replayed byte for byte. With a
+/// `collection` path, a created resource's `Location` is `{collection}/{id}` either way.
+pub fn respond_created<T: Serialize>(outcome: Outcome<T>, collection: Option<&str>) -> Result<HttpResponse, AppError> {
+    let (status, body, replayed) = match outcome {
+        Outcome::Fresh(value) => {
+            let body =
+                serde_json::to_string(&value).map_err(|e| AppError::Internal(format!("encode response: {e}")))?;
+            (StatusCode::CREATED, body, false)
         }
+        Outcome::Replay { status, body } => {
+            (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body, true)
+        }
+    };
+    let mut response = HttpResponse::build(status);
+    if replayed {
+        response.insert_header(("idempotent-replayed", "true"));
     }
+    if status.is_success() {
+        response.content_type("application/json");
+        let id =
+            serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["id"].as_str().map(str::to_owned));
+        if let (Some(collection), Some(id)) = (collection, id) {
+            response.insert_header((header::LOCATION, format!("{collection}/{id}")));
+        }
+    } else {
+        response.content_type(PROBLEM_JSON);
+    }
+    Ok(response.body(body))
 }

@@ -1,6 +1,6 @@
 //! Orders: place, list, read and cancel.
 
-use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -84,9 +84,7 @@ pub async fn place(
         state.cache.invalidate(key);
     }
     let outcome = outcome?;
-    Ok(idempotency::respond(outcome, |order| {
-        HttpResponse::Created().insert_header((header::LOCATION, format!("/api/v1/orders/{}", order.id))).json(order)
-    }))
+    idempotency::respond_created(outcome, Some("/api/v1/orders"))
 }
 
 /// The caller's orders, newest first; admins see everyone's (or one user's with `user_id`).
@@ -141,7 +139,7 @@ pub async fn cancel(
         .run(CancelOrder {
             id: id.into_inner(),
             requested_by: caller.0.id,
-            may_cancel_any: caller.can(Permission::SeeAllOrders),
+            may_cancel_any: caller.can(Permission::CancelAnyOrder),
         })
         .await?;
     for item in &order.items {

@@ -14,7 +14,7 @@ use crate::{
     auth::AuthUser,
     db::catalog::{CreateProduct, DeleteProduct, ListProducts, UpdateProduct},
     domain::{
-        catalog::{etag_matches, Product, ProductFilter, ProductInput},
+        catalog::{none_match_hits, Product, ProductFilter, ProductInput},
         paging::{Page, PageRequest},
         user::Permission,
     },
@@ -103,7 +103,7 @@ pub async fn get(
 ) -> Result<HttpResponse, AppError> {
     let product =
         state.cache.product(id.into_inner()).await?.ok_or_else(|| AppError::NotFound("No such product.".into()))?;
-    if header_text(&request, header::IF_NONE_MATCH).is_some_and(|tag| etag_matches(tag, product.version)) {
+    if header_text(&request, header::IF_NONE_MATCH).is_some_and(|tag| none_match_hits(tag, product.version)) {
         return Ok(with_etag(HttpResponse::NotModified().finish(), &product));
     }
     Ok(with_etag(HttpResponse::Ok().json(&product), &product))
