@@ -9,9 +9,11 @@ use actix_web::{dev::ServerHandle, http::header, middleware::from_fn, web, App, 
 use tracing_actix_web::TracingLogger;
 
 use crate::{
+    actors::UseCase,
     actors::{
         cache::{Cache, CacheClient},
         db_executor::DbGatewaySettings,
+        event_relay::EventRelay,
         health::{BeginShutdown, Health, WatchDatabase},
         janitor::{Janitor, Retention},
         rate_limiter::RateLimiter,
@@ -20,7 +22,7 @@ use crate::{
     },
     auth::{password::Passwords, tokens::TokenKeys},
     config::Config,
-    db::{self, migrations, ConnectionManager},
+    db::{self, events::LatestEventId, migrations, ConnectionManager},
     http::{
         self, extract,
         middleware::{
@@ -61,8 +63,9 @@ pub struct Application {
     port: u16,
     shutdown_drain: Duration,
     health: Addr<Health>,
-    /// Held so the Janitor lives as long as the server.
+    /// Held so these live as long as the server.
     _janitor: Addr<Janitor>,
+    _event_relay: Option<Addr<EventRelay>>,
 }
 
 impl Application {
@@ -70,7 +73,7 @@ impl Application {
     /// actix System; nothing is served until `run_until_stopped`.
     pub fn build(config: Config) -> Result<Self, StartupError> {
         let config = Arc::new(config);
-        prepare_database(&config)?;
+        let newest_event = prepare_database(&config)?;
 
         let metrics = Arc::new(Metrics::new());
         let health = {
@@ -108,6 +111,11 @@ impl Application {
             });
             CacheClient::new(addr, db.clone(), Arc::clone(&metrics), config.db_timeout + Duration::from_millis(500))
         };
+        let event_relay = config.cache_capacity.is_some().then(|| {
+            let (db, cache, interval, reporter) =
+                (db.clone(), cache.clone(), config.event_poll_interval, reporter.clone());
+            Supervisor::start(move |_| EventRelay::new(db, cache, interval, newest_event, reporter))
+        });
         let rate_limiter = {
             let (quotas, max_keys) = (config.rate_limits, config.rate_limit_max_keys);
             let (metrics, reporter) = (Arc::clone(&metrics), reporter.clone());
@@ -159,7 +167,14 @@ impl Application {
             address = %config.bind_addr, port, database = ?config.database.url, workers = config.db_workers,
             "storefront is listening"
         );
-        Ok(Self { server, port, shutdown_drain: config.shutdown_drain, health, _janitor: janitor })
+        Ok(Self {
+            server,
+            port,
+            shutdown_drain: config.shutdown_drain,
+            health,
+            _janitor: janitor,
+            _event_relay: event_relay,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -203,8 +218,9 @@ async fn first_of(first: impl std::future::Future<Output = ()>, second: impl std
 }
 
 /// Connects once (so a bad URL or an unreachable server fails start-up with its real
-/// cause) and applies pending migrations.
-fn prepare_database(config: &Config) -> Result<(), StartupError> {
+/// cause), applies pending migrations, and returns the newest outbox event id: where this
+/// replica starts tailing, before its cache can hold anything.
+fn prepare_database(config: &Config) -> Result<i64, StartupError> {
     let mut conn =
         ConnectionManager::new(&config.database).establish().map_err(|error| StartupError::Database(error.message))?;
     let applied = migrations::run_pending(&mut conn)
@@ -212,7 +228,7 @@ fn prepare_database(config: &Config) -> Result<(), StartupError> {
     for version in applied {
         tracing::info!(%version, "migration applied");
     }
-    Ok(())
+    LatestEventId.run(&mut conn).map_err(|error| StartupError::Database(error.to_string()))
 }
 
 fn cors(config: &Config) -> Cors {

@@ -126,6 +126,8 @@ pub struct ServeArgs {
     pub cache_capacity: String,
     #[arg(long, env = "CACHE_TTL_SECONDS", default_value = "60")]
     pub cache_ttl_seconds: String,
+    #[arg(long, env = "EVENT_POLL_INTERVAL_MS", default_value = "250")]
+    pub event_poll_interval_ms: String,
     #[arg(long, env = "EVENT_RETENTION_HOURS", default_value = "24")]
     pub event_retention_hours: String,
     #[arg(long, env = "IDEMPOTENCY_KEY_RETENTION_HOURS", default_value = "24")]

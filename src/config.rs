@@ -128,6 +128,8 @@ pub struct Config {
     /// Entries the cache may hold; `None` (CACHE_CAPACITY=0) turns the cache off.
     pub cache_capacity: Option<NonZeroUsize>,
     pub cache_ttl: Duration,
+    /// How often the outbox is tailed for other replicas' writes.
+    pub event_poll_interval: Duration,
     pub event_retention: Duration,
     pub idempotency_key_retention: Duration,
     pub janitor_interval: Duration,
@@ -293,6 +295,12 @@ impl Config {
             .unwrap_or(NonZeroUsize::MIN),
             cache_capacity: NonZeroUsize::new(parse_number("CACHE_CAPACITY", &args.cache_capacity, 0, 100_000_000)?),
             cache_ttl: Duration::from_secs(parse_number("CACHE_TTL_SECONDS", &args.cache_ttl_seconds, 1, 86_400)?),
+            event_poll_interval: Duration::from_millis(parse_number(
+                "EVENT_POLL_INTERVAL_MS",
+                &args.event_poll_interval_ms,
+                10,
+                60_000,
+            )?),
             event_retention: hours(parse_number("EVENT_RETENTION_HOURS", &args.event_retention_hours, 1, 24 * 365)?),
             // api.md promises keys are kept at least 24 hours.
             idempotency_key_retention: hours(parse_number(

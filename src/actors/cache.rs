@@ -243,6 +243,17 @@ impl Handler<Invalidate> for Cache {
     }
 }
 
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Clear;
+
+impl Handler<Clear> for Cache {
+    type Result = ();
+    fn handle(&mut self, _msg: Clear, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, _| act.reset());
+    }
+}
+
 impl Handler<Crash> for Cache {
     type Result = Result<(), AppError>;
     fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
@@ -285,10 +296,19 @@ impl CacheClient {
     }
 
     /// Forgets a key; call it after a write commits and before its response is sent.
-    /// The mailbox is FIFO, so every read asked after this is answered after it.
+    /// The mailbox is FIFO, so every read asked after this is answered after it. It is a
+    /// `do_send` on purpose: an invalidation must never be dropped for a full mailbox, and
+    /// the writes sending them are themselves bounded by the database admission.
     pub fn invalidate(&self, key: CacheKey) {
         if let Some(cache) = &self.cache {
             cache.do_send(Invalidate(key));
+        }
+    }
+
+    /// Forgets everything (when invalidations may have been missed).
+    pub fn clear(&self) {
+        if let Some(cache) = &self.cache {
+            cache.do_send(Clear);
         }
     }
 

@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod connection;
+pub mod events;
 pub mod housekeeping;
 pub mod idempotency;
 pub mod migrations;

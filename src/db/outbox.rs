@@ -15,6 +15,8 @@ pub mod topic {
     pub const PRODUCTS: &str = "products";
     pub const ORDERS: &str = "orders";
     pub const ACCOUNT: &str = "account";
+    /// Changes to users: read by replicas to drop cached users (no personal data in it).
+    pub const USERS: &str = "users";
 }
 
 #[derive(Debug, Clone)]

@@ -7,7 +7,11 @@ use diesel::{
 };
 use uuid::Uuid;
 
-use super::{schema::*, DbConnection};
+use super::{
+    outbox::{self, topic, NewEvent},
+    schema::*,
+    DbConnection,
+};
 use crate::{
     actors::UseCase,
     domain::{
@@ -55,6 +59,11 @@ fn email_taken(error: DieselError) -> AppError {
         }
         other => other.into(),
     }
+}
+
+/// Tells other replicas to drop their cached copy; carries only the id.
+fn user_event(id: Uuid, kind: &'static str) -> NewEvent {
+    NewEvent::private(topic::USERS, kind, id, serde_json::json!({ "id": id }))
 }
 
 fn live_user(conn: &mut DbConnection, id: Uuid) -> Result<Option<UserRow>, AppError> {
@@ -267,6 +276,7 @@ impl UseCase for UpdateUser {
                 .set((&self.changes, users::updated_at.eq(clock::now())))
                 .execute(conn)
                 .map_err(email_taken)?;
+            outbox::append(conn, vec![user_event(self.id, "user.updated")])?;
             live_user(conn, self.id)?.ok_or_else(|| AppError::NotFound("No such user.".into()))?.into_user()
         })
     }
@@ -281,13 +291,16 @@ pub struct DeleteUser {
 impl UseCase for DeleteUser {
     type Output = ();
     fn run(self, conn: &mut DbConnection) -> Result<(), AppError> {
-        let deleted =
-            diesel::update(users::table.filter(users::id.eq(self.id.to_string())).filter(users::deleted_at.is_null()))
-                .set(users::deleted_at.eq(Some(clock::now())))
-                .execute(conn)?;
-        if deleted == 0 {
-            return Err(AppError::NotFound("No such user.".into()));
-        }
-        Ok(())
+        conn.write_transaction(|conn| {
+            let deleted = diesel::update(
+                users::table.filter(users::id.eq(self.id.to_string())).filter(users::deleted_at.is_null()),
+            )
+            .set(users::deleted_at.eq(Some(clock::now())))
+            .execute(conn)?;
+            if deleted == 0 {
+                return Err(AppError::NotFound("No such user.".into()));
+            }
+            outbox::append(conn, vec![user_event(self.id, "user.deleted")])
+        })
     }
 }
