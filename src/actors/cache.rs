@@ -10,6 +10,7 @@ use actix::{
 };
 use lru::LruCache;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
@@ -133,7 +134,7 @@ impl Cache {
         }
     }
 
-    fn lookup(&mut self, key: CacheKey, ctx: &mut Context<Self>) -> Lookup {
+    fn lookup(&mut self, key: CacheKey, span: tracing::Span, ctx: &mut Context<Self>) -> Lookup {
         let now = Instant::now();
         match self.entries.get(&key) {
             Some(entry) if entry.expires > now => {
@@ -158,9 +159,11 @@ impl Cache {
         self.waiters.insert(load_id, vec![tx]);
         let db = self.db.clone();
         let loading = key.clone();
-        ctx.spawn(wrap_future(async move { load(&db, &loading).await }).map(move |outcome, act: &mut Self, ctx| {
-            guarded(act, ctx, |act, _| act.finish(load_id, key, outcome.ok()));
-        }));
+        ctx.spawn(wrap_future(async move { load(&db, &loading).await }.instrument(span)).map(
+            move |outcome, act: &mut Self, ctx| {
+                guarded(act, ctx, |act, _| act.finish(load_id, key, outcome.ok()));
+            },
+        ));
         Lookup::Pending(rx)
     }
 
@@ -221,14 +224,16 @@ pub enum Lookup {
     Pending(oneshot::Receiver<Option<Cached>>),
 }
 
+/// A read, carrying the span of the request that asked, so a load it starts logs with
+/// that request's id.
 #[derive(Message)]
 #[rtype(result = "Option<Lookup>")]
-struct Get(CacheKey);
+struct Get(CacheKey, tracing::Span);
 
 impl Handler<Get> for Cache {
     type Result = MessageResult<Get>;
     fn handle(&mut self, msg: Get, ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(guarded(self, ctx, |act, ctx| act.lookup(msg.0, ctx)))
+        MessageResult(guarded(self, ctx, |act, ctx| act.lookup(msg.0, msg.1, ctx)))
     }
 }
 
@@ -317,7 +322,7 @@ impl CacheClient {
         let bypass = |reason: &str| {
             self.metrics.cache_bypass.with_label_values(&[key.cache(), reason]).inc();
         };
-        match cache.send(Get(key.clone())).timeout(ASK_TIMEOUT).await {
+        match cache.send(Get(key.clone(), tracing::Span::current())).timeout(ASK_TIMEOUT).await {
             Ok(Some(Lookup::Ready(value))) => return Ok(value),
             Ok(Some(Lookup::Pending(pending))) => match actix_rt::time::timeout(self.wait_timeout, pending).await {
                 Ok(Ok(Some(value))) => return Ok(value),

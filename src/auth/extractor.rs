@@ -1,14 +1,14 @@
 //! `AuthUser`: the caller behind a valid bearer token, looked up fresh so that a deleted
 //! user's tokens stop working at once and role changes apply to the next request.
 
-use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+use actix_web::{dev::Payload, web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 
 use crate::{
     app::AppState,
     domain::user::{Permission, User},
     error::AppError,
-    http::auth_header::bearer_token,
+    http::{auth_header::bearer_token, middleware::rate_limit::VerifiedToken},
 };
 
 #[derive(Debug, Clone)]
@@ -49,10 +49,14 @@ impl FromRequest for AuthUser {
 
     fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
+        let verified = req.extensions().get::<VerifiedToken>().map(|token| token.0);
         let token = bearer_token(req).map(str::to_owned);
         Box::pin(async move {
             let state = state.ok_or_else(|| AppError::Internal("application state missing".into()))?;
-            let user_id = state.tokens.verify(&token.ok_or_else(unauthorized)?)?;
+            let user_id = match verified {
+                Some(user_id) => user_id,
+                None => state.tokens.verify(&token.ok_or_else(unauthorized)?)?,
+            };
             let user = state.cache.user(user_id).await?.ok_or_else(unauthorized)?;
             Ok(AuthUser(user))
         })
