@@ -16,7 +16,7 @@ use crate::{
         user::Permission,
     },
     error::{AppError, FieldError},
-    http::{idempotency, users::PageQuery},
+    http::{idempotency, paging::PageQuery},
 };
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]

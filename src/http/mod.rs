@@ -10,6 +10,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod ops;
 pub mod orders;
+pub mod paging;
 pub mod products;
 pub mod users;
 

@@ -2,7 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
@@ -11,25 +11,12 @@ use crate::{
     auth::AuthUser,
     db::users::{DeleteUser, FindActiveUser, ListUsers, UpdateUser, UserChanges},
     domain::{
-        paging::{Page, PageRequest},
+        paging::Page,
         user::{normalize_email, normalize_name, validate_password, Permission, Role, User},
     },
     error::{AppError, FieldError},
+    http::paging::PageQuery,
 };
-
-#[derive(Debug, Deserialize, IntoParams)]
-pub struct PageQuery {
-    /// Page number, from 1.
-    pub page: Option<i64>,
-    /// Items per page, 1–100 (larger values are clamped to 100).
-    pub per_page: Option<i64>,
-}
-
-impl PageQuery {
-    pub fn to_request(&self) -> Result<PageRequest, AppError> {
-        PageRequest::new(self.page, self.per_page).map_err(AppError::Validation)
-    }
-}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

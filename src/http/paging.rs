@@ -1,0 +1,20 @@
+//! The `?page=&per_page=` query every plain list accepts.
+
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::{domain::paging::PageRequest, error::AppError};
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PageQuery {
+    /// Page number, from 1.
+    pub page: Option<i64>,
+    /// Items per page, 1–100 (larger values are clamped to 100).
+    pub per_page: Option<i64>,
+}
+
+impl PageQuery {
+    pub fn to_request(&self) -> Result<PageRequest, AppError> {
+        PageRequest::new(self.page, self.per_page).map_err(AppError::Validation)
+    }
+}
