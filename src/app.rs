@@ -76,6 +76,8 @@ impl Application {
         let newest_event = prepare_database(&config)?;
 
         let metrics = Arc::new(Metrics::new());
+        // This replica, as named in the outbox events it writes.
+        let origin = uuid::Uuid::now_v7();
         let health = {
             let metrics = Arc::clone(&metrics);
             let interval = config.health_probe_interval;
@@ -85,6 +87,7 @@ impl Application {
         let db = DbGateway::start(
             db::build_pool(&config.database),
             DbGatewaySettings {
+                origin,
                 workers: config.db_workers,
                 queue_depth: config.db_queue_depth,
                 timeout: config.db_timeout,
@@ -114,7 +117,7 @@ impl Application {
         let event_relay = config.cache_capacity.is_some().then(|| {
             let (db, cache, interval, reporter) =
                 (db.clone(), cache.clone(), config.event_poll_interval, reporter.clone());
-            Supervisor::start(move |_| EventRelay::new(db, cache, interval, newest_event, reporter))
+            Supervisor::start(move |_| EventRelay::new(origin, db, cache, interval, newest_event, reporter))
         });
         let rate_limiter = {
             let (quotas, max_keys) = (config.rate_limits, config.rate_limit_max_keys);

@@ -18,7 +18,7 @@ use super::{
     supervision::{catch_panic, RestartReporter},
 };
 use crate::{
-    db::{DbConnection, DbPool},
+    db::{outbox, DbConnection, DbPool},
     error::AppError,
     metrics::Metrics,
 };
@@ -102,6 +102,8 @@ pub struct DbGateway {
 }
 
 pub struct DbGatewaySettings {
+    /// This replica's id, written into the outbox events it appends.
+    pub origin: uuid::Uuid,
     pub workers: usize,
     pub queue_depth: usize,
     pub timeout: Duration,
@@ -110,10 +112,11 @@ pub struct DbGatewaySettings {
 impl DbGateway {
     pub fn start(pool: DbPool, settings: DbGatewaySettings, reporter: RestartReporter, metrics: Arc<Metrics>) -> Self {
         let factory_metrics = Arc::clone(&metrics);
-        let addr = SyncArbiter::start(settings.workers, move || DbExecutor {
-            pool: pool.clone(),
-            reporter: reporter.clone(),
-            metrics: Arc::clone(&factory_metrics),
+        let origin = settings.origin;
+        // The factory runs on the executor thread itself (again after each restart).
+        let addr = SyncArbiter::start(settings.workers, move || {
+            outbox::set_origin_for_this_thread(origin);
+            DbExecutor { pool: pool.clone(), reporter: reporter.clone(), metrics: Arc::clone(&factory_metrics) }
         });
         Self {
             addr,

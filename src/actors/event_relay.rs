@@ -22,6 +22,8 @@ const ACTOR: &str = "event_relay";
 const BATCH: i64 = 1000;
 
 pub struct EventRelay {
+    /// This replica: its own events were acted on when written.
+    origin: String,
     db: DbGateway,
     cache: CacheClient,
     interval: Duration,
@@ -34,13 +36,14 @@ pub struct EventRelay {
 impl EventRelay {
     /// `start_after` is the newest event id when the service started (its cache empty).
     pub fn new(
+        origin: Uuid,
         db: DbGateway,
         cache: CacheClient,
         interval: Duration,
         start_after: i64,
         reporter: RestartReporter,
     ) -> Self {
-        Self { db, cache, interval, last_id: Some(start_after), polling: false, reporter }
+        Self { origin: origin.to_string(), db, cache, interval, last_id: Some(start_after), polling: false, reporter }
     }
 
     fn poll(&mut self, ctx: &mut Context<Self>) {
@@ -74,6 +77,9 @@ impl EventRelay {
         let mut last = start;
         for event in events {
             last = last.max(event.id);
+            if event.origin.as_deref() == Some(self.origin.as_str()) {
+                continue;
+            }
             if let Some(key) = invalidated_by(event) {
                 self.cache.invalidate(key);
             }

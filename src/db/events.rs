@@ -12,6 +12,7 @@ pub struct StoredEvent {
     pub kind: String,
     pub user_id: Option<String>,
     pub payload: String,
+    pub origin: Option<String>,
 }
 
 /// The id of the newest event (0 when there is none): where a new tail starts.
@@ -37,7 +38,7 @@ impl UseCase for EventsAfter {
             .filter(events::id.gt(self.after))
             .order(events::id.asc())
             .limit(self.limit)
-            .select((events::id, events::topic, events::kind, events::user_id, events::payload))
+            .select((events::id, events::topic, events::kind, events::user_id, events::payload, events::origin))
             .load(conn)?)
     }
 }

@@ -3,13 +3,28 @@
 //! ids are handed out in commit order and a reader tailing `id > last` never skips a row
 //! that commits later. SQLite writers are serialised by `BEGIN IMMEDIATE` already.
 
+use std::cell::Cell;
+
 use diesel::prelude::*;
 use serde_json::Value;
+use uuid::Uuid;
 
 use super::{schema::events, DbConnection};
 use crate::{domain::clock, error::AppError};
 
 const OUTBOX_LOCK_KEY: i64 = 0x5354_4f52_4f55_5442; // "STOROUTB"
+
+thread_local! {
+    /// The running replica, set once on each of its DbExecutor threads (which belong to one
+    /// app), so every event names the replica that wrote it without threading it through
+    /// every use case. Outside a DbExecutor (the CLI) it is unset.
+    static ORIGIN: Cell<Option<Uuid>> = const { Cell::new(None) };
+}
+
+/// Marks this thread as a DbExecutor thread of replica `origin`.
+pub fn set_origin_for_this_thread(origin: Uuid) {
+    ORIGIN.with(|cell| cell.set(Some(origin)));
+}
 
 pub mod topic {
     pub const PRODUCTS: &str = "products";
@@ -52,6 +67,7 @@ pub fn append(conn: &mut DbConnection, new_events: Vec<NewEvent>) -> Result<(), 
         diesel::sql_query(format!("SELECT pg_advisory_xact_lock({OUTBOX_LOCK_KEY})")).execute(conn)?;
     }
     let now = clock::now();
+    let origin = ORIGIN.with(Cell::get).map(|id| id.to_string());
     for event in new_events {
         diesel::insert_into(events::table)
             .values((
@@ -59,6 +75,7 @@ pub fn append(conn: &mut DbConnection, new_events: Vec<NewEvent>) -> Result<(), 
                 events::kind.eq(event.kind),
                 events::user_id.eq(event.user_id),
                 events::payload.eq(event.payload.to_string()),
+                events::origin.eq(&origin),
                 events::created_at.eq(now),
             ))
             .execute(conn)?;

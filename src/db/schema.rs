@@ -108,6 +108,7 @@ diesel::table! {
         kind -> Text,
         user_id -> Nullable<Text>,
         payload -> Text,
+        origin -> Nullable<Text>,
         created_at -> Timestamp,
     }
 }

@@ -79,6 +79,8 @@ CREATE TABLE events (
     kind       TEXT NOT NULL,
     user_id    TEXT,
     payload    TEXT NOT NULL,
+    -- The replica that wrote it, so a replica's relay can skip what it already knows.
+    origin     TEXT,
     created_at TIMESTAMP NOT NULL
 );
 CREATE INDEX events_created ON events (created_at);
