@@ -257,7 +257,10 @@ async fn slow_database_requests_time_out_with_503_or_504(backend: Backend) {
     // The first request starts and overruns: it may have changed something, so 504.
     // The second waits behind it and is withdrawn before it starts: nothing ran, so 503.
     let (overran, withdrawn) = tokio::join!(stall(1500), async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Queue the second only once the first holds the only worker.
+        while app.metric("storefront_db_in_flight").await < 1.0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         stall(0).await
     });
     let body = assert_problem(overran, 504).await;
