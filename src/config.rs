@@ -39,13 +39,6 @@ impl DatabaseUrl {
         }
         Err(invalid("must start with sqlite://, postgres:// or postgresql://"))
     }
-
-    pub fn backend_name(&self) -> &'static str {
-        match self {
-            Self::Sqlite { .. } => "sqlite",
-            Self::Postgres { .. } => "postgres",
-        }
-    }
 }
 
 /// Passwords may sit inside the URL; Debug shows the backend and never the credentials.

@@ -116,13 +116,6 @@ pub fn build_pool(config: &DatabaseConfig) -> DbPool {
 }
 
 impl DbConnection {
-    pub fn backend_name(&self) -> &'static str {
-        match self {
-            Self::Postgres(_) => "postgres",
-            Self::Sqlite(_) => "sqlite",
-        }
-    }
-
     /// A read-then-write transaction. On SQLite it begins `IMMEDIATE`, taking the write
     /// lock up front: a deferred transaction that upgrades its lock fails with SQLITE_BUSY
     /// at once instead of waiting. PostgreSQL uses an ordinary transaction.

@@ -17,7 +17,7 @@ use crate::{
     domain::{
         clock,
         paging::{Page, PageRequest},
-        user::{login_retry_after, Role, User, LOGIN_FAILURE_WINDOW},
+        user::{login_retry_after, login_window_start, Role, User},
     },
     error::AppError,
 };
@@ -126,10 +126,6 @@ pub struct LoginAttempt {
     pub attempt_id: i64,
 }
 
-fn window_start(now: NaiveDateTime) -> NaiveDateTime {
-    now - chrono::Duration::from_std(LOGIN_FAILURE_WINDOW).unwrap_or(chrono::Duration::MAX)
-}
-
 /// Refuses while the email is throttled; otherwise records the attempt as a failure until
 /// it is proven otherwise, and finds the email's credentials. Counting and recording happen
 /// in one transaction (serialised per email), so parallel guesses cannot slip past the limit.
@@ -151,7 +147,7 @@ impl UseCase for BeginLogin {
             let now = clock::now();
             let failures: Vec<NaiveDateTime> = login_failures::table
                 .filter(login_failures::email.eq(&email))
-                .filter(login_failures::failed_at.gt(window_start(now)))
+                .filter(login_failures::failed_at.gt(login_window_start(now)))
                 .select(login_failures::failed_at)
                 .load(conn)?;
             if let Some(retry_after_secs) = login_retry_after(&failures, now) {
@@ -161,7 +157,7 @@ impl UseCase for BeginLogin {
                 });
             }
             diesel::delete(login_failures::table.filter(login_failures::email.eq(&email)))
-                .filter(login_failures::failed_at.le(window_start(now)))
+                .filter(login_failures::failed_at.le(login_window_start(now)))
                 .execute(conn)?;
             diesel::insert_into(login_failures::table)
                 .values((login_failures::email.eq(&email), login_failures::failed_at.eq(now)))

@@ -63,16 +63,6 @@ impl<T> Page<T> {
             total_pages: (total + per_page - 1) / per_page,
         }
     }
-
-    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
-        Page {
-            data: self.data.into_iter().map(f).collect(),
-            page: self.page,
-            per_page: self.per_page,
-            total: self.total,
-            total_pages: self.total_pages,
-        }
-    }
 }
 
 #[cfg(test)]

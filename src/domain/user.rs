@@ -24,11 +24,16 @@ pub struct User {
 pub const LOGIN_FAILURE_LIMIT: usize = 5;
 pub const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
+/// Failures before this instant no longer count against an email.
+pub fn login_window_start(now: NaiveDateTime) -> NaiveDateTime {
+    now - chrono::Duration::from_std(LOGIN_FAILURE_WINDOW).unwrap_or(chrono::Duration::MAX)
+}
+
 /// Seconds until a login for this email may be tried again, given the times of its recent
 /// failures; `None` while fewer than the limit fall inside the window.
 pub fn login_retry_after(failures: &[NaiveDateTime], now: NaiveDateTime) -> Option<u64> {
     let window = chrono::Duration::from_std(LOGIN_FAILURE_WINDOW).unwrap_or(chrono::Duration::MAX);
-    let mut recent: Vec<NaiveDateTime> = failures.iter().copied().filter(|at| *at > now - window).collect();
+    let mut recent: Vec<NaiveDateTime> = failures.iter().copied().filter(|at| *at > login_window_start(now)).collect();
     if recent.len() < LOGIN_FAILURE_LIMIT {
         return None;
     }
