@@ -6,6 +6,7 @@ use std::{io, net::TcpListener, sync::Arc, time::Duration};
 use actix::{Addr, Supervisor};
 use actix_cors::Cors;
 use actix_web::{dev::ServerHandle, http::header, middleware::from_fn, web, App, HttpServer};
+use tokio::sync::{watch, Notify};
 use tracing_actix_web::TracingLogger;
 
 use crate::{
@@ -13,15 +14,16 @@ use crate::{
     actors::{
         cache::{Cache, CacheClient},
         db_executor::DbGatewaySettings,
-        event_relay::EventRelay,
-        health::{BeginShutdown, Health, WatchDatabase},
+        event_hub::{EventHub, HubLimits},
+        event_relay::{EventRelay, RelaySettings},
+        health::{BeginShutdown, Health, WatchDatabase, WatchOps},
         janitor::{Janitor, Retention},
         rate_limiter::RateLimiter,
         supervision::RestartReporter,
         DbGateway,
     },
     auth::{password::Passwords, tokens::TokenKeys},
-    config::Config,
+    config::{Config, DatabaseUrl},
     db::{self, events::LatestEventId, migrations, ConnectionManager},
     http::{
         self, extract,
@@ -44,6 +46,10 @@ pub struct AppState {
     pub tokens: Arc<TokenKeys>,
     pub cache: CacheClient,
     pub rate_limiter: Addr<RateLimiter>,
+    pub hub: Addr<EventHub>,
+    pub event_relay: Addr<EventRelay>,
+    /// Turns true when shutdown begins: live-updates sessions close with 1001.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 #[derive(Debug, derive_more::Display)]
@@ -63,9 +69,9 @@ pub struct Application {
     port: u16,
     shutdown_drain: Duration,
     health: Addr<Health>,
+    shutdown: watch::Sender<bool>,
     /// Held so these live as long as the server.
     _janitor: Addr<Janitor>,
-    _event_relay: Option<Addr<EventRelay>>,
 }
 
 impl Application {
@@ -84,6 +90,7 @@ impl Application {
             Supervisor::start(move |_| Health::new(metrics, interval))
         };
         let reporter = RestartReporter::new(Arc::clone(&metrics), health.clone().recipient());
+        let outbox_appended = Arc::new(Notify::new());
         let db = DbGateway::start(
             db::build_pool(&config.database),
             DbGatewaySettings {
@@ -91,6 +98,7 @@ impl Application {
                 workers: config.db_workers,
                 queue_depth: config.db_queue_depth,
                 timeout: config.db_timeout,
+                outbox_appended: Arc::clone(&outbox_appended),
             },
             reporter.clone(),
             Arc::clone(&metrics),
@@ -114,16 +122,36 @@ impl Application {
             });
             CacheClient::new(addr, db.clone(), Arc::clone(&metrics), config.db_timeout + Duration::from_millis(500))
         };
-        let event_relay = config.cache_capacity.is_some().then(|| {
-            let (db, cache, interval, reporter) =
-                (db.clone(), cache.clone(), config.event_poll_interval, reporter.clone());
-            Supervisor::start(move |_| EventRelay::new(origin, db, cache, interval, newest_event, reporter))
-        });
+        let hub = {
+            let limits = HubLimits {
+                max_connections: config.live_updates.max_connections,
+                max_connections_per_user: config.live_updates.max_connections_per_user,
+                max_pending: config.live_updates.max_pending,
+            };
+            let (db, reporter) = (db.clone(), reporter.clone());
+            Supervisor::start(move |_| EventHub::new(limits, newest_event, db, reporter))
+        };
+        health.do_send(WatchOps(hub.clone().recipient()));
+        let event_relay = {
+            let settings = RelaySettings {
+                origin,
+                interval: config.event_poll_interval,
+                start_after: newest_event,
+                wake: outbox_appended,
+                listen_url: match &config.database.url {
+                    DatabaseUrl::Postgres { url } => Some(url.clone()),
+                    DatabaseUrl::Sqlite { .. } => None,
+                },
+            };
+            let (db, cache, hub, reporter) = (db.clone(), cache.clone(), hub.clone(), reporter.clone());
+            Supervisor::start(move |_| EventRelay::new(settings, db, cache, hub, reporter))
+        };
         let rate_limiter = {
             let (quotas, max_keys) = (config.rate_limits, config.rate_limit_max_keys);
             let (metrics, reporter) = (Arc::clone(&metrics), reporter.clone());
             Supervisor::start(move |_| RateLimiter::new(quotas, max_keys, metrics, reporter))
         };
+        let (shutdown, shutdown_rx) = watch::channel(false);
         let passwords = Passwords::start(config.password_hasher_threads, reporter)
             .map_err(|error| StartupError::Internal(error.to_string()))?;
 
@@ -136,6 +164,9 @@ impl Application {
             tokens: Arc::new(TokenKeys::new(&config.jwt_secret, config.jwt_ttl)),
             cache,
             rate_limiter,
+            hub,
+            event_relay,
+            shutdown: shutdown_rx,
         };
         let listener = TcpListener::bind(config.bind_addr)
             .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;
@@ -170,14 +201,7 @@ impl Application {
             address = %config.bind_addr, port, database = ?config.database.url, workers = config.db_workers,
             "storefront is listening"
         );
-        Ok(Self {
-            server,
-            port,
-            shutdown_drain: config.shutdown_drain,
-            health,
-            _janitor: janitor,
-            _event_relay: event_relay,
-        })
+        Ok(Self { server, port, shutdown_drain: config.shutdown_drain, health, shutdown, _janitor: janitor })
     }
 
     pub fn port(&self) -> u16 {
@@ -194,12 +218,15 @@ impl Application {
     /// second signal skips whatever waiting is left.
     pub async fn run_until_stopped(self) -> io::Result<()> {
         let handle = self.server.handle();
-        let (health, drain) = (self.health.clone(), self.shutdown_drain);
+        let (health, drain, live_updates) = (self.health.clone(), self.shutdown_drain, self.shutdown);
         actix_rt::spawn(async move {
             wait_for_stop_signal().await;
             health.do_send(BeginShutdown);
             tracing::info!(drain_seconds = drain.as_secs(), "stop signal received; readiness fails, draining");
             let drained = first_of(actix_rt::time::sleep(drain), wait_for_stop_signal()).await;
+            // Live-updates sessions say goodbye (1001) and end, so the graceful stop that
+            // follows is not held up by connections that never finish on their own.
+            live_updates.send_replace(true);
             if drained && first_of(handle.stop(true), wait_for_stop_signal()).await {
                 return;
             }

@@ -134,6 +134,14 @@ pub struct ServeArgs {
     pub idempotency_key_retention_hours: String,
     #[arg(long, env = "JANITOR_INTERVAL_SECONDS", default_value = "300")]
     pub janitor_interval_seconds: String,
+    #[arg(long, env = "WS_MAX_PENDING", default_value = "256")]
+    pub ws_max_pending: String,
+    #[arg(long, env = "WS_PING_INTERVAL_SECONDS", default_value = "20")]
+    pub ws_ping_interval_seconds: String,
+    #[arg(long, env = "WS_MAX_CONNECTIONS", default_value = "20000")]
+    pub ws_max_connections: String,
+    #[arg(long, env = "WS_MAX_CONNECTIONS_PER_USER", default_value = "16")]
+    pub ws_max_connections_per_user: String,
     #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
     #[arg(long, env = "CHAOS_TOKEN", hide_env_values = true)]

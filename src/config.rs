@@ -128,6 +128,17 @@ pub struct Config {
     pub janitor_interval: Duration,
     pub metrics_token: Option<Secret>,
     pub chaos_token: Option<Secret>,
+    pub live_updates: LiveUpdatesConfig,
+}
+
+/// Limits of the WebSocket live updates.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveUpdatesConfig {
+    /// Messages queued for one connection before its subscriber counts as too slow.
+    pub max_pending: usize,
+    pub ping_interval: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, derive_more::Display, derive_more::Error)]
@@ -316,6 +327,22 @@ impl Config {
             )?),
             metrics_token: non_empty_secret("METRICS_TOKEN", args.metrics_token.as_deref())?,
             chaos_token: non_empty_secret("CHAOS_TOKEN", args.chaos_token.as_deref())?,
+            live_updates: LiveUpdatesConfig {
+                max_pending: parse_number("WS_MAX_PENDING", &args.ws_max_pending, 1, 1_000_000)?,
+                ping_interval: Duration::from_secs(parse_number(
+                    "WS_PING_INTERVAL_SECONDS",
+                    &args.ws_ping_interval_seconds,
+                    1,
+                    3_600,
+                )?),
+                max_connections: parse_number("WS_MAX_CONNECTIONS", &args.ws_max_connections, 0, 10_000_000)?,
+                max_connections_per_user: parse_number(
+                    "WS_MAX_CONNECTIONS_PER_USER",
+                    &args.ws_max_connections_per_user,
+                    1,
+                    1_000_000,
+                )?,
+            },
         })
     }
 }

@@ -2,7 +2,8 @@
 //! several apps in one process), and collectors are atomics, so sharing it is lock-free.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -21,6 +22,22 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub rate_limit_keys: IntGauge,
     pub rate_limiter_fail_open: IntCounter,
+    pub ws_connections: IntGauge,
+    pub ws_events_sent: IntCounterVec,
+    pub ws_disconnects: IntCounterVec,
+    pub event_delivery: Histogram,
+}
+
+/// Why a live-updates connection ended: the `reason` label of `ws_disconnects_total`.
+pub mod disconnect_reason {
+    pub const CLIENT: &str = "client";
+    pub const SLOW_CONSUMER: &str = "slow_consumer";
+    pub const TOKEN_EXPIRED: &str = "token_expired";
+    pub const USER_DELETED: &str = "user_deleted";
+    pub const HEARTBEAT: &str = "heartbeat";
+    pub const SHUTDOWN: &str = "shutdown";
+    pub const PROTOCOL: &str = "protocol";
+    pub const ALL: [&str; 7] = [CLIENT, SLOW_CONSUMER, TOKEN_EXPIRED, USER_DELETED, HEARTBEAT, SHUTDOWN, PROTOCOL];
 }
 
 /// Registration only fails for a duplicate or malformed name; the names below are fixed
@@ -113,7 +130,46 @@ impl Metrics {
             IntCounter::new("rate_limiter_fail_open_total", "Requests let through because the limiter did not answer")
                 .expect("valid metric"),
         );
+        let ws_connections = register(
+            &registry,
+            IntGauge::new("ws_connections", "Open live-updates WebSocket connections").expect("valid metric"),
+        );
+        let ws_events_sent = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("ws_events_sent_total", "Events written to WebSocket subscribers"),
+                &["topic"],
+            )
+            .expect("valid metric"),
+        );
+        let ws_disconnects = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("ws_disconnects_total", "WebSocket connections ended, by reason"),
+                &["reason"],
+            )
+            .expect("valid metric"),
+        );
+        let event_delivery = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new("event_delivery_seconds", "From an event's commit to its write to a subscriber")
+                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            )
+            .expect("valid metric"),
+        );
+        // Every series exists from the start, so dashboards and alerts see zeros, not gaps.
+        for topic in crate::domain::live::Topic::ALL {
+            ws_events_sent.with_label_values(&[topic.name()]);
+        }
+        for reason in disconnect_reason::ALL {
+            ws_disconnects.with_label_values(&[reason]);
+        }
         Self {
+            ws_connections,
+            ws_events_sent,
+            ws_disconnects,
+            event_delivery,
             registry,
             cache_requests,
             cache_loads,

@@ -11,6 +11,7 @@ use std::{
 };
 
 use actix::{Actor, ActorContext, Addr, Handler, MailboxError, Message, SyncArbiter, SyncContext};
+use tokio::sync::Notify;
 use tracing::Span;
 
 use super::{
@@ -52,6 +53,8 @@ pub struct DbExecutor {
     pool: DbPool,
     reporter: RestartReporter,
     metrics: Arc<Metrics>,
+    /// Woken when a use case appended outbox events, so the relay reads them at once.
+    outbox_appended: Arc<Notify>,
 }
 
 impl Actor for DbExecutor {
@@ -84,6 +87,9 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
             })?;
             use_case.run(&mut conn)
         });
+        if outbox::take_appended() {
+            self.outbox_appended.notify_one();
+        }
         outcome.unwrap_or_else(|payload| {
             // The SyncArbiter builds a fresh DbExecutor for this thread after stop().
             ctx.stop();
@@ -107,16 +113,24 @@ pub struct DbGatewaySettings {
     pub workers: usize,
     pub queue_depth: usize,
     pub timeout: Duration,
+    /// Notified after each use case that appended outbox events.
+    pub outbox_appended: Arc<Notify>,
 }
 
 impl DbGateway {
     pub fn start(pool: DbPool, settings: DbGatewaySettings, reporter: RestartReporter, metrics: Arc<Metrics>) -> Self {
         let factory_metrics = Arc::clone(&metrics);
         let origin = settings.origin;
+        let outbox_appended = settings.outbox_appended;
         // The factory runs on the executor thread itself (again after each restart).
         let addr = SyncArbiter::start(settings.workers, move || {
             outbox::set_origin_for_this_thread(origin);
-            DbExecutor { pool: pool.clone(), reporter: reporter.clone(), metrics: Arc::clone(&factory_metrics) }
+            DbExecutor {
+                pool: pool.clone(),
+                reporter: reporter.clone(),
+                metrics: Arc::clone(&factory_metrics),
+                outbox_appended: Arc::clone(&outbox_appended),
+            }
         });
         Self {
             addr,

@@ -1,82 +1,122 @@
-//! The EventRelay tails the transactional outbox and forwards what it reads. For now its
-//! one consumer is the Cache: a replica invalidates its own cache synchronously when it
-//! writes, and learns of every other replica's writes here, within one poll interval.
+//! The EventRelay is the one reader of the transactional outbox. It tails `id > last` and
+//! hands every event to the EventHub (live updates, this replica's own events included)
+//! and drops the cache entries other replicas' writes made stale (this replica's own
+//! writes invalidate synchronously, for read-your-writes).
+//!
+//! It reads as soon as it is woken — by this replica's DbExecutor after a use case that
+//! appended events, and on PostgreSQL by a `NOTIFY` from any replica — and otherwise every
+//! `EVENT_POLL_INTERVAL_MS`, which is the fallback (and the SQLite path across replicas).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use actix::{fut::wrap_future, Actor, ActorFutureExt, AsyncContext, Context, Supervised};
+use actix::{fut::wrap_future, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, Supervised};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
     cache::{CacheClient, CacheKey},
+    chaos::crashed,
     db_executor::DbGateway,
+    event_hub::{EventHub, Publish},
     supervision::{guarded, Guarded, PanicPayload, RestartReporter},
+    Crash,
 };
-use crate::db::{
-    events::{EventsAfter, LatestEventId, StoredEvent},
-    outbox::topic,
+use crate::{
+    db::{
+        events::{EventsAfter, StoredEvent},
+        outbox::topic,
+        outbox_listener,
+    },
+    error::AppError,
 };
 
 const ACTOR: &str = "event_relay";
-/// Events read per poll; a longer backlog is read on the following polls.
+/// Events read per poll; a longer backlog is read by the polls that follow at once.
 const BATCH: i64 = 1000;
 
+pub struct RelaySettings {
+    /// This replica: its own events were already invalidated in the cache when written.
+    pub origin: Uuid,
+    pub interval: Duration,
+    /// The newest event id when the service started: the tail starts after it.
+    pub start_after: i64,
+    /// Woken when events were appended (by this replica, or by any replica via NOTIFY).
+    pub wake: Arc<Notify>,
+    /// A PostgreSQL URL to LISTEN on; `None` on SQLite.
+    pub listen_url: Option<String>,
+}
+
 pub struct EventRelay {
-    /// This replica: its own events were acted on when written.
     origin: String,
     db: DbGateway,
     cache: CacheClient,
+    hub: Addr<EventHub>,
     interval: Duration,
-    /// The last event handled; `None` until the tail's start is known.
-    last_id: Option<i64>,
+    wake: Arc<Notify>,
+    listen_url: Option<String>,
+    /// The last event handed on. Kept across a restart: what a panic interrupted is read
+    /// again, and the hub ignores ids it already has.
+    last_id: i64,
     polling: bool,
+    /// A wake-up came while a poll was running: poll again when it ends.
+    again: bool,
     reporter: RestartReporter,
 }
 
 impl EventRelay {
-    /// `start_after` is the newest event id when the service started (its cache empty).
     pub fn new(
-        origin: Uuid,
+        settings: RelaySettings,
         db: DbGateway,
         cache: CacheClient,
-        interval: Duration,
-        start_after: i64,
+        hub: Addr<EventHub>,
         reporter: RestartReporter,
     ) -> Self {
-        Self { origin: origin.to_string(), db, cache, interval, last_id: Some(start_after), polling: false, reporter }
+        Self {
+            origin: settings.origin.to_string(),
+            db,
+            cache,
+            hub,
+            interval: settings.interval,
+            wake: settings.wake,
+            listen_url: settings.listen_url,
+            last_id: settings.start_after,
+            polling: false,
+            again: false,
+            reporter,
+        }
     }
 
     fn poll(&mut self, ctx: &mut Context<Self>) {
         if self.polling {
+            self.again = true;
             return;
         }
         self.polling = true;
+        self.again = false;
         let db = self.db.clone();
         let after = self.last_id;
-        ctx.spawn(
-            wrap_future(async move {
-                match after {
-                    // Start again at the tail (after a restart, which also emptied the cache).
-                    None => db.run(LatestEventId).await.map(|latest| (latest, Vec::new())),
-                    Some(after) => db.run(EventsAfter { after, limit: BATCH }).await.map(|events| (after, events)),
-                }
-            })
-            .map(|outcome, act: &mut Self, ctx| {
-                guarded(act, ctx, |act, _| {
+        ctx.spawn(wrap_future(async move { db.run(EventsAfter { after, limit: BATCH }).await }).map(
+            move |outcome, act: &mut Self, ctx| {
+                guarded(act, ctx, |act, ctx| {
                     act.polling = false;
                     match outcome {
-                        Ok((start, events)) => act.forward(start, &events),
-                        Err(error) => tracing::debug!(%error, "outbox poll failed; will retry"),
+                        Ok(events) => {
+                            let full = events.len() as i64 == BATCH;
+                            act.forward(after, events);
+                            if full || act.again {
+                                act.poll(ctx);
+                            }
+                        }
+                        Err(error) => tracing::warn!(%error, after, "outbox poll failed; will retry"),
                     }
                 });
-            }),
-        );
+            },
+        ));
     }
 
-    fn forward(&mut self, start: i64, events: &[StoredEvent]) {
-        let mut last = start;
-        for event in events {
-            last = last.max(event.id);
+    fn forward(&mut self, after: i64, events: Vec<StoredEvent>) {
+        let Some(last) = events.last().map(|event| event.id) else { return };
+        for event in &events {
             if event.origin.as_deref() == Some(self.origin.as_str()) {
                 continue;
             }
@@ -84,7 +124,10 @@ impl EventRelay {
                 self.cache.invalidate(key);
             }
         }
-        self.last_id = Some(last);
+        // do_send: an event must never be dropped for a full mailbox; the relay reads at
+        // most one batch at a time, so the hub's mailbox stays bounded by that.
+        self.hub.do_send(Publish { after, events });
+        self.last_id = last;
     }
 }
 
@@ -100,13 +143,39 @@ fn invalidated_by(event: &StoredEvent) -> Option<CacheKey> {
     }
 }
 
+/// Read the outbox now.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Wake;
+
+impl Handler<Wake> for EventRelay {
+    type Result = ();
+    fn handle(&mut self, _msg: Wake, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, ctx| act.poll(ctx));
+    }
+}
+
 impl Actor for EventRelay {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.polling = false;
-        ctx.run_interval(self.interval, |act, ctx| {
-            guarded(act, ctx, |act, ctx| act.poll(ctx));
+        // Runs again after a restart; whatever was spawned before went with the old context.
+        guarded(self, ctx, |act, ctx| {
+            act.polling = false;
+            ctx.run_interval(act.interval, |act, ctx| {
+                guarded(act, ctx, |act, ctx| act.poll(ctx));
+            });
+            let (wake, relay) = (Arc::clone(&act.wake), ctx.address());
+            ctx.spawn(wrap_future(async move {
+                loop {
+                    wake.notified().await;
+                    relay.do_send(Wake);
+                }
+            }));
+            if let Some(url) = act.listen_url.clone() {
+                ctx.spawn(wrap_future(outbox_listener::wake_on_notify(url, Arc::clone(&act.wake))));
+            }
+            act.poll(ctx);
         });
     }
 }
@@ -119,8 +188,14 @@ impl Guarded for EventRelay {
 
 impl Supervised for EventRelay {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        // Events may have been missed mid-panic: everything cached could be stale.
-        self.last_id = None;
+        // Invalidations may have been missed mid-panic: everything cached could be stale.
         self.cache.clear();
+    }
+}
+
+impl Handler<Crash> for EventRelay {
+    type Result = Result<(), AppError>;
+    fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
+        guarded(self, ctx, |_, _| msg.detonate()).ok_or_else(|| crashed(ACTOR))
     }
 }

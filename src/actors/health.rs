@@ -1,10 +1,13 @@
 //! The Health actor owns readiness: the last database probe, whether shutdown has begun,
 //! and the ledger of actor restarts. `/readyz` asks it and never waits on the database.
+//! It is also where operators' live events come from: each restart and each change of
+//! readiness goes to the EventHub's `ops` topic.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use actix::{
-    fut::wrap_future, Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, Supervised,
+    fut::wrap_future, Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, Recipient,
+    Supervised,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
@@ -12,6 +15,7 @@ use serde_json::{json, Value};
 use super::{
     chaos::crashed,
     db_executor::{DbGateway, Ping},
+    event_hub::OpsEvent,
     supervision::{guarded, record_panic, ActorRestarted, Guarded, PanicPayload},
     Crash,
 };
@@ -41,6 +45,10 @@ pub struct Health {
     probe_in_flight: bool,
     shutting_down: bool,
     restarts: BTreeMap<&'static str, RestartRecord>,
+    /// Where `ops` events go, once the hub exists (it is built after Health).
+    ops: Option<Recipient<OpsEvent>>,
+    /// Readiness as last announced on `ops`.
+    announced_ready: Option<bool>,
 }
 
 impl Health {
@@ -53,6 +61,8 @@ impl Health {
             probe_in_flight: false,
             shutting_down: false,
             restarts: BTreeMap::new(),
+            ops: None,
+            announced_ready: None,
         }
     }
 
@@ -78,6 +88,23 @@ impl Health {
         self.probe = if passed { Probe::Passed { at, latency } } else { Probe::Failed { at } };
         if passed != was_passing {
             tracing::info!(passed, "database readiness changed");
+        }
+        self.announce_readiness();
+    }
+
+    /// Tells `ops` subscribers when readiness flips (database down or up, shutting down).
+    fn announce_readiness(&mut self) {
+        let report = self.report();
+        if self.announced_ready == Some(report.ready) {
+            return;
+        }
+        self.announced_ready = Some(report.ready);
+        self.emit("health.changed", json!({"ready": report.ready, "checks": report.checks}));
+    }
+
+    fn emit(&self, kind: &'static str, data: Value) {
+        if let Some(ops) = &self.ops {
+            ops.do_send(OpsEvent { kind, data });
         }
     }
 
@@ -132,6 +159,10 @@ impl Health {
         record.count += 1;
         record.last_at = Some(restart.at);
         record.last_reason = restart.reason;
+        let data = json!({
+            "actor": restart.actor, "reason": record.last_reason, "at": rfc3339(&restart.at), "count": record.count,
+        });
+        self.emit("actor.restarted", data);
     }
 }
 
@@ -196,6 +227,18 @@ impl Handler<ActorRestarted> for Health {
     }
 }
 
+/// Hands Health the EventHub's `ops` topic.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchOps(pub Recipient<OpsEvent>);
+
+impl Handler<WatchOps> for Health {
+    type Result = ();
+    fn handle(&mut self, msg: WatchOps, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, _| act.ops = Some(msg.0));
+    }
+}
+
 /// Shutdown has begun: readiness fails from now on.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -206,7 +249,10 @@ impl Handler<BeginShutdown> for Health {
     fn handle(&mut self, _msg: BeginShutdown, ctx: &mut Context<Self>) {
         // Plain assignments cannot panic; the flag must be set whatever else happens.
         self.shutting_down = true;
-        guarded(self, ctx, |_, _| tracing::info!("shutdown begun; readiness now fails"));
+        guarded(self, ctx, |act, _| {
+            tracing::info!("shutdown begun; readiness now fails");
+            act.announce_readiness();
+        });
     }
 }
 

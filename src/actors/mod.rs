@@ -4,6 +4,7 @@ pub mod admission;
 pub mod cache;
 pub mod chaos;
 pub mod db_executor;
+pub mod event_hub;
 pub mod event_relay;
 pub mod health;
 pub mod janitor;

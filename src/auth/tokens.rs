@@ -72,11 +72,18 @@ impl TokenKeys {
 
     /// The user id of a valid token; any defect is the same 401 to the client.
     pub fn verify(&self, token: &str) -> Result<Uuid, AppError> {
+        self.verify_until(token).map(|(user_id, _)| user_id)
+    }
+
+    /// The user id of a valid token and when it expires (a live connection ends then).
+    pub fn verify_until(&self, token: &str) -> Result<(Uuid, chrono::DateTime<chrono::Utc>), AppError> {
         let invalid = || AppError::Unauthorized("The access token is missing, invalid or expired.".into());
         let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|error| {
             tracing::debug!(%error, "token rejected");
             invalid()
         })?;
-        Uuid::parse_str(&data.claims.sub).map_err(|_| invalid())
+        let user_id = Uuid::parse_str(&data.claims.sub).map_err(|_| invalid())?;
+        let expires_at = chrono::DateTime::from_timestamp(data.claims.exp, 0).ok_or_else(invalid)?;
+        Ok((user_id, expires_at))
     }
 }

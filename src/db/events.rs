@@ -1,8 +1,13 @@
-//! Reading the outbox back: what a replica tails to learn about other replicas' writes.
+//! Reading the outbox back: what the EventRelay tails, and what a live-updates subscriber
+//! resuming from an event id is replayed.
 
+use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use super::{schema::events, DbConnection};
+use super::{
+    schema::{events, outbox_watermark},
+    DbConnection,
+};
 use crate::{actors::UseCase, error::AppError};
 
 #[derive(Debug, Clone, Queryable)]
@@ -13,7 +18,13 @@ pub struct StoredEvent {
     pub user_id: Option<String>,
     pub payload: String,
     pub origin: Option<String>,
+    pub created_at: NaiveDateTime,
 }
+
+type StoredEventColumns =
+    (events::id, events::topic, events::kind, events::user_id, events::payload, events::origin, events::created_at);
+const STORED_EVENT_COLUMNS: StoredEventColumns =
+    (events::id, events::topic, events::kind, events::user_id, events::payload, events::origin, events::created_at);
 
 /// The id of the newest event (0 when there is none): where a new tail starts.
 pub struct LatestEventId;
@@ -38,7 +49,48 @@ impl UseCase for EventsAfter {
             .filter(events::id.gt(self.after))
             .order(events::id.asc())
             .limit(self.limit)
-            .select((events::id, events::topic, events::kind, events::user_id, events::payload, events::origin))
+            .select(STORED_EVENT_COLUMNS)
             .load(conn)?)
+    }
+}
+
+/// One page of a replay: events on `topics` with `after < id <= through`, oldest first.
+pub struct ReplayPage {
+    pub after: i64,
+    pub through: i64,
+    pub topics: Vec<&'static str>,
+    pub limit: i64,
+}
+
+#[derive(Debug)]
+pub enum Replay {
+    Events(Vec<StoredEvent>),
+    /// Retention already pruned events after `after`: a gap-free replay is impossible.
+    Expired {
+        pruned_through: i64,
+    },
+}
+
+impl UseCase for ReplayPage {
+    type Output = Replay;
+    fn run(self, conn: &mut DbConnection) -> Result<Replay, AppError> {
+        let pruned_through: i64 = outbox_watermark::table
+            .select(outbox_watermark::pruned_through)
+            .first::<i64>(conn)
+            .optional()?
+            .unwrap_or(0);
+        if self.after < pruned_through {
+            return Ok(Replay::Expired { pruned_through });
+        }
+        Ok(Replay::Events(
+            events::table
+                .filter(events::id.gt(self.after))
+                .filter(events::id.le(self.through))
+                .filter(events::topic.eq_any(self.topics))
+                .order(events::id.asc())
+                .limit(self.limit)
+                .select(STORED_EVENT_COLUMNS)
+                .load(conn)?,
+        ))
     }
 }

@@ -4,7 +4,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::{
-    schema::{events, idempotency_keys, login_failures},
+    schema::{events, idempotency_keys, login_failures, outbox_watermark},
     DbConnection,
 };
 use crate::{actors::UseCase, error::AppError};
@@ -30,11 +30,27 @@ impl UseCase for PruneExpired {
                 idempotency_keys::table.filter(idempotency_keys::created_at.lt(self.idempotency_keys_before)),
             )
             .execute(conn)?,
-            events: diesel::delete(events::table.filter(events::created_at.lt(self.events_before))).execute(conn)?,
+            events: prune_events(conn, self.events_before)?,
             login_failures: diesel::delete(
                 login_failures::table.filter(login_failures::failed_at.lt(self.login_failures_before)),
             )
             .execute(conn)?,
         })
     }
+}
+
+/// Deletes events older than `before` and raises the watermark to the highest id deleted,
+/// in one transaction, so a subscriber resuming below it learns that its replay has a gap.
+fn prune_events(conn: &mut DbConnection, before: NaiveDateTime) -> Result<usize, AppError> {
+    conn.write_transaction(|conn| {
+        let expired = events::table.filter(events::created_at.lt(before));
+        let Some(highest) = expired.select(diesel::dsl::max(events::id)).first::<Option<i64>>(conn)? else {
+            return Ok(0);
+        };
+        let deleted = diesel::delete(expired).execute(conn)?;
+        diesel::update(outbox_watermark::table.filter(outbox_watermark::pruned_through.lt(highest)))
+            .set(outbox_watermark::pruned_through.eq(highest))
+            .execute(conn)?;
+        Ok(deleted)
+    })
 }

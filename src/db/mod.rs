@@ -7,6 +7,7 @@ pub mod housekeeping;
 pub mod idempotency;
 pub mod migrations;
 pub mod outbox;
+pub mod outbox_listener;
 pub mod schema;
 pub mod shop;
 pub mod users;

@@ -2,6 +2,10 @@
 //! describe. On PostgreSQL, appenders take a transaction-scoped advisory lock first, so
 //! ids are handed out in commit order and a reader tailing `id > last` never skips a row
 //! that commits later. SQLite writers are serialised by `BEGIN IMMEDIATE` already.
+//!
+//! Readers learn of new events without waiting for a poll: on PostgreSQL the appending
+//! transaction also sends a `NOTIFY` (delivered to every replica at commit), and on this
+//! replica the DbExecutor wakes the relay as soon as a use case that appended returns.
 
 use std::cell::Cell;
 
@@ -13,12 +17,22 @@ use super::{schema::events, DbConnection};
 use crate::{domain::clock, error::AppError};
 
 const OUTBOX_LOCK_KEY: i64 = 0x5354_4f52_4f55_5442; // "STOROUTB"
+/// The PostgreSQL notification channel that says "the outbox has new events".
+pub const NOTIFY_CHANNEL: &str = "storefront_outbox";
 
 thread_local! {
     /// The running replica, set once on each of its DbExecutor threads (which belong to one
     /// app), so every event names the replica that wrote it without threading it through
     /// every use case. Outside a DbExecutor (the CLI) it is unset.
     static ORIGIN: Cell<Option<Uuid>> = const { Cell::new(None) };
+    /// Whether the use case running on this thread appended events (see `take_appended`).
+    static APPENDED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// True once after a use case on this thread appended events: the DbExecutor asks after
+/// each use case, to wake the relay. A rolled-back append only costs one needless poll.
+pub fn take_appended() -> bool {
+    APPENDED.with(|cell| cell.replace(false))
 }
 
 /// Marks this thread as a DbExecutor thread of replica `origin`.
@@ -80,5 +94,9 @@ pub fn append(conn: &mut DbConnection, new_events: Vec<NewEvent>) -> Result<(), 
             ))
             .execute(conn)?;
     }
+    if matches!(conn, DbConnection::Postgres(_)) {
+        diesel::sql_query(format!("NOTIFY {NOTIFY_CHANNEL}")).execute(conn)?;
+    }
+    APPENDED.with(|cell| cell.set(true));
     Ok(())
 }

@@ -113,6 +113,13 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    outbox_watermark (id) {
+        id -> Integer,
+        pruned_through -> BigInt,
+    }
+}
+
 diesel::joinable!(order_items -> orders (order_id));
 diesel::allow_tables_to_appear_in_same_query!(
     users,
@@ -125,4 +132,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     deposits,
     idempotency_keys,
     events,
+    outbox_watermark,
 );

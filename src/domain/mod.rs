@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod clock;
+pub mod live;
 pub mod money;
 pub mod paging;
 pub mod rate_limit;

@@ -27,6 +27,8 @@ pub enum ChaosActor {
     Health,
     Cache,
     RateLimiter,
+    EventHub,
+    EventRelay,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -92,6 +94,18 @@ pub async fn inject_fault(
                 .await
                 .map_err(|error| AppError::Internal(format!("rate limiter: {error}")))??
         }
+        (ChaosActor::EventHub, ChaosFault::Panic) => state
+            .hub
+            .send(Crash)
+            .timeout(ACTOR_TIMEOUT)
+            .await
+            .map_err(|error| AppError::Internal(format!("event hub: {error}")))??,
+        (ChaosActor::EventRelay, ChaosFault::Panic) => state
+            .event_relay
+            .send(Crash)
+            .timeout(ACTOR_TIMEOUT)
+            .await
+            .map_err(|error| AppError::Internal(format!("event relay: {error}")))??,
         (_, ChaosFault::Stall) => return Err(AppError::invalid("fault", "stall applies to db_executor only")),
     }
     Ok(HttpResponse::NoContent().finish())

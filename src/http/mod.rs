@@ -13,6 +13,7 @@ pub mod orders;
 pub mod paging;
 pub mod products;
 pub mod users;
+pub mod ws;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -60,7 +61,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
                     web::resource("/orders").route(web::get().to(orders::list)).route(web::post().to(orders::place)),
                 )
                 .service(web::resource("/orders/{id}").route(web::get().to(orders::get)))
-                .service(web::resource("/orders/{id}/cancel").route(web::post().to(orders::cancel))),
+                .service(web::resource("/orders/{id}/cancel").route(web::post().to(orders::cancel)))
+                .service(web::resource("/ws").route(web::get().to(ws::connect))),
         );
     // Fault injection exists only when an operator asked for it with CHAOS_TOKEN.
     if config.chaos_token.is_some() {

@@ -12,7 +12,7 @@ use crate::{
         shop::{Account, Order, OrderItem, OrderStatus, Transfer},
         user::{Role, User},
     },
-    http::{accounts, auth, chaos, ops, orders, products, users},
+    http::{accounts, auth, chaos, ops, orders, products, users, ws},
 };
 
 #[derive(OpenApi)]
@@ -25,6 +25,7 @@ use crate::{
         products::list, products::get, products::create, products::update, products::delete,
         accounts::mine, accounts::deposit, accounts::transfer, accounts::list_transfers,
         orders::place, orders::list, orders::list_for_user, orders::get, orders::cancel,
+        ws::connect,
     ),
     components(schemas(
         chaos::ChaosRequest, chaos::ChaosActor, chaos::ChaosFault,
@@ -42,6 +43,7 @@ use crate::{
         (name = "catalog", description = "Products"),
         (name = "accounts", description = "Balances, deposits and transfers"),
         (name = "orders", description = "Placing and cancelling orders"),
+        (name = "live updates", description = "Committed changes pushed over a WebSocket"),
     )
 )]
 struct ApiDoc;

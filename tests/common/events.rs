@@ -58,3 +58,15 @@ pub fn read_events(database_url: &str) -> Vec<Event> {
         })
         .collect()
 }
+
+/// Runs one statement on the test's database, the way an operator at a SQL prompt would.
+pub fn execute(database_url: &str, sql: &str) {
+    if let Some(path) = database_url.strip_prefix("sqlite://") {
+        let mut conn = SqliteConnection::establish(path).expect("open the test's SQLite database");
+        diesel::sql_query("PRAGMA busy_timeout = 5000").execute(&mut conn).expect("set busy_timeout");
+        diesel::sql_query(sql).execute(&mut conn).expect("run SQL on SQLite");
+    } else {
+        let mut conn = PgConnection::establish(database_url).expect("connect to the test's PostgreSQL database");
+        diesel::sql_query(sql).execute(&mut conn).expect("run SQL on PostgreSQL");
+    }
+}

@@ -9,6 +9,7 @@
 
 pub mod events;
 pub mod postgres_server;
+pub mod ws;
 
 use std::{sync::mpsc, thread, time::Duration};
 

@@ -1,0 +1,442 @@
+//! The EventHub owns who listens to what: every live-updates session attached to this
+//! replica, its viewer and its topics. The EventRelay hands it each outbox event once;
+//! the hub renders it once and offers it to every session allowed to see it with
+//! `try_send` on the session's bounded queue. A full queue is a slow consumer, which is
+//! cut loose — the hub itself never waits for anyone.
+//!
+//! Sessions own their position (the last event id they delivered per topic), so the hub's
+//! own state is disposable: after a panic, or when it finds it may have missed events, it
+//! drops every session, and each re-attaches and replays from its position through the
+//! database. Nothing is lost and nothing is sent twice.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU8, Ordering},
+        Arc,
+    },
+};
+
+use actix::{
+    fut::wrap_future, Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, Supervised,
+};
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, Notify};
+use uuid::Uuid;
+
+use super::{
+    chaos::crashed,
+    db_executor::DbGateway,
+    supervision::{guarded, Guarded, PanicPayload, RestartReporter},
+    Crash,
+};
+use crate::{
+    db::{events::StoredEvent, outbox::topic as outbox_topic, users::FindActiveUser},
+    domain::{
+        clock,
+        live::{event_message, Topic, TopicSet, Viewer},
+        user::User,
+    },
+    error::AppError,
+};
+
+const ACTOR: &str = "event_hub";
+
+pub type SessionId = u64;
+
+/// One rendered event, shared by every session that is sent it.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The outbox id; for `ops` events, this replica's own ops sequence.
+    pub id: i64,
+    pub topic: Topic,
+    pub text: String,
+    /// When the change committed (appended), for the delivery-latency histogram.
+    pub committed_at: DateTime<Utc>,
+}
+
+/// What the hub puts on a session's queue.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    Event(Arc<Delivery>),
+    /// The user's role changed; the session drops the topics it may no longer see.
+    ViewerChanged(Viewer),
+}
+
+/// Why the hub let go of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detached {
+    /// Its queue overflowed: the subscriber is not reading fast enough.
+    SlowConsumer,
+    /// The hub restarted or may have missed events: re-attach and replay.
+    Resync,
+    UserDeleted,
+}
+
+/// The hub's word to one session, readable without a queue slot (the queue may be full).
+#[derive(Debug, Default)]
+pub struct Kick {
+    reason: AtomicU8,
+    notify: Notify,
+}
+
+impl Kick {
+    fn fire(&self, reason: Detached) {
+        let code = match reason {
+            Detached::SlowConsumer => 1,
+            Detached::Resync => 2,
+            Detached::UserDeleted => 3,
+        };
+        self.reason.store(code, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    pub fn reason(&self) -> Option<Detached> {
+        match self.reason.load(Ordering::Acquire) {
+            1 => Some(Detached::SlowConsumer),
+            2 => Some(Detached::Resync),
+            3 => Some(Detached::UserDeleted),
+            _ => None,
+        }
+    }
+
+    /// Resolves once the hub has let go of the session.
+    pub async fn fired(&self) -> Detached {
+        loop {
+            if let Some(reason) = self.reason() {
+                return reason;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct HubLimits {
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    /// Messages a session's queue holds before its subscriber counts as slow.
+    pub max_pending: usize,
+}
+
+struct Subscriber {
+    viewer: Viewer,
+    topics: TopicSet,
+    queue: mpsc::Sender<Outbound>,
+    kick: Arc<Kick>,
+}
+
+pub struct EventHub {
+    sessions: HashMap<SessionId, Subscriber>,
+    next_id: SessionId,
+    /// The newest outbox id handed to sessions: a session attaching now replays up to it
+    /// and receives everything after it live. Kept across restarts (it only grows).
+    position: i64,
+    ops_sequence: i64,
+    limits: HubLimits,
+    db: DbGateway,
+    reporter: RestartReporter,
+}
+
+impl EventHub {
+    pub fn new(limits: HubLimits, start_position: i64, db: DbGateway, reporter: RestartReporter) -> Self {
+        Self { sessions: HashMap::new(), next_id: 1, position: start_position, ops_sequence: 0, limits, db, reporter }
+    }
+
+    fn connections_of(&self, user: Uuid) -> usize {
+        self.sessions.values().filter(|subscriber| subscriber.viewer.user_id() == Some(user)).count()
+    }
+
+    fn admit(&self, viewer: Viewer) -> Result<(), AttachRefused> {
+        if self.sessions.len() >= self.limits.max_connections {
+            return Err(AttachRefused::TooManyConnections);
+        }
+        match viewer.user_id() {
+            Some(user) if self.connections_of(user) >= self.limits.max_connections_per_user => {
+                Err(AttachRefused::TooManyForUser)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn detach(&mut self, id: SessionId, reason: Detached) {
+        if let Some(subscriber) = self.sessions.remove(&id) {
+            subscriber.kick.fire(reason);
+        }
+    }
+
+    fn detach_all(&mut self, reason: Detached) {
+        for (_, subscriber) in self.sessions.drain() {
+            subscriber.kick.fire(reason);
+        }
+    }
+
+    /// Offers one delivery to every session that may see it; cuts loose the ones whose
+    /// queue is full.
+    fn fan_out(&mut self, delivery: Arc<Delivery>, owner: Option<Uuid>) {
+        let mut slow = Vec::new();
+        for (id, subscriber) in &self.sessions {
+            if !subscriber.topics.contains(delivery.topic) || !subscriber.viewer.sees(delivery.topic, owner) {
+                continue;
+            }
+            match subscriber.queue.try_send(Outbound::Event(Arc::clone(&delivery))) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => slow.push(*id),
+                // The session is gone; its Detach is on the way.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        for id in slow {
+            self.detach(id, Detached::SlowConsumer);
+        }
+    }
+
+    fn publish(&mut self, after: i64, events: Vec<StoredEvent>, ctx: &mut Context<Self>) {
+        if after > self.position {
+            // Events between our position and `after` never reached us (a batch lost in a
+            // panic): every session replays them from the database.
+            tracing::warn!(position = self.position, after, "event hub missed events; sessions resync");
+            self.position = after;
+            self.detach_all(Detached::Resync);
+        }
+        for event in events {
+            if event.id <= self.position {
+                continue;
+            }
+            // Advanced before fan-out, so a panic mid-way leaves the event to the replay of
+            // the sessions that did not get it.
+            self.position = event.id;
+            let owner = event.user_id.as_deref().and_then(|id| Uuid::parse_str(id).ok());
+            if event.topic == outbox_topic::USERS {
+                if let Some(user) = owner {
+                    self.recheck_user(user, ctx);
+                }
+                continue;
+            }
+            let Some(topic) = Topic::parse(&event.topic) else { continue };
+            let committed_at = clock::to_utc(event.created_at);
+            let text = event_message(event.id, topic, &event.kind, &event.payload, committed_at);
+            self.fan_out(Arc::new(Delivery { id: event.id, topic, text, committed_at }), owner);
+        }
+    }
+
+    /// A user changed: look the user up again, so deleted users lose their connections and
+    /// demoted ones what their new role may not see.
+    fn recheck_user(&mut self, user: Uuid, ctx: &mut Context<Self>) {
+        if self.connections_of(user) == 0 {
+            return;
+        }
+        let db = self.db.clone();
+        ctx.spawn(wrap_future(async move { db.run(FindActiveUser { id: user }).await }).map(
+            move |found, act: &mut Self, ctx| {
+                guarded(act, ctx, |act, _| match found {
+                    Ok(found) => act.apply_user(user, found),
+                    Err(error) => {
+                        // Permissions cannot be confirmed: the sessions go; clients reconnect.
+                        tracing::warn!(%error, %user, "cannot re-check a changed user; closing their sessions");
+                        act.drop_user(user, Detached::Resync);
+                    }
+                });
+            },
+        ));
+    }
+
+    fn apply_user(&mut self, user: Uuid, found: Option<User>) {
+        let Some(found) = found else {
+            self.drop_user(user, Detached::UserDeleted);
+            return;
+        };
+        let viewer = Viewer::User { id: user, role: found.role };
+        let mut slow = Vec::new();
+        for (id, subscriber) in self.sessions.iter_mut().filter(|(_, s)| s.viewer.user_id() == Some(user)) {
+            if subscriber.viewer == viewer {
+                continue;
+            }
+            subscriber.viewer = viewer;
+            for topic in subscriber.topics.iter().filter(|topic| !viewer.may_subscribe(*topic)) {
+                subscriber.topics.remove(topic);
+            }
+            if subscriber.queue.try_send(Outbound::ViewerChanged(viewer)).is_err() {
+                slow.push(*id);
+            }
+        }
+        for id in slow {
+            self.detach(id, Detached::SlowConsumer);
+        }
+    }
+
+    fn drop_user(&mut self, user: Uuid, reason: Detached) {
+        let ids: Vec<SessionId> =
+            self.sessions.iter().filter(|(_, s)| s.viewer.user_id() == Some(user)).map(|(id, _)| *id).collect();
+        for id in ids {
+            self.detach(id, reason);
+        }
+    }
+
+    fn subscriptions(&self) -> usize {
+        self.sessions.values().map(|subscriber| subscriber.topics.iter().count()).sum()
+    }
+}
+
+impl Actor for EventHub {
+    type Context = Context<Self>;
+}
+
+impl Guarded for EventHub {
+    fn on_panic(&mut self, payload: &PanicPayload) {
+        self.reporter.report(ACTOR, payload);
+    }
+}
+
+impl Supervised for EventHub {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        // Whatever the panic left half-done, the sessions know what they delivered.
+        self.detach_all(Detached::Resync);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachRefused {
+    TooManyConnections,
+    TooManyForUser,
+}
+
+/// A session joins (or re-joins after the hub let it go) with the topics it holds.
+pub struct Attach {
+    pub viewer: Viewer,
+    pub topics: TopicSet,
+    /// A session that was already admitted once is not counted against the limits again.
+    pub rejoining: bool,
+}
+
+pub struct Attached {
+    pub id: SessionId,
+    pub queue: mpsc::Receiver<Outbound>,
+    pub kick: Arc<Kick>,
+    /// Everything up to here is the session's to replay; everything after arrives live.
+    pub position: i64,
+}
+
+impl Message for Attach {
+    type Result = Result<Attached, AttachRefused>;
+}
+
+impl Handler<Attach> for EventHub {
+    type Result = MessageResult<Attach>;
+    fn handle(&mut self, msg: Attach, ctx: &mut Context<Self>) -> Self::Result {
+        let attached = guarded(self, ctx, |act, _| {
+            if !msg.rejoining {
+                act.admit(msg.viewer)?;
+            }
+            let (sender, queue) = mpsc::channel(act.limits.max_pending);
+            let kick = Arc::new(Kick::default());
+            let id = act.next_id;
+            act.next_id += 1;
+            act.sessions.insert(
+                id,
+                Subscriber { viewer: msg.viewer, topics: msg.topics, queue: sender, kick: Arc::clone(&kick) },
+            );
+            Ok(Attached { id, queue, kick, position: act.position })
+        });
+        // A panic here already restarted the hub; the caller tries again.
+        MessageResult(attached.unwrap_or(Err(AttachRefused::TooManyConnections)))
+    }
+}
+
+/// Replaces a session's topics; answers the position the change took effect at.
+#[derive(Message)]
+#[rtype(result = "Option<i64>")]
+pub struct SetTopics {
+    pub id: SessionId,
+    pub topics: TopicSet,
+}
+
+impl Handler<SetTopics> for EventHub {
+    type Result = Option<i64>;
+    fn handle(&mut self, msg: SetTopics, ctx: &mut Context<Self>) -> Option<i64> {
+        guarded(self, ctx, |act, _| {
+            let subscriber = act.sessions.get_mut(&msg.id)?;
+            subscriber.topics = msg.topics;
+            Some(act.position)
+        })
+        .flatten()
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Detach(pub SessionId);
+
+impl Handler<Detach> for EventHub {
+    type Result = ();
+    fn handle(&mut self, msg: Detach, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, _| {
+            act.sessions.remove(&msg.0);
+        });
+    }
+}
+
+/// Events the relay read from the outbox: every id in `(after, last]` that committed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish {
+    pub after: i64,
+    pub events: Vec<StoredEvent>,
+}
+
+impl Handler<Publish> for EventHub {
+    type Result = ();
+    fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, ctx| act.publish(msg.after, msg.events, ctx));
+    }
+}
+
+/// Something operators should see on the `ops` topic (not in the outbox: these must flow
+/// while the database is down).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct OpsEvent {
+    pub kind: &'static str,
+    pub data: serde_json::Value,
+}
+
+impl Handler<OpsEvent> for EventHub {
+    type Result = ();
+    fn handle(&mut self, msg: OpsEvent, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, _| {
+            act.ops_sequence += 1;
+            let at = Utc::now();
+            let text = event_message(act.ops_sequence, Topic::Ops, msg.kind, &msg.data.to_string(), at);
+            act.fan_out(Arc::new(Delivery { id: act.ops_sequence, topic: Topic::Ops, text, committed_at: at }), None);
+        });
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct HubStats {
+    pub connections: usize,
+    pub subscriptions: usize,
+    pub position: i64,
+}
+
+#[derive(Message)]
+#[rtype(result = "Option<HubStats>")]
+pub struct GetHubStats;
+
+impl Handler<GetHubStats> for EventHub {
+    type Result = Option<HubStats>;
+    fn handle(&mut self, _msg: GetHubStats, ctx: &mut Context<Self>) -> Option<HubStats> {
+        guarded(self, ctx, |act, _| HubStats {
+            connections: act.sessions.len(),
+            subscriptions: act.subscriptions(),
+            position: act.position,
+        })
+    }
+}
+
+impl Handler<Crash> for EventHub {
+    type Result = Result<(), AppError>;
+    fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
+        guarded(self, ctx, |_, _| msg.detonate()).ok_or_else(|| crashed(ACTOR))
+    }
+}

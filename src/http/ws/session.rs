@@ -1,0 +1,450 @@
+//! One live-updates connection: a task that owns its subscriptions, its position (the
+//! last event id it delivered on each topic) and the receiving end of its bounded queue.
+//!
+//! Everything a session sends is in id order per topic and never twice: replayed events
+//! come from the database up to the hub's position at the moment of (re)subscribing, live
+//! ones from the queue, and anything at or below the session's position is skipped.
+
+use std::{future::pending, sync::Arc, time::Duration};
+
+use actix::Addr;
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError, Session};
+use chrono::{DateTime, Utc};
+use tokio::{
+    sync::{mpsc, watch},
+    time::{timeout, Instant},
+};
+
+use crate::{
+    actors::{
+        event_hub::{Attach, Attached, Delivery, Detach, Detached, EventHub, Kick, Outbound, SessionId, SetTopics},
+        DbGateway,
+    },
+    db::events::{Replay, ReplayPage},
+    domain::{
+        clock,
+        live::{
+            error_code, error_message, event_message, parse_command, subscribed_message, Command, Topic, TopicSet,
+            Viewer,
+        },
+    },
+    metrics::{disconnect_reason, Metrics},
+};
+
+/// Largest frame (and message) a client may send; subscribe commands are tiny.
+pub const MAX_FRAME_BYTES: usize = 4 * 1024;
+const HUB_TIMEOUT: Duration = Duration::from_secs(2);
+const REPLAY_PAGE: i64 = 500;
+/// How often a session that cannot re-attach (the hub restarting) tries again.
+const REJOIN_ATTEMPTS: u32 = 20;
+/// How long a close frame may wait behind unread messages before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct SessionSetup {
+    pub hub: Addr<EventHub>,
+    pub db: DbGateway,
+    pub metrics: Arc<Metrics>,
+    pub viewer: Viewer,
+    /// When the token that opened the connection expires.
+    pub token_expires_at: Option<DateTime<Utc>>,
+    pub attached: Attached,
+    pub ping_interval: Duration,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// How and why the connection ends.
+struct End {
+    reason: &'static str,
+    close: Option<CloseReason>,
+}
+
+impl End {
+    fn with(reason: &'static str, code: CloseCode, text: &str) -> Self {
+        Self { reason, close: Some(CloseReason { code, description: Some(text.to_owned()) }) }
+    }
+
+    /// The socket is gone or unwritable: nothing more can be said.
+    fn gone(reason: &'static str) -> Self {
+        Self { reason, close: None }
+    }
+}
+
+/// Leaves the hub however the session ends.
+struct Membership {
+    hub: Addr<EventHub>,
+    id: SessionId,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.hub.do_send(Detach(self.id));
+    }
+}
+
+struct LiveSession {
+    ws: Session,
+    hub: Addr<EventHub>,
+    db: DbGateway,
+    metrics: Arc<Metrics>,
+    viewer: Viewer,
+    membership: Membership,
+    queue: mpsc::Receiver<Outbound>,
+    kick: Arc<Kick>,
+    topics: TopicSet,
+    /// The last event id delivered per topic (indexed by `Topic as usize`).
+    delivered: [i64; 4],
+    write_timeout: Duration,
+    /// Sending from the database rather than the queue (which then fills up meanwhile).
+    replaying: bool,
+}
+
+pub async fn run(ws: Session, stream: actix_ws::MessageStream, setup: SessionSetup) {
+    let SessionSetup { hub, db, metrics, viewer, token_expires_at, attached, ping_interval, mut shutdown } = setup;
+    metrics.ws_connections.inc();
+    let Attached { id, queue, kick, position } = attached;
+    let mut session = LiveSession {
+        ws: ws.clone(),
+        hub: hub.clone(),
+        db,
+        metrics: Arc::clone(&metrics),
+        viewer,
+        membership: Membership { hub, id },
+        queue,
+        kick,
+        topics: TopicSet::default(),
+        delivered: [position; 4],
+        // A client that cannot take one message in this long is not reading.
+        write_timeout: (ping_interval * 2).max(Duration::from_secs(5)),
+        replaying: false,
+    };
+    let stream =
+        stream.max_frame_size(MAX_FRAME_BYTES).aggregate_continuations().max_continuation_size(MAX_FRAME_BYTES);
+    let end = session.serve(stream, ping_interval, token_expires_at, &mut shutdown).await;
+    drop(session);
+    metrics.ws_disconnects.with_label_values(&[end.reason]).inc();
+    metrics.ws_connections.dec();
+    if let Some(reason) = end.close {
+        // Queued behind what the client has not read yet; a client that never reads
+        // does not hold the task beyond this.
+        let _ = timeout(CLOSE_TIMEOUT, ws.close(Some(reason))).await;
+    }
+}
+
+fn slow_consumer() -> End {
+    End::with(disconnect_reason::SLOW_CONSUMER, CloseCode::Policy, "slow consumer")
+}
+
+fn user_deleted() -> End {
+    End::with(disconnect_reason::USER_DELETED, CloseCode::Policy, "user deleted")
+}
+
+fn deadline_of(expires_at: Option<DateTime<Utc>>) -> Option<Instant> {
+    let expires_at = expires_at?;
+    let left = (expires_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+    Some(Instant::now() + left)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => pending().await,
+    }
+}
+
+impl LiveSession {
+    async fn serve(
+        &mut self,
+        mut stream: AggregatedMessageStream,
+        ping_interval: Duration,
+        token_expires_at: Option<DateTime<Utc>>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> End {
+        let token_deadline = deadline_of(token_expires_at);
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+        let mut last_heard = Instant::now();
+        loop {
+            if *shutdown.borrow() {
+                return End::with(disconnect_reason::SHUTDOWN, CloseCode::Away, "server shutting down");
+            }
+            if let Some(reason) = self.kick.reason() {
+                if let Err(end) = self.after_kick(reason).await {
+                    return end;
+                }
+                continue;
+            }
+            let step = tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        // The application that would announce shutdown is gone.
+                        return End::with(disconnect_reason::SHUTDOWN, CloseCode::Away, "server shutting down");
+                    }
+                    continue;
+                }
+                () = sleep_until(token_deadline) => {
+                    return End::with(disconnect_reason::TOKEN_EXPIRED, CloseCode::Policy, "token expired")
+                }
+                _ = self.kick.fired() => continue,
+                frame = stream.recv() => {
+                    last_heard = Instant::now();
+                    self.on_frame(frame).await
+                }
+                outbound = self.queue.recv() => match outbound {
+                    Some(outbound) => self.on_outbound(outbound).await,
+                    // The hub let go: the kick says why (checked at the top of the loop).
+                    None => continue,
+                },
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() > ping_interval * 2 {
+                        return End::with(disconnect_reason::HEARTBEAT, CloseCode::Away, "no answer to pings");
+                    }
+                    self.ws.ping(b"").await.map_err(|_| End::gone(disconnect_reason::CLIENT))
+                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    async fn after_kick(&mut self, reason: Detached) -> Result<(), End> {
+        match reason {
+            Detached::SlowConsumer => Err(slow_consumer()),
+            Detached::UserDeleted => Err(user_deleted()),
+            Detached::Resync => self.rejoin().await,
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Option<Result<AggregatedMessage, ProtocolError>>) -> Result<(), End> {
+        match frame {
+            None | Some(Ok(AggregatedMessage::Close(_))) => Err(End::gone(disconnect_reason::CLIENT)),
+            Some(Ok(AggregatedMessage::Text(text))) => self.on_command(&text).await,
+            Some(Ok(AggregatedMessage::Binary(_))) => {
+                Err(End::with(disconnect_reason::PROTOCOL, CloseCode::Unsupported, "binary frames are not supported"))
+            }
+            Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                self.ws.pong(&bytes).await.map_err(|_| End::gone(disconnect_reason::CLIENT))
+            }
+            Some(Ok(AggregatedMessage::Pong(_))) => Ok(()),
+            Some(Err(ProtocolError::Overflow)) => {
+                Err(End::with(disconnect_reason::PROTOCOL, CloseCode::Size, "frame larger than 4 KiB"))
+            }
+            // The aggregator's own limit on a message split into continuation frames.
+            Some(Err(ProtocolError::Io(_))) => {
+                Err(End::with(disconnect_reason::PROTOCOL, CloseCode::Size, "message larger than 4 KiB"))
+            }
+            Some(Err(_)) => Err(End::with(disconnect_reason::PROTOCOL, CloseCode::Protocol, "protocol error")),
+        }
+    }
+
+    /// Writes one message. A client that does not read makes this wait (the socket is
+    /// full); if meanwhile its queue overflows, the hub's verdict ends the wait — unless
+    /// this session is replaying, when the overflow is the replay's doing, not the client's.
+    async fn write(&mut self, text: String) -> Result<(), End> {
+        let finished = |sent: Result<Result<(), actix_ws::Closed>, _>| match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::gone(disconnect_reason::CLIENT)),
+            Err(_) => Err(End::gone(disconnect_reason::SLOW_CONSUMER)),
+        };
+        let kick = Arc::clone(&self.kick);
+        let send = timeout(self.write_timeout, self.ws.text(text));
+        tokio::pin!(send);
+        tokio::select! {
+            sent = &mut send => finished(sent),
+            reason = kick.fired() => match reason {
+                Detached::SlowConsumer if !self.replaying => Err(slow_consumer()),
+                Detached::UserDeleted => Err(user_deleted()),
+                _ => finished(send.await),
+            },
+        }
+    }
+
+    async fn send_error(&mut self, code: &str, message: &str) -> Result<(), End> {
+        self.write(error_message(code, message)).await
+    }
+
+    async fn on_command(&mut self, text: &str) -> Result<(), End> {
+        match parse_command(text) {
+            Err(bad) => self.send_error(error_code::BAD_REQUEST, &bad.0).await,
+            Ok(Command::Subscribe { topics, since }) => self.subscribe(topics, since).await,
+            Ok(Command::Unsubscribe { topics }) => {
+                let mut remaining = self.topics;
+                for topic in topics {
+                    remaining.remove(topic);
+                }
+                let position = self.set_topics(remaining).await?;
+                self.write(subscribed_message(self.topics, position)).await
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, requested: Vec<Topic>, since: Option<i64>) -> Result<(), End> {
+        let (allowed, denied): (Vec<Topic>, Vec<Topic>) =
+            requested.into_iter().partition(|topic| self.viewer.may_subscribe(*topic));
+        if !denied.is_empty() {
+            let names: Vec<&str> = denied.iter().map(|topic| topic.name()).collect();
+            let message = format!("Not allowed for this connection: {}.", names.join(", "));
+            self.send_error(error_code::FORBIDDEN, &message).await?;
+        }
+        if allowed.is_empty() {
+            return Ok(());
+        }
+        let added: TopicSet = allowed.iter().copied().filter(|topic| !self.topics.contains(*topic)).collect();
+        let mut wanted = self.topics;
+        for topic in allowed {
+            wanted.insert(topic);
+        }
+        let position = self.set_topics(wanted).await?;
+        for topic in added.iter() {
+            self.delivered[topic as usize] = since.unwrap_or(position);
+        }
+        self.write(subscribed_message(self.topics, position)).await?;
+        if since.is_some() {
+            self.replay(added, position).await?;
+            if matches!(self.kick.reason(), Some(Detached::SlowConsumer | Detached::Resync)) {
+                // The queue filled while this session replayed: that was not the client's doing.
+                self.rejoin().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells the hub which topics to offer; answers the position it took effect at.
+    async fn set_topics(&mut self, topics: TopicSet) -> Result<i64, End> {
+        for _ in 0..REJOIN_ATTEMPTS {
+            let answer = self.hub.send(SetTopics { id: self.membership.id, topics }).timeout(HUB_TIMEOUT).await;
+            if let Ok(Some(position)) = answer {
+                self.topics = topics;
+                return Ok(position);
+            }
+            // The hub let go of this session (or is restarting): join again, then retry.
+            self.rejoin().await?;
+        }
+        Err(End::with(disconnect_reason::PROTOCOL, CloseCode::Error, "live updates unavailable; reconnect"))
+    }
+
+    async fn on_outbound(&mut self, outbound: Outbound) -> Result<(), End> {
+        match outbound {
+            Outbound::Event(delivery) => self.deliver(&delivery).await,
+            Outbound::ViewerChanged(viewer) => {
+                self.viewer = viewer;
+                let lost: Vec<Topic> = self.topics.iter().filter(|topic| !viewer.may_subscribe(*topic)).collect();
+                if lost.is_empty() {
+                    return Ok(());
+                }
+                for topic in &lost {
+                    self.topics.remove(*topic);
+                }
+                let names: Vec<&str> = lost.iter().map(|topic| topic.name()).collect();
+                let message = format!("Your role no longer allows: {}.", names.join(", "));
+                self.send_error(error_code::FORBIDDEN, &message).await
+            }
+        }
+    }
+
+    async fn deliver(&mut self, delivery: &Delivery) -> Result<(), End> {
+        let topic = delivery.topic;
+        if !self.topics.contains(topic) {
+            return Ok(());
+        }
+        if topic.is_replayable() {
+            if delivery.id <= self.delivered[topic as usize] {
+                return Ok(());
+            }
+            self.delivered[topic as usize] = delivery.id;
+        }
+        self.write(delivery.text.clone()).await?;
+        self.count_sent(topic, delivery.committed_at);
+        Ok(())
+    }
+
+    fn count_sent(&self, topic: Topic, committed_at: DateTime<Utc>) {
+        self.metrics.ws_events_sent.with_label_values(&[topic.name()]).inc();
+        let latency = (Utc::now() - committed_at).to_std().unwrap_or(Duration::ZERO);
+        self.metrics.event_delivery.observe(latency.as_secs_f64());
+    }
+
+    /// Sends every retained event on `topics` after what this session delivered, up to
+    /// `through`. Events already pruned make a gap-free replay impossible: the client is
+    /// told `since_expired` and continues from `through`.
+    async fn replay(&mut self, topics: TopicSet, through: i64) -> Result<(), End> {
+        self.replaying = true;
+        let replayed = self.replay_from_database(topics, through).await;
+        self.replaying = false;
+        replayed
+    }
+
+    async fn replay_from_database(&mut self, topics: TopicSet, through: i64) -> Result<(), End> {
+        let replayable: TopicSet = topics.iter().filter(|topic| topic.is_replayable()).collect();
+        let Some(mut after) = replayable.iter().map(|topic| self.delivered[topic as usize]).min() else {
+            return Ok(());
+        };
+        let names = replayable.names();
+        while after < through {
+            let page = ReplayPage { after, through, topics: names.clone(), limit: REPLAY_PAGE };
+            let events = match self.db.run(page).await {
+                Ok(Replay::Events(events)) => events,
+                Ok(Replay::Expired { pruned_through }) => {
+                    let message = format!(
+                        "Events after {after} up to {pruned_through} were pruned; re-read over HTTP. \
+                         Live events continue after {through}."
+                    );
+                    self.send_error(error_code::SINCE_EXPIRED, &message).await?;
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "live-updates replay failed; the client must reconnect");
+                    return Err(End::with(
+                        disconnect_reason::PROTOCOL,
+                        CloseCode::Error,
+                        "replay unavailable; reconnect with since",
+                    ));
+                }
+            };
+            let full = events.len() as i64 == REPLAY_PAGE;
+            for event in events {
+                after = event.id;
+                let Some(topic) = Topic::parse(&event.topic) else { continue };
+                let owner = event.user_id.as_deref().and_then(|id| uuid::Uuid::parse_str(id).ok());
+                if event.id <= self.delivered[topic as usize] || !self.viewer.sees(topic, owner) {
+                    continue;
+                }
+                self.delivered[topic as usize] = event.id;
+                let committed_at = clock::to_utc(event.created_at);
+                self.write(event_message(event.id, topic, &event.kind, &event.payload, committed_at)).await?;
+                self.count_sent(topic, committed_at);
+            }
+            if !full {
+                break;
+            }
+        }
+        for topic in replayable.iter() {
+            let delivered = &mut self.delivered[topic as usize];
+            *delivered = (*delivered).max(through);
+        }
+        Ok(())
+    }
+
+    /// Joins the hub again after it let go (restart, missed events, or a queue that filled
+    /// while this session was replaying) and replays whatever came in between.
+    async fn rejoin(&mut self) -> Result<(), End> {
+        for attempt in 0..REJOIN_ATTEMPTS {
+            let attach = Attach { viewer: self.viewer, topics: self.topics, rejoining: true };
+            match self.hub.send(attach).timeout(HUB_TIMEOUT).await {
+                Ok(Ok(Attached { id, queue, kick, position })) => {
+                    self.membership.id = id;
+                    self.queue = queue;
+                    self.kick = kick;
+                    self.replay(self.topics, position).await?;
+                    match self.kick.reason() {
+                        // The queue filled during the replay: that was our doing, not the client's.
+                        Some(Detached::SlowConsumer | Detached::Resync) => continue,
+                        Some(Detached::UserDeleted) => return Err(user_deleted()),
+                        None => return Ok(()),
+                    }
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt + 1))).await,
+            }
+        }
+        Err(End::with(disconnect_reason::PROTOCOL, CloseCode::Error, "live updates unavailable; reconnect"))
+    }
+}
