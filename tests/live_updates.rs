@@ -32,6 +32,7 @@ on_both_backends!(
     connection_limits_refuse_before_the_upgrade,
     operators_see_restarts_on_the_ops_topic,
     a_subscriber_on_one_replica_sees_an_order_placed_on_another,
+    subscribers_that_stop_answering_pings_are_closed,
 );
 
 /// A poll interval far beyond the test's patience: only the in-process wake-up (and
@@ -438,4 +439,24 @@ async fn a_subscriber_on_one_replica_sees_an_order_placed_on_another(backend: Ba
     let order = place_order(&first, &alice, &product, 1).await;
     let seen = watcher.next_event().await;
     assert_eq!((seen["kind"].as_str(), seen["data"]["id"].as_str()), (Some("order.created"), order["id"].as_str()));
+}
+
+async fn subscribers_that_stop_answering_pings_are_closed(backend: Backend) {
+    let app = TestApp::builder(backend).setting("ws-ping-interval-seconds", "1").spawn().await;
+    let mut answering = WsClient::connect(&app, None).await;
+    answering.subscribe(&["products"], None).await;
+    // This one never reads again, so it never answers the server's pings.
+    let mut silent = WsClient::connect(&app, None).await;
+    silent.subscribe(&["products"], None).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while app.metric(r#"storefront_ws_disconnects_total{reason="heartbeat"}"#).await < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the silent subscriber was never closed");
+        // Reading lets the client answer the pings that came meanwhile.
+        let _ = tokio::time::timeout(Duration::from_millis(200), answering.next_json_or_ping()).await;
+    }
+    assert_eq!(app.metric("storefront_ws_connections").await, 1.0, "the answering subscriber stays");
+    let (_, admin) = app.admin("root@example.com").await;
+    create_product(&app, &admin, json!({"name": "Bell", "price_cents": 100, "stock": 1})).await;
+    assert_eq!(answering.next_event().await["kind"], "product.created");
 }

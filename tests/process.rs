@@ -266,3 +266,25 @@ async fn postgres_outage_fails_readiness_sheds_fast_and_recovers_by_itself() {
     app.wait_for_readiness(200, Duration::from_secs(10)).await;
     assert_eq!(database_request().await.status(), 204, "recovered without a restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_says_going_away_to_every_live_subscriber_before_exiting() {
+    let cwd = tempfile::tempdir().unwrap();
+    let database = TestDatabase::create(Backend::Sqlite);
+    let mut served = serve(cwd.path(), &database.url(), &[("SHUTDOWN_TIMEOUT_SECONDS", "10")]);
+    let ws = format!("ws://127.0.0.1:{}/api/v1/ws", served.port);
+    let mut subscribers = Vec::new();
+    for _ in 0..3 {
+        let mut subscriber = common::ws::WsClient::connect_url(&ws).await;
+        subscriber.subscribe(&["products"], None).await;
+        subscribers.push(subscriber);
+    }
+
+    let killed = Command::new("kill").args(["-TERM", &served.child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    for subscriber in &mut subscribers {
+        assert_eq!(subscriber.closed().await, (1001, "server shutting down".to_owned()));
+    }
+    let status = tokio::task::spawn_blocking(move || served.child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0), "live connections do not hold the exit up");
+}

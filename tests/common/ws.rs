@@ -46,6 +46,11 @@ impl WsClient {
         Self::open(request).await.expect("the upgrade succeeds")
     }
 
+    /// Connects to a server this test did not start in-process (a child process).
+    pub async fn connect_url(url: &str) -> Self {
+        Self::open(url.into_client_request().unwrap()).await.expect("the upgrade succeeds")
+    }
+
     pub async fn open(request: Request<()>) -> Result<Self, Refused> {
         match tokio_tungstenite::connect_async(request).await {
             Ok((stream, _)) => Ok(Self { stream }),
@@ -93,6 +98,14 @@ impl WsClient {
                 Message::Close(frame) => panic!("closed unexpectedly: {frame:?}"),
                 _ => continue,
             }
+        }
+    }
+
+    /// Reads one frame of any kind (so pings get answered); JSON text comes back parsed.
+    pub async fn next_json_or_ping(&mut self) -> Option<Value> {
+        match self.stream.next().await {
+            Some(Ok(Message::Text(text))) => serde_json::from_str(&text).ok(),
+            _ => None,
         }
     }
 
