@@ -28,7 +28,7 @@ on_both_backends!(
     a_slow_consumer_is_cut_loose_while_a_fast_one_gets_everything,
     connections_close_when_the_token_expires,
     permissions_follow_the_user_deleted_and_demoted,
-    a_hub_panic_loses_no_event,
+    hub_and_relay_panics_lose_no_event,
     connection_limits_refuse_before_the_upgrade,
     operators_see_restarts_on_the_ops_topic,
     a_subscriber_on_one_replica_sees_an_order_placed_on_another,
@@ -365,7 +365,7 @@ async fn permissions_follow_the_user_deleted_and_demoted(backend: Backend) {
     assert_eq!(alices.closed().await.0, 1008);
 }
 
-async fn a_hub_panic_loses_no_event(backend: Backend) {
+async fn hub_and_relay_panics_lose_no_event(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (_, admin) = app.admin("root@example.com").await;
     let product = create_product(&app, &admin, json!({"name": "Cup", "price_cents": 100, "stock": 0})).await;
@@ -374,8 +374,11 @@ async fn a_hub_panic_loses_no_event(backend: Backend) {
     client.subscribe(&["products"], None).await;
 
     for stock in 1..=40 {
-        if stock == 20 {
+        if stock == 15 {
             assert_eq!(app.chaos(json!({"actor": "event_hub", "fault": "panic"})).await.status(), 500);
+        }
+        if stock == 30 {
+            assert_eq!(app.chaos(json!({"actor": "event_relay", "fault": "panic"})).await.status(), 500);
         }
         patch_product(&app, &admin, &product, json!({"stock": stock})).await;
     }
@@ -383,6 +386,7 @@ async fn a_hub_panic_loses_no_event(backend: Backend) {
     let received = ids(&client.events_through(*expected.last().unwrap()).await);
     assert_eq!(received, expected, "every event exactly once across the restart");
     assert_eq!(app.metric(r#"storefront_actor_restarts_total{actor="event_hub"}"#).await, 1.0);
+    assert_eq!(app.metric(r#"storefront_actor_restarts_total{actor="event_relay"}"#).await, 1.0);
 }
 
 async fn connection_limits_refuse_before_the_upgrade(backend: Backend) {

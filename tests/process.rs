@@ -268,11 +268,29 @@ async fn postgres_outage_fails_readiness_sheds_fast_and_recovers_by_itself() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_says_going_away_to_every_live_subscriber_before_exiting() {
+async fn sigterm_tells_operators_and_says_going_away_to_every_live_subscriber() {
     let cwd = tempfile::tempdir().unwrap();
     let database = TestDatabase::create(Backend::Sqlite);
-    let mut served = serve(cwd.path(), &database.url(), &[("SHUTDOWN_TIMEOUT_SECONDS", "10")]);
+    let created = storefront(cwd.path())
+        .args(["user", "create", "--email", "ops@example.com", "--password", common::PASSWORD, "--role", "admin"])
+        .env("DATABASE_URL", database.url())
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let settings = [("SHUTDOWN_TIMEOUT_SECONDS", "10"), ("SHUTDOWN_DRAIN_SECONDS", "1")];
+    let mut served = serve(cwd.path(), &database.url(), &settings);
+    let base = format!("http://127.0.0.1:{}", served.port);
+    let login = reqwest::Client::new()
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"email": "ops@example.com", "password": common::PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let token = login.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+
     let ws = format!("ws://127.0.0.1:{}/api/v1/ws", served.port);
+    let mut operator = common::ws::WsClient::connect_url(&format!("{ws}?access_token={token}")).await;
+    operator.subscribe(&["ops"], None).await;
     let mut subscribers = Vec::new();
     for _ in 0..3 {
         let mut subscriber = common::ws::WsClient::connect_url(&ws).await;
@@ -282,7 +300,9 @@ async fn sigterm_says_going_away_to_every_live_subscriber_before_exiting() {
 
     let killed = Command::new("kill").args(["-TERM", &served.child.id().to_string()]).status().unwrap();
     assert!(killed.success());
-    for subscriber in &mut subscribers {
+    let changed = operator.next_event().await;
+    assert_eq!((changed["kind"].as_str(), changed["data"]["ready"].as_bool()), (Some("health.changed"), Some(false)));
+    for subscriber in subscribers.iter_mut().chain([&mut operator]) {
         assert_eq!(subscriber.closed().await, (1001, "server shutting down".to_owned()));
     }
     let status = tokio::task::spawn_blocking(move || served.child.wait()).await.unwrap().unwrap();
