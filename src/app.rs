@@ -11,6 +11,13 @@ use tracing_actix_web::TracingLogger;
 use crate::{
     actors::UseCase,
     actors::{
+        breaker::{BreakerSettings, DbBreaker},
+        db_probe::DbProbe,
+        directory::ActorDirectory,
+        health::UseProbeThread,
+        report::ActorReport,
+    },
+    actors::{
         cache::{Cache, CacheClient},
         db_executor::DbGatewaySettings,
         event_relay::EventRelay,
@@ -44,6 +51,8 @@ pub struct AppState {
     pub tokens: Arc<TokenKeys>,
     pub cache: CacheClient,
     pub rate_limiter: Addr<RateLimiter>,
+    /// Every actor's row for `GET /api/v1/ops/actors`.
+    pub actors: ActorDirectory,
 }
 
 #[derive(Debug, derive_more::Display)]
@@ -84,6 +93,13 @@ impl Application {
             Supervisor::start(move |_| Health::new(metrics, interval))
         };
         let reporter = RestartReporter::new(Arc::clone(&metrics), health.clone().recipient());
+        let breaker = DbBreaker::new(
+            BreakerSettings { failure_threshold: config.db_breaker_failures, cooldown: config.db_breaker_cooldown },
+            Arc::clone(&metrics),
+            health.clone().recipient(),
+        );
+        let probe_thread = DbProbe::start(&config.database, reporter.clone());
+        health.do_send(UseProbeThread(probe_thread.addr.clone()));
         let db = DbGateway::start(
             db::build_pool(&config.database),
             DbGatewaySettings {
@@ -91,6 +107,7 @@ impl Application {
                 workers: config.db_workers,
                 queue_depth: config.db_queue_depth,
                 timeout: config.db_timeout,
+                breaker: Arc::clone(&breaker),
             },
             reporter.clone(),
             Arc::clone(&metrics),
@@ -103,8 +120,8 @@ impl Application {
                 events: config.event_retention,
                 interval: config.janitor_interval,
             };
-            let reporter = reporter.clone();
-            Supervisor::start(move |_| Janitor::new(db, retention, reporter))
+            let (reporter, metrics) = (reporter.clone(), Arc::clone(&metrics));
+            Supervisor::start(move |_| Janitor::new(db, retention, reporter, metrics))
         };
         let cache = {
             let addr = config.cache_capacity.map(|capacity| {
@@ -117,7 +134,10 @@ impl Application {
         let event_relay = config.cache_capacity.is_some().then(|| {
             let (db, cache, interval, reporter) =
                 (db.clone(), cache.clone(), config.event_poll_interval, reporter.clone());
-            Supervisor::start(move |_| EventRelay::new(origin, db, cache, interval, newest_event, reporter))
+            let metrics = Arc::clone(&metrics);
+            Supervisor::start(move |_| {
+                EventRelay::new(origin, db, cache, interval, newest_event, reporter).watched_by(metrics)
+            })
         });
         let rate_limiter = {
             let (quotas, max_keys) = (config.rate_limits, config.rate_limit_max_keys);
@@ -127,6 +147,29 @@ impl Application {
         let passwords = Passwords::start(config.password_hasher_threads, reporter)
             .map_err(|error| StartupError::Internal(error.to_string()))?;
 
+        let actors = {
+            use crate::actors::report::ActorKind;
+            let mut directory = ActorDirectory::new();
+            let (gateway, passwords) = (db.clone(), passwords.clone());
+            directory
+                .describe(move || gateway.report())
+                .describe(move || breaker.report())
+                .describe(move || probe_thread.report())
+                .describe(move || passwords.report())
+                .ask("health", health.clone().recipient())
+                .ask("rate_limiter", rate_limiter.clone().recipient())
+                .ask("janitor", janitor.clone().recipient());
+            match cache.addr() {
+                Some(addr) => directory.ask("cache", addr.clone().recipient()),
+                None => directory.describe(|| ActorReport::disabled("cache", ActorKind::Async, "CACHE_CAPACITY=0")),
+            };
+            match &event_relay {
+                Some(addr) => directory.ask("event_relay", addr.clone().recipient()),
+                None => directory
+                    .describe(|| ActorReport::disabled("event_relay", ActorKind::Async, "no cache to keep fresh")),
+            };
+            directory
+        };
         let state = AppState {
             config: Arc::clone(&config),
             db,
@@ -136,6 +179,7 @@ impl Application {
             tokens: Arc::new(TokenKeys::new(&config.jwt_secret, config.jwt_ttl)),
             cache,
             rate_limiter,
+            actors,
         };
         let listener = TcpListener::bind(config.bind_addr)
             .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;

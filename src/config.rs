@@ -128,6 +128,10 @@ pub struct Config {
     pub janitor_interval: Duration,
     pub metrics_token: Option<Secret>,
     pub chaos_token: Option<Secret>,
+    /// Consecutive connection failures that open the database circuit breaker.
+    pub db_breaker_failures: u32,
+    /// How long an open breaker refuses database work before one trial may pass.
+    pub db_breaker_cooldown: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, derive_more::Display, derive_more::Error)]
@@ -316,6 +320,13 @@ impl Config {
             )?),
             metrics_token: non_empty_secret("METRICS_TOKEN", args.metrics_token.as_deref())?,
             chaos_token: non_empty_secret("CHAOS_TOKEN", args.chaos_token.as_deref())?,
+            db_breaker_failures: parse_number("DB_BREAKER_FAILURES", &args.db_breaker_failures, 1, 1_000_000)?,
+            db_breaker_cooldown: Duration::from_millis(parse_number(
+                "DB_BREAKER_COOLDOWN_MS",
+                &args.db_breaker_cooldown_ms,
+                10,
+                600_000,
+            )?),
         })
     }
 }

@@ -15,6 +15,7 @@ use tracing::Span;
 
 use super::{
     admission::{Admission, AdmissionSlot},
+    breaker::{DbBreaker, Passage},
     supervision::{catch_panic, RestartReporter},
 };
 use crate::{
@@ -41,6 +42,8 @@ pub struct Query<U> {
     use_case: U,
     span: Span,
     progress: Arc<AtomicU8>,
+    /// Set when this query is the half-open breaker's one trial.
+    trial: Option<super::breaker::TrialPermit>,
     _slot: AdmissionSlot,
 }
 
@@ -50,6 +53,7 @@ impl<U: UseCase> Message for Query<U> {
 
 pub struct DbExecutor {
     pool: DbPool,
+    breaker: Arc<DbBreaker>,
     reporter: RestartReporter,
     metrics: Arc<Metrics>,
 }
@@ -75,10 +79,15 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
             // The caller gave up before this started and was told nothing happened.
             return Err(AppError::unavailable("The request was abandoned before it ran."));
         }
-        let pool = &self.pool;
+        self.breaker.lets_queued_work_run(query.trial.is_some())?;
+        let (pool, breaker) = (&self.pool, &self.breaker);
         let use_case = query.use_case;
         let outcome = catch_panic(move || {
-            let mut conn = pool.get().map_err(|error| {
+            let connection = pool.get();
+            breaker.record_connection(connection.is_ok(), || {
+                connection.as_ref().err().map(ToString::to_string).unwrap_or_default()
+            });
+            let mut conn = connection.map_err(|error| {
                 tracing::warn!(%error, "no database connection available");
                 AppError::unavailable("The database is unavailable; try again shortly.")
             })?;
@@ -99,6 +108,8 @@ pub struct DbGateway {
     timeout: Duration,
     metrics: Arc<Metrics>,
     workers: usize,
+    breaker: Arc<DbBreaker>,
+    pool: DbPool,
 }
 
 pub struct DbGatewaySettings {
@@ -107,16 +118,24 @@ pub struct DbGatewaySettings {
     pub workers: usize,
     pub queue_depth: usize,
     pub timeout: Duration,
+    pub breaker: Arc<DbBreaker>,
 }
 
 impl DbGateway {
     pub fn start(pool: DbPool, settings: DbGatewaySettings, reporter: RestartReporter, metrics: Arc<Metrics>) -> Self {
         let factory_metrics = Arc::clone(&metrics);
         let origin = settings.origin;
+        let breaker = Arc::clone(&settings.breaker);
+        let reported_pool = pool.clone();
         // The factory runs on the executor thread itself (again after each restart).
         let addr = SyncArbiter::start(settings.workers, move || {
             outbox::set_origin_for_this_thread(origin);
-            DbExecutor { pool: pool.clone(), reporter: reporter.clone(), metrics: Arc::clone(&factory_metrics) }
+            DbExecutor {
+                pool: pool.clone(),
+                breaker: Arc::clone(&breaker),
+                reporter: reporter.clone(),
+                metrics: Arc::clone(&factory_metrics),
+            }
         });
         Self {
             addr,
@@ -124,7 +143,37 @@ impl DbGateway {
             timeout: settings.timeout,
             metrics,
             workers: settings.workers,
+            breaker: settings.breaker,
+            pool: reported_pool,
         }
+    }
+
+    /// The DbExecutor pool's row in the actors API, from atomics and the r2d2 pool state.
+    pub fn report(&self) -> super::report::ActorReport {
+        use super::report::{as_u64, ActorKind, ActorReport, Instances};
+        let alive = u64::try_from(self.metrics.db_workers_alive.get()).unwrap_or(0);
+        let pool = self.pool.state();
+        let (in_flight, capacity) = self.queue();
+        ActorReport::new(
+            "db_executor",
+            ActorKind::SyncPool,
+            Instances { configured: as_u64(self.workers), alive },
+            serde_json::json!({
+                "connections": pool.connections, "idle_connections": pool.idle_connections,
+                "pool_size": self.pool.max_size(), "timeout_ms": self.timeout.as_millis() as u64,
+                "breaker": self.breaker.state().name(),
+            }),
+        )
+        .with_queue(in_flight, capacity)
+    }
+
+    pub fn breaker(&self) -> &Arc<DbBreaker> {
+        &self.breaker
+    }
+
+    /// Requests queued or running, and how many may be at once.
+    pub fn queue(&self) -> (usize, usize) {
+        (self.admission.in_flight(), self.admission.capacity())
     }
 
     pub fn workers(&self) -> usize {
@@ -140,8 +189,17 @@ impl DbGateway {
     /// A request that waited too long in the queue is withdrawn (503, safe to retry); one
     /// that had already started runs on, and its caller learns the outcome is unknown (504).
     pub async fn run<U: UseCase>(&self, use_case: U) -> Result<U::Output, AppError> {
+        let trial = match self.breaker.admit() {
+            Ok(Passage::Through) => None,
+            Ok(Passage::Trial(permit)) => Some(permit),
+            Err(refused) => {
+                self.metrics.db_shed.with_label_values(&["breaker_open"]).inc();
+                return Err(refused);
+            }
+        };
         let progress = Arc::new(AtomicU8::new(QUEUED));
-        let query = Query { use_case, span: Span::current(), progress: Arc::clone(&progress), _slot: self.admit()? };
+        let query =
+            Query { use_case, span: Span::current(), progress: Arc::clone(&progress), trial, _slot: self.admit()? };
         match self.addr.send(query).timeout(self.timeout).await {
             Ok(result) => result,
             Err(MailboxError::Timeout) => {

@@ -4,10 +4,14 @@
 
 use std::time::Duration;
 
-use actix::{fut::wrap_future, Actor, ActorFutureExt, AsyncContext, Context, Supervised};
+use actix::{fut::wrap_future, Actor, ActorFutureExt, AsyncContext, Context, Handler, MessageResult, Supervised};
 use uuid::Uuid;
 
 use super::{
+    chaos::crashed,
+    relay_watch::RelayProgress,
+    report::{ActorReport, GetActorReport},
+    Crash,
     cache::{CacheClient, CacheKey},
     db_executor::DbGateway,
     supervision::{guarded, Guarded, PanicPayload, RestartReporter},
@@ -31,6 +35,7 @@ pub struct EventRelay {
     last_id: Option<i64>,
     polling: bool,
     reporter: RestartReporter,
+    progress: RelayProgress,
 }
 
 impl EventRelay {
@@ -43,7 +48,22 @@ impl EventRelay {
         start_after: i64,
         reporter: RestartReporter,
     ) -> Self {
-        Self { origin: origin.to_string(), db, cache, interval, last_id: Some(start_after), polling: false, reporter }
+        Self {
+            origin: origin.to_string(),
+            db,
+            cache,
+            interval,
+            last_id: Some(start_after),
+            polling: false,
+            reporter,
+            progress: RelayProgress::default(),
+        }
+    }
+
+    /// Makes the relay's progress visible in metrics (lag, last success).
+    pub fn watched_by(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.progress = RelayProgress::new(metrics);
+        self
     }
 
     fn poll(&mut self, ctx: &mut Context<Self>) {
@@ -65,8 +85,11 @@ impl EventRelay {
                 guarded(act, ctx, |act, _| {
                     act.polling = false;
                     match outcome {
-                        Ok((start, events)) => act.forward(start, &events),
-                        Err(error) => tracing::debug!(%error, "outbox poll failed; will retry"),
+                        Ok((start, events)) => {
+                            act.progress.succeeded(events.len());
+                            act.forward(start, &events);
+                        }
+                        Err(error) => act.progress.failed(&error),
                     }
                 });
             }),
@@ -105,8 +128,13 @@ impl Actor for EventRelay {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.polling = false;
-        ctx.run_interval(self.interval, |act, ctx| {
-            guarded(act, ctx, |act, ctx| act.poll(ctx));
+        guarded(self, ctx, |act, ctx| {
+            ctx.run_interval(act.interval, |act, ctx| {
+                guarded(act, ctx, |act, ctx| {
+                    act.progress.tick();
+                    act.poll(ctx);
+                });
+            });
         });
     }
 }
@@ -118,9 +146,29 @@ impl Guarded for EventRelay {
 }
 
 impl Supervised for EventRelay {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
         // Events may have been missed mid-panic: everything cached could be stale.
-        self.last_id = None;
-        self.cache.clear();
+        guarded(self, ctx, |act, _| {
+            act.last_id = None;
+            act.cache.clear();
+        });
+    }
+}
+
+impl Handler<GetActorReport> for EventRelay {
+    type Result = MessageResult<GetActorReport>;
+    fn handle(&mut self, _msg: GetActorReport, ctx: &mut Context<Self>) -> Self::Result {
+        let report = guarded(self, ctx, |act, _| {
+            let interval_ms = u64::try_from(act.interval.as_millis()).unwrap_or(u64::MAX);
+            ActorReport::running(ACTOR, act.progress.state(act.last_id, interval_ms))
+        });
+        MessageResult(report.unwrap_or_else(|| ActorReport::unresponsive(ACTOR, "panicked while reporting")))
+    }
+}
+
+impl Handler<Crash> for EventRelay {
+    type Result = Result<(), crate::error::AppError>;
+    fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
+        guarded(self, ctx, |_, _| msg.detonate()).ok_or_else(|| crashed(ACTOR))
     }
 }

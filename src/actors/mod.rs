@@ -1,6 +1,10 @@
 //! The supervised actors that own the service's state.
 
 pub mod admission;
+pub mod breaker;
+pub mod db_probe;
+pub mod directory;
+pub mod report;
 pub mod cache;
 pub mod chaos;
 pub mod db_executor;
@@ -8,6 +12,7 @@ pub mod event_relay;
 pub mod health;
 pub mod janitor;
 pub mod rate_limiter;
+pub mod relay_watch;
 pub mod supervision;
 
 pub use chaos::Crash;

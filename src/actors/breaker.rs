@@ -1,0 +1,279 @@
+//! The database circuit breaker. Without it every request in an outage spends
+//! `DB_CONNECT_TIMEOUT_MS` waiting for a connection, the queue fills and callers wait out
+//! `DB_TIMEOUT_MS`. With it: after `DB_BREAKER_FAILURES` consecutive connection failures
+//! (or a failed health probe) the breaker opens and database work is refused at once
+//! with 503 + `Retry-After`, without touching the pool. After `DB_BREAKER_COOLDOWN_MS`
+//! it turns half-open and exactly one trial (a request, or the health probe) decides:
+//! success closes it, failure opens it for another cooldown.
+//!
+//! The state is atomics only: the gateway (cloned into every handler) and the executor
+//! threads read it on every request without a lock. Each transition is won by exactly one
+//! compare-exchange, so it is counted, logged and announced exactly once.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use actix::{Message, Recipient};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::{error::AppError, metrics::Metrics};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    Closed = 0,
+    Open = 1,
+    HalfOpen = 2,
+}
+
+impl BreakerState {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            1 => Self::Open,
+            2 => Self::HalfOpen,
+            _ => Self::Closed,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// One state change, sent to the Health actor (readiness, and the `ops` topic's
+/// `breaker.changed` event with data `{from, to, at, reason}`).
+#[derive(Debug, Clone, Message, Serialize)]
+#[rtype(result = "()")]
+pub struct BreakerChanged {
+    pub from: BreakerState,
+    pub to: BreakerState,
+    pub at: DateTime<Utc>,
+    pub reason: String,
+}
+
+pub struct BreakerSettings {
+    pub failure_threshold: u32,
+    pub cooldown: Duration,
+}
+
+/// What the breaker lets a request do.
+pub enum Passage {
+    /// Closed: go ahead.
+    Through,
+    /// Half-open: this request is the one trial; its connection attempt decides.
+    Trial(TrialPermit),
+}
+
+/// Held by the one trial in flight; dropping it without a verdict (the request was
+/// withdrawn before it ran) lets the next request be the trial instead.
+pub struct TrialPermit {
+    breaker: Arc<DbBreaker>,
+}
+
+impl Drop for TrialPermit {
+    fn drop(&mut self) {
+        self.breaker.trial_in_flight.store(false, Ordering::Release);
+    }
+}
+
+pub struct DbBreaker {
+    state: AtomicU8,
+    consecutive_failures: AtomicU32,
+    /// Milliseconds since `epoch` when the breaker last opened.
+    opened_at_ms: AtomicU64,
+    trial_in_flight: AtomicBool,
+    settings: BreakerSettings,
+    epoch: Instant,
+    metrics: Arc<Metrics>,
+    listener: Recipient<BreakerChanged>,
+}
+
+impl DbBreaker {
+    pub fn new(settings: BreakerSettings, metrics: Arc<Metrics>, listener: Recipient<BreakerChanged>) -> Arc<Self> {
+        metrics.ops.db_breaker_state.set(BreakerState::Closed as i64);
+        Arc::new(Self {
+            state: AtomicU8::new(BreakerState::Closed as u8),
+            consecutive_failures: AtomicU32::new(0),
+            opened_at_ms: AtomicU64::new(0),
+            trial_in_flight: AtomicBool::new(false),
+            settings,
+            epoch: Instant::now(),
+            metrics,
+            listener,
+        })
+    }
+
+    pub fn state(&self) -> BreakerState {
+        BreakerState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Acquire)
+    }
+
+    pub fn failure_threshold(&self) -> u32 {
+        self.settings.failure_threshold
+    }
+
+    pub fn cooldown(&self) -> Duration {
+        self.settings.cooldown
+    }
+
+    /// Decides whether a request may reach the pool. Refusals cost a few atomic loads.
+    pub fn admit(self: &Arc<Self>) -> Result<Passage, AppError> {
+        match self.state() {
+            BreakerState::Closed => return Ok(Passage::Through),
+            BreakerState::Open => {
+                let remaining = self.cooldown_remaining();
+                if !remaining.is_zero() {
+                    return Err(refusal(remaining));
+                }
+                self.transition(BreakerState::Open, BreakerState::HalfOpen, || "cooldown elapsed".into());
+            }
+            BreakerState::HalfOpen => {}
+        }
+        // Half-open (by us or another request): the first to claim the trial goes through.
+        if self.state() == BreakerState::HalfOpen
+            && self.trial_in_flight.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        {
+            return Ok(Passage::Trial(TrialPermit { breaker: Arc::clone(self) }));
+        }
+        Err(refusal(Duration::from_secs(1)))
+    }
+
+    /// Whether work admitted earlier may still start: once the breaker has opened, work
+    /// still queued is refused at once instead of each piece waiting for a connection.
+    pub fn lets_queued_work_run(&self, is_trial: bool) -> Result<(), AppError> {
+        match self.state() {
+            BreakerState::Closed => Ok(()),
+            _ if is_trial => Ok(()),
+            _ => Err(refusal(self.cooldown_remaining().max(Duration::from_secs(1)))),
+        }
+    }
+
+    /// The verdict of one attempt to get a connection from the pool.
+    pub fn record_connection(&self, connected: bool, error: impl FnOnce() -> String) {
+        if connected {
+            self.consecutive_failures.store(0, Ordering::Release);
+            self.transition(BreakerState::HalfOpen, BreakerState::Closed, || "trial request connected".into());
+            return;
+        }
+        match self.state() {
+            BreakerState::Closed => {
+                let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
+                if failures >= self.settings.failure_threshold {
+                    self.open_from(BreakerState::Closed, || {
+                        format!("{failures} consecutive connection failures: {}", error())
+                    });
+                }
+            }
+            BreakerState::HalfOpen => {
+                self.open_from(BreakerState::HalfOpen, || format!("trial request failed: {}", error()));
+            }
+            BreakerState::Open => {}
+        }
+    }
+
+    /// The health probe (its own connection, never the request queue) failed.
+    pub fn probe_failed(&self, error: &str) {
+        for from in [BreakerState::Closed, BreakerState::HalfOpen] {
+            self.open_from(from, || format!("health probe failed: {error}"));
+        }
+    }
+
+    /// The health probe connected: once the cooldown is over it counts as the trial, so
+    /// the breaker closes even when no request arrives (a replica taken out of rotation
+    /// by its failing readiness would otherwise never see one).
+    pub fn probe_passed(&self) {
+        if self.state() == BreakerState::Open && self.cooldown_remaining().is_zero() {
+            self.transition(BreakerState::Open, BreakerState::HalfOpen, || "cooldown elapsed".into());
+        }
+        if self.state() == BreakerState::HalfOpen {
+            self.consecutive_failures.store(0, Ordering::Release);
+            self.transition(BreakerState::HalfOpen, BreakerState::Closed, || "health probe connected".into());
+        }
+    }
+
+    fn open_from(&self, from: BreakerState, reason: impl FnOnce() -> String) {
+        // Stamp the opening before the state flips, so no reader sees "open" with an old
+        // stamp and lets a trial through at once.
+        let previous = self.opened_at_ms.swap(self.now_ms(), Ordering::AcqRel);
+        if !self.transition(from, BreakerState::Open, reason) {
+            self.opened_at_ms.store(previous, Ordering::Release);
+        }
+    }
+
+    fn cooldown_remaining(&self) -> Duration {
+        let opened = Duration::from_millis(self.opened_at_ms.load(Ordering::Acquire));
+        (opened + self.settings.cooldown).saturating_sub(self.epoch.elapsed())
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Moves `from` → `to` if the breaker is still in `from`; true when this call did it.
+    fn transition(&self, from: BreakerState, to: BreakerState, reason: impl FnOnce() -> String) -> bool {
+        if self.state.compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return false;
+        }
+        let reason = reason();
+        let ops = &self.metrics.ops;
+        ops.db_breaker_state.set(to as i64);
+        ops.db_breaker_transitions.with_label_values(&[to.name()]).inc();
+        if to == BreakerState::Open {
+            tracing::warn!(from = from.name(), to = to.name(), %reason, "database breaker opened");
+        } else {
+            tracing::info!(from = from.name(), to = to.name(), %reason, "database breaker changed");
+        }
+        // `do_send` because a transition must never be dropped for a full mailbox; they are
+        // rare (one per cooldown at most while the database is down).
+        self.listener.do_send(BreakerChanged { from, to, at: Utc::now(), reason });
+        true
+    }
+}
+
+impl DbBreaker {
+    /// The breaker's row in the actors API.
+    pub fn report(&self) -> super::report::ActorReport {
+        use super::report::{ActorKind, ActorReport, Instances};
+        let remaining = match self.state() {
+            BreakerState::Open => Some(self.cooldown_remaining().as_millis() as u64),
+            _ => None,
+        };
+        let transitions = |to: BreakerState| self.metrics.ops.db_breaker_transitions.with_label_values(&[to.name()]).get();
+        ActorReport::new(
+            "db_breaker",
+            ActorKind::Breaker,
+            Instances { configured: 1, alive: 1 },
+            serde_json::json!({
+                "state": self.state(), "consecutive_failures": self.consecutive_failures(),
+                "failure_threshold": self.settings.failure_threshold,
+                "cooldown_ms": self.settings.cooldown.as_millis() as u64, "cooldown_remaining_ms": remaining,
+                "trial_in_flight": self.trial_in_flight.load(Ordering::Acquire),
+                "transitions": {
+                    "open": transitions(BreakerState::Open), "half_open": transitions(BreakerState::HalfOpen),
+                    "closed": transitions(BreakerState::Closed),
+                },
+            }),
+        )
+    }
+}
+
+fn refusal(retry_after: Duration) -> AppError {
+    let seconds = retry_after.as_millis().div_ceil(1000).max(1);
+    AppError::Unavailable {
+        retry_after_secs: u64::try_from(seconds).unwrap_or(u64::MAX),
+        detail: "The database is unavailable (circuit breaker open); try again shortly.".into(),
+    }
+}
