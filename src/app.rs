@@ -53,6 +53,9 @@ pub struct AppState {
     pub rate_limiter: Addr<RateLimiter>,
     /// Every actor's row for `GET /api/v1/ops/actors`.
     pub actors: ActorDirectory,
+    /// For fault injection into the background actors.
+    pub janitor: Addr<Janitor>,
+    pub event_relay: Option<Addr<EventRelay>>,
 }
 
 #[derive(Debug, derive_more::Display)]
@@ -180,6 +183,8 @@ impl Application {
             cache,
             rate_limiter,
             actors,
+            janitor: janitor.clone(),
+            event_relay: event_relay.clone(),
         };
         let listener = TcpListener::bind(config.bind_addr)
             .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;

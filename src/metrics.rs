@@ -180,9 +180,8 @@ impl OpsMetrics {
         for state in BREAKER_STATES {
             db_breaker_transitions.with_label_values(&[state]);
         }
-        let gauge = |name: &str, help: &str| {
-            register(registry, prometheus::Gauge::new(name, help).expect("valid metric"))
-        };
+        let gauge =
+            |name: &str, help: &str| register(registry, prometheus::Gauge::new(name, help).expect("valid metric"));
         Self {
             db_breaker_state,
             db_breaker_transitions,

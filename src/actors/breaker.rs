@@ -251,7 +251,8 @@ impl DbBreaker {
             BreakerState::Open => Some(self.cooldown_remaining().as_millis() as u64),
             _ => None,
         };
-        let transitions = |to: BreakerState| self.metrics.ops.db_breaker_transitions.with_label_values(&[to.name()]).get();
+        let transitions =
+            |to: BreakerState| self.metrics.ops.db_breaker_transitions.with_label_values(&[to.name()]).get();
         ActorReport::new(
             "db_breaker",
             ActorKind::Breaker,

@@ -39,7 +39,12 @@ impl ProbeThread {
     pub fn report(&self) -> super::report::ActorReport {
         use super::report::{as_u64, ActorKind, ActorReport, Instances};
         let instances = Instances { configured: 1, alive: as_u64(self.alive.load(Ordering::Acquire)) };
-        ActorReport::new(ACTOR, ActorKind::SyncPool, instances, serde_json::json!({"connection": "own, outside the pool"}))
+        ActorReport::new(
+            ACTOR,
+            ActorKind::SyncPool,
+            instances,
+            serde_json::json!({"connection": "own, outside the pool"}),
+        )
     }
 }
 

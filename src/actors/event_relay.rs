@@ -8,13 +8,13 @@ use actix::{fut::wrap_future, Actor, ActorFutureExt, AsyncContext, Context, Hand
 use uuid::Uuid;
 
 use super::{
+    cache::{CacheClient, CacheKey},
     chaos::crashed,
+    db_executor::DbGateway,
     relay_watch::RelayProgress,
     report::{ActorReport, GetActorReport},
-    Crash,
-    cache::{CacheClient, CacheKey},
-    db_executor::DbGateway,
     supervision::{guarded, Guarded, PanicPayload, RestartReporter},
+    Crash,
 };
 use crate::db::{
     events::{EventsAfter, LatestEventId, StoredEvent},

@@ -132,7 +132,8 @@ impl Passwords {
     /// wait behind the hashes in its queue).
     pub fn report(&self) -> crate::actors::report::ActorReport {
         use crate::actors::report::{as_u64, ActorKind, ActorReport, Instances};
-        let instances = Instances { configured: as_u64(self.threads), alive: as_u64(self.alive.load(Ordering::Acquire)) };
+        let instances =
+            Instances { configured: as_u64(self.threads), alive: as_u64(self.alive.load(Ordering::Acquire)) };
         ActorReport::new(ACTOR, ActorKind::SyncPool, instances, serde_json::json!({"algorithm": "argon2id"}))
             .with_queue(self.admission.in_flight(), self.admission.capacity())
     }

@@ -27,6 +27,8 @@ pub enum ChaosActor {
     Health,
     Cache,
     RateLimiter,
+    Janitor,
+    EventRelay,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -91,6 +93,21 @@ pub async fn inject_fault(
                 .timeout(ACTOR_TIMEOUT)
                 .await
                 .map_err(|error| AppError::Internal(format!("rate limiter: {error}")))??
+        }
+        (ChaosActor::Janitor, ChaosFault::Panic) => state
+            .janitor
+            .send(Crash)
+            .timeout(ACTOR_TIMEOUT)
+            .await
+            .map_err(|error| AppError::Internal(format!("janitor: {error}")))??,
+        (ChaosActor::EventRelay, ChaosFault::Panic) => {
+            let relay =
+                state.event_relay.as_ref().ok_or_else(|| AppError::invalid("actor", "the relay is disabled"))?;
+            relay
+                .send(Crash)
+                .timeout(ACTOR_TIMEOUT)
+                .await
+                .map_err(|error| AppError::Internal(format!("event relay: {error}")))??
         }
         (_, ChaosFault::Stall) => return Err(AppError::invalid("fault", "stall applies to db_executor only")),
     }
