@@ -103,7 +103,8 @@ async fn actors_api_shows_every_actor_alive_with_its_queue_and_own_state(backend
     assert!(row(&report, "rate_limiter")["state"]["keys_tracked"].as_u64().unwrap() >= 1, "this very request");
 
     let metrics = app.get("/metrics").await.text().await.unwrap();
-    for sample in ["storefront_event_relay_last_success_timestamp_seconds", "storefront_janitor_last_success_timestamp_seconds"]
+    for sample in
+        ["storefront_event_relay_last_success_timestamp_seconds", "storefront_janitor_last_success_timestamp_seconds"]
     {
         assert!(common::metric_value(&metrics, sample) > 1.0e9, "{sample} is a recent unix time");
     }
@@ -138,7 +139,8 @@ async fn a_chaos_panic_moves_the_restart_count_and_lands_in_the_ledger_newest_fi
     .await;
 
     let ledger: Value = app.get_as("/api/v1/ops/restarts", &admin).await.json().await.unwrap();
-    let order: Vec<&str> = ledger["restarts"].as_array().unwrap().iter().map(|r| r["actor"].as_str().unwrap()).collect();
+    let order: Vec<&str> =
+        ledger["restarts"].as_array().unwrap().iter().map(|r| r["actor"].as_str().unwrap()).collect();
     assert_eq!(order, ["db_executor", "janitor", "cache"], "newest first: {ledger}");
     for restart in ledger["restarts"].as_array().unwrap() {
         assert!(restart["at"].is_string() && restart["reason"].is_string(), "{restart}");

@@ -350,7 +350,10 @@ function buildCharts() {
     const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
     svg.setAttribute("viewBox", "0 0 100 40");
     svg.setAttribute("preserveAspectRatio", "none");
-    svg.append(document.createElementNS(svg.namespaceURI, "polygon"), document.createElementNS(svg.namespaceURI, "polyline"));
+    const area = document.createElementNS(svg.namespaceURI, "polygon");
+    const line = document.createElementNS(svg.namespaceURI, "polyline");
+    line.setAttribute("fill", "none");
+    svg.append(area, line);
     return el("div", { class: "chart", "data-chart": chart.key },
       el("div", { class: "chart-title" }, el("span", { text: chart.title }), el("span", { class: "muted", "data-peak": "" })),
       el("div", { class: "chart-value", text: "–" }), svg);
@@ -396,6 +399,7 @@ function addSample(summary) {
 
 function drawCharts() {
   const points = state.samples.map((sample) => sample.point).filter(Boolean);
+  $("charts").dataset.points = String(points.length);
   for (const chart of CHARTS) {
     const box = document.querySelector(`[data-chart="${chart.key}"]`);
     if (!box) continue;
@@ -513,6 +517,11 @@ async function inject(fault, button) {
 }
 
 // ---- start -------------------------------------------------------------------------
+
+// Counted where a test (or a curious operator) can read it: the page must run clean under its CSP.
+document.addEventListener("securitypolicyviolation", () => {
+  document.body.dataset.cspViolations = String(Number(document.body.dataset.cspViolations || 0) + 1);
+});
 
 document.addEventListener("DOMContentLoaded", () => {
   $("sign-in-form").addEventListener("submit", signIn);
