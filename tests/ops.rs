@@ -250,8 +250,9 @@ async fn the_database_breaker_opens_in_an_outage_and_closes_when_postgres_return
     let report = actors(&app, &admin).await;
     assert_ne!(row(&report, "db_breaker")["state"]["state"], "closed", "{report}");
 
-    // After the cooldown a request becomes the one trial: the breaker goes half-open, the
-    // trial fails against the stopped server, and it opens again.
+    // After the cooldown the breaker goes half-open and one trial (the health probe, on its
+    // own connection) decides: against the stopped server it fails, and the breaker opens
+    // again. Requests meanwhile are refused, never let through to wait on the pool.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while app.metric(r#"storefront_db_breaker_transitions_total{to="half_open"}"#).await < 1.0 {
         assert_eq!(database_request().await.status(), 503, "never a success while the database is down");

@@ -3,8 +3,13 @@
 //! `DB_TIMEOUT_MS`. With it: after `DB_BREAKER_FAILURES` consecutive connection failures
 //! (or a failed health probe) the breaker opens and database work is refused at once
 //! with 503 + `Retry-After`, without touching the pool. After `DB_BREAKER_COOLDOWN_MS`
-//! it turns half-open and exactly one trial (a request, or the health probe) decides:
-//! success closes it, failure opens it for another cooldown.
+//! it turns half-open and exactly one trial decides: success closes it, failure opens it
+//! for another cooldown.
+//!
+//! The trial is the health probe, on its own thread and connection. Letting a request be
+//! the trial was measured to cost that request `DB_CONNECT_TIMEOUT_MS` (r2d2 keeps
+//! retrying until its timeout) once per cooldown — enough to put p99 of refused requests
+//! at 250 ms. The probe pays that instead, and nobody is waiting on it.
 //!
 //! The state is atomics only: the gateway (cloned into every handler) and the executor
 //! threads read it on every request without a lock. Each transition is won by exactly one
@@ -12,7 +17,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering},
+        atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -66,32 +71,11 @@ pub struct BreakerSettings {
     pub cooldown: Duration,
 }
 
-/// What the breaker lets a request do.
-pub enum Passage {
-    /// Closed: go ahead.
-    Through,
-    /// Half-open: this request is the one trial; its connection attempt decides.
-    Trial(TrialPermit),
-}
-
-/// Held by the one trial in flight; dropping it without a verdict (the request was
-/// withdrawn before it ran) lets the next request be the trial instead.
-pub struct TrialPermit {
-    breaker: Arc<DbBreaker>,
-}
-
-impl Drop for TrialPermit {
-    fn drop(&mut self) {
-        self.breaker.trial_in_flight.store(false, Ordering::Release);
-    }
-}
-
 pub struct DbBreaker {
     state: AtomicU8,
     consecutive_failures: AtomicU32,
     /// Milliseconds since `epoch` when the breaker last opened.
     opened_at_ms: AtomicU64,
-    trial_in_flight: AtomicBool,
     settings: BreakerSettings,
     epoch: Instant,
     metrics: Arc<Metrics>,
@@ -105,7 +89,6 @@ impl DbBreaker {
             state: AtomicU8::new(BreakerState::Closed as u8),
             consecutive_failures: AtomicU32::new(0),
             opened_at_ms: AtomicU64::new(0),
-            trial_in_flight: AtomicBool::new(false),
             settings,
             epoch: Instant::now(),
             metrics,
@@ -129,79 +112,56 @@ impl DbBreaker {
         self.settings.cooldown
     }
 
-    /// Decides whether a request may reach the pool. Refusals cost a few atomic loads.
-    pub fn admit(self: &Arc<Self>) -> Result<Passage, AppError> {
-        match self.state() {
-            BreakerState::Closed => return Ok(Passage::Through),
-            BreakerState::Open => {
-                let remaining = self.cooldown_remaining();
-                if !remaining.is_zero() {
-                    return Err(refusal(remaining));
-                }
-                self.transition(BreakerState::Open, BreakerState::HalfOpen, || "cooldown elapsed".into());
-            }
-            BreakerState::HalfOpen => {}
-        }
-        // Half-open (by us or another request): the first to claim the trial goes through.
-        if self.state() == BreakerState::HalfOpen
-            && self.trial_in_flight.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
-        {
-            return Ok(Passage::Trial(TrialPermit { breaker: Arc::clone(self) }));
-        }
-        Err(refusal(Duration::from_secs(1)))
-    }
-
-    /// Whether work admitted earlier may still start: once the breaker has opened, work
-    /// still queued is refused at once instead of each piece waiting for a connection.
-    pub fn lets_queued_work_run(&self, is_trial: bool) -> Result<(), AppError> {
+    /// Whether a request may reach the pool: only while closed. A refusal costs one atomic
+    /// load and says when to come back.
+    pub fn admit(&self) -> Result<(), AppError> {
         match self.state() {
             BreakerState::Closed => Ok(()),
-            _ if is_trial => Ok(()),
-            _ => Err(refusal(self.cooldown_remaining().max(Duration::from_secs(1)))),
+            _ => Err(refusal(self.cooldown_remaining())),
         }
     }
 
-    /// The verdict of one attempt to get a connection from the pool.
+    /// The verdict of one request's attempt to get a connection from the pool.
     pub fn record_connection(&self, connected: bool, error: impl FnOnce() -> String) {
         if connected {
             self.consecutive_failures.store(0, Ordering::Release);
-            self.transition(BreakerState::HalfOpen, BreakerState::Closed, || "trial request connected".into());
             return;
         }
-        match self.state() {
-            BreakerState::Closed => {
-                let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
-                if failures >= self.settings.failure_threshold {
-                    self.open_from(BreakerState::Closed, || {
-                        format!("{failures} consecutive connection failures: {}", error())
-                    });
-                }
+        if self.state() == BreakerState::Closed {
+            let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
+            if failures >= self.settings.failure_threshold {
+                self.open_from(BreakerState::Closed, || {
+                    format!("{failures} consecutive connection failures: {}", error())
+                });
             }
-            BreakerState::HalfOpen => {
-                self.open_from(BreakerState::HalfOpen, || format!("trial request failed: {}", error()));
-            }
-            BreakerState::Open => {}
         }
     }
 
-    /// The health probe (its own connection, never the request queue) failed.
+    /// A health probe (its own thread and connection, never the request queue) failed:
+    /// it opens a closed breaker, and once a cooldown is over it was the failed trial.
     pub fn probe_failed(&self, error: &str) {
-        for from in [BreakerState::Closed, BreakerState::HalfOpen] {
-            self.open_from(from, || format!("health probe failed: {error}"));
+        self.open_from(BreakerState::Closed, || format!("health probe failed: {error}"));
+        if self.begin_trial() {
+            self.open_from(BreakerState::HalfOpen, || format!("trial probe failed: {error}"));
         }
     }
 
-    /// The health probe connected: once the cooldown is over it counts as the trial, so
-    /// the breaker closes even when no request arrives (a replica taken out of rotation
-    /// by its failing readiness would otherwise never see one).
+    /// A health probe connected: once the cooldown is over it is the trial that closes the
+    /// breaker, whether or not requests arrive (a replica taken out of rotation by its
+    /// failing readiness would otherwise never see one).
     pub fn probe_passed(&self) {
-        if self.state() == BreakerState::Open && self.cooldown_remaining().is_zero() {
-            self.transition(BreakerState::Open, BreakerState::HalfOpen, || "cooldown elapsed".into());
-        }
-        if self.state() == BreakerState::HalfOpen {
+        if self.begin_trial() {
             self.consecutive_failures.store(0, Ordering::Release);
-            self.transition(BreakerState::HalfOpen, BreakerState::Closed, || "health probe connected".into());
+            self.transition(BreakerState::HalfOpen, BreakerState::Closed, || "trial probe connected".into());
         }
+    }
+
+    /// Open with the cooldown over → half-open. True when the breaker is half-open now.
+    fn begin_trial(&self) -> bool {
+        if self.state() == BreakerState::Open && self.cooldown_remaining().is_zero() {
+            self.transition(BreakerState::Open, BreakerState::HalfOpen, || "cooldown elapsed; probing".into());
+        }
+        self.state() == BreakerState::HalfOpen
     }
 
     fn open_from(&self, from: BreakerState, reason: impl FnOnce() -> String) {
@@ -261,7 +221,6 @@ impl DbBreaker {
                 "state": self.state(), "consecutive_failures": self.consecutive_failures(),
                 "failure_threshold": self.settings.failure_threshold,
                 "cooldown_ms": self.settings.cooldown.as_millis() as u64, "cooldown_remaining_ms": remaining,
-                "trial_in_flight": self.trial_in_flight.load(Ordering::Acquire),
                 "transitions": {
                     "open": transitions(BreakerState::Open), "half_open": transitions(BreakerState::HalfOpen),
                     "closed": transitions(BreakerState::Closed),

@@ -15,7 +15,7 @@ use tracing::Span;
 
 use super::{
     admission::{Admission, AdmissionSlot},
-    breaker::{DbBreaker, Passage},
+    breaker::DbBreaker,
     supervision::{catch_panic, RestartReporter},
 };
 use crate::{
@@ -42,8 +42,6 @@ pub struct Query<U> {
     use_case: U,
     span: Span,
     progress: Arc<AtomicU8>,
-    /// Set when this query is the half-open breaker's one trial.
-    trial: Option<super::breaker::TrialPermit>,
     _slot: AdmissionSlot,
 }
 
@@ -79,7 +77,9 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
             // The caller gave up before this started and was told nothing happened.
             return Err(AppError::unavailable("The request was abandoned before it ran."));
         }
-        self.breaker.lets_queued_work_run(query.trial.is_some())?;
+        // Work queued before the breaker opened is refused now rather than each piece
+        // waiting out a connection attempt.
+        self.breaker.admit()?;
         let (pool, breaker) = (&self.pool, &self.breaker);
         let use_case = query.use_case;
         let outcome = catch_panic(move || {
@@ -189,17 +189,12 @@ impl DbGateway {
     /// A request that waited too long in the queue is withdrawn (503, safe to retry); one
     /// that had already started runs on, and its caller learns the outcome is unknown (504).
     pub async fn run<U: UseCase>(&self, use_case: U) -> Result<U::Output, AppError> {
-        let trial = match self.breaker.admit() {
-            Ok(Passage::Through) => None,
-            Ok(Passage::Trial(permit)) => Some(permit),
-            Err(refused) => {
-                self.metrics.db_shed.with_label_values(&["breaker_open"]).inc();
-                return Err(refused);
-            }
-        };
+        if let Err(refused) = self.breaker.admit() {
+            self.metrics.db_shed.with_label_values(&["breaker_open"]).inc();
+            return Err(refused);
+        }
         let progress = Arc::new(AtomicU8::new(QUEUED));
-        let query =
-            Query { use_case, span: Span::current(), progress: Arc::clone(&progress), trial, _slot: self.admit()? };
+        let query = Query { use_case, span: Span::current(), progress: Arc::clone(&progress), _slot: self.admit()? };
         match self.addr.send(query).timeout(self.timeout).await {
             Ok(result) => result,
             Err(MailboxError::Timeout) => {
