@@ -31,6 +31,25 @@ def as_postgres(*args):
     return subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True)
 
 
+def server_histogram(conn):
+    """Cumulative latency buckets of the database route /api/v1/products (list and create)."""
+    buckets = {}
+    for line in conn.req("GET", "/metrics")[1].decode().splitlines():
+        if line.startswith("storefront_http_request_duration_seconds_bucket{") and 'route="/api/v1/products"' in line:
+            le = line.split('le="')[1].split('"')[0]
+            buckets[le] = buckets.get(le, 0) + float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def bucket_quantile(before, after, q):
+    total = after.get("+Inf", 0) - before.get("+Inf", 0)
+    bounds = sorted((float(le), le) for le in after if le != "+Inf")
+    for value, le in bounds:
+        if after[le] - before.get(le, 0) >= q * total:
+            return f"{value * 1000:g} ms", int(total)
+    return "+Inf", int(total)
+
+
 def pct(values, q):
     if not values:
         return float("nan")
@@ -121,7 +140,11 @@ def run(port, env):
     t_stop = time.monotonic()
     as_postgres(f"{PG}/pg_ctl", "-w", "-m", "fast", "-D", DATA["dir"], "stop")
     t_stopped = time.monotonic()
-    time.sleep(DOWN)
+    while not any(e[0] >= t_stop and e[2] == "open" for e in list(ready_log)):
+        time.sleep(0.01)
+    open_metrics = server_histogram(probe)
+    time.sleep(max(0.0, t_stop + DOWN - time.monotonic()))
+    closing_metrics = server_histogram(probe)
     as_postgres(f"{PG}/pg_ctl", "-w", "-D", DATA["dir"], "-o", DATA["opts"], "-l", DATA["log"], "start")
     t_back = time.monotonic()  # pg_ctl -w returns once PostgreSQL accepts connections
     time.sleep(AFTER)
@@ -152,6 +175,9 @@ def run(port, env):
     print(f"breaker open after {ms(opened[0] - t_stop) if opened else 'never'}")
     print(f"database routes once open: n={len(once_open)} p50 {ms(pct(once_open, .5))} p99 {ms(pct(once_open, .99))} "
           f"max {ms(max(once_open)) if once_open else '-'} statuses {statuses}")
+    server_p99 = bucket_quantile(open_metrics, closing_metrics, 0.99)
+    print(f"server-side (storefront_http_request_duration_seconds, route /api/v1/products, while open): "
+          f"n={server_p99[1]} p99 <= {server_p99[0]}")
     print(f"database routes over the whole outage: n={len(whole)} p50 {ms(pct(whole, .5))} p99 {ms(pct(whole, .99))} "
           f"max {ms(max(whole)) if whole else '-'}")
     print(f"first write after PostgreSQL accepted connections: {ms(first_write - t_back) if first_write else 'never'}")

@@ -102,7 +102,9 @@ impl Application {
             health.clone().recipient(),
         );
         let probe_thread = DbProbe::start(&config.database, reporter.clone());
-        health.do_send(UseProbeThread(probe_thread.addr.clone()));
+        // A refused connection fails at once; the timeout only bounds a database that hangs.
+        let probe_timeout = config.health_probe_interval.max(config.database.connect_timeout * 2);
+        health.do_send(UseProbeThread { probe: probe_thread.addr.clone(), timeout: probe_timeout });
         let db = DbGateway::start(
             db::build_pool(&config.database),
             DbGatewaySettings {

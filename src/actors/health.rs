@@ -50,8 +50,9 @@ pub struct Health {
     probe_in_flight: bool,
     shutting_down: bool,
     restarts: BTreeMap<&'static str, RestartRecord>,
-    /// The probe's own thread and connection; without it the probe goes through the pool.
-    probe_thread: Option<Addr<DbProbe>>,
+    /// The probe's own thread and connection, and how long a probe may take before it
+    /// counts as failed; without it the probe goes through the pool.
+    probe_thread: Option<(Addr<DbProbe>, Duration)>,
     /// The most recent restarts, newest at the back.
     ledger: VecDeque<ActorRestarted>,
     last_breaker_change: Option<BreakerChanged>,
@@ -77,15 +78,13 @@ impl Health {
         let Some(database) = self.database.clone() else {
             return;
         };
-        // A saturated pool is busy, not down: keep the last verdict rather than being shed.
-        if self.probe_in_flight || database.is_saturated() {
+        if self.probe_in_flight {
             return;
         }
-        self.probe_in_flight = true;
-        if let Some(probe) = self.probe_thread.clone() {
-            // A probe slower than its interval counts as failed; the message is skipped
-            // when the probe thread reaches it, so probes never pile up.
-            let timeout = self.probe_interval;
+        if let Some((probe, timeout)) = self.probe_thread.clone() {
+            self.probe_in_flight = true;
+            // A probe that times out counts as failed; its message is skipped when the
+            // probe thread reaches it, so probes never pile up.
             ctx.spawn(wrap_future(async move { probe.send(ProbeDatabase).timeout(timeout).await }).map(
                 move |outcome, act: &mut Self, ctx| {
                     let outcome = outcome
@@ -95,6 +94,12 @@ impl Health {
             ));
             return;
         }
+        // Through the pool: a saturated pool is busy, not down; keep the last verdict
+        // rather than being shed.
+        if database.is_saturated() {
+            return;
+        }
+        self.probe_in_flight = true;
         let started = std::time::Instant::now();
         ctx.spawn(wrap_future(async move { database.run(Ping).await }).map(move |outcome, act: &mut Self, ctx| {
             guarded(act, ctx, |act, _| act.record_probe(outcome.is_ok(), started.elapsed()));
@@ -354,15 +359,20 @@ impl Handler<Crash> for Health {
     }
 }
 
-/// Hands Health the probe's own thread, so probes never queue behind requests.
+/// Hands Health the probe's own thread, so probes never queue behind requests. A probe
+/// taking longer than `timeout` counts as failed (and opens the database breaker), so it
+/// must be generous: a slow moment is not an outage.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct UseProbeThread(pub Addr<DbProbe>);
+pub struct UseProbeThread {
+    pub probe: Addr<DbProbe>,
+    pub timeout: Duration,
+}
 
 impl Handler<UseProbeThread> for Health {
     type Result = ();
     fn handle(&mut self, msg: UseProbeThread, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, _| act.probe_thread = Some(msg.0));
+        guarded(self, ctx, |act, _| act.probe_thread = Some((msg.probe, msg.timeout)));
     }
 }
 
