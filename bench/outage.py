@@ -142,6 +142,9 @@ def run(port, env):
     t_stopped = time.monotonic()
     while not any(e[0] >= t_stop and e[2] == "open" for e in list(ready_log)):
         time.sleep(0.01)
+    # Requests that began before the breaker opened finish within DB_CONNECT_TIMEOUT_MS;
+    # the server-side window starts after them.
+    time.sleep(0.6)
     open_metrics = server_histogram(probe)
     time.sleep(max(0.0, t_stop + DOWN - time.monotonic()))
     closing_metrics = server_histogram(probe)
@@ -176,7 +179,7 @@ def run(port, env):
     print(f"database routes once open: n={len(once_open)} p50 {ms(pct(once_open, .5))} p99 {ms(pct(once_open, .99))} "
           f"max {ms(max(once_open)) if once_open else '-'} statuses {statuses}")
     server_p99 = bucket_quantile(open_metrics, closing_metrics, 0.99)
-    print(f"server-side (storefront_http_request_duration_seconds, route /api/v1/products, while open): "
+    print(f"server-side (storefront_http_request_duration_seconds, route /api/v1/products, from 0.6 s after opening): "
           f"n={server_p99[1]} p99 <= {server_p99[0]}")
     print(f"database routes over the whole outage: n={len(whole)} p50 {ms(pct(whole, .5))} p99 {ms(pct(whole, .99))} "
           f"max {ms(max(whole)) if whole else '-'}")
