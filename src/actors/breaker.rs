@@ -237,3 +237,82 @@ fn refusal(retry_after: Duration) -> AppError {
         detail: "The database is unavailable (circuit breaker open); try again shortly.".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix::{Actor, Context, Handler};
+
+    use super::*;
+
+    /// Stands in for the Health actor: counts the announcements.
+    struct Listener(Arc<AtomicU32>);
+
+    impl Actor for Listener {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<BreakerChanged> for Listener {
+        type Result = ();
+        fn handle(&mut self, _msg: BreakerChanged, _ctx: &mut Context<Self>) {
+            self.0.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn transitions(metrics: &Metrics, to: BreakerState) -> u64 {
+        metrics.ops.db_breaker_transitions.with_label_values(&[to.name()]).get()
+    }
+
+    #[actix_rt::test]
+    async fn opens_after_consecutive_failures_and_only_a_probe_after_the_cooldown_closes_it() {
+        let metrics = Arc::new(Metrics::new());
+        let heard = Arc::new(AtomicU32::new(0));
+        let listener = Listener(Arc::clone(&heard)).start().recipient();
+        let cooldown = Duration::from_millis(30);
+        let breaker =
+            DbBreaker::new(BreakerSettings { failure_threshold: 3, cooldown }, Arc::clone(&metrics), listener);
+
+        breaker.record_connection(false, || "refused".into());
+        breaker.record_connection(false, || "refused".into());
+        breaker.record_connection(true, String::new);
+        breaker.record_connection(false, || "refused".into());
+        breaker.record_connection(false, || "refused".into());
+        assert_eq!(breaker.state(), BreakerState::Closed, "a success in between resets the count");
+        assert!(breaker.admit().is_ok());
+
+        breaker.record_connection(false, || "refused".into());
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert_eq!(metrics.ops.db_breaker_state.get(), 1);
+        match breaker.admit() {
+            Err(AppError::Unavailable { retry_after_secs, .. }) => assert_eq!(retry_after_secs, 1),
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        }
+
+        breaker.probe_passed();
+        assert_eq!(breaker.state(), BreakerState::Open, "the cooldown is not over yet");
+
+        std::thread::sleep(cooldown * 2);
+        breaker.probe_failed("still refused");
+        assert_eq!(breaker.state(), BreakerState::Open, "the trial probe failed");
+        assert_eq!(transitions(&metrics, BreakerState::HalfOpen), 1);
+        assert_eq!(transitions(&metrics, BreakerState::Open), 2);
+        breaker.probe_passed();
+        assert_eq!(breaker.state(), BreakerState::Open, "a fresh cooldown began with the failed trial");
+
+        std::thread::sleep(cooldown * 2);
+        breaker.probe_passed();
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert_eq!(metrics.ops.db_breaker_state.get(), 0);
+        assert_eq!(transitions(&metrics, BreakerState::Closed), 1);
+        assert!(breaker.admit().is_ok());
+
+        breaker.probe_failed("gone again");
+        assert_eq!(breaker.state(), BreakerState::Open, "one failed probe opens a closed breaker");
+
+        // Every transition was announced: open, half-open, open, half-open, closed, open.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while heard.load(Ordering::Acquire) < 6 {
+            assert!(std::time::Instant::now() < deadline, "announcements: {}", heard.load(Ordering::Acquire));
+            actix_rt::task::yield_now().await;
+        }
+    }
+}
