@@ -155,7 +155,7 @@ async fn an_admin_watches_a_panicked_actor_restart_on_the_live_page() {
     let driver = Driver::start().await;
     let profile = tempfile::tempdir().unwrap();
     let browser = open_browser(&driver, &binary, profile.path()).await;
-    browser.set_window_size(1280, 1000).await.unwrap();
+    browser.set_window_size(1280, 1180).await.unwrap();
     browser.goto(&app.url("/ops/")).await.unwrap();
 
     browser.wait().for_element(Locator::Css("#email")).await.unwrap().send_keys("operator@example.com").await.unwrap();
@@ -175,6 +175,18 @@ async fn an_admin_watches_a_panicked_actor_restart_on_the_live_page() {
     let chaos = browser.find(Locator::Css("#chaos")).await.unwrap();
     assert!(chaos.is_displayed().await.unwrap(), "CHAOS_TOKEN is set: the fault buttons show");
 
+    wait_for_text(&browser, r#"[data-chart="rps"] .chart-value"#, |text| text.ends_with("/s"), "request chart").await;
+    // A few reads first, so the screenshot's charts have a shape (no timing is asserted).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let points = browser.find(Locator::Css("#charts")).await.unwrap().attr("data-points").await.unwrap();
+        if points.and_then(|p| p.parse::<u32>().ok()).is_some_and(|p| p >= 5) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the charts never collected five points");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     assert_eq!(app.chaos(json!({"actor": "cache", "fault": "panic"})).await.status(), 500);
 
     let cache = r#"#actors-body tr[data-actor="cache"]"#;
@@ -190,24 +202,11 @@ async fn an_admin_watches_a_panicked_actor_restart_on_the_live_page() {
     .await;
     let other = text_of(&browser, r#"#actors-body tr[data-actor="rate_limiter"] .restart-count"#).await;
     assert_eq!(other.as_deref(), Some("0"), "only the crashed actor's count moved");
-    wait_for_text(&browser, r#"[data-chart="rps"] .chart-value"#, |text| text.ends_with("/s"), "request chart").await;
-    // A few more reads, so the screenshot's charts have a shape (no timing is asserted).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let points = browser.find(Locator::Css("#charts")).await.unwrap().attr("data-points").await.unwrap();
-        if points.and_then(|p| p.parse::<u32>().ok()).is_some_and(|p| p >= 5) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the charts never collected five points");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
     let violations: serde_json::Value =
         browser.execute("return document.body.dataset.cspViolations || '0'", vec![]).await.unwrap();
     assert_eq!(violations, "0", "the page runs under its policy without violations");
 
     std::fs::create_dir_all(docs("")).unwrap();
-    browser.set_window_size(1280, 1180).await.unwrap();
     std::fs::write(docs("ops-dashboard.png"), browser.screenshot().await.unwrap()).unwrap();
     browser.set_window_size(400, 1600).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await; // let the layout settle before the picture
