@@ -34,7 +34,7 @@ const state = {
   socket: null,
   socketRetry: 0,
   socketTimer: null,
-  seenEvents: new Set(),
+  lastEventId: 0,
 };
 
 function el(tag, attrs, ...children) {
@@ -446,6 +446,7 @@ function openSocket() {
     return;
   }
   state.socket = socket;
+  state.lastEventId = 0; // no `since` is sent, so a new connection replays nothing
   setLive("warn", "connecting");
   socket.onopen = () => socket.send(JSON.stringify({ op: "subscribe", topics: ["ops"] }));
   socket.onmessage = (message) => {
@@ -455,8 +456,11 @@ function openSocket() {
       state.socketRetry = 0;
       setLive("pass", "on");
     } else if (frame.type === "event" && frame.topic === "ops") {
-      if (state.seenEvents.has(frame.id)) return;
-      state.seenEvents.add(frame.id);
+      // Event ids grow strictly: anything not newer is a replay already shown.
+      if (typeof frame.id === "number") {
+        if (frame.id <= state.lastEventId) return;
+        state.lastEventId = frame.id;
+      }
       if (frame.kind === "actor.restarted") noteRestartEvent(frame.data || {});
       else if (frame.kind === "breaker.changed") showBreaker(frame.data.to, frame.data.to === "open" ? "fail" : frame.data.to === "closed" ? "pass" : "warn");
       else if (frame.kind === "health.changed") refresh();
