@@ -13,7 +13,7 @@ DOWN seconds, starts it again, and reports:
 Run as root from the repository root:  python3 bench/outage.py [path/to/storefront]
 Nothing here is a test assertion; the figures go to the README by hand.
 """
-import http.client, json, os, socket, subprocess, sys, tempfile, threading, time
+import http.client, json, os, shutil, socket, subprocess, sys, tempfile, threading, time
 
 BIN = sys.argv[1] if len(sys.argv) > 1 else "target/debug/storefront"
 PG = "/usr/lib/postgresql/15/bin"
@@ -212,6 +212,7 @@ def main():
         server.wait()
         subprocess.run(["runuser", "-u", "postgres", "--", f"{PG}/pg_ctl", "-m", "immediate", "-D",
                         DATA["dir"], "stop"], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
