@@ -12,6 +12,13 @@ use tracing_actix_web::TracingLogger;
 use crate::{
     actors::UseCase,
     actors::{
+        breaker::{BreakerSettings, DbBreaker},
+        db_probe::DbProbe,
+        directory::ActorDirectory,
+        health::UseProbeThread,
+        report::ActorReport,
+    },
+    actors::{
         cache::{Cache, CacheClient},
         db_executor::DbGatewaySettings,
         event_hub::{EventHub, HubLimits},
@@ -50,6 +57,10 @@ pub struct AppState {
     pub event_relay: Addr<EventRelay>,
     /// Turns true when shutdown begins: live-updates sessions close with 1001.
     pub shutdown: watch::Receiver<bool>,
+    /// Every actor's row for `GET /api/v1/ops/actors`.
+    pub actors: ActorDirectory,
+    /// For fault injection into the background actors.
+    pub janitor: Addr<Janitor>,
 }
 
 #[derive(Debug, derive_more::Display)]
@@ -91,6 +102,15 @@ impl Application {
         };
         let reporter = RestartReporter::new(Arc::clone(&metrics), health.clone().recipient());
         let outbox_appended = Arc::new(Notify::new());
+        let breaker = DbBreaker::new(
+            BreakerSettings { failure_threshold: config.db_breaker_failures, cooldown: config.db_breaker_cooldown },
+            Arc::clone(&metrics),
+            health.clone().recipient(),
+        );
+        let probe_thread = DbProbe::start(&config.database, reporter.clone());
+        // A refused connection fails at once; the timeout only bounds a database that hangs.
+        let probe_timeout = config.health_probe_interval.max(config.database.connect_timeout * 2);
+        health.do_send(UseProbeThread { probe: probe_thread.addr.clone(), timeout: probe_timeout });
         let db = DbGateway::start(
             db::build_pool(&config.database),
             DbGatewaySettings {
@@ -99,6 +119,7 @@ impl Application {
                 queue_depth: config.db_queue_depth,
                 timeout: config.db_timeout,
                 outbox_appended: Arc::clone(&outbox_appended),
+                breaker: Arc::clone(&breaker),
             },
             reporter.clone(),
             Arc::clone(&metrics),
@@ -111,8 +132,8 @@ impl Application {
                 events: config.event_retention,
                 interval: config.janitor_interval,
             };
-            let reporter = reporter.clone();
-            Supervisor::start(move |_| Janitor::new(db, retention, reporter))
+            let (reporter, metrics) = (reporter.clone(), Arc::clone(&metrics));
+            Supervisor::start(move |_| Janitor::new(db, retention, reporter, metrics))
         };
         let cache = {
             let addr = config.cache_capacity.map(|capacity| {
@@ -144,7 +165,8 @@ impl Application {
                 },
             };
             let (db, cache, hub, reporter) = (db.clone(), cache.clone(), hub.clone(), reporter.clone());
-            Supervisor::start(move |_| EventRelay::new(settings, db, cache, hub, reporter))
+            let metrics = Arc::clone(&metrics);
+            Supervisor::start(move |_| EventRelay::new(settings, db, cache, hub, reporter).watched_by(metrics))
         };
         let rate_limiter = {
             let (quotas, max_keys) = (config.rate_limits, config.rate_limit_max_keys);
@@ -155,6 +177,25 @@ impl Application {
         let passwords = Passwords::start(config.password_hasher_threads, reporter)
             .map_err(|error| StartupError::Internal(error.to_string()))?;
 
+        let actors = {
+            use crate::actors::report::ActorKind;
+            let mut directory = ActorDirectory::new();
+            let (gateway, passwords) = (db.clone(), passwords.clone());
+            directory
+                .describe(move || gateway.report())
+                .describe(move || breaker.report())
+                .describe(move || probe_thread.report())
+                .describe(move || passwords.report())
+                .ask("health", health.clone().recipient())
+                .ask("rate_limiter", rate_limiter.clone().recipient())
+                .ask("janitor", janitor.clone().recipient());
+            match cache.addr() {
+                Some(addr) => directory.ask("cache", addr.clone().recipient()),
+                None => directory.describe(|| ActorReport::disabled("cache", ActorKind::Async, "CACHE_CAPACITY=0")),
+            };
+            directory.ask("event_relay", event_relay.clone().recipient()).ask("event_hub", hub.clone().recipient());
+            directory
+        };
         let state = AppState {
             config: Arc::clone(&config),
             db,
@@ -167,6 +208,8 @@ impl Application {
             hub,
             event_relay,
             shutdown: shutdown_rx,
+            actors,
+            janitor: janitor.clone(),
         };
         let listener = TcpListener::bind(config.bind_addr)
             .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;

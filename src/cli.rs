@@ -146,4 +146,8 @@ pub struct ServeArgs {
     pub metrics_token: Option<String>,
     #[arg(long, env = "CHAOS_TOKEN", hide_env_values = true)]
     pub chaos_token: Option<String>,
+    #[arg(long, env = "DB_BREAKER_FAILURES", default_value = "5")]
+    pub db_breaker_failures: String,
+    #[arg(long, env = "DB_BREAKER_COOLDOWN_MS", default_value = "1000")]
+    pub db_breaker_cooldown_ms: String,
 }

@@ -128,6 +128,10 @@ pub struct Config {
     pub janitor_interval: Duration,
     pub metrics_token: Option<Secret>,
     pub chaos_token: Option<Secret>,
+    /// Consecutive connection failures that open the database circuit breaker.
+    pub db_breaker_failures: u32,
+    /// How long an open breaker refuses database work before one trial may pass.
+    pub db_breaker_cooldown: Duration,
     pub live_updates: LiveUpdatesConfig,
 }
 
@@ -343,6 +347,13 @@ impl Config {
                     1_000_000,
                 )?,
             },
+            db_breaker_failures: parse_number("DB_BREAKER_FAILURES", &args.db_breaker_failures, 1, 1_000_000)?,
+            db_breaker_cooldown: Duration::from_millis(parse_number(
+                "DB_BREAKER_COOLDOWN_MS",
+                &args.db_breaker_cooldown_ms,
+                10,
+                600_000,
+            )?),
         })
     }
 }

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub ws_events_sent: IntCounterVec,
     pub ws_disconnects: IntCounterVec,
     pub event_delivery: Histogram,
+    /// The database breaker and the background tails.
+    pub ops: OpsMetrics,
 }
 
 /// Why a live-updates connection ended: the `reason` label of `ws_disconnects_total`.
@@ -165,12 +167,14 @@ impl Metrics {
         for reason in disconnect_reason::ALL {
             ws_disconnects.with_label_values(&[reason]);
         }
+        let ops = OpsMetrics::register(&registry);
         Self {
             ws_connections,
             ws_events_sent,
             ws_disconnects,
             event_delivery,
             registry,
+            ops,
             cache_requests,
             cache_loads,
             cache_entries,
@@ -194,6 +198,62 @@ impl Metrics {
             tracing::error!(%error, "cannot encode metrics");
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Metrics {
+    /// Every family's current samples, for summaries computed in-process.
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+}
+
+/// Breaker states as `storefront_db_breaker_state` reports them.
+pub const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
+
+pub struct OpsMetrics {
+    /// 0 closed, 1 open, 2 half-open.
+    pub db_breaker_state: IntGauge,
+    pub db_breaker_transitions: IntCounterVec,
+    pub event_relay_lag_seconds: prometheus::Gauge,
+    pub event_relay_last_success: prometheus::Gauge,
+    pub janitor_last_success: prometheus::Gauge,
+}
+
+#[allow(clippy::expect_used)] // fixed, valid names and options; see `register`
+impl OpsMetrics {
+    fn register(registry: &Registry) -> Self {
+        let db_breaker_state = register(
+            registry,
+            IntGauge::new("db_breaker_state", "Database circuit breaker: 0 closed, 1 open, 2 half-open")
+                .expect("valid metric"),
+        );
+        let db_breaker_transitions = register(
+            registry,
+            IntCounterVec::new(Opts::new("db_breaker_transitions_total", "Database breaker state changes"), &["to"])
+                .expect("valid metric"),
+        );
+        for state in BREAKER_STATES {
+            db_breaker_transitions.with_label_values(&[state]);
+        }
+        let gauge =
+            |name: &str, help: &str| register(registry, prometheus::Gauge::new(name, help).expect("valid metric"));
+        Self {
+            db_breaker_state,
+            db_breaker_transitions,
+            event_relay_lag_seconds: gauge(
+                "event_relay_lag_seconds",
+                "Seconds since the event relay last read the outbox successfully (grows while it stalls)",
+            ),
+            event_relay_last_success: gauge(
+                "event_relay_last_success_timestamp_seconds",
+                "Unix time of the event relay's last successful outbox poll",
+            ),
+            janitor_last_success: gauge(
+                "janitor_last_success_timestamp_seconds",
+                "Unix time of the janitor's last successful pruning run",
+            ),
+        }
     }
 }
 

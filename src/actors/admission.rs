@@ -37,6 +37,14 @@ impl Admission {
         Some(AdmissionSlot { in_flight: Arc::clone(&self.in_flight), gauge: self.gauge.clone() })
     }
 
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn is_full(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) >= self.capacity
     }

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::{
     chaos::crashed,
     db_executor::DbGateway,
+    report::{ActorReport, GetActorReport},
     supervision::{guarded, Guarded, PanicPayload, RestartReporter},
     Crash,
 };
@@ -203,7 +204,7 @@ impl Actor for Cache {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(1024);
+        guarded(self, ctx, |_, ctx| ctx.set_mailbox_capacity(1024));
     }
 }
 
@@ -214,8 +215,8 @@ impl Guarded for Cache {
 }
 
 impl Supervised for Cache {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        self.reset();
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, _| act.reset());
     }
 }
 
@@ -340,5 +341,42 @@ impl CacheClient {
             }
         }
         load(&self.db, &key).await
+    }
+}
+
+impl Cache {
+    fn report(&self) -> ActorReport {
+        let mut caches = serde_json::Map::new();
+        for cache in ["products", "users"] {
+            let count = |result: &str| self.metrics.cache_requests.with_label_values(&[cache, result]).get();
+            let (hits, misses, coalesced) = (count("hit"), count("miss"), count("coalesced"));
+            let lookups = hits + misses + coalesced;
+            let hit_ratio = (lookups > 0).then(|| hits as f64 / lookups as f64);
+            caches.insert(
+                cache.into(),
+                serde_json::json!({
+                    "entries": self.metrics.cache_entries.with_label_values(&[cache]).get(),
+                    "hits": hits, "misses": misses, "coalesced": coalesced, "hit_ratio": hit_ratio,
+                }),
+            );
+        }
+        ActorReport::running(
+            ACTOR,
+            serde_json::json!({
+                "entries": self.entries.len(), "capacity": self.entries.cap().get(),
+                "ttl_seconds": self.ttl.as_secs(), "loads_in_flight": self.in_flight.len(),
+                "caches": caches,
+            }),
+        )
+    }
+}
+
+impl Handler<GetActorReport> for Cache {
+    type Result = MessageResult<GetActorReport>;
+    fn handle(&mut self, _msg: GetActorReport, ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            guarded(self, ctx, |act, _| act.report())
+                .unwrap_or_else(|| ActorReport::unresponsive(ACTOR, "panicked while reporting")),
+        )
     }
 }

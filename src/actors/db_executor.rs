@@ -16,6 +16,7 @@ use tracing::Span;
 
 use super::{
     admission::{Admission, AdmissionSlot},
+    breaker::DbBreaker,
     supervision::{catch_panic, RestartReporter},
 };
 use crate::{
@@ -51,6 +52,7 @@ impl<U: UseCase> Message for Query<U> {
 
 pub struct DbExecutor {
     pool: DbPool,
+    breaker: Arc<DbBreaker>,
     reporter: RestartReporter,
     metrics: Arc<Metrics>,
     /// Woken when a use case appended outbox events, so the relay reads them at once.
@@ -78,10 +80,17 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
             // The caller gave up before this started and was told nothing happened.
             return Err(AppError::unavailable("The request was abandoned before it ran."));
         }
-        let pool = &self.pool;
+        // Work queued before the breaker opened is refused now rather than each piece
+        // waiting out a connection attempt.
+        self.breaker.admit()?;
+        let (pool, breaker) = (&self.pool, &self.breaker);
         let use_case = query.use_case;
         let outcome = catch_panic(move || {
-            let mut conn = pool.get().map_err(|error| {
+            let connection = pool.get();
+            breaker.record_connection(connection.is_ok(), || {
+                connection.as_ref().err().map(ToString::to_string).unwrap_or_default()
+            });
+            let mut conn = connection.map_err(|error| {
                 tracing::warn!(%error, "no database connection available");
                 AppError::unavailable("The database is unavailable; try again shortly.")
             })?;
@@ -105,6 +114,8 @@ pub struct DbGateway {
     timeout: Duration,
     metrics: Arc<Metrics>,
     workers: usize,
+    breaker: Arc<DbBreaker>,
+    pool: DbPool,
 }
 
 pub struct DbGatewaySettings {
@@ -115,6 +126,7 @@ pub struct DbGatewaySettings {
     pub timeout: Duration,
     /// Notified after each use case that appended outbox events.
     pub outbox_appended: Arc<Notify>,
+    pub breaker: Arc<DbBreaker>,
 }
 
 impl DbGateway {
@@ -122,6 +134,8 @@ impl DbGateway {
         let factory_metrics = Arc::clone(&metrics);
         let origin = settings.origin;
         let outbox_appended = settings.outbox_appended;
+        let breaker = Arc::clone(&settings.breaker);
+        let reported_pool = pool.clone();
         // The factory runs on the executor thread itself (again after each restart).
         let addr = SyncArbiter::start(settings.workers, move || {
             outbox::set_origin_for_this_thread(origin);
@@ -130,6 +144,7 @@ impl DbGateway {
                 reporter: reporter.clone(),
                 metrics: Arc::clone(&factory_metrics),
                 outbox_appended: Arc::clone(&outbox_appended),
+                breaker: Arc::clone(&breaker),
             }
         });
         Self {
@@ -138,7 +153,37 @@ impl DbGateway {
             timeout: settings.timeout,
             metrics,
             workers: settings.workers,
+            breaker: settings.breaker,
+            pool: reported_pool,
         }
+    }
+
+    /// The DbExecutor pool's row in the actors API, from atomics and the r2d2 pool state.
+    pub fn report(&self) -> super::report::ActorReport {
+        use super::report::{as_u64, ActorKind, ActorReport, Instances};
+        let alive = u64::try_from(self.metrics.db_workers_alive.get()).unwrap_or(0);
+        let pool = self.pool.state();
+        let (in_flight, capacity) = self.queue();
+        ActorReport::new(
+            "db_executor",
+            ActorKind::SyncPool,
+            Instances { configured: as_u64(self.workers), alive },
+            serde_json::json!({
+                "connections": pool.connections, "idle_connections": pool.idle_connections,
+                "pool_size": self.pool.max_size(), "timeout_ms": self.timeout.as_millis() as u64,
+                "breaker": self.breaker.state().name(),
+            }),
+        )
+        .with_queue(in_flight, capacity)
+    }
+
+    pub fn breaker(&self) -> &Arc<DbBreaker> {
+        &self.breaker
+    }
+
+    /// Requests queued or running, and how many may be at once.
+    pub fn queue(&self) -> (usize, usize) {
+        (self.admission.in_flight(), self.admission.capacity())
     }
 
     pub fn workers(&self) -> usize {
@@ -154,6 +199,10 @@ impl DbGateway {
     /// A request that waited too long in the queue is withdrawn (503, safe to retry); one
     /// that had already started runs on, and its caller learns the outcome is unknown (504).
     pub async fn run<U: UseCase>(&self, use_case: U) -> Result<U::Output, AppError> {
+        if let Err(refused) = self.breaker.admit() {
+            self.metrics.db_shed.with_label_values(&["breaker_open"]).inc();
+            return Err(refused);
+        }
         let progress = Arc::new(AtomicU8::new(QUEUED));
         let query = Query { use_case, span: Span::current(), progress: Arc::clone(&progress), _slot: self.admit()? };
         match self.addr.send(query).timeout(self.timeout).await {

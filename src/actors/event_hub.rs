@@ -27,6 +27,7 @@ use uuid::Uuid;
 use super::{
     chaos::crashed,
     db_executor::DbGateway,
+    report::{ActorReport, GetActorReport},
     supervision::{guarded, Guarded, PanicPayload, RestartReporter},
     Crash,
 };
@@ -272,10 +273,6 @@ impl EventHub {
             self.detach(id, reason);
         }
     }
-
-    fn subscriptions(&self) -> usize {
-        self.sessions.values().map(|subscriber| subscriber.topics.iter().count()).sum()
-    }
 }
 
 impl Actor for EventHub {
@@ -412,25 +409,25 @@ impl Handler<OpsEvent> for EventHub {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct HubStats {
-    pub connections: usize,
-    pub subscriptions: usize,
-    pub position: i64,
-}
-
-#[derive(Message)]
-#[rtype(result = "Option<HubStats>")]
-pub struct GetHubStats;
-
-impl Handler<GetHubStats> for EventHub {
-    type Result = Option<HubStats>;
-    fn handle(&mut self, _msg: GetHubStats, ctx: &mut Context<Self>) -> Option<HubStats> {
-        guarded(self, ctx, |act, _| HubStats {
-            connections: act.sessions.len(),
-            subscriptions: act.subscriptions(),
-            position: act.position,
-        })
+impl Handler<GetActorReport> for EventHub {
+    type Result = MessageResult<GetActorReport>;
+    fn handle(&mut self, _msg: GetActorReport, ctx: &mut Context<Self>) -> Self::Result {
+        let report = guarded(self, ctx, |act, _| {
+            let mut by_topic = serde_json::Map::new();
+            for topic in Topic::ALL {
+                let count = act.sessions.values().filter(|subscriber| subscriber.topics.contains(topic)).count();
+                by_topic.insert(topic.name().to_owned(), count.into());
+            }
+            let state = serde_json::json!({
+                "connections": act.sessions.len(),
+                "max_connections": act.limits.max_connections,
+                "subscriptions": by_topic,
+                "last_event_id": act.position,
+                "ops_events": act.ops_sequence,
+            });
+            ActorReport::running(ACTOR, state)
+        });
+        MessageResult(report.unwrap_or_else(|| ActorReport::unresponsive(ACTOR, "panicked while reporting")))
     }
 }
 

@@ -9,7 +9,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use actix::{fut::wrap_future, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, Supervised};
+use actix::{
+    fut::wrap_future, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, Supervised,
+};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -18,6 +20,8 @@ use super::{
     chaos::crashed,
     db_executor::DbGateway,
     event_hub::{EventHub, Publish},
+    relay_watch::RelayProgress,
+    report::{ActorReport, GetActorReport},
     supervision::{guarded, Guarded, PanicPayload, RestartReporter},
     Crash,
 };
@@ -33,6 +37,7 @@ use crate::{
 const ACTOR: &str = "event_relay";
 /// Events read per poll; a longer backlog is read by the polls that follow at once.
 const BATCH: i64 = 1000;
+const HUB_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct RelaySettings {
     /// This replica: its own events were already invalidated in the cache when written.
@@ -61,6 +66,7 @@ pub struct EventRelay {
     /// A wake-up came while a poll was running: poll again when it ends.
     again: bool,
     reporter: RestartReporter,
+    progress: RelayProgress,
 }
 
 impl EventRelay {
@@ -83,7 +89,14 @@ impl EventRelay {
             polling: false,
             again: false,
             reporter,
+            progress: RelayProgress::default(),
         }
+    }
+
+    /// Makes the relay's progress visible in metrics (lag, last success).
+    pub fn watched_by(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.progress = RelayProgress::new(metrics);
+        self
     }
 
     fn poll(&mut self, ctx: &mut Context<Self>) {
@@ -93,41 +106,43 @@ impl EventRelay {
         }
         self.polling = true;
         self.again = false;
-        let db = self.db.clone();
+        let (db, cache, hub, origin) = (self.db.clone(), self.cache.clone(), self.hub.clone(), self.origin.clone());
         let after = self.last_id;
-        ctx.spawn(wrap_future(async move { db.run(EventsAfter { after, limit: BATCH }).await }).map(
-            move |outcome, act: &mut Self, ctx| {
-                guarded(act, ctx, |act, ctx| {
-                    act.polling = false;
-                    match outcome {
-                        Ok(events) => {
-                            let full = events.len() as i64 == BATCH;
-                            act.forward(after, events);
-                            if full || act.again {
-                                act.poll(ctx);
-                            }
+        let read_and_hand_on = async move {
+            let events = db.run(EventsAfter { after, limit: BATCH }).await?;
+            let (count, last) = (events.len(), events.last().map(|event| event.id));
+            for event in events.iter().filter(|event| event.origin.as_deref() != Some(origin.as_str())) {
+                if let Some(key) = invalidated_by(event) {
+                    cache.invalidate(key);
+                }
+            }
+            if !events.is_empty() {
+                // Awaited, so the hub's mailbox holds at most one batch from here; if the
+                // hub cannot take it, the batch is read again next time.
+                hub.send(Publish { after, events })
+                    .timeout(HUB_TIMEOUT)
+                    .await
+                    .map_err(|error| AppError::Internal(format!("event hub did not take a batch: {error}")))?;
+            }
+            Ok::<_, AppError>((count, last))
+        };
+        ctx.spawn(wrap_future(read_and_hand_on).map(move |outcome, act: &mut Self, ctx| {
+            guarded(act, ctx, |act, ctx| {
+                act.polling = false;
+                match outcome {
+                    Ok((count, last)) => {
+                        act.progress.succeeded(count);
+                        if let Some(last) = last {
+                            act.last_id = act.last_id.max(last);
                         }
-                        Err(error) => tracing::warn!(%error, after, "outbox poll failed; will retry"),
+                        if count as i64 == BATCH || act.again {
+                            act.poll(ctx);
+                        }
                     }
-                });
-            },
-        ));
-    }
-
-    fn forward(&mut self, after: i64, events: Vec<StoredEvent>) {
-        let Some(last) = events.last().map(|event| event.id) else { return };
-        for event in &events {
-            if event.origin.as_deref() == Some(self.origin.as_str()) {
-                continue;
-            }
-            if let Some(key) = invalidated_by(event) {
-                self.cache.invalidate(key);
-            }
-        }
-        // do_send: an event must never be dropped for a full mailbox; the relay reads at
-        // most one batch at a time, so the hub's mailbox stays bounded by that.
-        self.hub.do_send(Publish { after, events });
-        self.last_id = last;
+                    Err(error) => act.progress.failed(&error),
+                }
+            });
+        }));
     }
 }
 
@@ -163,7 +178,10 @@ impl Actor for EventRelay {
         guarded(self, ctx, |act, ctx| {
             act.polling = false;
             ctx.run_interval(act.interval, |act, ctx| {
-                guarded(act, ctx, |act, ctx| act.poll(ctx));
+                guarded(act, ctx, |act, ctx| {
+                    act.progress.tick();
+                    act.poll(ctx);
+                });
             });
             let (wake, relay) = (Arc::clone(&act.wake), ctx.address());
             ctx.spawn(wrap_future(async move {
@@ -187,9 +205,20 @@ impl Guarded for EventRelay {
 }
 
 impl Supervised for EventRelay {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
         // Invalidations may have been missed mid-panic: everything cached could be stale.
-        self.cache.clear();
+        guarded(self, ctx, |act, _| act.cache.clear());
+    }
+}
+
+impl Handler<GetActorReport> for EventRelay {
+    type Result = MessageResult<GetActorReport>;
+    fn handle(&mut self, _msg: GetActorReport, ctx: &mut Context<Self>) -> Self::Result {
+        let report = guarded(self, ctx, |act, _| {
+            let interval_ms = u64::try_from(act.interval.as_millis()).unwrap_or(u64::MAX);
+            ActorReport::running(ACTOR, act.progress.state(Some(act.last_id), interval_ms))
+        });
+        MessageResult(report.unwrap_or_else(|| ActorReport::unresponsive(ACTOR, "panicked while reporting")))
     }
 }
 

@@ -3,25 +3,34 @@
 //! It is also where operators' live events come from: each restart and each change of
 //! readiness goes to the EventHub's `ops` topic.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
 
 use actix::{
-    fut::wrap_future, Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, Recipient,
+    fut::wrap_future, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, Recipient,
     Supervised,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
 use super::{
+    breaker::{BreakerChanged, BreakerState},
     chaos::crashed,
     db_executor::{DbGateway, Ping},
+    db_probe::{DbProbe, ProbeDatabase},
     event_hub::OpsEvent,
+    report::{ActorReport, GetActorReport, RestartSummary},
     supervision::{guarded, record_panic, ActorRestarted, Guarded, PanicPayload},
     Crash,
 };
 use crate::metrics::Metrics;
 
 const ACTOR: &str = "health";
+/// Restarts kept for `GET /api/v1/ops/restarts`.
+const LEDGER_LENGTH: usize = 100;
 
 #[derive(Debug, Clone)]
 enum Probe {
@@ -49,6 +58,12 @@ pub struct Health {
     ops: Option<Recipient<OpsEvent>>,
     /// Readiness as last announced on `ops`.
     announced_ready: Option<bool>,
+    /// The probe's own thread and connection, and how long a probe may take before it
+    /// counts as failed; without it the probe goes through the pool.
+    probe_thread: Option<(Addr<DbProbe>, Duration)>,
+    /// The most recent restarts, newest at the back.
+    ledger: VecDeque<ActorRestarted>,
+    last_breaker_change: Option<BreakerChanged>,
 }
 
 impl Health {
@@ -63,6 +78,9 @@ impl Health {
             restarts: BTreeMap::new(),
             ops: None,
             announced_ready: None,
+            probe_thread: None,
+            ledger: VecDeque::with_capacity(LEDGER_LENGTH),
+            last_breaker_change: None,
         }
     }
 
@@ -70,8 +88,25 @@ impl Health {
         let Some(database) = self.database.clone() else {
             return;
         };
-        // A saturated pool is busy, not down: keep the last verdict rather than being shed.
-        if self.probe_in_flight || database.is_saturated() {
+        if self.probe_in_flight {
+            return;
+        }
+        if let Some((probe, timeout)) = self.probe_thread.clone() {
+            self.probe_in_flight = true;
+            // A probe that times out counts as failed; its message is skipped when the
+            // probe thread reaches it, so probes never pile up.
+            ctx.spawn(wrap_future(async move { probe.send(ProbeDatabase).timeout(timeout).await }).map(
+                move |outcome, act: &mut Self, ctx| {
+                    let outcome = outcome
+                        .unwrap_or_else(|error| Err(format!("probe did not answer within {timeout:?}: {error}")));
+                    guarded(act, ctx, |act, _| act.record_probe_outcome(outcome));
+                },
+            ));
+            return;
+        }
+        // Through the pool: a saturated pool is busy, not down; keep the last verdict
+        // rather than being shed.
+        if database.is_saturated() {
             return;
         }
         self.probe_in_flight = true;
@@ -79,6 +114,25 @@ impl Health {
         ctx.spawn(wrap_future(async move { database.run(Ping).await }).map(move |outcome, act: &mut Self, ctx| {
             guarded(act, ctx, |act, _| act.record_probe(outcome.is_ok(), started.elapsed()));
         }));
+    }
+
+    /// A probe on the probe thread: its verdict also drives the database breaker.
+    fn record_probe_outcome(&mut self, outcome: Result<Duration, String>) {
+        if let Some(database) = &self.database {
+            match &outcome {
+                Ok(_) => database.breaker().probe_passed(),
+                Err(error) => database.breaker().probe_failed(error),
+            }
+        }
+        match outcome {
+            Ok(latency) => self.record_probe(true, latency),
+            Err(error) => {
+                if matches!(self.probe, Probe::Passed { .. }) {
+                    tracing::warn!(%error, "database probe failed");
+                }
+                self.record_probe(false, Duration::ZERO);
+            }
+        }
     }
 
     fn record_probe(&mut self, passed: bool, latency: Duration) {
@@ -133,6 +187,7 @@ impl Health {
             json!([{"status": pass_fail(workers_ok), "observedValue": workers_alive, "targetValue": workers_wanted}]),
         );
         checks.insert("process:shutdown".into(), json!([{"status": pass_fail(!self.shutting_down)}]));
+        let breaker_ok = self.insert_breaker_check(&mut checks);
 
         let restarts: Vec<Value> = self
             .restarts
@@ -148,20 +203,86 @@ impl Health {
             checks.insert("actors:restarts".into(), Value::Array(restarts));
         }
 
-        for (name, ok) in [("database", database_ok), ("db_executor", workers_ok), ("shutdown", !self.shutting_down)] {
+        for (name, ok) in [
+            ("database", database_ok),
+            ("db_executor", workers_ok),
+            ("shutdown", !self.shutting_down),
+            ("breaker", breaker_ok),
+        ] {
             self.metrics.readiness.with_label_values(&[name]).set(i64::from(ok));
         }
-        ReadinessReport { ready: database_ok && workers_ok && !self.shutting_down, checks: Value::Object(checks) }
+        ReadinessReport {
+            ready: database_ok && workers_ok && !self.shutting_down && breaker_ok,
+            checks: Value::Object(checks),
+        }
+    }
+
+    /// `database:breaker`: pass closed, warn half-open (a trial is deciding), fail open.
+    /// Returns whether readiness may pass.
+    fn insert_breaker_check(&self, checks: &mut serde_json::Map<String, Value>) -> bool {
+        let Some(database) = &self.database else { return true };
+        let state = database.breaker().state();
+        let status = match state {
+            BreakerState::Closed => "pass",
+            BreakerState::HalfOpen => "warn",
+            BreakerState::Open => "fail",
+        };
+        let mut check = json!({"status": status, "observedValue": state.name()});
+        if let Some(change) = &self.last_breaker_change {
+            check["time"] = json!(rfc3339(&change.at));
+            check["output"] = json!(change.reason);
+        }
+        checks.insert("database:breaker".into(), json!([check]));
+        state != BreakerState::Open
+    }
+
+    fn own_report(&self) -> ActorReport {
+        let probe = match &self.probe {
+            Probe::Pending => json!({"status": "pending"}),
+            Probe::Passed { at, latency } => {
+                json!({"status": "pass", "at": rfc3339(at), "latency_ms": latency.as_secs_f64() * 1000.0})
+            }
+            Probe::Failed { at } => json!({"status": "fail", "at": rfc3339(at)}),
+        };
+        let breaker = self.last_breaker_change.as_ref().map(|change| json!(change));
+        ActorReport::running(
+            ACTOR,
+            json!({
+                "probe": probe, "probe_interval_ms": self.probe_interval.as_millis() as u64,
+                "shutting_down": self.shutting_down, "restarts_recorded": self.ledger.len(),
+                "last_breaker_change": breaker,
+            }),
+        )
+    }
+
+    fn ledger_snapshot(&self) -> RestartLedger {
+        let by_actor = self
+            .restarts
+            .iter()
+            .map(|(actor, record)| {
+                let summary = RestartSummary {
+                    count: record.count,
+                    last_at: record.last_at,
+                    last_reason: Some(record.last_reason.clone()),
+                };
+                ((*actor).to_owned(), summary)
+            })
+            .collect();
+        RestartLedger { newest_first: self.ledger.iter().rev().cloned().collect(), by_actor }
     }
 
     fn record_restart(&mut self, restart: ActorRestarted) {
         let record = self.restarts.entry(restart.actor).or_default();
         record.count += 1;
         record.last_at = Some(restart.at);
-        record.last_reason = restart.reason;
+        record.last_reason.clone_from(&restart.reason);
         let data = json!({
-            "actor": restart.actor, "reason": record.last_reason, "at": rfc3339(&restart.at), "count": record.count,
+            "actor": restart.actor, "reason": restart.reason, "at": rfc3339(&restart.at), "count": record.count,
         });
+        if self.ledger.len() == LEDGER_LENGTH {
+            self.ledger.pop_front();
+        }
+        self.ledger.push_back(restart);
         self.emit("actor.restarted", data);
     }
 }
@@ -184,9 +305,11 @@ impl Actor for Health {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Runs again after a restart; the database, ledger and shutdown flag survive it.
         self.probe_in_flight = false;
-        self.probe_database(ctx);
-        ctx.run_interval(self.probe_interval, |act, ctx| {
-            guarded(act, ctx, |act, ctx| act.probe_database(ctx));
+        guarded(self, ctx, |act, ctx| {
+            act.probe_database(ctx);
+            ctx.run_interval(act.probe_interval, |act, ctx| {
+                guarded(act, ctx, |act, ctx| act.probe_database(ctx));
+            });
         });
     }
 }
@@ -200,8 +323,8 @@ impl Guarded for Health {
 }
 
 impl Supervised for Health {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        tracing::info!(actor = ACTOR, "restarting");
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |_, _| tracing::info!(actor = ACTOR, "restarting"));
     }
 }
 
@@ -279,5 +402,60 @@ impl Handler<Crash> for Health {
     type Result = Result<(), crate::error::AppError>;
     fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
         guarded(self, ctx, |_, _| msg.detonate()).ok_or_else(|| crashed(ACTOR))
+    }
+}
+
+/// Hands Health the probe's own thread, so probes never queue behind requests. A probe
+/// taking longer than `timeout` counts as failed (and opens the database breaker), so it
+/// must be generous: a slow moment is not an outage.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UseProbeThread {
+    pub probe: Addr<DbProbe>,
+    pub timeout: Duration,
+}
+
+impl Handler<UseProbeThread> for Health {
+    type Result = ();
+    fn handle(&mut self, msg: UseProbeThread, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, _| act.probe_thread = Some((msg.probe, msg.timeout)));
+    }
+}
+
+impl Handler<BreakerChanged> for Health {
+    type Result = ();
+    fn handle(&mut self, msg: BreakerChanged, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, _| {
+            act.emit("breaker.changed", serde_json::to_value(&msg).unwrap_or(Value::Null));
+            act.last_breaker_change = Some(msg);
+            act.announce_readiness();
+        });
+    }
+}
+
+/// The restart ledger: the last 100 restarts newest first, and a summary per actor.
+pub struct RestartLedger {
+    pub newest_first: Vec<ActorRestarted>,
+    pub by_actor: HashMap<String, RestartSummary>,
+}
+
+#[derive(Message)]
+#[rtype(result = "Option<RestartLedger>")]
+pub struct GetRestartLedger;
+
+impl Handler<GetRestartLedger> for Health {
+    type Result = MessageResult<GetRestartLedger>;
+    fn handle(&mut self, _msg: GetRestartLedger, ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(guarded(self, ctx, |act, _| act.ledger_snapshot()))
+    }
+}
+
+impl Handler<GetActorReport> for Health {
+    type Result = MessageResult<GetActorReport>;
+    fn handle(&mut self, _msg: GetActorReport, ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            guarded(self, ctx, |act, _| act.own_report())
+                .unwrap_or_else(|| ActorReport::unresponsive(ACTOR, "panicked while reporting")),
+        )
     }
 }

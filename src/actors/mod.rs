@@ -1,14 +1,19 @@
 //! The supervised actors that own the service's state.
 
 pub mod admission;
+pub mod breaker;
 pub mod cache;
 pub mod chaos;
 pub mod db_executor;
+pub mod db_probe;
+pub mod directory;
 pub mod event_hub;
 pub mod event_relay;
 pub mod health;
 pub mod janitor;
 pub mod rate_limiter;
+pub mod relay_watch;
+pub mod report;
 pub mod supervision;
 
 pub use chaos::Crash;

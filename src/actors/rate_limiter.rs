@@ -9,6 +9,7 @@ use lru::LruCache;
 
 use super::{
     chaos::crashed,
+    report::{ActorReport, GetActorReport},
     supervision::{guarded, Guarded, PanicPayload, RestartReporter},
     Crash,
 };
@@ -98,9 +99,11 @@ impl Actor for RateLimiter {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(1024);
-        ctx.run_interval(SWEEP_INTERVAL, |act, ctx| {
-            guarded(act, ctx, |act, _| act.sweep());
+        guarded(self, ctx, |_, ctx| {
+            ctx.set_mailbox_capacity(1024);
+            ctx.run_interval(SWEEP_INTERVAL, |act, ctx| {
+                guarded(act, ctx, |act, _| act.sweep());
+            });
         });
     }
 }
@@ -112,9 +115,9 @@ impl Guarded for RateLimiter {
 }
 
 impl Supervised for RateLimiter {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
         // A panic may have left the buckets half-updated; start clean (clients get a fresh burst).
-        self.buckets.clear();
+        guarded(self, ctx, |act, _| act.buckets.clear());
     }
 }
 
@@ -136,5 +139,22 @@ impl Handler<Crash> for RateLimiter {
     type Result = Result<(), AppError>;
     fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
         guarded(self, ctx, |_, _| msg.detonate()).ok_or_else(|| crashed(ACTOR))
+    }
+}
+
+impl Handler<GetActorReport> for RateLimiter {
+    type Result = MessageResult<GetActorReport>;
+    fn handle(&mut self, _msg: GetActorReport, ctx: &mut Context<Self>) -> Self::Result {
+        let report = guarded(self, ctx, |act, _| {
+            let limited = |policy: Policy| act.metrics.rate_limited.with_label_values(&[policy.name()]).get();
+            ActorReport::running(
+                ACTOR,
+                serde_json::json!({
+                    "keys_tracked": act.buckets.len(), "max_keys": act.buckets.cap().get(),
+                    "limited": {"default": limited(Policy::Default), "auth": limited(Policy::Auth)},
+                }),
+            )
+        });
+        MessageResult(report.unwrap_or_else(|| ActorReport::unresponsive(ACTOR, "panicked while reporting")))
     }
 }

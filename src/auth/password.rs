@@ -2,7 +2,13 @@
 //! on a SyncArbiter of its own, never on an actix-web worker and never on a DbExecutor
 //! thread holding a connection. Admission is bounded, because each hash takes 19 MiB.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use actix::{Actor, ActorContext, Addr, Handler, MailboxError, Message, SyncArbiter, SyncContext};
 use argon2::{
@@ -44,10 +50,19 @@ pub struct PasswordHasher {
     /// so a login for an unknown email takes as long as a wrong password.
     dummy_hash: String,
     reporter: RestartReporter,
+    alive: Arc<AtomicUsize>,
 }
 
 impl Actor for PasswordHasher {
     type Context = SyncContext<Self>;
+
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        self.alive.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.alive.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Message)]
@@ -94,18 +109,33 @@ impl Handler<Verify> for PasswordHasher {
 pub struct Passwords {
     addr: Addr<PasswordHasher>,
     admission: Arc<Admission>,
+    threads: usize,
+    alive: Arc<AtomicUsize>,
 }
 
 impl Passwords {
     pub fn start(threads: usize, reporter: RestartReporter) -> Result<Self, AppError> {
         let dummy_hash = hash_password("storefront-dummy-password-never-valid")?;
+        let alive = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&alive);
         let addr = SyncArbiter::start(threads, move || PasswordHasher {
             dummy_hash: dummy_hash.clone(),
             reporter: reporter.clone(),
+            alive: Arc::clone(&counted),
         });
         // Waiting requests hold no argon2 memory (only running hashes do), so the queue can
         // be deep; it is bounded so a sign-in storm is shed instead of piling up.
-        Ok(Self { addr, admission: Arc::new(Admission::new(threads * 64, None)) })
+        Ok(Self { addr, admission: Arc::new(Admission::new(threads * 64, None)), threads, alive })
+    }
+
+    /// This pool's row in the actors API, read from its atomics (asking a thread would
+    /// wait behind the hashes in its queue).
+    pub fn report(&self) -> crate::actors::report::ActorReport {
+        use crate::actors::report::{as_u64, ActorKind, ActorReport, Instances};
+        let instances =
+            Instances { configured: as_u64(self.threads), alive: as_u64(self.alive.load(Ordering::Acquire)) };
+        ActorReport::new(ACTOR, ActorKind::SyncPool, instances, serde_json::json!({"algorithm": "argon2id"}))
+            .with_queue(self.admission.in_flight(), self.admission.capacity())
     }
 
     pub async fn hash(&self, password: String) -> Result<String, AppError> {

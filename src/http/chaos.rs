@@ -28,6 +28,7 @@ pub enum ChaosActor {
     Cache,
     RateLimiter,
     EventHub,
+    Janitor,
     EventRelay,
 }
 
@@ -52,7 +53,9 @@ pub struct ChaosRequest {
 #[utoipa::path(post, path = "/ops/chaos", tag = "operations", request_body = ChaosRequest, responses(
     (status = 204, description = "The fault ran and the actor survived it (stall)"),
     (status = 500, description = "The actor panicked, as asked; a fresh one replaces it"),
-    (status = 404, description = "Fault injection is disabled (no CHAOS_TOKEN)"),
+    (status = 401, description = "The bearer token is not the chaos token", content_type = "application/problem+json"),
+    (status = 404, description = "Fault injection is disabled (no CHAOS_TOKEN)", content_type = "application/problem+json"),
+    (status = 422, description = "Unknown actor or fault, or a fault the actor does not take", content_type = "application/problem+json"),
 ), security(("chaos_token" = [])))]
 pub async fn inject_fault(
     state: web::Data<AppState>,
@@ -100,6 +103,12 @@ pub async fn inject_fault(
             .timeout(ACTOR_TIMEOUT)
             .await
             .map_err(|error| AppError::Internal(format!("event hub: {error}")))??,
+        (ChaosActor::Janitor, ChaosFault::Panic) => state
+            .janitor
+            .send(Crash)
+            .timeout(ACTOR_TIMEOUT)
+            .await
+            .map_err(|error| AppError::Internal(format!("janitor: {error}")))??,
         (ChaosActor::EventRelay, ChaosFault::Panic) => state
             .event_relay
             .send(Crash)

@@ -4,11 +4,13 @@ pub mod accounts;
 pub mod auth;
 pub mod auth_header;
 pub mod chaos;
+pub mod dashboard;
 pub mod extract;
 pub mod idempotency;
 pub mod middleware;
 pub mod openapi;
 pub mod ops;
+pub mod ops_api;
 pub mod orders;
 pub mod paging;
 pub mod products;
@@ -26,10 +28,17 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
         .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
         .service(web::resource("/metrics").route(web::get().to(ops::metrics)))
         .service(web::resource("/openapi.json").route(web::get().to(ops::openapi_document)))
+        .service(web::resource("/ops").route(web::get().to(dashboard::to_page)))
+        .service(web::resource("/ops/").route(web::get().to(dashboard::page)))
+        .service(web::resource("/ops/app.js").route(web::get().to(dashboard::script)))
+        .service(web::resource("/ops/app.css").route(web::get().to(dashboard::style)))
         .service(
             web::scope("/api/v1")
                 .service(web::resource("/auth/register").route(web::post().to(auth::register)))
                 .service(web::resource("/auth/login").route(web::post().to(auth::login)))
+                .service(web::resource("/ops/actors").route(web::get().to(ops_api::actors)))
+                .service(web::resource("/ops/restarts").route(web::get().to(ops_api::restarts)))
+                .service(web::resource("/ops/metrics").route(web::get().to(ops_api::metrics_summary)))
                 .service(web::resource("/users/me").route(web::get().to(users::me)))
                 .service(web::resource("/users").route(web::get().to(users::list)))
                 .service(

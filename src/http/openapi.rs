@@ -6,13 +6,17 @@ use utoipa::{
 };
 
 use crate::{
+    actors::{
+        breaker::BreakerState,
+        report::{ActorKind, ActorReport, Instances, QueueReport, RestartSummary},
+    },
     domain::{
         catalog::{Product, ProductStatus},
         paging::Page,
         shop::{Account, Order, OrderItem, OrderStatus, Transfer},
         user::{Role, User},
     },
-    http::{accounts, auth, chaos, ops, orders, products, users, ws},
+    http::{accounts, auth, chaos, dashboard, ops, ops_api, orders, products, users, ws},
 };
 
 #[derive(OpenApi)]
@@ -20,6 +24,7 @@ use crate::{
     info(title = "Storefront", description = "Shop backend: catalog, credit accounts, orders, live updates."),
     paths(
         ops::livez, ops::readyz, ops::metrics, ops::openapi_document, chaos::inject_fault,
+        dashboard::page, ops_api::actors, ops_api::restarts, ops_api::metrics_summary,
         auth::register, auth::login,
         users::me, users::list, users::get, users::update, users::delete,
         products::list, products::get, products::create, products::update, products::delete,
@@ -29,6 +34,8 @@ use crate::{
     ),
     components(schemas(
         chaos::ChaosRequest, chaos::ChaosActor, chaos::ChaosFault,
+        ops_api::ActorsResponse, ops_api::RestartsResponse, ops_api::RestartEntry, ops_api::MetricsSummary,
+        ops_api::LatencyBucket, ActorReport, ActorKind, Instances, QueueReport, RestartSummary, BreakerState,
         auth::RegisterRequest, auth::LoginRequest, auth::TokenResponse,
         users::UpdateUserRequest, User, Role, Page<User>,
         products::CreateProductRequest, products::UpdateProductRequest, Product, ProductStatus, Page<Product>,
