@@ -16,6 +16,7 @@ use crate::{
         event_relay::EventRelay,
         health::{BeginShutdown, Health, WatchDatabase},
         janitor::{Janitor, Retention},
+        nats_publisher::NatsPublisher,
         rate_limiter::RateLimiter,
         supervision::RestartReporter,
         DbGateway,
@@ -44,6 +45,8 @@ pub struct AppState {
     pub tokens: Arc<TokenKeys>,
     pub cache: CacheClient,
     pub rate_limiter: Addr<RateLimiter>,
+    /// `None` unless NATS_URL is set.
+    pub nats_publisher: Option<Addr<NatsPublisher>>,
 }
 
 #[derive(Debug, derive_more::Display)]
@@ -102,6 +105,7 @@ impl Application {
                 idempotency_keys: config.idempotency_key_retention,
                 events: config.event_retention,
                 interval: config.janitor_interval,
+                keep_unpublished_events: config.nats.is_some(),
             };
             let reporter = reporter.clone();
             Supervisor::start(move |_| Janitor::new(db, retention, reporter))
@@ -124,6 +128,18 @@ impl Application {
             let (metrics, reporter) = (Arc::clone(&metrics), reporter.clone());
             Supervisor::start(move |_| RateLimiter::new(quotas, max_keys, metrics, reporter))
         };
+        let nats_publisher = config.nats.clone().map(|settings| {
+            let (metrics, recipient) = (Arc::clone(&metrics), health.clone().recipient());
+            NatsPublisher::start(
+                settings,
+                origin,
+                db.clone(),
+                metrics,
+                recipient,
+                reporter.clone(),
+                config.event_poll_interval,
+            )
+        });
         let passwords = Passwords::start(config.password_hasher_threads, reporter)
             .map_err(|error| StartupError::Internal(error.to_string()))?;
 
@@ -136,6 +152,7 @@ impl Application {
             tokens: Arc::new(TokenKeys::new(&config.jwt_secret, config.jwt_ttl)),
             cache,
             rate_limiter,
+            nats_publisher,
         };
         let listener = TcpListener::bind(config.bind_addr)
             .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;

@@ -7,7 +7,7 @@ use rand::RngCore;
 
 use crate::{
     actors::rate_limiter::Quotas,
-    cli::{DatabaseArgs, ServeArgs},
+    cli::{DatabaseArgs, NatsArgs, ServeArgs},
     domain::rate_limit::Quota,
 };
 
@@ -128,6 +128,8 @@ pub struct Config {
     pub janitor_interval: Duration,
     pub metrics_token: Option<Secret>,
     pub chaos_token: Option<Secret>,
+    /// Publishing the outbox to NATS JetStream; `None` (no NATS_URL) turns it off.
+    pub nats: Option<NatsSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, derive_more::Display, derive_more::Error)]
@@ -316,7 +318,75 @@ impl Config {
             )?),
             metrics_token: non_empty_secret("METRICS_TOKEN", args.metrics_token.as_deref())?,
             chaos_token: non_empty_secret("CHAOS_TOKEN", args.chaos_token.as_deref())?,
+            nats: NatsSettings::from_args(&args.nats)?,
         })
+    }
+}
+
+/// Where and how the outbox is published to NATS JetStream.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    /// One or more comma-separated `nats://` or `tls://` URLs; may carry credentials.
+    pub url: Secret,
+    /// Events go to `<prefix>.<topic>.<kind>`.
+    pub subject_prefix: String,
+    pub stream: String,
+    /// How long the stream keeps a message.
+    pub stream_max_age: Duration,
+    /// Copies of the stream a NATS cluster keeps (1 on a single server).
+    pub stream_replicas: usize,
+    /// How long the active publisher's lease lasts unrenewed: the longest another replica
+    /// waits to take over from one that died.
+    pub lease: Duration,
+}
+
+impl NatsSettings {
+    pub fn from_args(args: &NatsArgs) -> Result<Option<Self>, ConfigError> {
+        let Some(url) = args.nats_url.as_deref().map(str::trim).filter(|url| !url.is_empty()) else {
+            return Ok(None);
+        };
+        for server in url.split(',').map(str::trim) {
+            let valid = url::Url::parse(server)
+                .is_ok_and(|parsed| matches!(parsed.scheme(), "nats" | "tls") && parsed.host_str().is_some());
+            if !valid {
+                return Err(ConfigError::new(
+                    "NATS_URL",
+                    "expected nats://HOST:PORT or tls://HOST:PORT (comma-separated for several servers)",
+                ));
+            }
+        }
+        let subject_prefix = args.nats_subject_prefix.trim();
+        let is_token = |token: &str| {
+            !token.is_empty() && token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        };
+        if !subject_prefix.split('.').all(is_token) {
+            return Err(ConfigError::new(
+                "NATS_SUBJECT_PREFIX",
+                format!(
+                    "expected dot-separated tokens of letters, digits, _ and - (no wildcards), got {subject_prefix:?}"
+                ),
+            ));
+        }
+        let stream = args.nats_stream.trim();
+        if !is_token(stream) || stream.len() > 64 {
+            return Err(ConfigError::new(
+                "NATS_STREAM",
+                format!("expected up to 64 letters, digits, _ and -, got {stream:?}"),
+            ));
+        }
+        Ok(Some(Self {
+            url: Secret::new(url),
+            subject_prefix: subject_prefix.to_owned(),
+            stream: stream.to_owned(),
+            stream_max_age: hours(parse_number(
+                "NATS_STREAM_MAX_AGE_HOURS",
+                &args.nats_stream_max_age_hours,
+                1,
+                24 * 3650,
+            )?),
+            stream_replicas: parse_number("NATS_STREAM_REPLICAS", &args.nats_stream_replicas, 1, 5)?,
+            lease: Duration::from_secs(parse_number("NATS_LEASE_SECONDS", &args.nats_lease_seconds, 1, 3_600)?),
+        }))
     }
 }
 

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub rate_limit_keys: IntGauge,
     pub rate_limiter_fail_open: IntCounter,
+    pub nats_published: IntCounter,
+    pub nats_publish_lag: IntGauge,
 }
 
 /// Registration only fails for a duplicate or malformed name; the names below are fixed
@@ -113,8 +115,20 @@ impl Metrics {
             IntCounter::new("rate_limiter_fail_open_total", "Requests let through because the limiter did not answer")
                 .expect("valid metric"),
         );
+        let nats_published = register(
+            &registry,
+            IntCounter::new("nats_published_total", "Outbox events JetStream stored (duplicates not counted)")
+                .expect("valid metric"),
+        );
+        let nats_publish_lag = register(
+            &registry,
+            IntGauge::new("nats_publish_lag_events", "Outbox events not yet acknowledged by JetStream")
+                .expect("valid metric"),
+        );
         Self {
             registry,
+            nats_published,
+            nats_publish_lag,
             cache_requests,
             cache_loads,
             cache_entries,

@@ -40,6 +40,8 @@ const ABANDONED: u8 = 2;
 pub struct Query<U> {
     use_case: U,
     span: Span,
+    /// The request that asked, recorded with the outbox events this use case appends.
+    request_id: Option<Arc<str>>,
     progress: Arc<AtomicU8>,
     _slot: AdmissionSlot,
 }
@@ -76,13 +78,13 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
             return Err(AppError::unavailable("The request was abandoned before it ran."));
         }
         let pool = &self.pool;
-        let use_case = query.use_case;
+        let (use_case, request_id) = (query.use_case, query.request_id);
         let outcome = catch_panic(move || {
             let mut conn = pool.get().map_err(|error| {
                 tracing::warn!(%error, "no database connection available");
                 AppError::unavailable("The database is unavailable; try again shortly.")
             })?;
-            use_case.run(&mut conn)
+            outbox::with_request_id(request_id, || use_case.run(&mut conn))
         });
         outcome.unwrap_or_else(|payload| {
             // The SyncArbiter builds a fresh DbExecutor for this thread after stop().
@@ -141,7 +143,13 @@ impl DbGateway {
     /// that had already started runs on, and its caller learns the outcome is unknown (504).
     pub async fn run<U: UseCase>(&self, use_case: U) -> Result<U::Output, AppError> {
         let progress = Arc::new(AtomicU8::new(QUEUED));
-        let query = Query { use_case, span: Span::current(), progress: Arc::clone(&progress), _slot: self.admit()? };
+        let query = Query {
+            use_case,
+            span: Span::current(),
+            request_id: crate::request_context::current(),
+            progress: Arc::clone(&progress),
+            _slot: self.admit()?,
+        };
         match self.addr.send(query).timeout(self.timeout).await {
             Ok(result) => result,
             Err(MailboxError::Timeout) => {

@@ -41,6 +41,8 @@ pub struct Health {
     probe_in_flight: bool,
     shutting_down: bool,
     restarts: BTreeMap<&'static str, RestartRecord>,
+    /// Dependencies that are reported, not probed, and do not decide readiness (NATS).
+    dependencies: BTreeMap<&'static str, DependencyCheck>,
 }
 
 impl Health {
@@ -53,6 +55,7 @@ impl Health {
             probe_in_flight: false,
             shutting_down: false,
             restarts: BTreeMap::new(),
+            dependencies: BTreeMap::new(),
         }
     }
 
@@ -119,6 +122,14 @@ impl Health {
             .collect();
         if !restarts.is_empty() {
             checks.insert("actors:restarts".into(), Value::Array(restarts));
+        }
+
+        for (name, check) in &self.dependencies {
+            checks.insert(
+                (*name).into(),
+                json!([{"status": pass_fail(check.passing), "output": check.output, "time": rfc3339(&check.since)}]),
+            );
+            self.metrics.readiness.with_label_values(&[name]).set(i64::from(check.passing));
         }
 
         for (name, ok) in [("database", database_ok), ("db_executor", workers_ok), ("shutdown", !self.shutting_down)] {
@@ -193,6 +204,27 @@ impl Handler<ActorRestarted> for Health {
     type Result = ();
     fn handle(&mut self, msg: ActorRestarted, ctx: &mut Context<Self>) {
         guarded(self, ctx, |act, _| act.record_restart(msg));
+    }
+}
+
+/// How a dependency off the request path stands, from the actor that uses it; shown in
+/// `/readyz` under `name` without deciding readiness.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct DependencyCheck {
+    pub name: &'static str,
+    pub passing: bool,
+    pub output: String,
+    /// Since when it stands so.
+    pub since: DateTime<Utc>,
+}
+
+impl Handler<DependencyCheck> for Health {
+    type Result = ();
+    fn handle(&mut self, msg: DependencyCheck, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, _| {
+            act.dependencies.insert(msg.name, msg);
+        });
     }
 }
 

@@ -7,6 +7,7 @@ pub mod db_executor;
 pub mod event_relay;
 pub mod health;
 pub mod janitor;
+pub mod nats_publisher;
 pub mod rate_limiter;
 pub mod supervision;
 

@@ -3,7 +3,10 @@
 //! ids are handed out in commit order and a reader tailing `id > last` never skips a row
 //! that commits later. SQLite writers are serialised by `BEGIN IMMEDIATE` already.
 
-use std::cell::Cell;
+use std::{
+    cell::{Cell, RefCell},
+    sync::Arc,
+};
 
 use diesel::prelude::*;
 use serde_json::Value;
@@ -19,6 +22,25 @@ thread_local! {
     /// app), so every event names the replica that wrote it without threading it through
     /// every use case. Outside a DbExecutor (the CLI) it is unset.
     static ORIGIN: Cell<Option<Uuid>> = const { Cell::new(None) };
+}
+
+thread_local! {
+    /// The request a DbExecutor thread is running a use case for, if any.
+    static REQUEST_ID: RefCell<Option<Arc<str>>> = const { RefCell::new(None) };
+}
+
+/// Runs `work` with the events it appends attributed to request `id`; the attribution
+/// ends with `work`, even when it panics.
+pub fn with_request_id<T>(id: Option<Arc<str>>, work: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            REQUEST_ID.with(|cell| cell.replace(None));
+        }
+    }
+    REQUEST_ID.with(|cell| cell.replace(id));
+    let _reset = Reset;
+    work()
 }
 
 /// Marks this thread as a DbExecutor thread of replica `origin`.
@@ -68,6 +90,7 @@ pub fn append(conn: &mut DbConnection, new_events: Vec<NewEvent>) -> Result<(), 
     }
     let now = clock::now();
     let origin = ORIGIN.with(Cell::get).map(|id| id.to_string());
+    let request_id = REQUEST_ID.with(|cell| cell.borrow().as_deref().map(str::to_owned));
     for event in new_events {
         diesel::insert_into(events::table)
             .values((
@@ -77,6 +100,7 @@ pub fn append(conn: &mut DbConnection, new_events: Vec<NewEvent>) -> Result<(), 
                 events::payload.eq(event.payload.to_string()),
                 events::origin.eq(&origin),
                 events::created_at.eq(now),
+                events::request_id.eq(&request_id),
             ))
             .execute(conn)?;
     }

@@ -27,6 +27,7 @@ pub enum ChaosActor {
     Health,
     Cache,
     RateLimiter,
+    NatsPublisher,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -91,6 +92,17 @@ pub async fn inject_fault(
                 .timeout(ACTOR_TIMEOUT)
                 .await
                 .map_err(|error| AppError::Internal(format!("rate limiter: {error}")))??
+        }
+        (ChaosActor::NatsPublisher, ChaosFault::Panic) => {
+            let publisher = state
+                .nats_publisher
+                .as_ref()
+                .ok_or_else(|| AppError::invalid("actor", "NATS publishing is disabled (no NATS_URL)"))?;
+            publisher
+                .send(Crash)
+                .timeout(ACTOR_TIMEOUT)
+                .await
+                .map_err(|error| AppError::Internal(format!("nats publisher: {error}")))??
         }
         (_, ChaosFault::Stall) => return Err(AppError::invalid("fault", "stall applies to db_executor only")),
     }
