@@ -446,6 +446,47 @@ mod tests {
         }
     }
 
+    fn nats_args(url: Option<&str>) -> NatsArgs {
+        NatsArgs {
+            nats_url: url.map(str::to_owned),
+            nats_subject_prefix: "storefront.events".into(),
+            nats_stream: "STOREFRONT_EVENTS".into(),
+            nats_stream_max_age_hours: "168".into(),
+            nats_stream_replicas: "1".into(),
+            nats_lease_seconds: "10".into(),
+        }
+    }
+
+    #[test]
+    fn nats_publishing_is_off_without_a_url_and_validated_with_one() {
+        assert!(NatsSettings::from_args(&nats_args(None)).unwrap().is_none());
+        assert!(NatsSettings::from_args(&nats_args(Some("  "))).unwrap().is_none());
+        let settings = NatsSettings::from_args(&nats_args(Some("nats://a:4222,tls://b:4222"))).unwrap().unwrap();
+        assert_eq!(
+            (settings.subject_prefix.as_str(), settings.stream.as_str()),
+            ("storefront.events", "STOREFRONT_EVENTS")
+        );
+        assert_eq!(
+            (settings.lease, settings.stream_max_age),
+            (Duration::from_secs(10), Duration::from_secs(168 * 3600))
+        );
+        assert!(!format!("{settings:?}").contains("a:4222"), "the URL may hold credentials and is never printed");
+
+        for bad in ["localhost:4222", "http://a:4222", "nats://", "nats://a:4222,"] {
+            assert_eq!(NatsSettings::from_args(&nats_args(Some(bad))).unwrap_err().setting, "NATS_URL", "{bad:?}");
+        }
+        for bad in ["", "events.>", "events.*", "a..b", "with space", ".events"] {
+            let args = NatsArgs { nats_subject_prefix: bad.into(), ..nats_args(Some("nats://a:4222")) };
+            assert_eq!(NatsSettings::from_args(&args).unwrap_err().setting, "NATS_SUBJECT_PREFIX", "{bad:?}");
+        }
+        for bad in ["", "A.B", "a b", "A>", &"S".repeat(65)] {
+            let args = NatsArgs { nats_stream: bad.into(), ..nats_args(Some("nats://a:4222")) };
+            assert_eq!(NatsSettings::from_args(&args).unwrap_err().setting, "NATS_STREAM", "{bad:?}");
+        }
+        let args = NatsArgs { nats_lease_seconds: "0".into(), ..nats_args(Some("nats://a:4222")) };
+        assert_eq!(NatsSettings::from_args(&args).unwrap_err().setting, "NATS_LEASE_SECONDS");
+    }
+
     #[test]
     fn postgres_url_debug_hides_the_password() {
         let url = DatabaseUrl::parse("postgres://admin:hunter2@db.internal:5433/shop").unwrap();

@@ -97,6 +97,7 @@ impl NatsPublisher {
         reporter: RestartReporter,
         interval: Duration,
     ) -> Addr<Self> {
+        tracing::info!(stream = %settings.stream, subjects = %format!("{}.>", settings.subject_prefix), "publishing the outbox to NATS JetStream");
         Supervisor::start(move |_| Self {
             settings,
             holder: holder.to_string(),
@@ -243,7 +244,8 @@ impl NatsPublisher {
         if self.reported.as_ref() == Some(&state) {
             return;
         }
-        if !passing {
+        // The first report ("connecting") is no failure worth a warning.
+        if !passing && self.reported.is_some() {
             tracing::warn!(reason = %state.1, "NATS publishing is failing; events wait in the outbox");
         } else if self.reported.as_ref().is_some_and(|(was_passing, _)| !was_passing) {
             tracing::info!(state = %state.1, "NATS publishing recovered");
