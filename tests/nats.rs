@@ -27,6 +27,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 on_both_backends!(
+    publishing_is_off_without_a_nats_url,
     every_committed_change_arrives_once_in_id_order_with_its_subject_and_headers,
     a_publisher_crashing_mid_stream_loses_and_duplicates_nothing,
     a_nats_outage_keeps_the_backlog_in_the_outbox_until_it_is_published,
@@ -218,6 +219,20 @@ async fn place_order(app: &TestApp, token: &str, product_id: &str) -> Value {
 // ---------------------------------------------------------------------------------------
 // Scenarios
 // ---------------------------------------------------------------------------------------
+
+async fn publishing_is_off_without_a_nats_url(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let health: Value = app.get("/readyz").await.json().await.unwrap();
+    assert!(health["checks"].get("nats").is_none(), "no nats check when publishing is off: {health}");
+    let refused = app.chaos(json!({"actor": "nats_publisher", "fault": "panic"})).await;
+    let problem = common::assert_problem(refused, 422).await;
+    assert!(problem.to_string().contains("NATS"), "{problem}");
+    // The metric families exist from start-up, at zero.
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    for family in ["storefront_nats_published_total", "storefront_nats_publish_lag_events"] {
+        assert!(metrics.lines().any(|line| line == format!("{family} 0")), "{family} is exported at zero");
+    }
+}
 
 async fn every_committed_change_arrives_once_in_id_order_with_its_subject_and_headers(backend: Backend) {
     let Some(nats) = NatsServer::start().await else { return };
