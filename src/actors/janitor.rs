@@ -1,5 +1,6 @@
 //! The Janitor actor: on an interval, prunes idempotency keys past their retention,
-//! outbox events past `EVENT_RETENTION_HOURS`, and failed logins past the throttle window.
+//! outbox events past `EVENT_RETENTION_HOURS` (with NATS publishing on, only once published),
+//! and failed logins past the throttle window.
 
 use std::time::Duration;
 
