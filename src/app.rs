@@ -16,7 +16,7 @@ use crate::{
         event_relay::EventRelay,
         health::{BeginShutdown, Health, WatchDatabase},
         janitor::{Janitor, Retention},
-        nats_publisher::NatsPublisher,
+        nats_publisher::{NatsPublisher, Retire},
         rate_limiter::RateLimiter,
         supervision::RestartReporter,
         DbGateway,
@@ -69,6 +69,7 @@ pub struct Application {
     /// Held so these live as long as the server.
     _janitor: Addr<Janitor>,
     _event_relay: Option<Addr<EventRelay>>,
+    nats_publisher: Option<Addr<NatsPublisher>>,
 }
 
 impl Application {
@@ -152,7 +153,7 @@ impl Application {
             tokens: Arc::new(TokenKeys::new(&config.jwt_secret, config.jwt_ttl)),
             cache,
             rate_limiter,
-            nats_publisher,
+            nats_publisher: nats_publisher.clone(),
         };
         let listener = TcpListener::bind(config.bind_addr)
             .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;
@@ -194,6 +195,7 @@ impl Application {
             health,
             _janitor: janitor,
             _event_relay: event_relay,
+            nats_publisher,
         })
     }
 
@@ -225,6 +227,10 @@ impl Application {
         });
         self.server.await?;
         tracing::info!("server stopped");
+        if let Some(publisher) = &self.nats_publisher {
+            // Hand the publishing lease back so another replica takes over at once.
+            let _ = publisher.send(Retire).timeout(Duration::from_secs(2)).await;
+        }
         Ok(())
     }
 }

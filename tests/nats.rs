@@ -415,6 +415,21 @@ fn execute(url: &str, sql: &str) {
     }
 }
 
+fn lease_holder(url: &str) -> Option<String> {
+    #[derive(diesel::QueryableByName)]
+    struct Holder {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        holder: Option<String>,
+    }
+    let sql = "SELECT holder FROM nats_publisher";
+    let rows: Vec<Holder> = if let Some(path) = url.strip_prefix("sqlite://") {
+        diesel::sql_query(sql).load(&mut SqliteConnection::establish(path).unwrap()).unwrap()
+    } else {
+        diesel::sql_query(sql).load(&mut PgConnection::establish(url).unwrap()).unwrap()
+    };
+    rows.into_iter().next().and_then(|row| row.holder)
+}
+
 fn count(url: &str, sql: &str) -> i64 {
     #[derive(diesel::QueryableByName)]
     struct Count {
@@ -439,7 +454,8 @@ async fn two_replicas_publish_each_event_once_and_the_survivor_takes_over(backen
         TestApp::builder(backend)
             .database_url(&database.url())
             .setting("nats-url", &nats.url())
-            .setting("nats-lease-seconds", "2")
+            // Long enough that only a handed-back lease changes hands while the test looks.
+            .setting("nats-lease-seconds", "6")
             .spawn()
     };
     let first = replica().await;
@@ -462,8 +478,10 @@ async fn two_replicas_publish_each_event_once_and_the_survivor_takes_over(backen
     assert_eq!(first.metric("storefront_nats_published_total").await, expected.len() as f64, "the leader published");
     assert_eq!(second.metric("storefront_nats_published_total").await, 0.0, "the standby published nothing");
 
-    // The leader stops without a word; the standby takes over once the lease runs out.
+    // The leader shuts down and hands the lease back; the standby takes over.
+    let leader = lease_holder(&database.url()).expect("the leader holds the lease");
     drop(first);
+    assert_ne!(lease_holder(&database.url()), Some(leader), "the lease was handed back, not left to expire");
     for _ in 0..3 {
         place_order(&second, &alice, &kettle).await;
     }
@@ -471,4 +489,32 @@ async fn two_replicas_publish_each_event_once_and_the_survivor_takes_over(backen
     assert_stream_holds_exactly(&nats, &all).await;
     assert_eq!(second.metric("storefront_nats_published_total").await, (all.len() - expected.len()) as f64);
     assert_eq!(wait_for_nats_check(&second, "pass").await["output"], "publishing");
+
+    // A replica that took the lease died without a word: the survivor stands by until the
+    // lease runs out, then publishes everything written meanwhile.
+    let expiry = chrono::Utc::now().naive_utc() + chrono::Duration::seconds(3);
+    execute_at(
+        &database.url(),
+        "UPDATE nats_publisher SET holder = 'a-replica-that-died', lease_expires_at = $1",
+        expiry,
+    );
+    wait_for_nats_output(&second, "standby").await;
+    for _ in 0..3 {
+        place_order(&second, &alice, &kettle).await;
+    }
+    assert_stream_holds_exactly(&nats, &publishable(read_events(&database.url()))).await;
+    wait_for_nats_output(&second, "publishing").await;
+}
+
+/// Polls `/readyz` until the `nats` check's output starts with `output`.
+async fn wait_for_nats_output(app: &TestApp, output: &str) {
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    loop {
+        let body: Value = app.get("/readyz").await.json().await.unwrap();
+        if body["checks"]["nats"][0]["output"].as_str().is_some_and(|shown| shown.starts_with(output)) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the nats check did not show {output:?}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -16,7 +16,8 @@
 use std::{sync::Arc, time::Duration};
 
 use actix::{
-    fut::wrap_future, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Recipient, Supervised, Supervisor,
+    fut::wrap_future, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Recipient, ResponseActFuture,
+    Supervised, Supervisor,
 };
 use actix_rt::time::{timeout, Instant};
 use async_nats::{
@@ -36,7 +37,9 @@ use super::{
 use crate::{
     config::NatsSettings,
     db::{
-        nats_publisher::{ClaimLease, OutboxEvent, Progress, ReadProgress, RecordPublished, UnpublishedEvents},
+        nats_publisher::{
+            ClaimLease, OutboxEvent, Progress, ReadProgress, RecordPublished, ReleaseLease, UnpublishedEvents,
+        },
         outbox::topic,
     },
     domain::clock,
@@ -73,6 +76,8 @@ pub struct NatsPublisher {
     generation: u64,
     /// What Health was last told, so it is told again only of a change.
     reported: Option<(bool, String)>,
+    /// The lease was handed back for shutdown: publish no more.
+    retired: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -112,11 +117,12 @@ impl NatsPublisher {
             busy: false,
             generation: 0,
             reported: None,
+            retired: false,
         })
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        if self.busy {
+        if self.busy || self.retired {
             return;
         }
         let Some(client) = self.client.clone() else {
@@ -450,6 +456,31 @@ fn stream_config(settings: &NatsSettings) -> stream::Config {
         num_replicas: settings.stream_replicas,
         duplicate_window,
         ..Default::default()
+    }
+}
+
+/// Stops publishing and hands the lease back, so another replica takes over at once
+/// instead of after NATS_LEASE_SECONDS. Sent at shutdown, once the HTTP server stopped.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Retire;
+
+impl Handler<Retire> for NatsPublisher {
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, _msg: Retire, _ctx: &mut Context<Self>) -> Self::Result {
+        self.retired = true;
+        // A round still under way may record its progress (it holds the lease until the
+        // release below); its outcome is not applied.
+        self.generation += 1;
+        let (db, holder) = (self.db.clone(), self.holder.clone());
+        Box::pin(wrap_future(async move {
+            match db.run(ReleaseLease { holder }).await {
+                Ok(()) => tracing::info!("NATS publishing lease handed back"),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot hand the NATS publishing lease back; it expires by itself")
+                }
+            }
+        }))
     }
 }
 

@@ -124,6 +124,22 @@ impl UseCase for RecordPublished {
     }
 }
 
+/// Hands the lease back (at shutdown), so another replica takes over at once.
+pub struct ReleaseLease {
+    pub holder: String,
+}
+
+impl UseCase for ReleaseLease {
+    type Output = ();
+    fn run(self, conn: &mut DbConnection) -> Result<(), AppError> {
+        use nats_publisher::{holder, lease_expires_at, name};
+        diesel::update(nats_publisher::table.filter(name.eq(PUBLISHER)).filter(holder.eq(&self.holder)))
+            .set((holder.eq(None::<String>), lease_expires_at.eq(None::<NaiveDateTime>)))
+            .execute(conn)?;
+        Ok(())
+    }
+}
+
 /// The newest event id the janitor may prune: the publisher's position.
 pub fn published_through(conn: &mut DbConnection) -> Result<i64, AppError> {
     Ok(nats_publisher::table
