@@ -75,7 +75,7 @@ pub struct NatsPublisher {
     /// Bumped by each restart, so the result of a round begun before it is ignored.
     generation: u64,
     /// What Health was last told, so it is told again only of a change.
-    reported: Option<(bool, String)>,
+    reported: Option<(bool, &'static str)>,
     /// The lease was handed back for shutdown: publish no more.
     retired: bool,
 }
@@ -175,7 +175,7 @@ impl NatsPublisher {
                             act.client = Some(client);
                             act.tick(ctx);
                         }
-                        Err(error) => act.report(false, format!("cannot connect to NATS: {error}")),
+                        Err(error) => act.report(false, "cannot connect to NATS", Some(error.to_string())),
                     }
                 });
             },
@@ -187,7 +187,7 @@ impl NatsPublisher {
         let lease_period = self.settings.lease;
         let renew_at = Instant::now() + lease_period / 3;
         match outcome {
-            Outcome::NatsDown { reason, progress } => {
+            Outcome::NatsDown { reason, detail, progress } => {
                 // Without NATS the lease is left to expire, so a replica that can reach it
                 // publishes instead; the stream is checked again on reconnecting.
                 self.lease = Lease::Unknown;
@@ -195,13 +195,13 @@ impl NatsPublisher {
                 if let Some(progress) = progress {
                     self.metrics.nats_publish_lag.set(progress.backlog);
                 }
-                self.report(false, reason);
+                self.report(false, reason, detail);
             }
             Outcome::Standby { progress } => {
                 self.stream_ready = true;
                 self.lease = Lease::Standby { retry_at: renew_at };
                 self.metrics.nats_publish_lag.set(progress.backlog);
-                self.report(true, "standby: another replica holds the publishing lease".into());
+                self.report(true, "standby: another replica holds the publishing lease", None);
             }
             Outcome::DatabaseUnavailable(error) => {
                 // Start again from the position in the database once it answers.
@@ -223,10 +223,10 @@ impl NatsPublisher {
                     Some(error) => {
                         // Whatever was not acknowledged is sent again next round.
                         self.stream_ready = false;
-                        self.report(false, format!("publishing failed: {error}"));
+                        self.report(false, "publishing failed; retrying", Some(error));
                     }
                     None => {
-                        self.report(true, "publishing".into());
+                        self.report(true, "publishing", None);
                         if round.more_waiting && !round.lease_lost {
                             ctx.notify(Tick);
                         }
@@ -243,20 +243,21 @@ impl NatsPublisher {
         }
     }
 
-    /// Tells Health how NATS stands, when that changed. `try_send`: a full mailbox only
+    /// Tells Health how NATS stands, when that changed. `/readyz` is public, so it shows
+    /// only `output`; the error's `detail` goes to the log. `try_send`: a full mailbox only
     /// delays the news to a later round, it never blocks this one.
-    fn report(&mut self, passing: bool, output: String) {
+    fn report(&mut self, passing: bool, output: &'static str, detail: Option<String>) {
         let state = (passing, output);
-        if self.reported.as_ref() == Some(&state) {
+        if self.reported == Some(state) {
             return;
         }
         // The first report ("connecting") is no failure worth a warning.
         if !passing && self.reported.is_some() {
-            tracing::warn!(reason = %state.1, "NATS publishing is failing; events wait in the outbox");
-        } else if self.reported.as_ref().is_some_and(|(was_passing, _)| !was_passing) {
-            tracing::info!(state = %state.1, "NATS publishing recovered");
+            tracing::warn!(state = output, detail, "NATS publishing is failing; events wait in the outbox");
+        } else if self.reported.is_some_and(|(was_passing, _)| !was_passing) {
+            tracing::info!(state = output, "NATS publishing recovered");
         }
-        let check = DependencyCheck { name: CHECK, passing, output: state.1.clone(), since: Utc::now() };
+        let check = DependencyCheck { name: CHECK, passing, output: output.to_owned(), since: Utc::now() };
         self.reported = self.health.try_send(check).is_ok().then_some(state);
     }
 }
@@ -284,7 +285,7 @@ enum Claim {
 }
 
 enum Outcome {
-    NatsDown { reason: String, progress: Option<Progress> },
+    NatsDown { reason: &'static str, detail: Option<String>, progress: Option<Progress> },
     Standby { progress: Progress },
     DatabaseUnavailable(AppError),
     Published(Published),
@@ -308,19 +309,19 @@ impl Round {
     async fn run(self) -> Outcome {
         if !self.connected {
             let progress = self.db.run(ReadProgress).await.ok();
-            return Outcome::NatsDown { reason: "NATS is unreachable".into(), progress };
+            return Outcome::NatsDown { reason: "NATS is unreachable", detail: None, progress };
         }
         if let Some(config) = self.stream {
             let name = config.name.clone();
             match timeout(NATS_TIMEOUT, self.jetstream.create_or_update_stream(config)).await {
                 Ok(Ok(_)) => tracing::info!(stream = %name, "JetStream stream created or updated"),
                 Ok(Err(error)) => {
-                    return Outcome::NatsDown {
-                        reason: format!("cannot create stream {name}: {error}"),
-                        progress: None,
-                    }
+                    let detail = Some(format!("stream {name}: {error}"));
+                    return Outcome::NatsDown { reason: "cannot create or update the stream", detail, progress: None };
                 }
-                Err(_) => return Outcome::NatsDown { reason: "NATS did not answer in time".into(), progress: None },
+                Err(_) => {
+                    return Outcome::NatsDown { reason: "NATS did not answer in time", detail: None, progress: None }
+                }
             }
         }
         let lease_until = || clock::now() + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::MAX);
@@ -502,7 +503,7 @@ impl Actor for NatsPublisher {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.busy = false;
         if self.reported.is_none() {
-            self.report(false, "connecting".into());
+            self.report(false, "connecting", None);
         }
         self.tick(ctx);
         ctx.run_interval(self.interval, |act, ctx| {
