@@ -25,6 +25,7 @@ use crate::{
         event_relay::{EventRelay, RelaySettings},
         health::{BeginShutdown, Health, WatchDatabase, WatchOps},
         janitor::{Janitor, Retention},
+        nats_publisher::{NatsPublisher, Retire},
         rate_limiter::RateLimiter,
         supervision::RestartReporter,
         DbGateway,
@@ -61,6 +62,8 @@ pub struct AppState {
     pub actors: ActorDirectory,
     /// For fault injection into the background actors.
     pub janitor: Addr<Janitor>,
+    /// `None` unless NATS_URL is set.
+    pub nats_publisher: Option<Addr<NatsPublisher>>,
 }
 
 #[derive(Debug, derive_more::Display)]
@@ -83,6 +86,7 @@ pub struct Application {
     shutdown: watch::Sender<bool>,
     /// Held so these live as long as the server.
     _janitor: Addr<Janitor>,
+    nats_publisher: Option<Addr<NatsPublisher>>,
 }
 
 impl Application {
@@ -131,6 +135,7 @@ impl Application {
                 idempotency_keys: config.idempotency_key_retention,
                 events: config.event_retention,
                 interval: config.janitor_interval,
+                keep_unpublished_events: config.nats.is_some(),
             };
             let (reporter, metrics) = (reporter.clone(), Arc::clone(&metrics));
             Supervisor::start(move |_| Janitor::new(db, retention, reporter, metrics))
@@ -174,6 +179,18 @@ impl Application {
             Supervisor::start(move |_| RateLimiter::new(quotas, max_keys, metrics, reporter))
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let nats_publisher = config.nats.clone().map(|settings| {
+            let (metrics, recipient) = (Arc::clone(&metrics), health.clone().recipient());
+            NatsPublisher::start(
+                settings,
+                origin,
+                db.clone(),
+                metrics,
+                recipient,
+                reporter.clone(),
+                config.event_poll_interval,
+            )
+        });
         let passwords = Passwords::start(config.password_hasher_threads, reporter)
             .map_err(|error| StartupError::Internal(error.to_string()))?;
 
@@ -210,6 +227,7 @@ impl Application {
             shutdown: shutdown_rx,
             actors,
             janitor: janitor.clone(),
+            nats_publisher: nats_publisher.clone(),
         };
         let listener = TcpListener::bind(config.bind_addr)
             .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;
@@ -244,7 +262,15 @@ impl Application {
             address = %config.bind_addr, port, database = ?config.database.url, workers = config.db_workers,
             "storefront is listening"
         );
-        Ok(Self { server, port, shutdown_drain: config.shutdown_drain, health, shutdown, _janitor: janitor })
+        Ok(Self {
+            server,
+            port,
+            shutdown_drain: config.shutdown_drain,
+            health,
+            shutdown,
+            _janitor: janitor,
+            nats_publisher,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -278,6 +304,10 @@ impl Application {
         });
         self.server.await?;
         tracing::info!("server stopped");
+        if let Some(publisher) = &self.nats_publisher {
+            // Hand the publishing lease back so another replica takes over at once.
+            let _ = publisher.send(Retire).timeout(Duration::from_secs(2)).await;
+        }
         Ok(())
     }
 }

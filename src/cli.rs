@@ -150,4 +150,23 @@ pub struct ServeArgs {
     pub db_breaker_failures: String,
     #[arg(long, env = "DB_BREAKER_COOLDOWN_MS", default_value = "1000")]
     pub db_breaker_cooldown_ms: String,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+/// Publishing the outbox to NATS JetStream; off unless NATS_URL is set.
+#[derive(Debug, Clone, Args)]
+pub struct NatsArgs {
+    #[arg(long, env = "NATS_URL", hide_env_values = true)]
+    pub nats_url: Option<String>,
+    #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "storefront.events")]
+    pub nats_subject_prefix: String,
+    #[arg(long, env = "NATS_STREAM", default_value = "STOREFRONT_EVENTS")]
+    pub nats_stream: String,
+    #[arg(long, env = "NATS_STREAM_MAX_AGE_HOURS", default_value = "168")]
+    pub nats_stream_max_age_hours: String,
+    #[arg(long, env = "NATS_STREAM_REPLICAS", default_value = "1")]
+    pub nats_stream_replicas: String,
+    #[arg(long, env = "NATS_LEASE_SECONDS", default_value = "10")]
+    pub nats_lease_seconds: String,
 }

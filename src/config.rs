@@ -7,7 +7,7 @@ use rand::RngCore;
 
 use crate::{
     actors::rate_limiter::Quotas,
-    cli::{DatabaseArgs, ServeArgs},
+    cli::{DatabaseArgs, NatsArgs, ServeArgs},
     domain::rate_limit::Quota,
 };
 
@@ -132,6 +132,8 @@ pub struct Config {
     pub db_breaker_failures: u32,
     /// How long an open breaker refuses database work before one trial may pass.
     pub db_breaker_cooldown: Duration,
+    /// Publishing the outbox to NATS JetStream; `None` (no NATS_URL) turns it off.
+    pub nats: Option<NatsSettings>,
     pub live_updates: LiveUpdatesConfig,
 }
 
@@ -354,7 +356,75 @@ impl Config {
                 10,
                 600_000,
             )?),
+            nats: NatsSettings::from_args(&args.nats)?,
         })
+    }
+}
+
+/// Where and how the outbox is published to NATS JetStream.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    /// One or more comma-separated `nats://` or `tls://` URLs; may carry credentials.
+    pub url: Secret,
+    /// Events go to `<prefix>.<topic>.<kind>`.
+    pub subject_prefix: String,
+    pub stream: String,
+    /// How long the stream keeps a message.
+    pub stream_max_age: Duration,
+    /// Copies of the stream a NATS cluster keeps (1 on a single server).
+    pub stream_replicas: usize,
+    /// How long the active publisher's lease lasts unrenewed: the longest another replica
+    /// waits to take over from one that died.
+    pub lease: Duration,
+}
+
+impl NatsSettings {
+    pub fn from_args(args: &NatsArgs) -> Result<Option<Self>, ConfigError> {
+        let Some(url) = args.nats_url.as_deref().map(str::trim).filter(|url| !url.is_empty()) else {
+            return Ok(None);
+        };
+        for server in url.split(',').map(str::trim) {
+            let valid = url::Url::parse(server)
+                .is_ok_and(|parsed| matches!(parsed.scheme(), "nats" | "tls") && parsed.host_str().is_some());
+            if !valid {
+                return Err(ConfigError::new(
+                    "NATS_URL",
+                    "expected nats://HOST:PORT or tls://HOST:PORT (comma-separated for several servers)",
+                ));
+            }
+        }
+        let subject_prefix = args.nats_subject_prefix.trim();
+        let is_token = |token: &str| {
+            !token.is_empty() && token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        };
+        if !subject_prefix.split('.').all(is_token) {
+            return Err(ConfigError::new(
+                "NATS_SUBJECT_PREFIX",
+                format!(
+                    "expected dot-separated tokens of letters, digits, _ and - (no wildcards), got {subject_prefix:?}"
+                ),
+            ));
+        }
+        let stream = args.nats_stream.trim();
+        if !is_token(stream) || stream.len() > 64 {
+            return Err(ConfigError::new(
+                "NATS_STREAM",
+                format!("expected up to 64 letters, digits, _ and -, got {stream:?}"),
+            ));
+        }
+        Ok(Some(Self {
+            url: Secret::new(url),
+            subject_prefix: subject_prefix.to_owned(),
+            stream: stream.to_owned(),
+            stream_max_age: hours(parse_number(
+                "NATS_STREAM_MAX_AGE_HOURS",
+                &args.nats_stream_max_age_hours,
+                1,
+                24 * 3650,
+            )?),
+            stream_replicas: parse_number("NATS_STREAM_REPLICAS", &args.nats_stream_replicas, 1, 5)?,
+            lease: Duration::from_secs(parse_number("NATS_LEASE_SECONDS", &args.nats_lease_seconds, 1, 3_600)?),
+        }))
     }
 }
 
@@ -412,6 +482,47 @@ mod tests {
             let err = DatabaseUrl::parse(bad).unwrap_err();
             assert_eq!(err.setting, "DATABASE_URL", "{bad:?}");
         }
+    }
+
+    fn nats_args(url: Option<&str>) -> NatsArgs {
+        NatsArgs {
+            nats_url: url.map(str::to_owned),
+            nats_subject_prefix: "storefront.events".into(),
+            nats_stream: "STOREFRONT_EVENTS".into(),
+            nats_stream_max_age_hours: "168".into(),
+            nats_stream_replicas: "1".into(),
+            nats_lease_seconds: "10".into(),
+        }
+    }
+
+    #[test]
+    fn nats_publishing_is_off_without_a_url_and_validated_with_one() {
+        assert!(NatsSettings::from_args(&nats_args(None)).unwrap().is_none());
+        assert!(NatsSettings::from_args(&nats_args(Some("  "))).unwrap().is_none());
+        let settings = NatsSettings::from_args(&nats_args(Some("nats://a:4222,tls://b:4222"))).unwrap().unwrap();
+        assert_eq!(
+            (settings.subject_prefix.as_str(), settings.stream.as_str()),
+            ("storefront.events", "STOREFRONT_EVENTS")
+        );
+        assert_eq!(
+            (settings.lease, settings.stream_max_age),
+            (Duration::from_secs(10), Duration::from_secs(168 * 3600))
+        );
+        assert!(!format!("{settings:?}").contains("a:4222"), "the URL may hold credentials and is never printed");
+
+        for bad in ["localhost:4222", "http://a:4222", "nats://", "nats://a:4222,"] {
+            assert_eq!(NatsSettings::from_args(&nats_args(Some(bad))).unwrap_err().setting, "NATS_URL", "{bad:?}");
+        }
+        for bad in ["", "events.>", "events.*", "a..b", "with space", ".events"] {
+            let args = NatsArgs { nats_subject_prefix: bad.into(), ..nats_args(Some("nats://a:4222")) };
+            assert_eq!(NatsSettings::from_args(&args).unwrap_err().setting, "NATS_SUBJECT_PREFIX", "{bad:?}");
+        }
+        for bad in ["", "A.B", "a b", "A>", &"S".repeat(65)] {
+            let args = NatsArgs { nats_stream: bad.into(), ..nats_args(Some("nats://a:4222")) };
+            assert_eq!(NatsSettings::from_args(&args).unwrap_err().setting, "NATS_STREAM", "{bad:?}");
+        }
+        let args = NatsArgs { nats_lease_seconds: "0".into(), ..nats_args(Some("nats://a:4222")) };
+        assert_eq!(NatsSettings::from_args(&args).unwrap_err().setting, "NATS_LEASE_SECONDS");
     }
 
     #[test]

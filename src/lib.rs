@@ -13,6 +13,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod request_context;
 pub mod telemetry;
 
 pub use app::Application;

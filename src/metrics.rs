@@ -26,6 +26,8 @@ pub struct Metrics {
     pub ws_events_sent: IntCounterVec,
     pub ws_disconnects: IntCounterVec,
     pub event_delivery: Histogram,
+    pub nats_published: IntCounter,
+    pub nats_publish_lag: IntGauge,
     /// The database breaker and the background tails.
     pub ops: OpsMetrics,
 }
@@ -168,6 +170,16 @@ impl Metrics {
             ws_disconnects.with_label_values(&[reason]);
         }
         let ops = OpsMetrics::register(&registry);
+        let nats_published = register(
+            &registry,
+            IntCounter::new("nats_published_total", "Outbox events JetStream stored (duplicates not counted)")
+                .expect("valid metric"),
+        );
+        let nats_publish_lag = register(
+            &registry,
+            IntGauge::new("nats_publish_lag_events", "Outbox events not yet acknowledged by JetStream")
+                .expect("valid metric"),
+        );
         Self {
             ws_connections,
             ws_events_sent,
@@ -175,6 +187,8 @@ impl Metrics {
             event_delivery,
             registry,
             ops,
+            nats_published,
+            nats_publish_lag,
             cache_requests,
             cache_loads,
             cache_entries,

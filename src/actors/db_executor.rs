@@ -42,6 +42,8 @@ const ABANDONED: u8 = 2;
 pub struct Query<U> {
     use_case: U,
     span: Span,
+    /// The request that asked, recorded with the outbox events this use case appends.
+    request_id: Option<Arc<str>>,
     progress: Arc<AtomicU8>,
     _slot: AdmissionSlot,
 }
@@ -84,7 +86,7 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
         // waiting out a connection attempt.
         self.breaker.admit()?;
         let (pool, breaker) = (&self.pool, &self.breaker);
-        let use_case = query.use_case;
+        let (use_case, request_id) = (query.use_case, query.request_id);
         let outcome = catch_panic(move || {
             let connection = pool.get();
             breaker.record_connection(connection.is_ok(), || {
@@ -94,7 +96,7 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
                 tracing::warn!(%error, "no database connection available");
                 AppError::unavailable("The database is unavailable; try again shortly.")
             })?;
-            use_case.run(&mut conn)
+            outbox::with_request_id(request_id, || use_case.run(&mut conn))
         });
         if outbox::take_appended() {
             self.outbox_appended.notify_one();
@@ -204,7 +206,13 @@ impl DbGateway {
             return Err(refused);
         }
         let progress = Arc::new(AtomicU8::new(QUEUED));
-        let query = Query { use_case, span: Span::current(), progress: Arc::clone(&progress), _slot: self.admit()? };
+        let query = Query {
+            use_case,
+            span: Span::current(),
+            request_id: crate::request_context::current(),
+            progress: Arc::clone(&progress),
+            _slot: self.admit()?,
+        };
         match self.addr.send(query).timeout(self.timeout).await {
             Ok(result) => result,
             Err(MailboxError::Timeout) => {

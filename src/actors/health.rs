@@ -64,6 +64,8 @@ pub struct Health {
     /// The most recent restarts, newest at the back.
     ledger: VecDeque<ActorRestarted>,
     last_breaker_change: Option<BreakerChanged>,
+    /// Dependencies that are reported, not probed, and do not decide readiness (NATS).
+    dependencies: BTreeMap<&'static str, DependencyCheck>,
 }
 
 impl Health {
@@ -81,6 +83,7 @@ impl Health {
             probe_thread: None,
             ledger: VecDeque::with_capacity(LEDGER_LENGTH),
             last_breaker_change: None,
+            dependencies: BTreeMap::new(),
         }
     }
 
@@ -201,6 +204,14 @@ impl Health {
             .collect();
         if !restarts.is_empty() {
             checks.insert("actors:restarts".into(), Value::Array(restarts));
+        }
+
+        for (name, check) in &self.dependencies {
+            checks.insert(
+                (*name).into(),
+                json!([{"status": pass_fail(check.passing), "output": check.output, "time": rfc3339(&check.since)}]),
+            );
+            self.metrics.readiness.with_label_values(&[name]).set(i64::from(check.passing));
         }
 
         for (name, ok) in [
@@ -359,6 +370,27 @@ impl Handler<WatchOps> for Health {
     type Result = ();
     fn handle(&mut self, msg: WatchOps, ctx: &mut Context<Self>) {
         guarded(self, ctx, |act, _| act.ops = Some(msg.0));
+    }
+}
+
+/// How a dependency off the request path stands, from the actor that uses it; shown in
+/// `/readyz` under `name` without deciding readiness.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct DependencyCheck {
+    pub name: &'static str,
+    pub passing: bool,
+    pub output: String,
+    /// Since when it stands so.
+    pub since: DateTime<Utc>,
+}
+
+impl Handler<DependencyCheck> for Health {
+    type Result = ();
+    fn handle(&mut self, msg: DependencyCheck, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, _| {
+            act.dependencies.insert(msg.name, msg);
+        });
     }
 }
 

@@ -1,5 +1,6 @@
 //! The Janitor actor: on an interval, prunes idempotency keys past their retention,
-//! outbox events past `EVENT_RETENTION_HOURS`, and failed logins past the throttle window.
+//! outbox events past `EVENT_RETENTION_HOURS` (with NATS publishing on, only once published),
+//! and failed logins past the throttle window.
 
 use std::{sync::Arc, time::Duration};
 
@@ -40,6 +41,8 @@ pub struct Retention {
     pub idempotency_keys: Duration,
     pub events: Duration,
     pub interval: Duration,
+    /// NATS publishing is on: outbox events are pruned only once published.
+    pub keep_unpublished_events: bool,
 }
 
 pub struct Janitor {
@@ -108,6 +111,7 @@ impl Janitor {
             idempotency_keys_before: before(self.retention.idempotency_keys),
             events_before: before(self.retention.events),
             login_failures_before: before(LOGIN_FAILURE_WINDOW),
+            keep_unpublished_events: self.retention.keep_unpublished_events,
         };
         let db = self.db.clone();
         ctx.spawn(wrap_future(async move { db.run(prune).await }).map(|outcome, act: &mut Self, ctx| {

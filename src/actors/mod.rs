@@ -11,6 +11,7 @@ pub mod event_hub;
 pub mod event_relay;
 pub mod health;
 pub mod janitor;
+pub mod nats_publisher;
 pub mod rate_limiter;
 pub mod relay_watch;
 pub mod report;

@@ -13,6 +13,8 @@ pub struct PruneExpired {
     pub idempotency_keys_before: NaiveDateTime,
     pub events_before: NaiveDateTime,
     pub login_failures_before: NaiveDateTime,
+    /// NATS publishing is on: events it has not published yet are kept, however old.
+    pub keep_unpublished_events: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +32,15 @@ impl UseCase for PruneExpired {
                 idempotency_keys::table.filter(idempotency_keys::created_at.lt(self.idempotency_keys_before)),
             )
             .execute(conn)?,
-            events: prune_events(conn, self.events_before)?,
+            events: {
+                // With NATS publishing on, an event is prunable only once it was published.
+                let newest_prunable = if self.keep_unpublished_events {
+                    super::nats_publisher::published_through(conn)?
+                } else {
+                    i64::MAX
+                };
+                prune_events(conn, self.events_before, newest_prunable)?
+            },
             login_failures: diesel::delete(
                 login_failures::table.filter(login_failures::failed_at.lt(self.login_failures_before)),
             )
@@ -41,9 +51,9 @@ impl UseCase for PruneExpired {
 
 /// Deletes events older than `before` and raises the watermark to the highest id deleted,
 /// in one transaction, so a subscriber resuming below it learns that its replay has a gap.
-fn prune_events(conn: &mut DbConnection, before: NaiveDateTime) -> Result<usize, AppError> {
+fn prune_events(conn: &mut DbConnection, before: NaiveDateTime, newest_prunable: i64) -> Result<usize, AppError> {
     conn.write_transaction(|conn| {
-        let expired = events::table.filter(events::created_at.lt(before));
+        let expired = events::table.filter(events::created_at.lt(before)).filter(events::id.le(newest_prunable));
         let Some(highest) = expired.select(diesel::dsl::max(events::id)).first::<Option<i64>>(conn)? else {
             return Ok(0);
         };

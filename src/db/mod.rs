@@ -6,6 +6,7 @@ pub mod events;
 pub mod housekeeping;
 pub mod idempotency;
 pub mod migrations;
+pub mod nats_publisher;
 pub mod outbox;
 pub mod outbox_listener;
 pub mod schema;

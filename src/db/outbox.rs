@@ -7,7 +7,10 @@
 //! transaction also sends a `NOTIFY` (delivered to every replica at commit), and on this
 //! replica the DbExecutor wakes the relay as soon as a use case that appended returns.
 
-use std::cell::Cell;
+use std::{
+    cell::{Cell, RefCell},
+    sync::Arc,
+};
 
 use diesel::prelude::*;
 use serde_json::Value;
@@ -33,6 +36,25 @@ thread_local! {
 /// each use case, to wake the relay. A rolled-back append only costs one needless poll.
 pub fn take_appended() -> bool {
     APPENDED.with(|cell| cell.replace(false))
+}
+
+thread_local! {
+    /// The request a DbExecutor thread is running a use case for, if any.
+    static REQUEST_ID: RefCell<Option<Arc<str>>> = const { RefCell::new(None) };
+}
+
+/// Runs `work` with the events it appends attributed to request `id`; the attribution
+/// ends with `work`, even when it panics.
+pub fn with_request_id<T>(id: Option<Arc<str>>, work: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            REQUEST_ID.with(|cell| cell.replace(None));
+        }
+    }
+    REQUEST_ID.with(|cell| cell.replace(id));
+    let _reset = Reset;
+    work()
 }
 
 /// Marks this thread as a DbExecutor thread of replica `origin`.
@@ -82,6 +104,7 @@ pub fn append(conn: &mut DbConnection, new_events: Vec<NewEvent>) -> Result<(), 
     }
     let now = clock::now();
     let origin = ORIGIN.with(Cell::get).map(|id| id.to_string());
+    let request_id = REQUEST_ID.with(|cell| cell.borrow().as_deref().map(str::to_owned));
     for event in new_events {
         diesel::insert_into(events::table)
             .values((
@@ -91,6 +114,7 @@ pub fn append(conn: &mut DbConnection, new_events: Vec<NewEvent>) -> Result<(), 
                 events::payload.eq(event.payload.to_string()),
                 events::origin.eq(&origin),
                 events::created_at.eq(now),
+                events::request_id.eq(&request_id),
             ))
             .execute(conn)?;
     }

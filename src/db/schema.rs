@@ -110,6 +110,16 @@ diesel::table! {
         payload -> Text,
         origin -> Nullable<Text>,
         created_at -> Timestamp,
+        request_id -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    nats_publisher (name) {
+        name -> Text,
+        published_through -> BigInt,
+        holder -> Nullable<Text>,
+        lease_expires_at -> Nullable<Timestamp>,
     }
 }
 
@@ -133,4 +143,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     idempotency_keys,
     events,
     outbox_watermark,
+    nats_publisher,
 );

@@ -30,6 +30,7 @@ pub enum ChaosActor {
     EventHub,
     Janitor,
     EventRelay,
+    NatsPublisher,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -115,6 +116,17 @@ pub async fn inject_fault(
             .timeout(ACTOR_TIMEOUT)
             .await
             .map_err(|error| AppError::Internal(format!("event relay: {error}")))??,
+        (ChaosActor::NatsPublisher, ChaosFault::Panic) => {
+            let publisher = state
+                .nats_publisher
+                .as_ref()
+                .ok_or_else(|| AppError::invalid("actor", "NATS publishing is disabled (no NATS_URL)"))?;
+            publisher
+                .send(Crash)
+                .timeout(ACTOR_TIMEOUT)
+                .await
+                .map_err(|error| AppError::Internal(format!("nats publisher: {error}")))??
+        }
         (_, ChaosFault::Stall) => return Err(AppError::invalid("fault", "stall applies to db_executor only")),
     }
     Ok(HttpResponse::NoContent().finish())

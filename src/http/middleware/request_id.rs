@@ -31,7 +31,7 @@ pub async fn assign_request_id(
         .filter(|value| is_acceptable(value))
         .map_or_else(|| std::sync::Arc::from(uuid::Uuid::now_v7().to_string()), std::sync::Arc::from);
     req.extensions_mut().insert(RequestId(std::sync::Arc::clone(&id)));
-    let mut response = next.call(req).await?;
+    let mut response = crate::request_context::scope(std::sync::Arc::clone(&id), next.call(req)).await?;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER.clone(), value);
     }

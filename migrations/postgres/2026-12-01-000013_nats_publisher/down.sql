@@ -1,0 +1,2 @@
+DROP TABLE nats_publisher;
+ALTER TABLE events DROP COLUMN request_id;
