@@ -1,5 +1,13 @@
 # Multi-stage build: compile in the Rust image, run in a slim Debian with only libpq.
-# Migrations are embedded in the binary; `serve` applies them at start-up.
+# Migrations and the /docs page are embedded in the binary; `serve` applies migrations at
+# start-up. Nothing is downloaded at build time beyond crates and Debian packages.
+#
+#   docker build -t storefront .
+#   docker run --rm -p 8080:8080 -e JWT_SECRET="$(openssl rand -hex 32)" -v storefront-data:/app/data storefront
+#
+# The image runs with APP_ENV=production, which refuses to start without JWT_SECRET: a
+# random per-process key would log every user out on each restart and differ between
+# replicas. Pass -e JWT_SECRET=... (32 bytes or more), or -e APP_ENV=development to try it.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 RUN apt-get update && apt-get install -y --no-install-recommends libpq-dev && rm -rf /var/lib/apt/lists/*
@@ -14,7 +22,8 @@ RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends libpq5 ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --home-dir /app --create-home storefront
+    && useradd --system --uid 10001 --home-dir /app --create-home storefront \
+    && mkdir -p /app/data && chown storefront:storefront /app/data
 WORKDIR /app
 COPY --from=build /src/target/release/storefront /usr/local/bin/storefront
 USER storefront
@@ -22,8 +31,10 @@ ENV BIND_ADDR=0.0.0.0:8080 \
     DATABASE_URL=sqlite:///app/data/storefront.db \
     LOG_FORMAT=json \
     APP_ENV=production
+# The SQLite database (the default DATABASE_URL) lives here; mount a volume to keep it.
+VOLUME ["/app/data"]
 EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=2s --start-period=10s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=2s --start-period=15s --retries=3 \
     CMD curl -fsS http://127.0.0.1:8080/livez || exit 1
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["storefront"]

@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod auth;
 pub mod auth_header;
 pub mod chaos;
+pub mod docs;
 pub mod extract;
 pub mod idempotency;
 pub mod middleware;
@@ -25,6 +26,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
         .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
         .service(web::resource("/metrics").route(web::get().to(ops::metrics)))
         .service(web::resource("/openapi.json").route(web::get().to(ops::openapi_document)))
+        .service(web::resource(["/", "/docs"]).route(web::get().to(docs::to_docs)))
+        .service(web::resource("/docs/{file:.*}").route(web::get().to(docs::docs_file)))
         .service(
             web::scope("/api/v1")
                 .service(web::resource("/auth/register").route(web::post().to(auth::register)))

@@ -12,14 +12,14 @@ use crate::{
         shop::{Account, Order, OrderItem, OrderStatus, Transfer},
         user::{Role, User},
     },
-    http::{accounts, auth, chaos, ops, orders, products, users},
+    http::{accounts, auth, chaos, docs, ops, orders, products, users},
 };
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Storefront", description = "Shop backend: catalog, credit accounts, orders, live updates."),
+    info(title = "Storefront", description = "Shop backend: users, catalog, credit accounts, transfers and orders."),
     paths(
-        ops::livez, ops::readyz, ops::metrics, ops::openapi_document, chaos::inject_fault,
+        ops::livez, ops::readyz, ops::metrics, ops::openapi_document, docs::docs_file, chaos::inject_fault,
         auth::register, auth::login,
         users::me, users::list, users::get, users::update, users::delete,
         products::list, products::get, products::create, products::update, products::delete,
