@@ -36,12 +36,13 @@ pub async fn log_access(
         // An inner layer failed outright: no request is left to read, the span still has the id.
         Err(error) => (error.as_response_error().status_code(), "unmatched".to_owned(), None, None),
     };
-    let (request_id, user_id) = (request_id.as_deref(), user_id.as_deref());
+    let request_id = request_id.as_deref().unwrap_or_default();
+    let user_id = user_id.map(tracing::field::display);
     let status = status.as_u16();
     if status >= 500 {
-        tracing::error!(target: "storefront::access", %method, %route, status, duration_ms, request_id, user_id, "request");
+        tracing::error!(target: "storefront::access", %method, %route, status, duration_ms, %request_id, user_id, "request");
     } else {
-        tracing::info!(target: "storefront::access", %method, %route, status, duration_ms, request_id, user_id, "request");
+        tracing::info!(target: "storefront::access", %method, %route, status, duration_ms, %request_id, user_id, "request");
     }
     outcome
 }
