@@ -461,7 +461,6 @@ async fn docs_page_is_served_from_the_binary_and_loads_only_same_origin_assets()
     );
     let document: Value = document.json().await.unwrap();
     assert!(document["paths"]["/docs/"].is_object());
-    assert!(!document["info"]["description"].as_str().unwrap().contains("live updates"), "nothing unbuilt promised");
 
     common::assert_problem(app.get("/docs/no-such-file.js").await, 404).await;
 }
