@@ -141,6 +141,26 @@ async fn user_create_takes_the_password_from_stdin(backend: Backend) {
 on_both_backends!(a_missing_database_is_created_but_never_by_a_status_query, user_create_takes_the_password_from_stdin);
 
 #[test]
+fn a_user_who_may_not_create_databases_is_told_what_to_do() {
+    if !common::postgres_available() {
+        return;
+    }
+    let admin_url = common::postgres_admin_url().unwrap();
+    let role = format!("storefront_nocreate_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = PgConnection::establish(&admin_url).unwrap();
+    diesel::sql_query(format!("CREATE ROLE {role} LOGIN NOCREATEDB")).execute(&mut admin).unwrap();
+    let mut url = url::Url::parse(&admin_url).unwrap();
+    url.set_username(&role).unwrap();
+    url.set_path(&format!("{role}_db"));
+    let cwd = tempfile::tempdir().unwrap();
+    let output = storefront(cwd.path()).args(["migrate", "run"]).env("DATABASE_URL", url.as_str()).output().unwrap();
+    diesel::sql_query(format!("DROP ROLE {role}")).execute(&mut admin).unwrap();
+    assert!(!output.status.success());
+    let error = one_error_line(&output);
+    assert!(error.contains("does not exist and could not be created") && error.contains("createdb"), "{error}");
+}
+
+#[test]
 fn database_flags_work_before_and_after_the_subcommand_and_status_creates_no_file() {
     let cwd = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", cwd.path().join("data/shop.db").display());
