@@ -645,7 +645,7 @@ fn deploy_files_are_well_formed_and_agree_with_each_other() {
 
     // Dockerfile and .dockerignore.
     let dockerfile = read("Dockerfile");
-    for needed in ["VOLUME [\"/app/data\"]", "USER storefront", "HEALTHCHECK", "EXPOSE 8080", "BIND_ADDR=0.0.0.0:8080"]
+    for needed in ["VOLUME [\"/app/data\"]", "USER 10001:10001", "HEALTHCHECK", "EXPOSE 8080", "BIND_ADDR=0.0.0.0:8080"]
     {
         assert!(dockerfile.contains(needed), "Dockerfile lacks {needed}");
     }
