@@ -29,12 +29,12 @@ impl Cli {
             });
             if let Some(id) = misplaced {
                 let flag = format!("--{}", id.replace('_', "-"));
-                command
-                    .error(
-                        clap::error::ErrorKind::ArgumentConflict,
-                        format!("{flag} is a setting of `serve`; it cannot be used with `{subcommand}`"),
-                    )
-                    .exit();
+                let message = if subcommand == "serve" {
+                    format!("{flag} goes after `serve`: storefront serve {flag} …")
+                } else {
+                    format!("{flag} is a setting of `serve`; it cannot be used with `{subcommand}`")
+                };
+                command.error(clap::error::ErrorKind::ArgumentConflict, message).exit();
             }
         }
         Self::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
