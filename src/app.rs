@@ -9,6 +9,8 @@ use actix_web::{dev::ServerHandle, http::header, middleware::from_fn, web, App, 
 use tokio::sync::{watch, Notify};
 use tracing_actix_web::TracingLogger;
 
+use crate::http::middleware::access_log::log_access;
+
 use crate::{
     actors::UseCase,
     actors::{
@@ -32,7 +34,7 @@ use crate::{
     },
     auth::{password::Passwords, tokens::TokenKeys},
     config::{Config, DatabaseUrl},
-    db::{self, events::LatestEventId, migrations, ConnectionManager},
+    db::{self, events::LatestEventId, migrations},
     http::{
         self, extract,
         middleware::{
@@ -249,6 +251,7 @@ impl Application {
                 .wrap(from_fn(render_problems))
                 .wrap(from_fn(add_security_headers))
                 .wrap(from_fn(record_http_metrics))
+                .wrap(from_fn(log_access))
                 .wrap(TracingLogger::<RequestSpan>::new())
                 .wrap(from_fn(assign_request_id))
         })
@@ -320,12 +323,14 @@ async fn first_of(first: impl std::future::Future<Output = ()>, second: impl std
     )
 }
 
-/// Connects once (so a bad URL or an unreachable server fails start-up with its real
-/// cause), applies pending migrations, and returns the newest outbox event id: where this
+/// Connects once, waiting for a PostgreSQL that is still starting and creating a missing
+/// database (so a bad URL or an unreachable server fails start-up with its real cause),
+/// applies pending migrations, and returns the newest outbox event id: where this
 /// replica starts tailing, before its cache can hold anything.
 fn prepare_database(config: &Config) -> Result<i64, StartupError> {
-    let mut conn =
-        ConnectionManager::new(&config.database).establish().map_err(|error| StartupError::Database(error.message))?;
+    let mut conn = db::bootstrap::open(&config.database, db::bootstrap::IfMissing::Create)
+        .map_err(|error| StartupError::Database(error.message))?
+        .ok_or_else(|| StartupError::Database("the database could not be created".into()))?;
     let applied = migrations::run_pending(&mut conn)
         .map_err(|error| StartupError::Database(format!("migrations failed: {error}")))?;
     for version in applied {

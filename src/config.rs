@@ -92,6 +92,8 @@ pub struct DatabaseConfig {
     pub url: DatabaseUrl,
     pub pool_size: u32,
     pub connect_timeout: Duration,
+    /// How long start-up keeps retrying a PostgreSQL that is not up yet.
+    pub startup_retry: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -192,7 +194,9 @@ impl DatabaseConfig {
             Some(raw) => parse_number("DB_POOL_SIZE", raw, 1, 512)?,
             None => default_pool_size,
         };
-        Ok(Self { url, pool_size, connect_timeout: Duration::from_millis(250) })
+        let startup_retry =
+            Duration::from_secs(parse_number("DB_STARTUP_RETRY_SECONDS", &args.db_startup_retry_seconds, 0, 3_600)?);
+        Ok(Self { url, pool_size, connect_timeout: Duration::from_millis(250), startup_retry })
     }
 }
 

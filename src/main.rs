@@ -2,28 +2,34 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use storefront::{
     actors::UseCase,
     auth::password::hash_password,
     cli::{Cli, Command, MigrateAction, UserAction},
-    config::{Config, DatabaseConfig},
-    db::{migrations, users::CreateUser, ConnectionManager},
+    config::{Config, DatabaseConfig, LogFormat},
+    db::{
+        bootstrap::{self, IfMissing},
+        migrations,
+        users::CreateUser,
+    },
     domain::user::{validate_new_user, NewUser, Role},
     telemetry, Application,
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     let outcome = match cli.into_command() {
         Command::Serve(args) => Config::from_serve_args(&args).map_err(|e| e.to_string()).and_then(serve),
         Command::Migrate { action, database } => {
+            init_cli_logs();
             DatabaseConfig::from_args(&database, 1).map_err(|e| e.to_string()).and_then(|db| migrate(&db, &action))
         }
-        Command::User { action: UserAction::Create { email, password, name, role, database } } => {
-            DatabaseConfig::from_args(&database, 1)
-                .map_err(|e| e.to_string())
-                .and_then(|db| create_user(&db, &email, &password, name.as_deref(), &role))
+        Command::User { action: UserAction::Create { email, password_stdin, password, name, role }, database } => {
+            init_cli_logs();
+            DatabaseConfig::from_args(&database, 1).map_err(|e| e.to_string()).and_then(|db| {
+                let password = read_password(password, password_stdin)?;
+                create_user(&db, &email, &password, name.as_deref(), &role)
+            })
         }
         Command::Openapi => print_openapi(),
     };
@@ -47,8 +53,27 @@ fn serve(config: Config) -> Result<(), String> {
     })
 }
 
+/// The CLI commands log what they do to the database (waiting for it, creating it) to
+/// stderr, in the LOG_FORMAT that `serve` would use.
+fn init_cli_logs() {
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|format| format.trim().eq_ignore_ascii_case("json"));
+    telemetry::init(if json { LogFormat::Json } else { LogFormat::Pretty });
+}
+
 fn migrate(database: &DatabaseConfig, action: &MigrateAction) -> Result<(), String> {
-    let mut conn = ConnectionManager::new(database).establish().map_err(|e| e.message)?;
+    // Only `run` may create the database: a status query or a revert must not leave one behind.
+    let if_missing = if matches!(action, MigrateAction::Run) { IfMissing::Create } else { IfMissing::LeaveAlone };
+    let Some(mut conn) = bootstrap::open(database, if_missing).map_err(|e| e.message)? else {
+        return match action {
+            MigrateAction::Status => {
+                for version in migrations::known_versions(&database.url) {
+                    println!("pending {version}");
+                }
+                Ok(())
+            }
+            _ => Err(format!("nothing to revert: the database {:?} does not exist", database.url)),
+        };
+    };
     match action {
         MigrateAction::Run => {
             let applied = migrations::run_pending(&mut conn).map_err(|e| format!("migrations failed: {e}"))?;
@@ -88,11 +113,34 @@ fn create_user(
         format!("invalid user: {}", reasons.join("; "))
     })?;
     let password_hash = hash_password(password).map_err(|e| e.to_string())?;
-    let mut conn = ConnectionManager::new(database).establish().map_err(|e| e.message)?;
+    let mut conn = bootstrap::open(database, IfMissing::Create)
+        .map_err(|e| e.message)?
+        .ok_or_else(|| "the database could not be created".to_owned())?;
     migrations::run_pending(&mut conn).map_err(|e| format!("migrations failed: {e}"))?;
     let user = CreateUser { email, name, role, password_hash }.run(&mut conn).map_err(|e| e.to_string())?;
     println!("{}", serde_json::to_string(&user).map_err(|e| e.to_string())?);
     Ok(())
+}
+
+/// The password of `user create`: from standard input (scripts), from the flag (kept for
+/// compatibility), or prompted for on the terminal without echo, twice.
+fn read_password(flag: Option<String>, from_stdin: bool) -> Result<String, String> {
+    if let Some(password) = flag {
+        return Ok(password);
+    }
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+        return Ok(line.trim_end_matches(['\n', '\r']).to_owned());
+    }
+    let no_terminal =
+        |e: std::io::Error| format!("cannot prompt for the password ({e}); pipe it in with --password-stdin instead");
+    let password = rpassword::prompt_password("Password: ").map_err(no_terminal)?;
+    let again = rpassword::prompt_password("Repeat password: ").map_err(no_terminal)?;
+    if password != again {
+        return Err("the passwords do not match".into());
+    }
+    Ok(password)
 }
 
 fn print_openapi() -> Result<(), String> {

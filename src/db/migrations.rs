@@ -64,6 +64,17 @@ pub fn status(conn: &mut DbConnection) -> Result<Vec<MigrationState>, BoxError> 
     Ok(known.into_iter().map(|version| MigrationState { applied: applied.contains(&version), version }).collect())
 }
 
+/// Every migration the binary knows for this backend, oldest first (no connection needed).
+pub fn known_versions(url: &crate::config::DatabaseUrl) -> Vec<String> {
+    let versions = match url {
+        crate::config::DatabaseUrl::Sqlite { .. } => MigrationSource::<Sqlite>::migrations(&SQLITE_MIGRATIONS)
+            .map(|known| known.iter().map(|m| m.name().version().to_string()).collect()),
+        crate::config::DatabaseUrl::Postgres { .. } => MigrationSource::<Pg>::migrations(&POSTGRES_MIGRATIONS)
+            .map(|known| known.iter().map(|m| m.name().version().to_string()).collect()),
+    };
+    versions.unwrap_or_default()
+}
+
 fn with_pg_lock<T>(
     conn: &mut diesel::PgConnection,
     work: impl FnOnce(&mut diesel::PgConnection) -> Result<T, BoxError>,

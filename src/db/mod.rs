@@ -1,5 +1,6 @@
 //! Everything that speaks SQL. Only DbExecutor threads call into this module.
 
+pub mod bootstrap;
 pub mod catalog;
 pub mod connection;
 pub mod events;

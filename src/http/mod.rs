@@ -5,6 +5,7 @@ pub mod auth;
 pub mod auth_header;
 pub mod chaos;
 pub mod dashboard;
+pub mod docs;
 pub mod extract;
 pub mod idempotency;
 pub mod middleware;
@@ -32,6 +33,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
         .service(web::resource("/ops/").route(web::get().to(dashboard::page)))
         .service(web::resource("/ops/app.js").route(web::get().to(dashboard::script)))
         .service(web::resource("/ops/app.css").route(web::get().to(dashboard::style)))
+        .service(web::resource(["/", "/docs"]).route(web::get().to(docs::to_docs)))
+        .service(web::resource("/docs/{file:.*}").route(web::get().to(docs::docs_file)))
         .service(
             web::scope("/api/v1")
                 .service(web::resource("/auth/register").route(web::post().to(auth::register)))

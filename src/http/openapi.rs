@@ -16,14 +16,14 @@ use crate::{
         shop::{Account, Order, OrderItem, OrderStatus, Transfer},
         user::{Role, User},
     },
-    http::{accounts, auth, chaos, dashboard, ops, ops_api, orders, products, users, ws},
+    http::{accounts, auth, chaos, dashboard, docs, ops, ops_api, orders, products, users, ws},
 };
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Storefront", description = "Shop backend: catalog, credit accounts, orders, live updates."),
+    info(title = "Storefront", description = "Shop backend: users, catalog, credit accounts, transfers and orders."),
     paths(
-        ops::livez, ops::readyz, ops::metrics, ops::openapi_document, chaos::inject_fault,
+        ops::livez, ops::readyz, ops::metrics, ops::openapi_document, docs::docs_file, chaos::inject_fault,
         dashboard::page, ops_api::actors, ops_api::restarts, ops_api::metrics_summary,
         auth::register, auth::login,
         users::me, users::list, users::get, users::update, users::delete,

@@ -1,6 +1,7 @@
-//! The middleware stack, outermost first: request id → tracing span → metrics →
+//! The middleware stack, outermost first: request id → tracing span → access log → metrics →
 //! security headers → problem rendering → CORS → rate limit → handlers.
 
+pub mod access_log;
 pub mod http_metrics;
 pub mod problem;
 pub mod rate_limit;
