@@ -23,6 +23,17 @@ pub struct Claims {
     pub iat: i64,
     pub nbf: i64,
     pub exp: i64,
+    /// The user's token generation at issue; tokens from before a password or role
+    /// change carry an older one and are refused.
+    #[serde(default)]
+    pub gen: i64,
+}
+
+/// What a valid token says about its bearer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedClaims {
+    pub user_id: Uuid,
+    pub generation: i64,
 }
 
 pub struct TokenKeys {
@@ -53,7 +64,7 @@ impl TokenKeys {
         }
     }
 
-    pub fn issue(&self, user_id: Uuid, role: Role) -> Result<IssuedToken, AppError> {
+    pub fn issue(&self, user_id: Uuid, role: Role, generation: i64) -> Result<IssuedToken, AppError> {
         let now = chrono::Utc::now().timestamp();
         let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
         let claims = Claims {
@@ -64,6 +75,7 @@ impl TokenKeys {
             iat: now,
             nbf: now,
             exp: now.saturating_add(ttl),
+            gen: generation,
         };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AppError::Internal(format!("cannot sign token: {e}")))?;
@@ -72,11 +84,17 @@ impl TokenKeys {
 
     /// The user id of a valid token; any defect is the same 401 to the client.
     pub fn verify(&self, token: &str) -> Result<Uuid, AppError> {
+        self.verify_claims(token).map(|claims| claims.user_id)
+    }
+
+    /// The user id and token generation of a valid token.
+    pub fn verify_claims(&self, token: &str) -> Result<VerifiedClaims, AppError> {
         let invalid = || AppError::Unauthorized("The access token is missing, invalid or expired.".into());
         let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|error| {
             tracing::debug!(%error, "token rejected");
             invalid()
         })?;
-        Uuid::parse_str(&data.claims.sub).map_err(|_| invalid())
+        let user_id = Uuid::parse_str(&data.claims.sub).map_err(|_| invalid())?;
+        Ok(VerifiedClaims { user_id, generation: data.claims.gen })
     }
 }

@@ -14,6 +14,7 @@ use crate::{
     },
     app::AppState,
     error::AppError,
+    http::extract::Json,
     http::{auth_header::bearer_token, ops::constant_time_eq},
 };
 
@@ -55,7 +56,7 @@ pub struct ChaosRequest {
 pub async fn inject_fault(
     state: web::Data<AppState>,
     request: HttpRequest,
-    body: web::Json<ChaosRequest>,
+    body: Json<ChaosRequest>,
 ) -> Result<HttpResponse, AppError> {
     let expected = state.config.chaos_token.as_ref().map(|token| token.expose().as_bytes()).unwrap_or_default();
     let given = bearer_token(&request).unwrap_or_default();

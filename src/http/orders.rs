@@ -16,6 +16,7 @@ use crate::{
         user::Permission,
     },
     error::{AppError, FieldError},
+    http::extract::{Json, Query},
     http::idempotency,
 };
 
@@ -71,7 +72,7 @@ pub async fn place(
     state: web::Data<AppState>,
     caller: AuthUser,
     request: HttpRequest,
-    body: web::Json<PlaceOrderRequest>,
+    body: Json<PlaceOrderRequest>,
 ) -> Result<HttpResponse, AppError> {
     let raw: Vec<(String, i64)> = body.items.iter().map(|line| (line.product_id.clone(), line.quantity)).collect();
     let lines = validate_order_lines(&raw).map_err(AppError::Validation)?;
@@ -93,7 +94,7 @@ pub async fn place(
 pub async fn list(
     state: web::Data<AppState>,
     caller: AuthUser,
-    query: web::Query<OrderQuery>,
+    query: Query<OrderQuery>,
 ) -> Result<HttpResponse, AppError> {
     let (status, page) = query.parse()?;
     let user_id = if caller.can(Permission::SeeAllOrders) { query.user_id } else { Some(caller.0.id) };
@@ -107,7 +108,7 @@ pub async fn list_for_user(
     state: web::Data<AppState>,
     caller: AuthUser,
     id: web::Path<Uuid>,
-    query: web::Query<OrderQuery>,
+    query: Query<OrderQuery>,
 ) -> Result<HttpResponse, AppError> {
     let id = id.into_inner();
     caller.may_access(id, Permission::SeeAllOrders)?;

@@ -19,6 +19,7 @@ use crate::{
         user::Permission,
     },
     error::AppError,
+    http::extract::{Json, Query},
 };
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -72,7 +73,7 @@ fn header_text(request: &HttpRequest, name: header::HeaderName) -> Option<&str> 
 /// Search and page through the catalog.
 #[utoipa::path(get, path = "/api/v1/products", tag = "catalog", params(ProductQuery),
     responses((status = 200, body = Page<Product>), (status = 422, description = "Invalid filter")))]
-pub async fn list(state: web::Data<AppState>, query: web::Query<ProductQuery>) -> Result<HttpResponse, AppError> {
+pub async fn list(state: web::Data<AppState>, query: Query<ProductQuery>) -> Result<HttpResponse, AppError> {
     let q = query.into_inner();
     let page = PageRequest::new(q.page, q.per_page);
     let filter = ProductFilter::parse(
@@ -116,7 +117,7 @@ pub async fn get(
 pub async fn create(
     state: web::Data<AppState>,
     caller: AuthUser,
-    body: web::Json<CreateProductRequest>,
+    body: Json<CreateProductRequest>,
 ) -> Result<HttpResponse, AppError> {
     caller.require(Permission::ManageCatalog)?;
     let CreateProductRequest { name, description, price_cents, stock, status } = body.into_inner();
@@ -146,7 +147,7 @@ pub async fn update(
     caller: AuthUser,
     request: HttpRequest,
     id: web::Path<Uuid>,
-    body: web::Json<UpdateProductRequest>,
+    body: Json<UpdateProductRequest>,
 ) -> Result<HttpResponse, AppError> {
     caller.require(Permission::ManageCatalog)?;
     let UpdateProductRequest { name, description, price_cents, stock, status } = body.into_inner();

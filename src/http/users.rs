@@ -15,6 +15,7 @@ use crate::{
         user::{normalize_email, normalize_name, validate_password, Permission, Role, User},
     },
     error::{AppError, FieldError},
+    http::extract::{Json, Query},
     http::paging::PageQuery,
 };
 
@@ -41,7 +42,7 @@ pub async fn me(caller: AuthUser) -> HttpResponse {
 pub async fn list(
     state: web::Data<AppState>,
     caller: AuthUser,
-    query: web::Query<PageQuery>,
+    query: Query<PageQuery>,
 ) -> Result<HttpResponse, AppError> {
     caller.require(Permission::ListUsers)?;
     let page = state.db.run(ListUsers { page: query.to_request()? }).await?;
@@ -71,7 +72,7 @@ pub async fn update(
     state: web::Data<AppState>,
     caller: AuthUser,
     id: web::Path<Uuid>,
-    body: web::Json<UpdateUserRequest>,
+    body: Json<UpdateUserRequest>,
 ) -> Result<HttpResponse, AppError> {
     let id = id.into_inner();
     caller.may_access(id, Permission::UpdateAnyUser)?;

@@ -1,6 +1,8 @@
 //! The middleware stack, outermost first: request id → tracing span → metrics →
 //! security headers → problem rendering → CORS → rate limit → handlers.
 
+pub mod drain;
+pub mod head;
 pub mod http_metrics;
 pub mod problem;
 pub mod rate_limit;
