@@ -278,6 +278,7 @@ async fn a_strangers_failed_logins_do_not_lock_the_owner_out(backend: Backend) {
 
 /// A keyed request that failed before its effect, because the database went away under
 /// it, must not keep its key claimed: the retry after recovery runs and succeeds.
+#[cfg_attr(not(storefront_postgres_tests), ignore = "needs PostgreSQL: set TEST_DATABASE_URL to run it")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_whose_request_died_in_an_outage_is_free_once_the_database_is_back() {
     if !PostgresServer::available() {

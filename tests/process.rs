@@ -113,6 +113,7 @@ fn migrate_runs_reports_and_reverts_on_sqlite() {
     migrate_cycle(Backend::Sqlite);
 }
 
+#[cfg_attr(not(storefront_postgres_tests), ignore = "needs PostgreSQL: set TEST_DATABASE_URL to run it")]
 #[test]
 fn migrate_runs_reports_and_reverts_on_postgres() {
     if common::postgres_available() {
@@ -259,6 +260,7 @@ async fn sigterm_fails_readiness_drains_in_flight_requests_and_exits_zero() {
     assert!(client.get(format!("{base}/livez")).send().await.is_err(), "no longer listening");
 }
 
+#[cfg_attr(not(storefront_postgres_tests), ignore = "needs PostgreSQL: set TEST_DATABASE_URL to run it")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_fails_readiness_sheds_fast_and_recovers_by_itself() {
     if !PostgresServer::available() {
