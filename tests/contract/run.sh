@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.."
 
 SCHEMATHESIS_VERSION=4.32.5
 VENV=${CONTRACT_VENV:-.venv-ci}
-EXAMPLES=${CONTRACT_EXAMPLES:-12}
+EXAMPLES=${CONTRACT_EXAMPLES:-20}
 
 # Python 3.11 trips over hypothesis' source inspection (SystemError: AST constructor
 # recursion depth mismatch); a newer interpreter is used where there is one.
