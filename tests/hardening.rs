@@ -354,6 +354,29 @@ async fn an_idempotency_key_whose_request_died_in_an_outage_is_free_once_the_dat
     assert_eq!(app.get_as("/api/v1/account", &alice).await.json::<Value>().await.unwrap()["balance_cents"], 500);
 }
 
+/// While the limiter gives no decisions, requests pass only within the fail-open budget
+/// (a burst of 20, then 10 a second, for all clients together); the rest get 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_rate_limiter_is_down_fail_open_admissions_stay_within_the_budget() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let down = app.chaos(json!({"actor": "rate_limiter", "fault": "stall", "millis": 30_000})).await;
+    assert_eq!(down.status(), 204);
+    let started = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..120 {
+        statuses.push(app.get("/api/v1/products").await.status().as_u16());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let admitted = statuses.iter().filter(|status| **status == 200).count();
+    let refused = statuses.iter().filter(|status| **status == 503).count();
+    assert_eq!(admitted + refused, statuses.len(), "{statuses:?}");
+    // The bound is the budget's: 20 at once plus 10 for every second the flood took.
+    let bound = 20.0 + 10.0 * elapsed.ceil();
+    assert!(admitted >= 20 && admitted as f64 <= bound, "admitted {admitted} in {elapsed:.1} s");
+    assert_eq!(app.metric("storefront_rate_limiter_fail_open_total").await, admitted as f64);
+    assert!(app.get("/livez").await.status() == 200, "probes are not limited at all");
+}
+
 /// A panic in the limiter must not hand every client a fresh burst.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limiter_panic_keeps_the_buckets() {

@@ -105,6 +105,8 @@ impl Buckets {
 
 pub struct RateLimiter {
     buckets: Buckets,
+    /// Fault injection: until then the limiter decides nothing, as when it is down.
+    down_until: Option<Instant>,
     epoch: Instant,
     metrics: Arc<Metrics>,
     reporter: RestartReporter,
@@ -112,7 +114,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(quotas: Quotas, max_keys: NonZeroUsize, metrics: Arc<Metrics>, reporter: RestartReporter) -> Self {
-        Self { buckets: Buckets::new(quotas, max_keys), epoch: Instant::now(), metrics, reporter }
+        Self { buckets: Buckets::new(quotas, max_keys), down_until: None, epoch: Instant::now(), metrics, reporter }
     }
 
     fn now_ns(&self) -> u64 {
@@ -168,7 +170,23 @@ pub struct Check {
 impl Handler<Check> for RateLimiter {
     type Result = MessageResult<Check>;
     fn handle(&mut self, msg: Check, ctx: &mut Context<Self>) -> Self::Result {
+        if self.down_until.is_some_and(|until| Instant::now() < until) {
+            return MessageResult(None);
+        }
         MessageResult(guarded(self, ctx, |act, _| act.decide(msg.policy, msg.key)))
+    }
+}
+
+/// Fault injection: the limiter gives no decision for a while, so requests meet the
+/// fail-open path exactly as when the limiter is down.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GoDown(pub Duration);
+
+impl Handler<GoDown> for RateLimiter {
+    type Result = ();
+    fn handle(&mut self, msg: GoDown, _ctx: &mut Context<Self>) {
+        self.down_until = Instant::now().checked_add(msg.0);
     }
 }
 

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use crate::{
     actors::{
         chaos::{PanicWorker, StallWorker},
+        rate_limiter::GoDown,
         Crash,
     },
     app::AppState,
@@ -35,7 +36,8 @@ pub enum ChaosActor {
 pub enum ChaosFault {
     /// The actor panics inside its handler; the caller gets a 500 problem.
     Panic,
-    /// A DbExecutor thread stays busy for `millis`, as under a slow query.
+    /// A DbExecutor thread stays busy for `millis`, as under a slow query; the rate
+    /// limiter decides nothing for `millis`, as when it is down.
     Stall,
 }
 
@@ -93,7 +95,18 @@ pub async fn inject_fault(
                 .await
                 .map_err(|error| AppError::Internal(format!("rate limiter: {error}")))??
         }
-        (_, ChaosFault::Stall) => return Err(AppError::invalid("fault", "stall applies to db_executor only")),
+        (ChaosActor::RateLimiter, ChaosFault::Stall) => {
+            let duration = Duration::from_millis(millis).min(MAX_STALL);
+            state
+                .rate_limiter
+                .send(GoDown(duration))
+                .timeout(ACTOR_TIMEOUT)
+                .await
+                .map_err(|error| AppError::Internal(format!("rate limiter: {error}")))?
+        }
+        (_, ChaosFault::Stall) => {
+            return Err(AppError::invalid("fault", "stall applies to db_executor and rate_limiter only"))
+        }
     }
     Ok(HttpResponse::NoContent().finish())
 }
