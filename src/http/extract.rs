@@ -200,7 +200,8 @@ fn classify(path: &str, error: &impl Display) -> AppError {
 fn user_terms(expected: &str) -> Cow<'static, str> {
     let expected = expected.trim_end_matches('.').trim();
     let plain = match expected {
-        "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "usize" | "isize" => "an integer",
+        "i8" | "i16" | "i32" | "i64" | "isize" => "an integer",
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a non-negative integer",
         "f32" | "f64" => "a number",
         "a string" | "a borrowed string" | "string" => "a string",
         "a boolean" => "true or false",
@@ -208,7 +209,6 @@ fn user_terms(expected: &str) -> Cow<'static, str> {
         "a UUID string" => "a UUID",
         _ if expected.starts_with("struct ") || expected == "a map" => "an object",
         _ if expected.starts_with("one of ") => return Cow::Owned(expected.replace('`', "\"")),
-        _ if expected.starts_with("u") && expected.len() <= 5 => "a non-negative integer",
         _ => return Cow::Owned(format!("{} value", expected.trim_start_matches("a ").trim_start_matches("an "))),
     };
     Cow::Borrowed(plain)

@@ -23,24 +23,21 @@ use crate::{
 };
 
 /// The replica's fail-open allowance, on the process's monotonic clock.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FailOpenGate {
     budget: FailOpenBudget,
-    epoch: OnceEpoch,
+    epoch: std::time::Instant,
 }
 
-#[derive(Debug)]
-struct OnceEpoch(std::time::Instant);
-
-impl Default for OnceEpoch {
+impl Default for FailOpenGate {
     fn default() -> Self {
-        Self(std::time::Instant::now())
+        Self { budget: FailOpenBudget::default(), epoch: std::time::Instant::now() }
     }
 }
 
 impl FailOpenGate {
     pub fn try_admit(&self) -> bool {
-        self.budget.try_admit(u64::try_from(self.epoch.0.elapsed().as_nanos()).unwrap_or(u64::MAX))
+        self.budget.try_admit(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
     }
 }
 
