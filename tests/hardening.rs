@@ -22,6 +22,7 @@ on_both_backends!(
     the_last_admin_can_neither_demote_nor_delete_itself,
     a_password_or_role_change_voids_earlier_tokens,
     a_strangers_failed_logins_do_not_lock_the_owner_out,
+    the_document_lists_what_the_service_answers,
 );
 
 async fn product(app: &TestApp, admin: &str, body: Value) -> reqwest::Response {
@@ -398,4 +399,32 @@ async fn a_rate_limiter_panic_keeps_the_buckets() {
     let admitted = after.iter().filter(|status| **status == StatusCode::OK).count();
     assert!(admitted < 5, "a fresh burst of 5 was handed out after the panic: {after:?}");
     assert_eq!(app.metric("storefront_rate_limiter_fail_open_total").await, 0.0);
+}
+
+async fn the_document_lists_what_the_service_answers(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let document: Value = app.get("/openapi.json").await.json().await.unwrap();
+    assert!(document["paths"]["/ops/chaos"]["post"].is_object(), "mounted here (the tests set CHAOS_TOKEN)");
+    assert!(document["components"]["schemas"]["Problem"].is_object());
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let responses = operation["responses"].as_object().unwrap();
+            if path.starts_with("/api/v1/") {
+                assert!(responses.contains_key("429"), "{method} {path} lists 429");
+            }
+            if operation.get("requestBody").is_some() {
+                for status in ["400", "413", "415", "422"] {
+                    assert!(responses.contains_key(status), "{method} {path} lists {status}");
+                }
+            }
+            for (status, response) in responses {
+                if status.starts_with('4') {
+                    assert!(response["content"]["application/problem+json"].is_object(), "{method} {path} {status}");
+                }
+            }
+        }
+    }
+    let for_user = &document["paths"]["/api/v1/users/{id}/orders"]["get"]["parameters"];
+    let names: Vec<&str> = for_user.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert!(!names.contains(&"user_id"), "the ignored user_id is not listed: {names:?}");
 }

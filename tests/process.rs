@@ -162,6 +162,7 @@ fn openapi_subcommand_prints_the_document() {
     assert!(output.status.success());
     let document: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(document["paths"]["/readyz"].is_object());
+    assert!(document["paths"]["/ops/chaos"].is_null(), "fault injection is listed only where it is mounted");
 }
 
 /// A `storefront serve` child process with JSON logs; knows its port from the start-up log.
