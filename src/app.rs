@@ -38,8 +38,14 @@ use crate::{
     http::{
         self, extract,
         middleware::{
-            http_metrics::record_http_metrics, problem::render_problems, rate_limit::limit_rate,
-            request_id::assign_request_id, request_span::RequestSpan, security_headers::add_security_headers,
+            drain::{close_connections_while_draining, Draining},
+            head::answer_head_as_get,
+            http_metrics::record_http_metrics,
+            problem::render_problems,
+            rate_limit::{limit_rate, FailOpenGate},
+            request_id::assign_request_id,
+            request_span::RequestSpan,
+            security_headers::add_security_headers,
         },
     },
     metrics::Metrics,
@@ -84,6 +90,7 @@ pub struct Application {
     server: actix_web::dev::Server,
     port: u16,
     shutdown_drain: Duration,
+    draining: Draining,
     health: Addr<Health>,
     shutdown: watch::Sender<bool>,
     /// Held so these live as long as the server.
@@ -96,6 +103,12 @@ impl Application {
     /// actix System; nothing is served until `run_until_stopped`.
     pub fn build(config: Config) -> Result<Self, StartupError> {
         let config = Arc::new(config);
+        // Bind before anything starts: a taken port must fail with one line, before any
+        // actor or thread exists that would be torn down half-started.
+        let listener = TcpListener::bind(config.bind_addr)
+            .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;
+        let port =
+            listener.local_addr().map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?.port();
         let newest_event = prepare_database(&config)?;
 
         let metrics = Arc::new(Metrics::new());
@@ -231,15 +244,16 @@ impl Application {
             janitor: janitor.clone(),
             nats_publisher: nats_publisher.clone(),
         };
-        let listener = TcpListener::bind(config.bind_addr)
-            .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;
-        let port =
-            listener.local_addr().map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?.port();
+        let draining = Draining::default();
+        let fail_open = web::Data::new(FailOpenGate::default());
+        let drain_flag = draining.clone();
 
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(state.clone()))
                 .app_data(web::Data::new(Arc::clone(&state.metrics)))
+                .app_data(web::Data::new(drain_flag.clone()))
+                .app_data(fail_open.clone())
                 .app_data(extract::json_config())
                 .app_data(extract::payload_config())
                 .app_data(extract::path_config())
@@ -254,6 +268,8 @@ impl Application {
                 .wrap(from_fn(log_access))
                 .wrap(TracingLogger::<RequestSpan>::new())
                 .wrap(from_fn(assign_request_id))
+                .wrap(from_fn(close_connections_while_draining))
+                .wrap(from_fn(answer_head_as_get))
         })
         .listen(listener)
         .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?
@@ -269,6 +285,7 @@ impl Application {
             server,
             port,
             shutdown_drain: config.shutdown_drain,
+            draining,
             health,
             shutdown,
             _janitor: janitor,
@@ -290,10 +307,12 @@ impl Application {
     /// second signal skips whatever waiting is left.
     pub async fn run_until_stopped(self) -> io::Result<()> {
         let handle = self.server.handle();
-        let (health, drain, live_updates) = (self.health.clone(), self.shutdown_drain, self.shutdown);
+        let (health, drain, draining) = (self.health.clone(), self.shutdown_drain, self.draining.clone());
+        let live_updates = self.shutdown;
         actix_rt::spawn(async move {
             wait_for_stop_signal().await;
             health.do_send(BeginShutdown);
+            draining.begin();
             tracing::info!(drain_seconds = drain.as_secs(), "stop signal received; readiness fails, draining");
             let drained = first_of(actix_rt::time::sleep(drain), wait_for_stop_signal()).await;
             // Live-updates sessions say goodbye (1001) and end, so the graceful stop that

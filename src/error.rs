@@ -15,6 +15,9 @@ pub enum AppError {
     BadRequest(String),
     #[display("validation failed")]
     Validation(Vec<FieldError>),
+    /// Well-formed JSON with a wrong type in the named fields (400 with field errors).
+    #[display("malformed fields")]
+    Malformed(Vec<FieldError>),
     /// A well-formed request the service cannot process (422 without field errors).
     #[display("unprocessable: {_0}")]
     Unprocessable(String),
@@ -62,7 +65,7 @@ impl AppError {
 
     fn slug(&self) -> &'static str {
         match self {
-            Self::BadRequest(_) => "bad-request",
+            Self::BadRequest(_) | Self::Malformed(_) => "bad-request",
             Self::Validation(_) => "validation-error",
             Self::Unprocessable(_) => "unprocessable",
             Self::Unauthorized(_) => "unauthorized",
@@ -93,6 +96,10 @@ impl AppError {
                 problem.detail = "The request has invalid fields.".into();
                 problem.errors = errors.clone();
             }
+            Self::Malformed(errors) => {
+                problem.detail = "The request has fields of the wrong type.".into();
+                problem.errors = errors.clone();
+            }
             Self::Conflict { detail, extensions, .. } => {
                 problem.detail = detail.clone();
                 problem.extensions = extensions.clone();
@@ -103,8 +110,8 @@ impl AppError {
             Self::TooManyRequests { detail, .. } | Self::Unavailable { detail, .. } => problem.detail = detail.clone(),
             Self::Internal(_) => problem.detail = "The server could not complete the request.".into(),
             Self::OutcomeUnknown => {
-                problem.detail = "The database did not finish in time; the change may or may not have been applied. \
-                                  Check before retrying, or retry with the same Idempotency-Key."
+                problem.detail = "The database did not confirm the change in time; it may or may not have been \
+                                  applied. Check before retrying, or retry with the same Idempotency-Key."
                     .into();
             }
         }
@@ -115,7 +122,7 @@ impl AppError {
 impl ResponseError for AppError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::Malformed(_) => StatusCode::BAD_REQUEST,
             Self::Validation(_) | Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -201,6 +208,12 @@ impl Problem {
         instance.clone_into(&mut self.instance);
         request_id.clone_into(&mut self.request_id);
         self
+    }
+}
+
+impl From<crate::db::connection::CommitUncertain> for AppError {
+    fn from(_: crate::db::connection::CommitUncertain) -> Self {
+        Self::OutcomeUnknown
     }
 }
 

@@ -144,7 +144,9 @@ fn read_password(flag: Option<String>, from_stdin: bool) -> Result<String, Strin
 }
 
 fn print_openapi() -> Result<(), String> {
-    let document = storefront::http::openapi::document().to_pretty_json().map_err(|e| e.to_string())?;
+    // As served by default, without the fault-injection route (mounted only with CHAOS_TOKEN).
+    let document =
+        serde_json::to_string_pretty(&storefront::http::openapi::document_value(false)).map_err(|e| e.to_string())?;
     println!("{document}");
     Ok(())
 }

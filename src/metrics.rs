@@ -6,6 +6,20 @@ use prometheus::{
     TextEncoder,
 };
 
+/// The supervised actors whose restarts are counted.
+pub const KNOWN_ACTORS: &[&str] = &[
+    "db_executor",
+    "db_probe",
+    "health",
+    "cache",
+    "rate_limiter",
+    "janitor",
+    "event_relay",
+    "event_hub",
+    "nats_publisher",
+    "password_hasher",
+];
+
 pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
@@ -180,7 +194,7 @@ impl Metrics {
             IntGauge::new("nats_publish_lag_events", "Outbox events not yet acknowledged by JetStream")
                 .expect("valid metric"),
         );
-        Self {
+        let metrics = Self {
             ws_connections,
             ws_events_sent,
             ws_disconnects,
@@ -203,6 +217,35 @@ impl Metrics {
             db_workers_alive,
             db_shed,
             readiness,
+        };
+        metrics.start_at_zero();
+        metrics
+    }
+
+    /// Every labelled series a dashboard or an alert relies on exists from start-up, at
+    /// zero, before its first event (other modules add their own families the same way).
+    fn start_at_zero(&self) {
+        for actor in KNOWN_ACTORS {
+            self.actor_restarts.with_label_values(&[actor]);
+        }
+        for policy in ["default", "auth"] {
+            self.rate_limited.with_label_values(&[policy]);
+        }
+        for cache in ["products", "users"] {
+            for result in ["hit", "miss", "coalesced"] {
+                self.cache_requests.with_label_values(&[cache, result]);
+            }
+            for reason in ["restarted", "unavailable"] {
+                self.cache_bypass.with_label_values(&[cache, reason]);
+            }
+            self.cache_loads.with_label_values(&[cache]);
+            self.cache_entries.with_label_values(&[cache]);
+        }
+        for reason in ["saturated", "timeout", "overran"] {
+            self.db_shed.with_label_values(&[reason]);
+        }
+        for check in ["database", "db_executor", "shutdown"] {
+            self.readiness.with_label_values(&[check]);
         }
     }
 

@@ -68,7 +68,16 @@ async fn expired_keys_events_and_failed_logins_are_pruned_and_fresh_ones_kept(ba
         assert!(tokio::time::Instant::now() < deadline, "not pruned in time: {:?}", remaining());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Fresh rows survive later sweeps too.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Fresh rows survive later sweeps too: one more old event, gone once a later sweep ran.
+    insert_at(
+        &url,
+        "INSERT INTO events (topic, kind, user_id, payload, created_at) VALUES ('products', 'product.updated', NULL, '{}', $1)",
+        hours_ago(49),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while count(&url, "events") != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "no later sweep ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(remaining(), (1, 1, 1));
 }

@@ -322,6 +322,7 @@ async fn connections_close_when_the_token_expires(backend: Backend) {
         iat: now,
         nbf: now,
         exp: now + 2,
+        gen: 0,
     };
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),

@@ -52,9 +52,67 @@ impl Quotas {
     }
 }
 
-pub struct RateLimiter {
+/// The buckets themselves, on a clock the caller passes in (tests drive it by hand).
+pub struct Buckets {
     quotas: Quotas,
-    buckets: LruCache<(Policy, String), u64>,
+    lru: LruCache<(Policy, String), u64>,
+    /// The bucket being decided, while it is: the one entry a panic could leave suspect.
+    deciding: Option<(Policy, String)>,
+}
+
+impl Buckets {
+    pub fn new(quotas: Quotas, max_keys: NonZeroUsize) -> Self {
+        Self { quotas, lru: LruCache::new(max_keys), deciding: None }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lru.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lru.is_empty()
+    }
+
+    /// The most buckets kept; the least recently used is evicted beyond it.
+    pub fn cap(&self) -> NonZeroUsize {
+        self.lru.cap()
+    }
+
+    pub fn decide(&mut self, policy: Policy, key: String, now_ns: u64) -> Decision {
+        let bucket = self.deciding.insert((policy, key));
+        let decision = check(self.quotas.of(policy), self.lru.get(&*bucket).copied(), now_ns);
+        if let Some(bucket) = self.deciding.take() {
+            if decision.allowed {
+                // `put` evicts the least recently used bucket once the cap is reached.
+                self.lru.put(bucket, decision.tat_ns);
+            }
+        }
+        decision
+    }
+
+    /// A bucket whose TAT has passed is full: forgetting it changes nothing.
+    pub fn sweep(&mut self, now_ns: u64) {
+        let idle: Vec<(Policy, String)> =
+            self.lru.iter().filter(|(_, tat)| **tat <= now_ns).map(|(bucket, _)| bucket.clone()).collect();
+        for bucket in idle {
+            self.lru.pop(&bucket);
+        }
+    }
+
+    /// After a panic: every bucket is a single TAT that only ever grows, so each is either
+    /// its old or its new value and both are sound; only a bucket caught mid-decision is
+    /// dropped (that one client gets a fresh burst, nobody else does).
+    pub fn recover(&mut self) {
+        if let Some(bucket) = self.deciding.take() {
+            self.lru.pop(&bucket);
+        }
+    }
+}
+
+pub struct RateLimiter {
+    buckets: Buckets,
+    /// Fault injection: until then the limiter decides nothing, as when it is down.
+    down_until: Option<Instant>,
     epoch: Instant,
     metrics: Arc<Metrics>,
     reporter: RestartReporter,
@@ -62,7 +120,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(quotas: Quotas, max_keys: NonZeroUsize, metrics: Arc<Metrics>, reporter: RestartReporter) -> Self {
-        Self { quotas, buckets: LruCache::new(max_keys), epoch: Instant::now(), metrics, reporter }
+        Self { buckets: Buckets::new(quotas, max_keys), down_until: None, epoch: Instant::now(), metrics, reporter }
     }
 
     fn now_ns(&self) -> u64 {
@@ -70,27 +128,16 @@ impl RateLimiter {
     }
 
     fn decide(&mut self, policy: Policy, key: String) -> Decision {
-        let now = self.now_ns();
-        let bucket = (policy, key);
-        let decision = check(self.quotas.of(policy), self.buckets.get(&bucket).copied(), now);
-        if decision.allowed {
-            // `put` evicts the least recently used bucket once the cap is reached.
-            self.buckets.put(bucket, decision.tat_ns);
-        } else {
+        let decision = self.buckets.decide(policy, key, self.now_ns());
+        if !decision.allowed {
             self.metrics.rate_limited.with_label_values(&[policy.name()]).inc();
         }
         self.metrics.rate_limit_keys.set(i64::try_from(self.buckets.len()).unwrap_or(i64::MAX));
         decision
     }
 
-    /// A bucket whose TAT has passed is full: forgetting it changes nothing.
     fn sweep(&mut self) {
-        let now = self.now_ns();
-        let idle: Vec<(Policy, String)> =
-            self.buckets.iter().filter(|(_, tat)| **tat <= now).map(|(bucket, _)| bucket.clone()).collect();
-        for bucket in idle {
-            self.buckets.pop(&bucket);
-        }
+        self.buckets.sweep(self.now_ns());
         self.metrics.rate_limit_keys.set(i64::try_from(self.buckets.len()).unwrap_or(i64::MAX));
     }
 }
@@ -115,9 +162,9 @@ impl Guarded for RateLimiter {
 }
 
 impl Supervised for RateLimiter {
-    fn restarting(&mut self, ctx: &mut Context<Self>) {
-        // A panic may have left the buckets half-updated; start clean (clients get a fresh burst).
-        guarded(self, ctx, |act, _| act.buckets.clear());
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        // Forgetting the buckets would hand every client a fresh burst on each crash.
+        self.buckets.recover();
     }
 }
 
@@ -131,7 +178,23 @@ pub struct Check {
 impl Handler<Check> for RateLimiter {
     type Result = MessageResult<Check>;
     fn handle(&mut self, msg: Check, ctx: &mut Context<Self>) -> Self::Result {
+        if self.down_until.is_some_and(|until| Instant::now() < until) {
+            return MessageResult(None);
+        }
         MessageResult(guarded(self, ctx, |act, _| act.decide(msg.policy, msg.key)))
+    }
+}
+
+/// Fault injection: the limiter gives no decision for a while, so requests meet the
+/// fail-open path exactly as when the limiter is down.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GoDown(pub Duration);
+
+impl Handler<GoDown> for RateLimiter {
+    type Result = ();
+    fn handle(&mut self, msg: GoDown, _ctx: &mut Context<Self>) {
+        self.down_until = Instant::now().checked_add(msg.0);
     }
 }
 
@@ -156,5 +219,55 @@ impl Handler<GetActorReport> for RateLimiter {
             )
         });
         MessageResult(report.unwrap_or_else(|| ActorReport::unresponsive(ACTOR, "panicked while reporting")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn buckets(max_keys: usize) -> Buckets {
+        let quotas = Quotas { default: Quota::per_second(1, 3), auth: Quota::per_minute(2) };
+        Buckets::new(quotas, NonZeroUsize::new(max_keys).unwrap())
+    }
+
+    fn admitted(buckets: &mut Buckets, policy: Policy, key: &str, now_ns: u64, tries: usize) -> usize {
+        (0..tries).filter(|_| buckets.decide(policy, key.to_owned(), now_ns).allowed).count()
+    }
+
+    #[test]
+    fn each_policy_and_client_has_a_bucket_of_its_own() {
+        let mut buckets = buckets(100);
+        assert_eq!(admitted(&mut buckets, Policy::Default, "ip:a", 0, 10), 3);
+        assert_eq!(admitted(&mut buckets, Policy::Default, "ip:b", 0, 10), 3);
+        assert_eq!(admitted(&mut buckets, Policy::Auth, "ip:a", 0, 10), 2);
+        assert_eq!(admitted(&mut buckets, Policy::Default, "ip:a", SECOND, 10), 1, "one refill a second");
+    }
+
+    #[test]
+    fn a_restart_keeps_every_bucket_but_the_one_being_decided() {
+        let mut buckets = buckets(100);
+        admitted(&mut buckets, Policy::Default, "ip:a", 0, 3);
+        admitted(&mut buckets, Policy::Default, "ip:b", 0, 3);
+        buckets.deciding = Some((Policy::Default, "ip:b".into()));
+        buckets.recover();
+        assert_eq!(admitted(&mut buckets, Policy::Default, "ip:a", 0, 3), 0, "a spent bucket stays spent");
+        assert_eq!(admitted(&mut buckets, Policy::Default, "ip:b", 0, 3), 3, "only the suspect one starts over");
+    }
+
+    #[test]
+    fn the_cap_evicts_the_least_recent_and_sweeps_forget_only_full_buckets() {
+        let mut buckets = buckets(2);
+        for key in ["ip:a", "ip:b", "ip:c"] {
+            admitted(&mut buckets, Policy::Default, key, 0, 1);
+        }
+        assert_eq!(buckets.len(), 2);
+        admitted(&mut buckets, Policy::Default, "ip:c", 0, 2);
+        buckets.sweep(SECOND);
+        assert_eq!(buckets.len(), 1, "b (one request, refilled after 1 s) is forgotten; c (three) is not");
+        buckets.sweep(3 * SECOND);
+        assert!(buckets.is_empty());
     }
 }

@@ -53,11 +53,15 @@ impl FromRequest for AuthUser {
         let token = bearer_token(req).map(str::to_owned);
         Box::pin(async move {
             let state = state.ok_or_else(|| AppError::Internal("application state missing".into()))?;
-            let user_id = match verified {
-                Some(user_id) => user_id,
-                None => state.tokens.verify(&token.ok_or_else(unauthorized)?)?,
+            let claims = match verified {
+                Some(claims) => claims,
+                None => state.tokens.verify_claims(&token.ok_or_else(unauthorized)?)?,
             };
-            let user = state.cache.user(user_id).await?.ok_or_else(unauthorized)?;
+            let user = state.cache.user(claims.user_id).await?.ok_or_else(unauthorized)?;
+            // A password or role change since the token was issued voids it.
+            if user.token_generation != claims.generation {
+                return Err(unauthorized());
+            }
             Ok(AuthUser(user))
         })
     }

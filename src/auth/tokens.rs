@@ -23,6 +23,19 @@ pub struct Claims {
     pub iat: i64,
     pub nbf: i64,
     pub exp: i64,
+    /// The user's token generation at issue; tokens from before a password or role
+    /// change carry an older one and are refused.
+    #[serde(default)]
+    pub gen: i64,
+}
+
+/// What a valid token says about its bearer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedClaims {
+    pub user_id: Uuid,
+    pub generation: i64,
+    /// A live connection opened with the token ends then.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
 pub struct TokenKeys {
@@ -53,7 +66,7 @@ impl TokenKeys {
         }
     }
 
-    pub fn issue(&self, user_id: Uuid, role: Role) -> Result<IssuedToken, AppError> {
+    pub fn issue(&self, user_id: Uuid, role: Role, generation: i64) -> Result<IssuedToken, AppError> {
         let now = chrono::Utc::now().timestamp();
         let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
         let claims = Claims {
@@ -64,6 +77,7 @@ impl TokenKeys {
             iat: now,
             nbf: now,
             exp: now.saturating_add(ttl),
+            gen: generation,
         };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AppError::Internal(format!("cannot sign token: {e}")))?;
@@ -72,11 +86,11 @@ impl TokenKeys {
 
     /// The user id of a valid token; any defect is the same 401 to the client.
     pub fn verify(&self, token: &str) -> Result<Uuid, AppError> {
-        self.verify_until(token).map(|(user_id, _)| user_id)
+        self.verify_claims(token).map(|claims| claims.user_id)
     }
 
-    /// The user id of a valid token and when it expires (a live connection ends then).
-    pub fn verify_until(&self, token: &str) -> Result<(Uuid, chrono::DateTime<chrono::Utc>), AppError> {
+    /// The user id and token generation of a valid token.
+    pub fn verify_claims(&self, token: &str) -> Result<VerifiedClaims, AppError> {
         let invalid = || AppError::Unauthorized("The access token is missing, invalid or expired.".into());
         let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|error| {
             tracing::debug!(%error, "token rejected");
@@ -84,6 +98,6 @@ impl TokenKeys {
         })?;
         let user_id = Uuid::parse_str(&data.claims.sub).map_err(|_| invalid())?;
         let expires_at = chrono::DateTime::from_timestamp(data.claims.exp, 0).ok_or_else(invalid)?;
-        Ok((user_id, expires_at))
+        Ok(VerifiedClaims { user_id, generation: data.claims.gen, expires_at })
     }
 }

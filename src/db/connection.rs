@@ -119,27 +119,43 @@ impl DbConnection {
     /// A read-then-write transaction. On SQLite it begins `IMMEDIATE`, taking the write
     /// lock up front: a deferred transaction that upgrades its lock fails with SQLITE_BUSY
     /// at once instead of waiting. PostgreSQL uses an ordinary transaction.
+    ///
+    /// An error from `COMMIT` itself is `CommitUncertain`: the server may have committed
+    /// before the connection broke, so the caller must not say that nothing happened.
     pub fn write_transaction<T, E, F>(&mut self, work: F) -> Result<T, E>
     where
         F: FnOnce(&mut DbConnection) -> Result<T, E>,
-        E: From<diesel::result::Error>,
+        E: From<diesel::result::Error> + From<CommitUncertain>,
     {
-        if let DbConnection::Sqlite(inner) = self {
-            AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")?;
-            return match work(self) {
-                Ok(value) => {
-                    <DbConnection as Connection>::TransactionManager::commit_transaction(self)?;
-                    Ok(value)
-                }
-                Err(error) => {
-                    <DbConnection as Connection>::TransactionManager::rollback_transaction(self)?;
-                    Err(error)
-                }
-            };
+        type Manager = <DbConnection as Connection>::TransactionManager;
+        match self {
+            DbConnection::Sqlite(inner) => AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")?,
+            DbConnection::Postgres(_) => Manager::begin_transaction(self)?,
         }
-        self.transaction(work)
+        match work(self) {
+            Ok(value) => match Manager::commit_transaction(self) {
+                Ok(()) => Ok(value),
+                Err(error) => {
+                    tracing::warn!(%error, "COMMIT failed; the transaction may or may not have been applied");
+                    Err(CommitUncertain.into())
+                }
+            },
+            Err(error) => {
+                if let Err(rollback) = Manager::rollback_transaction(self) {
+                    // The connection is marked broken and leaves the pool; the work's own
+                    // error is what the caller needs to hear.
+                    tracing::warn!(error = %rollback, "ROLLBACK failed");
+                }
+                Err(error)
+            }
+        }
     }
 }
+
+/// `COMMIT` failed: whether the transaction took effect is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, derive_more::Display)]
+#[display("the outcome of COMMIT is unknown")]
+pub struct CommitUncertain;
 
 fn with_connect_timeout(url: &str, timeout: Duration) -> String {
     if url.contains("connect_timeout=") {
@@ -153,4 +169,56 @@ fn with_connect_timeout(url: &str, timeout: Duration) -> String {
 
 fn first_line(text: &str) -> &str {
     text.lines().map(str::trim).find(|line| !line.is_empty()).unwrap_or("unknown error")
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::{connection::SimpleConnection, sql_query, RunQueryDsl};
+
+    use super::*;
+
+    fn sqlite_in_memory() -> DbConnection {
+        let mut conn = SqliteConnection::establish(":memory:").unwrap();
+        conn.batch_execute(
+            "PRAGMA foreign_keys = ON; CREATE TABLE parent (id INTEGER PRIMARY KEY); \
+             CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);",
+        )
+        .unwrap();
+        DbConnection::Sqlite(conn)
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Failure {
+        Database,
+        Uncertain,
+    }
+
+    impl From<diesel::result::Error> for Failure {
+        fn from(_: diesel::result::Error) -> Self {
+            Failure::Database
+        }
+    }
+
+    impl From<CommitUncertain> for Failure {
+        fn from(_: CommitUncertain) -> Self {
+            Failure::Uncertain
+        }
+    }
+
+    #[test]
+    fn an_error_at_commit_is_an_unknown_outcome_not_a_plain_failure() {
+        let mut conn = sqlite_in_memory();
+        // A deferred foreign key is checked at COMMIT, so COMMIT itself fails.
+        let outcome = conn.write_transaction(|conn| {
+            sql_query("INSERT INTO child (parent_id) VALUES (42)").execute(conn)?;
+            Ok::<_, Failure>(())
+        });
+        assert_eq!(outcome, Err(Failure::Uncertain));
+        let failed_work = conn.write_transaction(|conn| {
+            sql_query("INSERT INTO nowhere VALUES (1)").execute(conn)?;
+            Ok::<_, Failure>(())
+        });
+        assert_eq!(failed_work, Err(Failure::Database), "an error before COMMIT is an ordinary failure");
+        assert_eq!(conn.write_transaction(|_| Ok::<_, Failure>(7)), Ok(7), "the connection is usable afterwards");
+    }
 }

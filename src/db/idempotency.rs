@@ -1,8 +1,7 @@
-//! Idempotency keys. A keyed request first claims its key in a short transaction (so a
-//! concurrent duplicate sees it and gets 409), then runs its effect and stores the
-//! response in the effect's own transaction. A replay with the same body gets the stored
-//! status and body; the same key with another body gets 422. A client error is stored
-//! too (it is the first response); a server error releases the key for a retry.
+//! Idempotency keys. A keyed request looks its key up, runs its effect and stores the
+//! response in one transaction. A replay with the same body gets the stored status and
+//! body; the same key with another body gets 422. A client error is stored too (it is the
+//! first response); a server error stores nothing, so a retry runs again.
 
 use std::time::Duration;
 
@@ -12,12 +11,14 @@ use diesel::{
     result::{DatabaseErrorKind, Error as DieselError},
 };
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{schema::idempotency_keys as keys, DbConnection};
 use crate::{domain::clock, error::AppError};
 
-/// A claim older than this belongs to a request that died; a retry may take it over.
+/// A claim (left by the earlier two-step scheme) older than this belongs to a request
+/// that died; a retry may take it over.
 const ABANDONED_AFTER: Duration = Duration::from_secs(60);
 
 /// What identifies one keyed request, and where its first answer was given.
@@ -44,6 +45,14 @@ pub enum Outcome<T> {
 }
 
 /// Runs `effect` in a write transaction, at most once per key.
+///
+/// The lookup, the effect and the stored response share ONE transaction, so a request
+/// that fails before its effect commits (a lost connection, a server error) leaves no
+/// trace and a retry runs afresh as soon as the database is back; a COMMIT whose outcome
+/// is unknown answers 504 and a retry finds either the stored response or nothing. On
+/// PostgreSQL a concurrent duplicate is refused at once (409) by a transaction-scoped
+/// advisory lock on the key; SQLite's `BEGIN IMMEDIATE` makes it wait for the first
+/// and then replay its answer.
 pub fn run_once<T, F>(
     conn: &mut DbConnection,
     key: Option<&IdempotencyKey>,
@@ -57,97 +66,119 @@ where
     let Some(key) = key else {
         return conn.write_transaction(effect).map(Outcome::Fresh);
     };
-    if let Some((status, body)) = claim(conn, key)? {
-        return Ok(Outcome::Replay { status, body });
-    }
-    let outcome: Result<T, AppError> = conn.write_transaction(|conn| {
-        let value = effect(conn)?;
-        let body = serde_json::to_string(&value).map_err(|e| AppError::Internal(format!("encode response: {e}")))?;
-        store_response(conn, key, status, &body)?;
-        Ok(value)
-    });
-    match outcome {
-        Ok(value) => Ok(Outcome::Fresh(value)),
-        Err(error) if error.status_code().is_client_error() => {
-            let problem = error.to_problem().finish(&key.instance, &key.request_id);
-            let body = serde_json::to_string(&problem).unwrap_or_default();
-            conn.write_transaction(|conn| store_response(conn, key, problem.status, &body))?;
-            Err(error)
+    let step = conn.write_transaction(|conn| {
+        if !lock_key(conn, key)? {
+            return Err(still_running());
         }
-        Err(error) => {
-            if let Err(release) = release(conn, key) {
-                tracing::error!(error = %release, "could not release an idempotency key");
+        if let Some((status, body)) = earlier_answer(conn, key)? {
+            return Ok(Step::Replay { status, body });
+        }
+        // A savepoint, so that a refusal (a client error) can still be stored.
+        match conn.transaction(effect) {
+            Ok(value) => {
+                let body =
+                    serde_json::to_string(&value).map_err(|e| AppError::Internal(format!("encode response: {e}")))?;
+                store(conn, key, status, &body)?;
+                Ok(Step::Done(value))
             }
-            Err(error)
+            Err(error) if error.status_code().is_client_error() => {
+                // The first answer is the answer, refusals included.
+                let problem = error.to_problem().finish(&key.instance, &key.request_id);
+                store(conn, key, problem.status, &serde_json::to_string(&problem).unwrap_or_default())?;
+                Ok(Step::Refused(error))
+            }
+            Err(error) => Err(error),
+        }
+    })?;
+    match step {
+        Step::Done(value) => Ok(Outcome::Fresh(value)),
+        Step::Replay { status, body } => Ok(Outcome::Replay { status, body }),
+        Step::Refused(error) => Err(error),
+    }
+}
+
+enum Step<T> {
+    Done(T),
+    Replay { status: u16, body: String },
+    Refused(AppError),
+}
+
+/// On PostgreSQL, takes a transaction-scoped advisory lock on the key; false when another
+/// transaction holds it (the first request is still running). SQLite needs none.
+fn lock_key(conn: &mut DbConnection, key: &IdempotencyKey) -> Result<bool, AppError> {
+    /// The advisory lock class of idempotency keys (the two-key form never collides with
+    /// the one-key locks used elsewhere).
+    const LOCK_CLASS: i32 = 0x4944_4b59; // "IDKY"
+    #[derive(QueryableByName)]
+    struct Locked {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        locked: bool,
+    }
+    if !matches!(conn, DbConnection::Postgres(_)) {
+        return Ok(true);
+    }
+    let digest = Sha256::new()
+        .chain_update(key.user_id.as_bytes())
+        .chain_update(key.scope.as_bytes())
+        .chain_update([0])
+        .chain_update(key.key.as_bytes())
+        .finalize();
+    let object = i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+    let row: Locked = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1, $2) AS locked")
+        .bind::<diesel::sql_types::Integer, _>(LOCK_CLASS)
+        .bind::<diesel::sql_types::Integer, _>(object)
+        .get_result(conn)?;
+    Ok(row.locked)
+}
+
+/// The stored answer of an earlier request with this key, if there is one.
+fn earlier_answer(conn: &mut DbConnection, key: &IdempotencyKey) -> Result<Option<(u16, String)>, AppError> {
+    let existing: Option<(String, Option<i32>, Option<String>, chrono::NaiveDateTime)> = keys::table
+        .find(key.primary_key())
+        .select((keys::fingerprint, keys::response_status, keys::response_body, keys::created_at))
+        .first(conn)
+        .optional()?;
+    match existing {
+        None => Ok(None),
+        Some((fingerprint, _, _, _)) if fingerprint != key.fingerprint => {
+            Err(AppError::Unprocessable("This Idempotency-Key was already used with a different request.".into()))
+        }
+        Some((_, Some(status), Some(body), _)) => Ok(Some((u16::try_from(status).unwrap_or(500), body))),
+        // A claim without an answer was left by the earlier two-step scheme (a replica of
+        // an older version during a rolling deploy): running, or dead once old enough.
+        Some((_, _, _, claimed_at))
+            if clock::now() - claimed_at
+                < chrono::Duration::from_std(ABANDONED_AFTER).unwrap_or(chrono::Duration::MAX) =>
+        {
+            Err(still_running())
+        }
+        Some(_) => {
+            diesel::delete(keys::table.find(key.primary_key())).execute(conn)?;
+            Ok(None)
         }
     }
 }
 
-/// Claims the key, or answers from what an earlier request with it left.
-fn claim(conn: &mut DbConnection, key: &IdempotencyKey) -> Result<Option<(u16, String)>, AppError> {
-    conn.write_transaction(|conn| {
-        let existing: Option<(String, Option<i32>, Option<String>, chrono::NaiveDateTime)> = keys::table
-            .find(key.primary_key())
-            .select((keys::fingerprint, keys::response_status, keys::response_body, keys::created_at))
-            .first(conn)
-            .optional()?;
-        let now = clock::now();
-        match existing {
-            None => {
-                diesel::insert_into(keys::table)
-                    .values((
-                        keys::user_id.eq(key.user_id.to_string()),
-                        keys::scope.eq(&key.scope),
-                        keys::idempotency_key.eq(&key.key),
-                        keys::fingerprint.eq(&key.fingerprint),
-                        keys::created_at.eq(now),
-                    ))
-                    .execute(conn)
-                    // On PostgreSQL a concurrent first request can insert between our
-                    // read and our insert: it is running, so this one is the duplicate.
-                    .map_err(|error| match error {
-                        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => still_running(),
-                        other => other.into(),
-                    })?;
-                Ok(None)
-            }
-            Some((fingerprint, _, _, _)) if fingerprint != key.fingerprint => {
-                Err(AppError::Unprocessable("This Idempotency-Key was already used with a different request.".into()))
-            }
-            Some((_, Some(status), Some(body), _)) => Ok(Some((u16::try_from(status).unwrap_or(500), body))),
-            Some((_, _, _, claimed_at))
-                if now - claimed_at < chrono::Duration::from_std(ABANDONED_AFTER).unwrap_or(chrono::Duration::MAX) =>
-            {
-                Err(still_running())
-            }
-            Some((_, _, _, claimed_at)) => {
-                // Take over an abandoned claim, unless another retry just did.
-                let taken = diesel::update(keys::table.find(key.primary_key()))
-                    .filter(keys::created_at.eq(claimed_at))
-                    .filter(keys::response_status.is_null())
-                    .set(keys::created_at.eq(now))
-                    .execute(conn)?;
-                if taken == 0 {
-                    return Err(still_running());
-                }
-                Ok(None)
-            }
-        }
-    })
+fn store(conn: &mut DbConnection, key: &IdempotencyKey, status: u16, body: &str) -> Result<(), AppError> {
+    diesel::insert_into(keys::table)
+        .values((
+            keys::user_id.eq(key.user_id.to_string()),
+            keys::scope.eq(&key.scope),
+            keys::idempotency_key.eq(&key.key),
+            keys::fingerprint.eq(&key.fingerprint),
+            keys::response_status.eq(Some(i32::from(status))),
+            keys::response_body.eq(Some(body)),
+            keys::created_at.eq(clock::now()),
+        ))
+        .execute(conn)
+        // Only a replica of an older version, which takes no lock, can get here first.
+        .map_err(|error| match error {
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => still_running(),
+            other => other.into(),
+        })?;
+    Ok(())
 }
 
 fn still_running() -> AppError {
     AppError::conflict("A request with this Idempotency-Key is still being processed.")
-}
-
-fn store_response(conn: &mut DbConnection, key: &IdempotencyKey, status: u16, body: &str) -> Result<(), AppError> {
-    diesel::update(keys::table.find(key.primary_key()))
-        .set((keys::response_status.eq(Some(i32::from(status))), keys::response_body.eq(Some(body))))
-        .execute(conn)?;
-    Ok(())
-}
-
-fn release(conn: &mut DbConnection, key: &IdempotencyKey) -> Result<(), AppError> {
-    diesel::delete(keys::table.find(key.primary_key())).execute(conn)?;
-    Ok(())
 }

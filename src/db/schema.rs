@@ -10,6 +10,7 @@ diesel::table! {
         created_at -> Timestamp,
         updated_at -> Timestamp,
         deleted_at -> Nullable<Timestamp>,
+        token_generation -> BigInt,
     }
 }
 
@@ -26,6 +27,7 @@ diesel::table! {
         id -> BigInt,
         email -> Text,
         failed_at -> Timestamp,
+        client -> Text,
     }
 }
 

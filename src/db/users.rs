@@ -17,7 +17,7 @@ use crate::{
     domain::{
         clock,
         paging::{Page, PageRequest},
-        user::{login_retry_after, login_window_start, Role, User},
+        user::{login_retry_after, login_window_start, Role, User, LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_LIMIT_PER_EMAIL},
     },
     error::AppError,
 };
@@ -33,6 +33,7 @@ struct UserRow {
     created_at: NaiveDateTime,
     updated_at: NaiveDateTime,
     deleted_at: Option<NaiveDateTime>,
+    token_generation: i64,
 }
 
 impl UserRow {
@@ -44,6 +45,7 @@ impl UserRow {
             name: self.name,
             created_at: clock::to_utc(self.created_at),
             updated_at: clock::to_utc(self.updated_at),
+            token_generation: self.token_generation,
         })
     }
 }
@@ -96,6 +98,7 @@ impl UseCase for CreateUser {
             created_at: now,
             updated_at: now,
             deleted_at: None,
+            token_generation: 0,
         };
         conn.write_transaction(|conn| {
             diesel::insert_into(users::table).values(&row).execute(conn).map_err(email_taken)?;
@@ -117,6 +120,7 @@ pub struct Credentials {
     pub user_id: Uuid,
     pub role: Role,
     pub password_hash: String,
+    pub token_generation: i64,
 }
 
 /// A sign-in attempt that passed the throttle: the credentials to check (if the email has
@@ -126,17 +130,20 @@ pub struct LoginAttempt {
     pub attempt_id: i64,
 }
 
-/// Refuses while the email is throttled; otherwise records the attempt as a failure until
-/// it is proven otherwise, and finds the email's credentials. Counting and recording happen
-/// in one transaction (serialised per email), so parallel guesses cannot slip past the limit.
+/// Refuses while the email is throttled for this client address (or for every address,
+/// past the per-email ceiling); otherwise records the attempt as a failure until it is
+/// proven otherwise, and finds the email's credentials. Counting and recording happen in
+/// one transaction (serialised per email), so parallel guesses cannot slip past the limit.
 pub struct BeginLogin {
     pub email: String,
+    /// The client address the attempt came from (as the rate limiter sees it).
+    pub client: String,
 }
 
 impl UseCase for BeginLogin {
     type Output = LoginAttempt;
     fn run(self, conn: &mut DbConnection) -> Result<LoginAttempt, AppError> {
-        let email = self.email;
+        let BeginLogin { email, client } = self;
         conn.write_transaction(|conn| {
             if matches!(conn, DbConnection::Postgres(_)) {
                 // SQLite's BEGIN IMMEDIATE already serialises writers.
@@ -145,12 +152,19 @@ impl UseCase for BeginLogin {
                     .execute(conn)?;
             }
             let now = clock::now();
-            let failures: Vec<NaiveDateTime> = login_failures::table
+            let failures: Vec<(NaiveDateTime, String)> = login_failures::table
                 .filter(login_failures::email.eq(&email))
                 .filter(login_failures::failed_at.gt(login_window_start(now)))
-                .select(login_failures::failed_at)
+                .select((login_failures::failed_at, login_failures::client))
                 .load(conn)?;
-            if let Some(retry_after_secs) = login_retry_after(&failures, now) {
+            let everywhere: Vec<NaiveDateTime> = failures.iter().map(|(at, _)| *at).collect();
+            let from_here: Vec<NaiveDateTime> =
+                failures.iter().filter(|(_, from)| *from == client).map(|(at, _)| *at).collect();
+            let throttled = login_retry_after(&from_here, now, LOGIN_FAILURE_LIMIT)
+                .into_iter()
+                .chain(login_retry_after(&everywhere, now, LOGIN_FAILURE_LIMIT_PER_EMAIL))
+                .max();
+            if let Some(retry_after_secs) = throttled {
                 return Err(AppError::TooManyRequests {
                     retry_after_secs,
                     detail: "Too many failed sign-ins for this email; try again later.".into(),
@@ -160,25 +174,30 @@ impl UseCase for BeginLogin {
                 .filter(login_failures::failed_at.le(login_window_start(now)))
                 .execute(conn)?;
             diesel::insert_into(login_failures::table)
-                .values((login_failures::email.eq(&email), login_failures::failed_at.eq(now)))
+                .values((
+                    login_failures::email.eq(&email),
+                    login_failures::failed_at.eq(now),
+                    login_failures::client.eq(&client),
+                ))
                 .execute(conn)?;
             let attempt_id: i64 = login_failures::table
                 .filter(login_failures::email.eq(&email))
                 .select(diesel::dsl::max(login_failures::id))
                 .first::<Option<i64>>(conn)?
                 .ok_or_else(|| AppError::Internal("login attempt row vanished".into()))?;
-            let found: Option<(String, String, String)> = users::table
+            let found: Option<(String, String, String, i64)> = users::table
                 .filter(users::email.eq(&email))
                 .filter(users::deleted_at.is_null())
-                .select((users::id, users::role, users::password_hash))
+                .select((users::id, users::role, users::password_hash, users::token_generation))
                 .first(conn)
                 .optional()?;
             let credentials = found
-                .map(|(id, role, password_hash)| {
+                .map(|(id, role, password_hash, token_generation)| {
                     Ok::<_, AppError>(Credentials {
                         user_id: parse_id(&id)?,
                         role: Role::parse(&role).ok_or_else(|| AppError::Internal(format!("unknown role {role:?}")))?,
                         password_hash,
+                        token_generation,
                     })
                 })
                 .transpose()?;
@@ -188,7 +207,8 @@ impl UseCase for BeginLogin {
 }
 
 pub enum LoginOutcome {
-    /// The password was right: the email's failures are forgotten.
+    /// The password was right: the email's failures from this address are forgotten
+    /// (others' stay: a success here must not reset a stranger's count elsewhere).
     Succeeded,
     /// The password could not be checked (the server was busy): the attempt does not count.
     Unchecked,
@@ -198,6 +218,7 @@ pub enum LoginOutcome {
 /// attempt was recorded as a failure already.
 pub struct FinishLogin {
     pub email: String,
+    pub client: String,
     pub attempt_id: i64,
     pub outcome: LoginOutcome,
 }
@@ -207,13 +228,39 @@ impl UseCase for FinishLogin {
     fn run(self, conn: &mut DbConnection) -> Result<(), AppError> {
         let by_email = login_failures::table.filter(login_failures::email.eq(&self.email));
         match self.outcome {
-            LoginOutcome::Succeeded => diesel::delete(by_email).execute(conn)?,
+            LoginOutcome::Succeeded => {
+                diesel::delete(by_email.filter(login_failures::client.eq(&self.client))).execute(conn)?
+            }
             LoginOutcome::Unchecked => {
                 diesel::delete(by_email.filter(login_failures::id.eq(self.attempt_id))).execute(conn)?
             }
         };
         Ok(())
     }
+}
+
+/// Refuses (409) an operation that would take away the last live admin. Callers hold a
+/// write transaction; on PostgreSQL an advisory lock serialises such operations, so two
+/// admins demoting each other at once cannot both pass the count (SQLite's `BEGIN
+/// IMMEDIATE` already serialises writers).
+fn keep_an_admin(conn: &mut DbConnection) -> Result<(), AppError> {
+    const ADMIN_SET_LOCK: i64 = 0x5354_4f52_4541_444d; // "STOREADM"
+    if matches!(conn, DbConnection::Postgres(_)) {
+        diesel::sql_query(format!("SELECT pg_advisory_xact_lock({ADMIN_SET_LOCK})")).execute(conn)?;
+    }
+    let admins: i64 = users::table
+        .filter(users::role.eq(Role::Admin.as_str()))
+        .filter(users::deleted_at.is_null())
+        .count()
+        .get_result(conn)?;
+    if admins <= 1 {
+        return Err(AppError::Conflict {
+            kind: "last-admin",
+            detail: "This is the last admin; make another admin first.".into(),
+            extensions: serde_json::Map::new(),
+        });
+    }
+    Ok(())
 }
 
 pub struct FindActiveUser {
@@ -265,11 +312,16 @@ impl UseCase for UpdateUser {
     type Output = User;
     fn run(self, conn: &mut DbConnection) -> Result<User, AppError> {
         conn.write_transaction(|conn| {
-            if live_user(conn, self.id)?.is_none() {
-                return Err(AppError::NotFound("No such user.".into()));
+            let current = live_user(conn, self.id)?.ok_or_else(|| AppError::NotFound("No such user.".into()))?;
+            let role_changes = self.changes.role.as_ref().is_some_and(|role| *role != current.role);
+            if role_changes && current.role == Role::Admin.as_str() {
+                keep_an_admin(conn)?;
             }
+            // A new password or role voids every token issued before it.
+            let voids_tokens = role_changes || self.changes.password_hash.is_some();
+            let generation = current.token_generation + i64::from(voids_tokens);
             diesel::update(users::table.filter(users::id.eq(self.id.to_string())))
-                .set((&self.changes, users::updated_at.eq(clock::now())))
+                .set((&self.changes, users::updated_at.eq(clock::now()), users::token_generation.eq(generation)))
                 .execute(conn)
                 .map_err(email_taken)?;
             outbox::append(conn, vec![user_event(self.id, "user.updated")])?;
@@ -288,6 +340,9 @@ impl UseCase for DeleteUser {
     type Output = ();
     fn run(self, conn: &mut DbConnection) -> Result<(), AppError> {
         conn.write_transaction(|conn| {
+            if live_user(conn, self.id)?.is_some_and(|user| user.role == Role::Admin.as_str()) {
+                keep_an_admin(conn)?;
+            }
             let deleted = diesel::update(
                 users::table.filter(users::id.eq(self.id.to_string())).filter(users::deleted_at.is_null()),
             )

@@ -166,7 +166,7 @@ impl ProductFilter {
         order: Option<&str>,
     ) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let status = match status.filter(|s| !s.is_empty()) {
+        let status = match status {
             None => None,
             Some(raw) => ProductStatus::parse(raw).or_else(|| {
                 errors.push(FieldError::new("status", "must be active or archived"));

@@ -72,6 +72,48 @@ pub fn check(quota: Quota, tat_ns: Option<u64>, now_ns: u64) -> Decision {
     }
 }
 
+/// How many requests may pass unchecked while the rate limiter does not answer, across
+/// all clients of one replica: a burst of `FAIL_OPEN_BURST`, then `FAIL_OPEN_PER_SECOND`.
+/// Past that, requests are refused with 503 until the limiter is back.
+pub const FAIL_OPEN_BURST: u32 = 20;
+pub const FAIL_OPEN_PER_SECOND: u32 = 10;
+
+/// The fail-open allowance: one GCRA bucket in an atomic (compare-and-swap on its TAT),
+/// shared by every worker without a lock.
+#[derive(Debug)]
+pub struct FailOpenBudget {
+    quota: Quota,
+    tat_ns: std::sync::atomic::AtomicU64,
+}
+
+impl Default for FailOpenBudget {
+    fn default() -> Self {
+        Self::new(Quota::per_second(FAIL_OPEN_PER_SECOND, FAIL_OPEN_BURST))
+    }
+}
+
+impl FailOpenBudget {
+    pub fn new(quota: Quota) -> Self {
+        Self { quota, tat_ns: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// Whether one more unchecked request may pass at `now_ns` (a monotonic clock).
+    pub fn try_admit(&self, now_ns: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        let mut current = self.tat_ns.load(Ordering::Acquire);
+        loop {
+            let decision = check(self.quota, Some(current), now_ns);
+            if !decision.allowed {
+                return false;
+            }
+            match self.tat_ns.compare_exchange_weak(current, decision.tat_ns, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+}
+
 /// Whole seconds, rounded up, at least 1: what `Retry-After` and `t=` carry.
 pub fn whole_seconds_up(duration: Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
@@ -104,6 +146,21 @@ mod tests {
     fn windows_describe_the_refill_time() {
         assert_eq!(Quota::per_second(20, 40).window(), Duration::from_secs(2));
         assert_eq!(Quota::per_minute(10).window(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn fail_open_admits_its_burst_then_its_rate_even_from_many_threads() {
+        let budget = std::sync::Arc::new(FailOpenBudget::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let budget = std::sync::Arc::clone(&budget);
+                std::thread::spawn(move || (0..100).filter(|_| budget.try_admit(0)).count())
+            })
+            .collect();
+        let at_once: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(at_once, FAIL_OPEN_BURST as usize);
+        let second_later = (0..100).filter(|_| budget.try_admit(1_000_000_000)).count();
+        assert_eq!(second_later, FAIL_OPEN_PER_SECOND as usize);
     }
 
     proptest! {

@@ -18,10 +18,17 @@ pub struct User {
     pub role: Role,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Tokens issued in an earlier generation (before a password or role change) are void.
+    #[serde(skip)]
+    pub token_generation: i64,
 }
 
-/// After this many failed logins for one email within the window, logins are refused.
+/// After this many failed logins for one email from one client address within the
+/// window, that address is refused for the email; other addresses are not.
 pub const LOGIN_FAILURE_LIMIT: usize = 5;
+/// After this many failed logins for one email from all addresses together within the
+/// window, every address is refused: a ceiling on guessing spread over many addresses.
+pub const LOGIN_FAILURE_LIMIT_PER_EMAIL: usize = 100;
 pub const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// Failures before this instant no longer count against an email.
@@ -29,17 +36,17 @@ pub fn login_window_start(now: NaiveDateTime) -> NaiveDateTime {
     now - chrono::Duration::from_std(LOGIN_FAILURE_WINDOW).unwrap_or(chrono::Duration::MAX)
 }
 
-/// Seconds until a login for this email may be tried again, given the times of its recent
-/// failures; `None` while fewer than the limit fall inside the window.
-pub fn login_retry_after(failures: &[NaiveDateTime], now: NaiveDateTime) -> Option<u64> {
+/// Seconds until a login may be tried again, given the times of the recent failures that
+/// count against it; `None` while fewer than `limit` fall inside the window.
+pub fn login_retry_after(failures: &[NaiveDateTime], now: NaiveDateTime, limit: usize) -> Option<u64> {
     let window = chrono::Duration::from_std(LOGIN_FAILURE_WINDOW).unwrap_or(chrono::Duration::MAX);
     let mut recent: Vec<NaiveDateTime> = failures.iter().copied().filter(|at| *at > login_window_start(now)).collect();
-    if recent.len() < LOGIN_FAILURE_LIMIT {
+    if recent.len() < limit.max(1) {
         return None;
     }
     // The window reopens when enough of the oldest failures have aged out of it.
     recent.sort_unstable();
-    let reopening = recent[recent.len() - LOGIN_FAILURE_LIMIT] + window;
+    let reopening = recent[recent.len() - limit.max(1)] + window;
     Some(u64::try_from((reopening - now).num_seconds()).unwrap_or(0).max(1))
 }
 
@@ -208,11 +215,11 @@ mod tests {
     fn five_recent_failures_close_the_window_until_the_oldest_ages_out() {
         let now = chrono::Utc::now().naive_utc();
         let minutes_ago = |m: i64| now - chrono::Duration::minutes(m);
-        assert_eq!(login_retry_after(&[minutes_ago(1); 4], now), None);
+        assert_eq!(login_retry_after(&[minutes_ago(1); 4], now, 5), None);
         let failures = [minutes_ago(10), minutes_ago(5), minutes_ago(4), minutes_ago(3), minutes_ago(2)];
-        assert_eq!(login_retry_after(&failures, now), Some(5 * 60));
+        assert_eq!(login_retry_after(&failures, now, 5), Some(5 * 60));
         let with_stale = [minutes_ago(20), minutes_ago(5), minutes_ago(4), minutes_ago(3), minutes_ago(2)];
-        assert_eq!(login_retry_after(&with_stale, now), None);
+        assert_eq!(login_retry_after(&with_stale, now, 5), None);
     }
 
     proptest! {

@@ -16,19 +16,24 @@ use crate::{
         user::Permission,
     },
     error::{AppError, FieldError},
+    http::extract::{Json, Query},
     http::{idempotency, paging::PageQuery},
 };
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DepositRequest {
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub amount_cents: i64,
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferRequest {
+    /// Another user's id.
+    #[schema(format = Uuid)]
     pub to_user_id: String,
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub amount_cents: i64,
 }
 
@@ -49,7 +54,7 @@ pub async fn deposit(
     caller: AuthUser,
     request: HttpRequest,
     user_id: web::Path<Uuid>,
-    body: web::Json<DepositRequest>,
+    body: Json<DepositRequest>,
 ) -> Result<HttpResponse, AppError> {
     caller.require(Permission::Deposit)?;
     let user_id = user_id.into_inner();
@@ -72,7 +77,7 @@ pub async fn transfer(
     state: web::Data<AppState>,
     caller: AuthUser,
     request: HttpRequest,
-    body: web::Json<TransferRequest>,
+    body: Json<TransferRequest>,
 ) -> Result<HttpResponse, AppError> {
     let mut errors: Vec<FieldError> = validate_amount("amount_cents", body.amount_cents).err().into_iter().collect();
     let to_user_id = match Uuid::parse_str(&body.to_user_id) {
@@ -103,7 +108,7 @@ pub async fn transfer(
 pub async fn list_transfers(
     state: web::Data<AppState>,
     caller: AuthUser,
-    query: web::Query<PageQuery>,
+    query: Query<PageQuery>,
 ) -> Result<HttpResponse, AppError> {
     let page = query.to_request()?;
     Ok(HttpResponse::Ok().json(state.db.run(ListTransfers { user_id: caller.0.id, page }).await?))

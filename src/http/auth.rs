@@ -1,6 +1,6 @@
 //! `POST /api/v1/auth/register` and `POST /api/v1/auth/login`.
 
-use actix_web::{http::header, web, HttpResponse};
+use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -9,13 +9,19 @@ use crate::{
     db::users::{BeginLogin, CreateUser, FinishLogin, LoginAttempt, LoginOutcome},
     domain::user::{validate_new_user, NewUser, Role, User},
     error::AppError,
+    http::{extract::Json, middleware::rate_limit::client_ip},
 };
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
+    /// 8 to 128 characters.
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
+    /// 1 to 100 characters, after trimming.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
 }
 
@@ -39,7 +45,7 @@ pub struct TokenResponse {
     (status = 409, description = "Email taken"),
     (status = 422, description = "Invalid email, password (8–128 chars) or name (1–100 chars)"),
 ))]
-pub async fn register(state: web::Data<AppState>, body: web::Json<RegisterRequest>) -> Result<HttpResponse, AppError> {
+pub async fn register(state: web::Data<AppState>, body: Json<RegisterRequest>) -> Result<HttpResponse, AppError> {
     let RegisterRequest { email, password, name } = body.into_inner();
     let NewUser { email, name } = validate_new_user(&email, &password, &name).map_err(AppError::Validation)?;
     let password_hash = state.passwords.hash(password).await?;
@@ -54,25 +60,32 @@ pub async fn register(state: web::Data<AppState>, body: web::Json<RegisterReques
     (status = 401, description = "Wrong email or password"),
     (status = 429, description = "Too many failed sign-ins for this email; see Retry-After"),
 ))]
-pub async fn login(state: web::Data<AppState>, body: web::Json<LoginRequest>) -> Result<HttpResponse, AppError> {
+pub async fn login(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: Json<LoginRequest>,
+) -> Result<HttpResponse, AppError> {
     let LoginRequest { email, password } = body.into_inner();
     let email = email.trim().to_lowercase();
-    let LoginAttempt { credentials, attempt_id } = state.db.run(BeginLogin { email: email.clone() }).await?;
+    let client =
+        client_ip(&request, &state.config.trusted_proxies).map_or_else(|| "unknown".into(), |ip| ip.to_string());
+    let LoginAttempt { credentials, attempt_id } =
+        state.db.run(BeginLogin { email: email.clone(), client: client.clone() }).await?;
     let (account, hash) = match credentials {
-        Some(found) => (Some((found.user_id, found.role)), Some(found.password_hash)),
+        Some(found) => (Some((found.user_id, found.role, found.token_generation)), Some(found.password_hash)),
         None => (None, None),
     };
     let verified = match state.passwords.verify(password, hash).await {
         Ok(verified) => verified,
         Err(error) => {
-            state.db.run(FinishLogin { email, attempt_id, outcome: LoginOutcome::Unchecked }).await?;
+            state.db.run(FinishLogin { email, client, attempt_id, outcome: LoginOutcome::Unchecked }).await?;
             return Err(error);
         }
     };
     match account {
-        Some((user_id, role)) if verified => {
-            state.db.run(FinishLogin { email, attempt_id, outcome: LoginOutcome::Succeeded }).await?;
-            let issued = state.tokens.issue(user_id, role)?;
+        Some((user_id, role, generation)) if verified => {
+            state.db.run(FinishLogin { email, client, attempt_id, outcome: LoginOutcome::Succeeded }).await?;
+            let issued = state.tokens.issue(user_id, role, generation)?;
             Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(TokenResponse {
                 access_token: issued.token,
                 token_type: "Bearer",

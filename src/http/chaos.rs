@@ -10,10 +10,12 @@ use utoipa::ToSchema;
 use crate::{
     actors::{
         chaos::{PanicWorker, StallWorker},
+        rate_limiter::GoDown,
         Crash,
     },
     app::AppState,
     error::AppError,
+    http::extract::Json,
     http::{auth_header::bearer_token, ops::constant_time_eq},
 };
 
@@ -38,7 +40,8 @@ pub enum ChaosActor {
 pub enum ChaosFault {
     /// The actor panics inside its handler; the caller gets a 500 problem.
     Panic,
-    /// A DbExecutor thread stays busy for `millis`, as under a slow query.
+    /// A DbExecutor thread stays busy for `millis`, as under a slow query; the rate
+    /// limiter decides nothing for `millis`, as when it is down.
     Stall,
 }
 
@@ -61,7 +64,7 @@ pub struct ChaosRequest {
 pub async fn inject_fault(
     state: web::Data<AppState>,
     request: HttpRequest,
-    body: web::Json<ChaosRequest>,
+    body: Json<ChaosRequest>,
 ) -> Result<HttpResponse, AppError> {
     let expected = state.config.chaos_token.as_ref().map(|token| token.expose().as_bytes()).unwrap_or_default();
     let given = bearer_token(&request).unwrap_or_default();
@@ -127,7 +130,18 @@ pub async fn inject_fault(
                 .await
                 .map_err(|error| AppError::Internal(format!("nats publisher: {error}")))??
         }
-        (_, ChaosFault::Stall) => return Err(AppError::invalid("fault", "stall applies to db_executor only")),
+        (ChaosActor::RateLimiter, ChaosFault::Stall) => {
+            let duration = Duration::from_millis(millis).min(MAX_STALL);
+            state
+                .rate_limiter
+                .send(GoDown(duration))
+                .timeout(ACTOR_TIMEOUT)
+                .await
+                .map_err(|error| AppError::Internal(format!("rate limiter: {error}")))?
+        }
+        (_, ChaosFault::Stall) => {
+            return Err(AppError::invalid("fault", "stall applies to db_executor and rate_limiter only"))
+        }
     }
     Ok(HttpResponse::NoContent().finish())
 }

@@ -1,5 +1,6 @@
 //! The OpenAPI 3 document, built from the handlers' annotations.
 
+use serde_json::{json, Value};
 use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
     Modify, OpenApi,
@@ -16,7 +17,10 @@ use crate::{
         shop::{Account, Order, OrderItem, OrderStatus, Transfer},
         user::{Role, User},
     },
-    http::{accounts, auth, chaos, dashboard, docs, ops, ops_api, orders, products, users, ws},
+    http::{
+        accounts, auth, chaos, dashboard, docs, middleware::problem::PROBLEM_JSON, ops, ops_api, orders, products,
+        users, ws,
+    },
 };
 
 #[derive(OpenApi)]
@@ -39,6 +43,7 @@ use crate::{
         auth::RegisterRequest, auth::LoginRequest, auth::TokenResponse,
         users::UpdateUserRequest, User, Role, Page<User>,
         products::CreateProductRequest, products::UpdateProductRequest, Product, ProductStatus, Page<Product>,
+        products::ProductSortKey, products::SortOrder,
         accounts::DepositRequest, accounts::TransferRequest, Account, Transfer, Page<Transfer>,
         orders::PlaceOrderRequest, orders::OrderLineRequest, Order, OrderItem, OrderStatus, Page<Order>,
     )),
@@ -73,8 +78,139 @@ pub fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
+/// The document as served: the annotations, completed with what every route can answer
+/// (see `complete`), and `/ops/chaos` only when it is mounted (`CHAOS_TOKEN` set).
+pub fn document_value(chaos_mounted: bool) -> Value {
+    let mut document = serde_json::to_value(document()).unwrap_or_else(|_| json!({}));
+    complete(&mut document, chaos_mounted);
+    document
+}
+
 /// The document as JSON, built on first use: it never changes while the process runs.
-pub fn document_json() -> &'static str {
-    static JSON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    JSON.get_or_init(|| serde_json::to_string(&document()).unwrap_or_else(|_| "{}".to_owned()))
+pub fn document_json(chaos_mounted: bool) -> &'static str {
+    static WITH_CHAOS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static WITHOUT_CHAOS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let cell = if chaos_mounted { &WITH_CHAOS } else { &WITHOUT_CHAOS };
+    cell.get_or_init(|| document_value(chaos_mounted).to_string())
+}
+
+const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+
+/// Adds the answers that the layers around the handlers give, so the document lists
+/// every status a route can send: 401 where a token is needed, 400/413/415/422 where a
+/// JSON body is read, 422 where a query is, 404 for an id in the path, 429 and 503 on
+/// every `/api/v1` route (rate limit, shedding), 504 on writes (outcome unknown). Every
+/// error is `application/problem+json` with the `Problem` schema.
+fn complete(document: &mut Value, chaos_mounted: bool) {
+    if !chaos_mounted {
+        if let Some(paths) = document["paths"].as_object_mut() {
+            paths.remove("/ops/chaos");
+        }
+    }
+    if let Some(schemas) = document.pointer_mut("/components/schemas").and_then(Value::as_object_mut) {
+        schemas.insert("Problem".into(), problem_schema());
+        if !chaos_mounted {
+            for name in ["ChaosRequest", "ChaosActor", "ChaosFault"] {
+                schemas.remove(name);
+            }
+        }
+    }
+    let Some(paths) = document["paths"].as_object_mut() else { return };
+    for (path, item) in paths.iter_mut() {
+        for method in METHODS {
+            let Some(operation) = item.get_mut(method) else { continue };
+            complete_operation(path, method, operation);
+        }
+    }
+}
+
+fn complete_operation(path: &str, method: &str, operation: &mut Value) {
+    let api = path.starts_with("/api/v1/");
+    let secured = operation["security"]
+        .as_array()
+        .is_some_and(|requirements| requirements.iter().all(|r| r.as_object().is_some_and(|r| !r.is_empty())));
+    let has_body = operation.get("requestBody").is_some();
+    // A query parameter is absent or a string: never JSON null.
+    if let Some(parameters) = operation.get_mut("parameters").and_then(Value::as_array_mut) {
+        parameters.iter_mut().filter(|p| p["in"] == "query").for_each(|p| drop_null(&mut p["schema"]));
+    }
+    let parameters = operation["parameters"].as_array().cloned().unwrap_or_default();
+    let has_query = parameters.iter().any(|p| p["in"] == "query");
+    let has_path = parameters.iter().any(|p| p["in"] == "path");
+    let mut added: Vec<(&str, &str)> = Vec::new();
+    if api {
+        added.push(("429", "Rate limit exceeded; see Retry-After"));
+        added.push(("503", "Overloaded or the database is unavailable; see Retry-After"));
+        if method != "get" {
+            added.push(("504", "The database did not confirm the change in time: the outcome is unknown"));
+        }
+    }
+    if secured {
+        added.push(("401", "The access token is missing, invalid or expired"));
+    }
+    if has_body {
+        added.push(("400", "Malformed JSON, or a field of the wrong type (named in `errors`)"));
+        added.push(("413", "The body is larger than 64 KiB"));
+        added.push(("415", "The body is not application/json"));
+        added.push(("422", "Missing, unknown or invalid fields (named in `errors`)"));
+    }
+    if has_query {
+        added.push(("422", "Invalid query parameters (named in `errors`)"));
+    }
+    if has_path {
+        added.push(("404", "No such resource (or the id in the path is not a UUID)"));
+    }
+    let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut) else { return };
+    for (status, description) in added {
+        responses.entry(status).or_insert_with(|| json!({ "description": description }));
+    }
+    for (status, response) in responses.iter_mut() {
+        let is_error = status.parse::<u16>().is_ok_and(|code| code >= 400);
+        let has_other_content = response["content"].as_object().is_some_and(|content| !content.is_empty());
+        if is_error && !has_other_content {
+            response["content"] = json!({ PROBLEM_JSON: { "schema": { "$ref": "#/components/schemas/Problem" } } });
+        }
+    }
+}
+
+/// `{"type": ["integer", "null"]}` → `{"type": "integer"}`; `{"oneOf": [{"type": "null"}, X]}` → X.
+fn drop_null(schema: &mut Value) {
+    if let Some(types) = schema["type"].as_array() {
+        let kept: Vec<Value> = types.iter().filter(|t| *t != "null").cloned().collect();
+        if let [only] = kept.as_slice() {
+            schema["type"] = only.clone();
+        }
+    }
+    let one_of = schema["oneOf"]
+        .as_array()
+        .map(|alternatives| alternatives.iter().filter(|a| a["type"] != "null").cloned().collect::<Vec<Value>>());
+    if let Some([only]) = one_of.as_deref() {
+        *schema = only.clone();
+    }
+}
+
+fn problem_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "An RFC 9457 problem. Some problems carry more members (e.g. `product_ids`).",
+        "required": ["type", "title", "status", "detail", "instance", "request_id"],
+        "properties": {
+            "type": { "type": "string", "description": "`urn:storefront:problem:<kind>`" },
+            "title": { "type": "string" },
+            "status": { "type": "integer", "minimum": 100, "maximum": 599 },
+            "detail": { "type": "string" },
+            "instance": { "type": "string" },
+            "request_id": { "type": "string" },
+            "errors": {
+                "type": "array",
+                "description": "For validation problems: each field that is wrong, and why",
+                "items": {
+                    "type": "object",
+                    "required": ["field", "message"],
+                    "properties": { "field": { "type": "string" }, "message": { "type": "string" } }
+                }
+            }
+        },
+        "additionalProperties": true
+    })
 }

@@ -64,8 +64,9 @@ pub async fn metrics(state: web::Data<AppState>, request: HttpRequest) -> Result
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3 document")))]
-pub async fn openapi_document() -> HttpResponse {
-    HttpResponse::Ok().content_type("application/json").body(openapi::document_json())
+pub async fn openapi_document(state: web::Data<AppState>) -> HttpResponse {
+    let chaos_mounted = state.config.chaos_token.is_some();
+    HttpResponse::Ok().content_type("application/json").body(openapi::document_json(chaos_mounted))
 }
 
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

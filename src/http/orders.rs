@@ -16,13 +16,16 @@ use crate::{
         user::Permission,
     },
     error::{AppError, FieldError},
+    http::extract::{Json, Query},
     http::idempotency,
 };
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLineRequest {
+    #[schema(format = Uuid)]
     pub product_id: String,
+    #[schema(minimum = 1, maximum = 1000)]
     pub quantity: i64,
 }
 
@@ -30,34 +33,62 @@ pub struct OrderLineRequest {
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderRequest {
     /// 1–100 lines, quantity 1–1000 each, each product once.
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<OrderLineRequest>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct OrderQuery {
     /// `paid` or `cancelled`.
+    #[param(value_type = Option<OrderStatus>)]
     pub status: Option<String>,
-    /// Admins only: one user's orders.
+    /// Admins only: one user's orders (ignored for others, who see their own).
     pub user_id: Option<Uuid>,
+    /// Page number, from 1.
+    #[param(minimum = 1, maximum = 4294967295_i64)]
     pub page: Option<i64>,
+    /// Items per page, 1 or more (values over 100 are clamped to 100).
+    #[param(minimum = 1)]
+    pub per_page: Option<i64>,
+}
+
+/// The query of one user's order list (the user is in the path).
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct UserOrderQuery {
+    /// `paid` or `cancelled`.
+    #[param(value_type = Option<OrderStatus>)]
+    pub status: Option<String>,
+    /// Page number, from 1.
+    #[param(minimum = 1, maximum = 4294967295_i64)]
+    pub page: Option<i64>,
+    /// Items per page, 1 or more (values over 100 are clamped to 100).
+    #[param(minimum = 1)]
     pub per_page: Option<i64>,
 }
 
 impl OrderQuery {
     fn parse(&self) -> Result<(Option<OrderStatus>, PageRequest), AppError> {
-        let mut errors = Vec::new();
-        let status = match self.status.as_deref().filter(|s| !s.is_empty()) {
-            None => None,
-            Some(raw) => OrderStatus::parse(raw).or_else(|| {
-                errors.push(FieldError::new("status", "must be paid or cancelled"));
-                None
-            }),
-        };
-        let page = PageRequest::new(self.page, self.per_page).map_err(|e| errors.extend(e)).ok();
-        match page {
-            Some(page) if errors.is_empty() => Ok((status, page)),
-            _ => Err(AppError::Validation(errors)),
-        }
+        parse_order_filter(self.status.as_deref(), self.page, self.per_page)
+    }
+}
+
+fn parse_order_filter(
+    status: Option<&str>,
+    page: Option<i64>,
+    per_page: Option<i64>,
+) -> Result<(Option<OrderStatus>, PageRequest), AppError> {
+    let mut errors = Vec::new();
+    let status = match status {
+        None => None,
+        Some(raw) => OrderStatus::parse(raw).or_else(|| {
+            errors.push(FieldError::new("status", "must be paid or cancelled"));
+            None
+        }),
+    };
+    let page = PageRequest::new(page, per_page).map_err(|e| errors.extend(e)).ok();
+    match page {
+        Some(page) if errors.is_empty() => Ok((status, page)),
+        _ => Err(AppError::Validation(errors)),
     }
 }
 
@@ -71,7 +102,7 @@ pub async fn place(
     state: web::Data<AppState>,
     caller: AuthUser,
     request: HttpRequest,
-    body: web::Json<PlaceOrderRequest>,
+    body: Json<PlaceOrderRequest>,
 ) -> Result<HttpResponse, AppError> {
     let raw: Vec<(String, i64)> = body.items.iter().map(|line| (line.product_id.clone(), line.quantity)).collect();
     let lines = validate_order_lines(&raw).map_err(AppError::Validation)?;
@@ -93,7 +124,7 @@ pub async fn place(
 pub async fn list(
     state: web::Data<AppState>,
     caller: AuthUser,
-    query: web::Query<OrderQuery>,
+    query: Query<OrderQuery>,
 ) -> Result<HttpResponse, AppError> {
     let (status, page) = query.parse()?;
     let user_id = if caller.can(Permission::SeeAllOrders) { query.user_id } else { Some(caller.0.id) };
@@ -101,17 +132,17 @@ pub async fn list(
 }
 
 /// A user's orders (the user themself, or an admin).
-#[utoipa::path(get, path = "/api/v1/users/{id}/orders", tag = "orders", params(OrderQuery), security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/users/{id}/orders", tag = "orders", params(("id" = Uuid, Path), UserOrderQuery), security(("bearer" = [])),
     responses((status = 200, body = Page<Order>), (status = 404, description = "Not yours")))]
 pub async fn list_for_user(
     state: web::Data<AppState>,
     caller: AuthUser,
     id: web::Path<Uuid>,
-    query: web::Query<OrderQuery>,
+    query: Query<UserOrderQuery>,
 ) -> Result<HttpResponse, AppError> {
     let id = id.into_inner();
     caller.may_access(id, Permission::SeeAllOrders)?;
-    let (status, page) = query.parse()?;
+    let (status, page) = parse_order_filter(query.status.as_deref(), query.page, query.per_page)?;
     Ok(HttpResponse::Ok().json(state.db.run(ListOrders { user_id: Some(id), status, page }).await?))
 }
 

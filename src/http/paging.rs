@@ -8,8 +8,10 @@ use crate::{domain::paging::PageRequest, error::AppError};
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct PageQuery {
     /// Page number, from 1.
+    #[param(minimum = 1, maximum = 4294967295_i64)]
     pub page: Option<i64>,
-    /// Items per page, 1–100 (larger values are clamped to 100).
+    /// Items per page, 1 or more (values over 100 are clamped to 100).
+    #[param(minimum = 1)]
     pub per_page: Option<i64>,
 }
 

@@ -14,11 +14,12 @@ use crate::{
     auth::AuthUser,
     db::catalog::{CreateProduct, DeleteProduct, ListProducts, UpdateProduct},
     domain::{
-        catalog::{none_match_hits, Product, ProductFilter, ProductInput},
+        catalog::{none_match_hits, Product, ProductFilter, ProductInput, ProductStatus},
         paging::{Page, PageRequest},
         user::Permission,
     },
     error::AppError,
+    http::extract::{Json, Query},
 };
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -26,35 +27,73 @@ pub struct ProductQuery {
     /// Case-insensitive substring of the name.
     pub q: Option<String>,
     /// `active` or `archived`.
+    #[param(value_type = Option<ProductStatus>)]
     pub status: Option<String>,
+    #[param(minimum = 0)]
     pub min_price_cents: Option<i64>,
+    #[param(minimum = 0)]
     pub max_price_cents: Option<i64>,
     /// `created_at` (default), `name` or `price_cents`.
+    #[param(value_type = Option<ProductSortKey>)]
     pub sort: Option<String>,
     /// `desc` (default) or `asc`.
+    #[param(value_type = Option<SortOrder>)]
     pub order: Option<String>,
+    /// Page number, from 1.
+    #[param(minimum = 1, maximum = 4294967295_i64)]
     pub page: Option<i64>,
+    /// Items per page, 1 or more (values over 100 are clamped to 100).
+    #[param(minimum = 1)]
     pub per_page: Option<i64>,
+}
+
+/// What a product list can be sorted by.
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum ProductSortKey {
+    CreatedAt,
+    Name,
+    PriceCents,
+}
+
+/// A sort direction.
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum SortOrder {
+    Asc,
+    Desc,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProductRequest {
+    /// 1 to 200 characters, after trimming.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
+    /// At most 2000 characters; may span lines.
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
+    #[schema(minimum = 0, maximum = 100_000_000_000_i64)]
     pub price_cents: i64,
+    #[schema(minimum = 0, maximum = 1_000_000_000_i64)]
     pub stock: i64,
     /// `active` (default) or `archived`.
+    #[schema(value_type = Option<ProductStatus>)]
     pub status: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProductRequest {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
+    #[schema(minimum = 0, maximum = 100_000_000_000_i64)]
     pub price_cents: Option<i64>,
+    #[schema(minimum = 0, maximum = 1_000_000_000_i64)]
     pub stock: Option<i64>,
+    #[schema(value_type = Option<ProductStatus>)]
     pub status: Option<String>,
 }
 
@@ -72,7 +111,7 @@ fn header_text(request: &HttpRequest, name: header::HeaderName) -> Option<&str> 
 /// Search and page through the catalog.
 #[utoipa::path(get, path = "/api/v1/products", tag = "catalog", params(ProductQuery),
     responses((status = 200, body = Page<Product>), (status = 422, description = "Invalid filter")))]
-pub async fn list(state: web::Data<AppState>, query: web::Query<ProductQuery>) -> Result<HttpResponse, AppError> {
+pub async fn list(state: web::Data<AppState>, query: Query<ProductQuery>) -> Result<HttpResponse, AppError> {
     let q = query.into_inner();
     let page = PageRequest::new(q.page, q.per_page);
     let filter = ProductFilter::parse(
@@ -116,7 +155,7 @@ pub async fn get(
 pub async fn create(
     state: web::Data<AppState>,
     caller: AuthUser,
-    body: web::Json<CreateProductRequest>,
+    body: Json<CreateProductRequest>,
 ) -> Result<HttpResponse, AppError> {
     caller.require(Permission::ManageCatalog)?;
     let CreateProductRequest { name, description, price_cents, stock, status } = body.into_inner();
@@ -146,7 +185,7 @@ pub async fn update(
     caller: AuthUser,
     request: HttpRequest,
     id: web::Path<Uuid>,
-    body: web::Json<UpdateProductRequest>,
+    body: Json<UpdateProductRequest>,
 ) -> Result<HttpResponse, AppError> {
     caller.require(Permission::ManageCatalog)?;
     let UpdateProductRequest { name, description, price_cents, stock, status } = body.into_inner();

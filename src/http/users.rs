@@ -15,16 +15,22 @@ use crate::{
         user::{normalize_email, normalize_name, validate_password, Permission, Role, User},
     },
     error::{AppError, FieldError},
+    http::extract::{Json, Query},
     http::paging::PageQuery,
 };
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUserRequest {
+    #[schema(min_length = 1, max_length = 100)]
     pub name: Option<String>,
+    #[schema(format = Email, max_length = 254)]
     pub email: Option<String>,
+    /// A new password voids every token issued before it.
+    #[schema(min_length = 8, max_length = 128)]
     pub password: Option<String>,
-    /// `admin` or `user`; admins only.
+    /// `admin` or `user`; admins only. A change voids the user's earlier tokens.
+    #[schema(value_type = Option<Role>)]
     pub role: Option<String>,
 }
 
@@ -41,7 +47,7 @@ pub async fn me(caller: AuthUser) -> HttpResponse {
 pub async fn list(
     state: web::Data<AppState>,
     caller: AuthUser,
-    query: web::Query<PageQuery>,
+    query: Query<PageQuery>,
 ) -> Result<HttpResponse, AppError> {
     caller.require(Permission::ListUsers)?;
     let page = state.db.run(ListUsers { page: query.to_request()? }).await?;
@@ -64,14 +70,14 @@ pub async fn get(state: web::Data<AppState>, caller: AuthUser, id: web::Path<Uui
         (status = 200, body = User),
         (status = 403, description = "A non-admin sent `role`"),
         (status = 404, description = "No such user, or not yours"),
-        (status = 409, description = "Email taken"),
+        (status = 409, description = "Email taken, or demoting the last admin"),
         (status = 422, description = "Invalid fields"),
     ))]
 pub async fn update(
     state: web::Data<AppState>,
     caller: AuthUser,
     id: web::Path<Uuid>,
-    body: web::Json<UpdateUserRequest>,
+    body: Json<UpdateUserRequest>,
 ) -> Result<HttpResponse, AppError> {
     let id = id.into_inner();
     caller.may_access(id, Permission::UpdateAnyUser)?;
@@ -111,7 +117,8 @@ pub async fn update(
 
 /// Delete a user (admin). Their tokens stop working at once; past orders stay.
 #[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
-    responses((status = 204), (status = 403, description = "Not an admin"), (status = 404, description = "No such user")))]
+    responses((status = 204), (status = 403, description = "Not an admin"), (status = 404, description = "No such user"),
+        (status = 409, description = "The last admin cannot be deleted")))]
 pub async fn delete(
     state: web::Data<AppState>,
     caller: AuthUser,

@@ -30,7 +30,7 @@ pub async fn log_access(
                 response.status(),
                 request.match_pattern().unwrap_or_else(|| "unmatched".to_owned()),
                 extensions.get::<RequestId>().map(|id| id.0.clone()),
-                extensions.get::<VerifiedToken>().map(|token| token.0.to_string()),
+                extensions.get::<VerifiedToken>().map(|token| token.0.user_id.to_string()),
             )
         }
         // An inner layer failed outright: no request is left to read, the span still has the id.

@@ -2,6 +2,8 @@
 //! security headers → problem rendering → CORS → rate limit → handlers.
 
 pub mod access_log;
+pub mod drain;
+pub mod head;
 pub mod http_metrics;
 pub mod problem;
 pub mod rate_limit;

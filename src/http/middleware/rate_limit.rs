@@ -16,14 +16,34 @@ use actix_web::{
 use crate::{
     actors::rate_limiter::{Check, Policy},
     app::AppState,
-    domain::rate_limit::{whole_seconds_up, Decision, Quota},
+    auth::tokens::VerifiedClaims,
+    domain::rate_limit::{whole_seconds_up, Decision, FailOpenBudget, Quota},
     error::AppError,
     http::auth_header::bearer_token,
 };
 
-/// The user id of a bearer token whose signature and claims were verified for this request.
+/// The replica's fail-open allowance, on the process's monotonic clock.
+#[derive(Debug)]
+pub struct FailOpenGate {
+    budget: FailOpenBudget,
+    epoch: std::time::Instant,
+}
+
+impl Default for FailOpenGate {
+    fn default() -> Self {
+        Self { budget: FailOpenBudget::default(), epoch: std::time::Instant::now() }
+    }
+}
+
+impl FailOpenGate {
+    pub fn try_admit(&self) -> bool {
+        self.budget.try_admit(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+/// A bearer token whose signature and claims were verified for this request.
 #[derive(Debug, Clone, Copy)]
-pub struct VerifiedToken(pub uuid::Uuid);
+pub struct VerifiedToken(pub VerifiedClaims);
 
 const LIMITER_TIMEOUT: Duration = Duration::from_millis(100);
 static POLICY_HEADER: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -48,6 +68,14 @@ pub async fn limit_rate(
     let decision = match state.rate_limiter.send(Check { policy, key }).timeout(LIMITER_TIMEOUT).await {
         Ok(Some(decision)) => decision,
         outcome => {
+            // Fail open, but only within a small budget shared by all clients.
+            let budget = req.app_data::<web::Data<FailOpenGate>>().cloned();
+            if !budget.is_some_and(|gate| gate.try_admit()) {
+                tracing::warn!(failed = ?outcome.err(), "rate limiter did not answer and the fail-open budget is spent");
+                return Ok(
+                    req.error_response(AppError::unavailable("The rate limiter is unavailable; try again shortly."))
+                );
+            }
             state.metrics.rate_limiter_fail_open.inc();
             tracing::warn!(failed = ?outcome.err(), "rate limiter did not answer; letting the request through");
             return Ok(next.call(req).await?.map_into_boxed_body());
@@ -89,13 +117,13 @@ fn describe(headers: &mut HeaderMap, policy: Policy, quota: Quota, decision: &De
 /// The user behind a valid token (default policy only), else the client address.
 fn client_key(req: &ServiceRequest, state: &AppState, policy: Policy) -> String {
     if policy == Policy::Default {
-        if let Some(user_id) = bearer_token(req.request()).and_then(|token| state.tokens.verify(token).ok()) {
+        if let Some(claims) = bearer_token(req.request()).and_then(|token| state.tokens.verify_claims(token).ok()) {
             // The authentication extractor uses this instead of checking the signature again.
-            req.extensions_mut().insert(VerifiedToken(user_id));
-            return format!("user:{user_id}");
+            req.extensions_mut().insert(VerifiedToken(claims));
+            return format!("user:{}", claims.user_id);
         }
     }
-    match client_ip(req, &state.config.trusted_proxies) {
+    match client_ip(req.request(), &state.config.trusted_proxies) {
         Some(ip) => format!("ip:{ip}"),
         None => "ip:unknown".to_owned(),
     }
@@ -103,7 +131,7 @@ fn client_key(req: &ServiceRequest, state: &AppState, policy: Policy) -> String 
 
 /// The peer address, or, when the peer is a trusted proxy, the nearest address in
 /// `X-Forwarded-For` that is not one of ours. An untrusted peer cannot pick its key.
-fn client_ip(req: &ServiceRequest, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
+pub fn client_ip(req: &actix_web::HttpRequest, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
     let peer = req.peer_addr()?.ip();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {

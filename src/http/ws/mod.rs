@@ -41,13 +41,14 @@ pub async fn connect(
     let (viewer, token_expires_at) = match bearer_token(&request).map(str::to_owned).or_else(|| query_token(&request)) {
         None => (Viewer::Anonymous, None),
         Some(token) => {
-            let (user_id, expires_at) = state.tokens.verify_until(&token)?;
-            let user = state
-                .cache
-                .user(user_id)
-                .await?
-                .ok_or_else(|| AppError::Unauthorized("The access token is missing, invalid or expired.".into()))?;
-            (Viewer::User { id: user.id, role: user.role }, Some(expires_at))
+            let claims = state.tokens.verify_claims(&token)?;
+            let unauthorized = || AppError::Unauthorized("The access token is missing, invalid or expired.".into());
+            let user = state.cache.user(claims.user_id).await?.ok_or_else(unauthorized)?;
+            // A password or role change since the token was issued voids it, here as over HTTP.
+            if user.token_generation != claims.generation {
+                return Err(unauthorized());
+            }
+            (Viewer::User { id: user.id, role: user.role }, Some(claims.expires_at))
         }
     };
     let attached = state
