@@ -133,6 +133,9 @@ pub struct EventHub {
     /// The newest outbox id handed to sessions: a session attaching now replays up to it
     /// and receives everything after it live. Kept across restarts (it only grows).
     position: i64,
+    /// The last id of the batch being handed out, so a panic mid-batch leaves the rest of
+    /// it to the sessions' replay instead of waiting for the next batch.
+    pending_through: i64,
     ops_sequence: i64,
     limits: HubLimits,
     db: DbGateway,
@@ -141,14 +144,27 @@ pub struct EventHub {
 
 impl EventHub {
     pub fn new(limits: HubLimits, start_position: i64, db: DbGateway, reporter: RestartReporter) -> Self {
-        Self { sessions: HashMap::new(), next_id: 1, position: start_position, ops_sequence: 0, limits, db, reporter }
+        Self {
+            sessions: HashMap::new(),
+            next_id: 1,
+            position: start_position,
+            pending_through: start_position,
+            ops_sequence: 0,
+            limits,
+            db,
+            reporter,
+        }
     }
 
     fn connections_of(&self, user: Uuid) -> usize {
         self.sessions.values().filter(|subscriber| subscriber.viewer.user_id() == Some(user)).count()
     }
 
-    fn admit(&self, viewer: Viewer) -> Result<(), AttachRefused> {
+    fn admit(&mut self, viewer: Viewer) -> Result<(), AttachRefused> {
+        if self.sessions.len() >= self.limits.max_connections {
+            // A session whose task is gone no longer counts, even if its Detach went astray.
+            self.sessions.retain(|_, subscriber| !subscriber.queue.is_closed());
+        }
         if self.sessions.len() >= self.limits.max_connections {
             return Err(AttachRefused::TooManyConnections);
         }
@@ -175,7 +191,7 @@ impl EventHub {
     /// Offers one delivery to every session that may see it; cuts loose the ones whose
     /// queue is full.
     fn fan_out(&mut self, delivery: Arc<Delivery>, owner: Option<Uuid>) {
-        let mut slow = Vec::new();
+        let (mut slow, mut gone) = (Vec::new(), Vec::new());
         for (id, subscriber) in &self.sessions {
             if !subscriber.topics.contains(delivery.topic) || !subscriber.viewer.sees(delivery.topic, owner) {
                 continue;
@@ -183,12 +199,14 @@ impl EventHub {
             match subscriber.queue.try_send(Outbound::Event(Arc::clone(&delivery))) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => slow.push(*id),
-                // The session is gone; its Detach is on the way.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => gone.push(*id),
             }
         }
         for id in slow {
             self.detach(id, Detached::SlowConsumer);
+        }
+        for id in gone {
+            self.sessions.remove(&id);
         }
     }
 
@@ -200,6 +218,7 @@ impl EventHub {
             self.position = after;
             self.detach_all(Detached::Resync);
         }
+        self.pending_through = self.pending_through.max(events.last().map_or(self.position, |event| event.id));
         for event in events {
             if event.id <= self.position {
                 continue;
@@ -233,8 +252,9 @@ impl EventHub {
                 guarded(act, ctx, |act, _| match found {
                     Ok(found) => act.apply_user(user, found),
                     Err(error) => {
-                        // Permissions cannot be confirmed: the sessions go; clients reconnect.
-                        tracing::warn!(%error, %user, "cannot re-check a changed user; closing their sessions");
+                        // Each session looks the user up again when it re-attaches, and
+                        // closes if it cannot.
+                        tracing::warn!(%error, %user, "cannot re-check a changed user; their sessions re-attach");
                         act.drop_user(user, Detached::Resync);
                     }
                 });
@@ -286,9 +306,13 @@ impl Guarded for EventHub {
 }
 
 impl Supervised for EventHub {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        // Whatever the panic left half-done, the sessions know what they delivered.
-        self.detach_all(Detached::Resync);
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        // Whatever the panic left half-done, the sessions know what they delivered: they
+        // re-attach and replay up to the end of the batch that was being handed out.
+        guarded(self, ctx, |act, _| {
+            act.position = act.position.max(act.pending_through);
+            act.detach_all(Detached::Resync);
+        });
     }
 }
 

@@ -59,6 +59,10 @@ pub struct ReplayPage {
     pub after: i64,
     pub through: i64,
     pub topics: Vec<&'static str>,
+    /// Whose private events to read: `Some(user)` reads public events and that user's,
+    /// `None` public ones only; `all_private` (a role that sees every order) reads all.
+    pub owner: Option<String>,
+    pub all_private: bool,
     pub limit: i64,
 }
 
@@ -74,6 +78,20 @@ pub enum Replay {
 impl UseCase for ReplayPage {
     type Output = Replay;
     fn run(self, conn: &mut DbConnection) -> Result<Replay, AppError> {
+        let mut query = events::table
+            .filter(events::id.gt(self.after))
+            .filter(events::id.le(self.through))
+            .filter(events::topic.eq_any(self.topics))
+            .into_boxed();
+        if !self.all_private {
+            query = match self.owner {
+                Some(owner) => query.filter(events::user_id.is_null().or(events::user_id.eq(owner))),
+                None => query.filter(events::user_id.is_null()),
+            };
+        }
+        let events = query.order(events::id.asc()).limit(self.limit).select(STORED_EVENT_COLUMNS).load(conn)?;
+        // Read after the events: a prune that committed in between is then seen here, so
+        // a page it emptied is reported as expired rather than passed off as complete.
         let pruned_through: i64 = outbox_watermark::table
             .select(outbox_watermark::pruned_through)
             .first::<i64>(conn)
@@ -82,15 +100,6 @@ impl UseCase for ReplayPage {
         if self.after < pruned_through {
             return Ok(Replay::Expired { pruned_through });
         }
-        Ok(Replay::Events(
-            events::table
-                .filter(events::id.gt(self.after))
-                .filter(events::id.le(self.through))
-                .filter(events::topic.eq_any(self.topics))
-                .order(events::id.asc())
-                .limit(self.limit)
-                .select(STORED_EVENT_COLUMNS)
-                .load(conn)?,
-        ))
+        Ok(Replay::Events(events))
     }
 }

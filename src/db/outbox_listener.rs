@@ -9,7 +9,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::outbox::NOTIFY_CHANNEL;
@@ -33,36 +33,39 @@ pub async fn wake_on_notify(database_url: String, wake: Arc<Notify>) {
     }
 }
 
-/// One connection's life: returns when the connection ends.
+/// One connection's life: returns when the connection ends. The connection is driven in
+/// this same future, so dropping it (the relay restarting) closes the connection too.
 async fn listen(database_url: &str, wake: &Notify) -> Result<(), tokio_postgres::Error> {
     let mut config: tokio_postgres::Config = database_url.parse()?;
     config.connect_timeout(Duration::from_secs(5)).application_name("storefront-outbox-listener");
     let (client, mut connection) = config.connect(NoTls).await?;
-    // The connection must be driven for the client's LISTEN to complete; it then only
-    // carries notifications, which are forwarded until it closes.
-    let (notified_tx, mut notified) = mpsc::channel::<()>(1);
-    actix_rt::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(AsyncMessage::Notification(_)) => {
-                    // A full channel already holds a wake-up; one is enough.
-                    let _ = notified_tx.try_send(());
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "outbox LISTEN connection lost");
-                    break;
-                }
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let statement = format!("LISTEN {NOTIFY_CHANNEL}");
+    let listening = client.batch_execute(&statement);
+    tokio::pin!(listening);
+    // The connection must be polled for LISTEN to complete.
+    loop {
+        tokio::select! {
+            done = &mut listening => {
+                done?;
+                break;
             }
+            message = messages.next() => match message {
+                Some(Ok(_)) => {}
+                Some(Err(error)) => return Err(error),
+                None => return Ok(()),
+            },
         }
-    });
-    client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}")).await?;
+    }
     tracing::debug!("listening for outbox notifications");
     // Anything committed while this connection was down is read now, not at the next poll.
     wake.notify_one();
-    while notified.recv().await.is_some() {
-        wake.notify_one();
+    while let Some(message) = messages.next().await {
+        match message {
+            Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
+            Ok(_) => {}
+            Err(error) => return Err(error),
+        }
     }
     Ok(())
 }

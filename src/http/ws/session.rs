@@ -20,7 +20,10 @@ use crate::{
         event_hub::{Attach, Attached, Delivery, Detach, Detached, EventHub, Kick, Outbound, SessionId, SetTopics},
         DbGateway,
     },
-    db::events::{Replay, ReplayPage},
+    db::{
+        events::{Replay, ReplayPage},
+        users::FindActiveUser,
+    },
     domain::{
         clock,
         live::{
@@ -98,9 +101,25 @@ struct LiveSession {
     replaying: bool,
 }
 
+/// Counts the connection as open for as long as it lives, however its task ends.
+struct OpenConnection(Arc<Metrics>);
+
+impl OpenConnection {
+    fn new(metrics: &Arc<Metrics>) -> Self {
+        metrics.ws_connections.inc();
+        Self(Arc::clone(metrics))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.ws_connections.dec();
+    }
+}
+
 pub async fn run(ws: Session, stream: actix_ws::MessageStream, setup: SessionSetup) {
     let SessionSetup { hub, db, metrics, viewer, token_expires_at, attached, ping_interval, mut shutdown } = setup;
-    metrics.ws_connections.inc();
+    let open = OpenConnection::new(&metrics);
     let Attached { id, queue, kick, position } = attached;
     let mut session = LiveSession {
         ws: ws.clone(),
@@ -122,7 +141,7 @@ pub async fn run(ws: Session, stream: actix_ws::MessageStream, setup: SessionSet
     let end = session.serve(stream, ping_interval, token_expires_at, &mut shutdown).await;
     drop(session);
     metrics.ws_disconnects.with_label_values(&[end.reason]).inc();
-    metrics.ws_connections.dec();
+    drop(open);
     if let Some(reason) = end.close {
         // Queued behind what the client has not read yet; a client that never reads
         // does not hold the task beyond this.
@@ -185,19 +204,24 @@ impl LiveSession {
                 }
                 _ = self.kick.fired() => continue,
                 frame = stream.recv() => {
+                    let handled = self.on_frame(frame).await;
+                    // Counted from when handling ends: a long replay is not the client's silence.
                     last_heard = Instant::now();
-                    self.on_frame(frame).await
+                    handled
                 }
                 outbound = self.queue.recv() => match outbound {
                     Some(outbound) => self.on_outbound(outbound).await,
-                    // The hub let go: the kick says why (checked at the top of the loop).
-                    None => continue,
+                    // The hub let go: the kick says why (checked at the top of the loop);
+                    // without one (the hub itself went away), join it again.
+                    None if self.kick.reason().is_some() => continue,
+                    None => self.rejoin().await,
                 },
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > ping_interval * 2 {
-                        return End::with(disconnect_reason::HEARTBEAT, CloseCode::Away, "no answer to pings");
+                        // The peer is not answering: there is nobody to read a close frame.
+                        return End::gone(disconnect_reason::HEARTBEAT);
                     }
-                    self.ws.ping(b"").await.map_err(|_| End::gone(disconnect_reason::CLIENT))
+                    self.control(|mut ws| async move { ws.ping(b"").await }).await
                 }
             };
             if let Err(end) = step {
@@ -222,7 +246,7 @@ impl LiveSession {
                 Err(End::with(disconnect_reason::PROTOCOL, CloseCode::Unsupported, "binary frames are not supported"))
             }
             Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                self.ws.pong(&bytes).await.map_err(|_| End::gone(disconnect_reason::CLIENT))
+                self.control(|mut ws| async move { ws.pong(&bytes).await }).await
             }
             Some(Ok(AggregatedMessage::Pong(_))) => Ok(()),
             Some(Err(ProtocolError::Overflow)) => {
@@ -233,6 +257,20 @@ impl LiveSession {
                 Err(End::with(disconnect_reason::PROTOCOL, CloseCode::Size, "message larger than 4 KiB"))
             }
             Some(Err(_)) => Err(End::with(disconnect_reason::PROTOCOL, CloseCode::Protocol, "protocol error")),
+        }
+    }
+
+    /// Sends a ping or pong: like any write, it waits while the client does not read, but
+    /// not forever — a client that cannot take a control frame is gone.
+    async fn control<F, Fut>(&self, send: F) -> Result<(), End>
+    where
+        F: FnOnce(Session) -> Fut,
+        Fut: std::future::Future<Output = Result<(), actix_ws::Closed>>,
+    {
+        match timeout(self.write_timeout, send(self.ws.clone())).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::gone(disconnect_reason::CLIENT)),
+            Err(_) => Err(End::gone(disconnect_reason::HEARTBEAT)),
         }
     }
 
@@ -353,14 +391,11 @@ impl LiveSession {
             self.delivered[topic as usize] = delivery.id;
         }
         self.write(delivery.text.clone()).await?;
-        self.count_sent(topic, delivery.committed_at);
-        Ok(())
-    }
-
-    fn count_sent(&self, topic: Topic, committed_at: DateTime<Utc>) {
         self.metrics.ws_events_sent.with_label_values(&[topic.name()]).inc();
-        let latency = (Utc::now() - committed_at).to_std().unwrap_or(Duration::ZERO);
+        // Live deliveries only: a replayed event's age says nothing about delivery speed.
+        let latency = (Utc::now() - delivery.committed_at).to_std().unwrap_or(Duration::ZERO);
         self.metrics.event_delivery.observe(latency.as_secs_f64());
+        Ok(())
     }
 
     /// Sends every retained event on `topics` after what this session delivered, up to
@@ -380,7 +415,14 @@ impl LiveSession {
         };
         let names = replayable.names();
         while after < through {
-            let page = ReplayPage { after, through, topics: names.clone(), limit: REPLAY_PAGE };
+            let page = ReplayPage {
+                after,
+                through,
+                topics: names.clone(),
+                owner: self.viewer.user_id().map(|id| id.to_string()),
+                all_private: self.viewer.sees(Topic::Orders, None),
+                limit: REPLAY_PAGE,
+            };
             let events = match self.db.run(page).await {
                 Ok(Replay::Events(events)) => events,
                 Ok(Replay::Expired { pruned_through }) => {
@@ -411,7 +453,7 @@ impl LiveSession {
                 self.delivered[topic as usize] = event.id;
                 let committed_at = clock::to_utc(event.created_at);
                 self.write(event_message(event.id, topic, &event.kind, &event.payload, committed_at)).await?;
-                self.count_sent(topic, committed_at);
+                self.metrics.ws_events_sent.with_label_values(&[topic.name()]).inc();
             }
             if !full {
                 break;
@@ -424,9 +466,32 @@ impl LiveSession {
         Ok(())
     }
 
+    /// Looks the user up again, so a session never re-attaches with a role the user no
+    /// longer has (or at all, once the user is deleted).
+    async fn reauthorize(&mut self) -> Result<(), End> {
+        let Some(id) = self.viewer.user_id() else { return Ok(()) };
+        match self.db.run(FindActiveUser { id }).await {
+            Ok(Some(user)) => {
+                let viewer = Viewer::User { id, role: user.role };
+                if viewer != self.viewer {
+                    self.on_outbound(Outbound::ViewerChanged(viewer)).await?;
+                }
+                Ok(())
+            }
+            Ok(None) => Err(user_deleted()),
+            Err(error) => {
+                tracing::warn!(%error, "cannot confirm a live subscriber's permissions; closing");
+                Err(End::with(disconnect_reason::PROTOCOL, CloseCode::Error, "permissions unavailable; reconnect"))
+            }
+        }
+    }
+
     /// Joins the hub again after it let go (restart, missed events, or a queue that filled
     /// while this session was replaying) and replays whatever came in between.
     async fn rejoin(&mut self) -> Result<(), End> {
+        // The hub let go of this session; it may have been just when the user changed.
+        self.hub.do_send(Detach(self.membership.id));
+        self.reauthorize().await?;
         for attempt in 0..REJOIN_ATTEMPTS {
             let attach = Attach { viewer: self.viewer, topics: self.topics, rejoining: true };
             match self.hub.send(attach).timeout(HUB_TIMEOUT).await {
