@@ -9,10 +9,10 @@ use actix_web::{dev::ServerHandle, http::header, middleware::from_fn, web, App, 
 use tokio::sync::{watch, Notify};
 use tracing_actix_web::TracingLogger;
 
-use crate::http::middleware::access_log::log_access;
+use crate::{http::middleware::access_log::log_access, state::AppState};
 
 use crate::{
-    actors::UseCase,
+    db::UseCase,
     actors::{
         breaker::{BreakerSettings, DbBreaker},
         db_probe::DbProbe,
@@ -32,7 +32,8 @@ use crate::{
         supervision::RestartReporter,
         DbGateway,
     },
-    auth::{password::Passwords, tokens::TokenKeys},
+    actors::password_hasher::Passwords,
+    auth::tokens::TokenKeys,
     config::{Config, DatabaseUrl},
     db::{self, events::LatestEventId, migrations},
     http::{
@@ -50,29 +51,6 @@ use crate::{
     },
     metrics::Metrics,
 };
-
-/// What handlers share: immutable configuration and the addresses of the actors.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub db: DbGateway,
-    pub health: Addr<Health>,
-    pub metrics: Arc<Metrics>,
-    pub passwords: Passwords,
-    pub tokens: Arc<TokenKeys>,
-    pub cache: CacheClient,
-    pub rate_limiter: Addr<RateLimiter>,
-    pub hub: Addr<EventHub>,
-    pub event_relay: Addr<EventRelay>,
-    /// Turns true when shutdown begins: live-updates sessions close with 1001.
-    pub shutdown: watch::Receiver<bool>,
-    /// Every actor's row for `GET /api/v1/ops/actors`.
-    pub actors: ActorDirectory,
-    /// For fault injection into the background actors.
-    pub janitor: Addr<Janitor>,
-    /// `None` unless NATS_URL is set.
-    pub nats_publisher: Option<Addr<NatsPublisher>>,
-}
 
 #[derive(Debug, derive_more::Display)]
 pub enum StartupError {

@@ -3,7 +3,7 @@
 
 use std::{fmt, net::SocketAddr, num::NonZeroUsize, path::PathBuf, sync::Arc, time::Duration};
 
-use rand::RngCore;
+use rand::Rng;
 
 use crate::{
     actors::rate_limiter::Quotas,
@@ -463,7 +463,7 @@ fn validate_origin(origin: &str) -> Result<(), ConfigError> {
 
 fn generate_secret() -> Secret {
     let mut bytes = [0u8; 48];
-    rand::thread_rng().fill_bytes(&mut bytes);
+    rand::rng().fill_bytes(&mut bytes);
     Secret::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 

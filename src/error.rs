@@ -82,6 +82,24 @@ impl AppError {
         }
     }
 
+    /// An internal failure caused by `error`: the log gets `context` and every `source()`
+    /// of the chain, the client the generic 500 problem.
+    pub fn internal(context: &str, error: &(dyn std::error::Error + 'static)) -> Self {
+        let mut text = format!("{context}: {error}");
+        let mut source = error.source();
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        Self::Internal(text)
+    }
+
+    /// A refusal of what the client asked (a 4xx): the answer, not a failure to give one.
+    pub fn is_refusal(&self) -> bool {
+        self.status_code().is_client_error()
+    }
+
     pub fn to_problem(&self) -> Problem {
         let status = self.status_code();
         let mut problem = Problem::for_status(status);
@@ -233,7 +251,29 @@ impl From<diesel::result::Error> for AppError {
                 tracing::warn!(error = %info.message(), "transaction conflict");
                 Self::unavailable("The request conflicted with a concurrent one; try again.")
             }
-            other => Self::Internal(format!("database error: {other}")),
+            other => Self::internal("database error", &other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, derive_more::Display, derive_more::Error)]
+    #[display("connection reset")]
+    struct Cause;
+
+    #[derive(Debug, derive_more::Display, derive_more::Error)]
+    #[display("query failed")]
+    struct Failure {
+        source: Cause,
+    }
+
+    #[test]
+    fn an_internal_error_keeps_its_whole_cause_for_the_log_but_not_for_the_client() {
+        let error = AppError::internal("loading orders", &Failure { source: Cause });
+        assert_eq!(error.to_string(), "internal error: loading orders: query failed: connection reset");
+        assert_eq!(error.to_problem().detail, "The server could not complete the request.");
     }
 }

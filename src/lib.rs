@@ -14,6 +14,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod request_context;
+pub mod state;
 pub mod telemetry;
 
 pub use app::Application;

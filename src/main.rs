@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use storefront::{
-    actors::UseCase,
+    db::UseCase,
     auth::password::hash_password,
     cli::{Cli, Command, MigrateAction, UserAction},
     config::{Config, DatabaseConfig, LogFormat},

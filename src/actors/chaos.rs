@@ -3,8 +3,10 @@
 
 use actix::Message;
 
-use super::db_executor::UseCase;
-use crate::{db::DbConnection, error::AppError};
+use crate::{
+    db::{DbConnection, UseCase},
+    error::AppError,
+};
 
 /// Makes the receiving async actor panic inside its handler.
 #[derive(Debug, Message)]

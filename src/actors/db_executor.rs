@@ -20,16 +20,10 @@ use super::{
     supervision::{catch_panic, RestartReporter},
 };
 use crate::{
-    db::{outbox, DbConnection, DbPool},
+    db::{outbox, DbConnection, DbPool, UseCase},
     error::AppError,
     metrics::Metrics,
 };
-
-/// One database use case: its own type, run on a DbExecutor thread with a connection.
-pub trait UseCase: Send + 'static {
-    type Output: Send + 'static;
-    fn run(self, conn: &mut DbConnection) -> Result<Self::Output, AppError>;
-}
 
 /// Where a query stands, shared by the caller and the executor, so that a caller that
 /// gives up can tell "never ran, never will" from "ran, or is running".

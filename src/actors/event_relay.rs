@@ -122,7 +122,7 @@ impl EventRelay {
                 hub.send(Publish { after, events })
                     .timeout(HUB_TIMEOUT)
                     .await
-                    .map_err(|error| AppError::Internal(format!("event hub did not take a batch: {error}")))?;
+                    .map_err(|error| AppError::internal("event hub did not take a batch", &error))?;
             }
             Ok::<_, AppError>((count, last))
         };

@@ -12,10 +12,11 @@ pub mod event_relay;
 pub mod health;
 pub mod janitor;
 pub mod nats_publisher;
+pub mod password_hasher;
 pub mod rate_limiter;
 pub mod relay_watch;
 pub mod report;
 pub mod supervision;
 
 pub use chaos::Crash;
-pub use db_executor::{DbGateway, UseCase};
+pub use db_executor::DbGateway;

@@ -5,7 +5,7 @@ use actix_web::{dev::Payload, web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 
 use crate::{
-    app::AppState,
+    state::AppState,
     domain::user::{Permission, User},
     error::AppError,
     http::{auth_header::bearer_token, middleware::rate_limit::VerifiedToken},

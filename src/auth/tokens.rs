@@ -80,7 +80,7 @@ impl TokenKeys {
             gen: generation,
         };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| AppError::Internal(format!("cannot sign token: {e}")))?;
+            .map_err(|e| AppError::internal("cannot sign token", &e))?;
         Ok(IssuedToken { token, expires_in: self.ttl.as_secs() })
     }
 

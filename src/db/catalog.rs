@@ -5,13 +5,13 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use super::{
+    UseCase,
     outbox::{self, topic, NewEvent},
     schema::products,
     users::parse_id,
     DbConnection,
 };
 use crate::{
-    actors::UseCase,
     domain::{
         catalog::{
             contains_pattern, fold, if_match_holds, Product, ProductChanges, ProductFilter, ProductSort, ProductStatus,

@@ -5,10 +5,11 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::{
+    UseCase,
     schema::{events, outbox_watermark},
     DbConnection,
 };
-use crate::{actors::UseCase, error::AppError};
+use crate::error::AppError;
 
 #[derive(Debug, Clone, Queryable)]
 pub struct StoredEvent {

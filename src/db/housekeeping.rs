@@ -4,10 +4,11 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::{
+    UseCase,
     schema::{events, idempotency_keys, login_failures, outbox_watermark},
     DbConnection,
 };
-use crate::{actors::UseCase, error::AppError};
+use crate::error::AppError;
 
 pub struct PruneExpired {
     pub idempotency_keys_before: NaiveDateTime,

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use actix_web::ResponseError;
 use diesel::{
     prelude::*,
     result::{DatabaseErrorKind, Error as DieselError},
@@ -77,11 +76,11 @@ where
         match conn.transaction(effect) {
             Ok(value) => {
                 let body =
-                    serde_json::to_string(&value).map_err(|e| AppError::Internal(format!("encode response: {e}")))?;
+                    serde_json::to_string(&value).map_err(|e| AppError::internal("encode response", &e))?;
                 store(conn, key, status, &body)?;
                 Ok(Step::Done(value))
             }
-            Err(error) if error.status_code().is_client_error() => {
+            Err(error) if error.is_refusal() => {
                 // The first answer is the answer, refusals included.
                 let problem = error.to_problem().finish(&key.instance, &key.request_id);
                 store(conn, key, problem.status, &serde_json::to_string(&problem).unwrap_or_default())?;

@@ -1,6 +1,7 @@
 //! Everything that speaks SQL. Only DbExecutor threads call into this module.
 
 pub mod bootstrap;
+pub mod accounts;
 pub mod catalog;
 pub mod connection;
 pub mod events;
@@ -9,9 +10,11 @@ pub mod idempotency;
 pub mod migrations;
 pub mod nats_publisher;
 pub mod outbox;
+pub mod orders;
 pub mod outbox_listener;
 pub mod schema;
-pub mod shop;
+pub mod use_case;
 pub mod users;
 
 pub use connection::{build_pool, ConnectionManager, DbConnection, DbPool};
+pub use use_case::UseCase;

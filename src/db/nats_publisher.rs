@@ -7,10 +7,11 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::{
+    UseCase,
     schema::{events, nats_publisher},
     DbConnection,
 };
-use crate::{actors::UseCase, error::AppError};
+use crate::error::AppError;
 
 /// The publisher's row (the migration creates it).
 const PUBLISHER: &str = "nats";

@@ -8,12 +8,12 @@ use diesel::{
 use uuid::Uuid;
 
 use super::{
+    UseCase,
     outbox::{self, topic, NewEvent},
     schema::*,
     DbConnection,
 };
 use crate::{
-    actors::UseCase,
     domain::{
         clock,
         paging::{Page, PageRequest},

@@ -104,6 +104,26 @@ pub fn validate_order_lines(raw: &[(String, i64)]) -> Result<Vec<OrderLine>, Vec
     }
 }
 
+/// Checks a transfer request: a positive amount, to a well-formed id of someone else.
+pub fn validate_transfer(from: Uuid, to: &str, amount_cents: i64) -> Result<Uuid, Vec<FieldError>> {
+    let mut errors: Vec<FieldError> = super::money::validate_amount("amount_cents", amount_cents).err().into_iter().collect();
+    let to = match Uuid::parse_str(to) {
+        Ok(to) if to == from => {
+            errors.push(FieldError::new("to_user_id", "must be another user"));
+            None
+        }
+        Ok(to) => Some(to),
+        Err(_) => {
+            errors.push(FieldError::new("to_user_id", "must be a user id"));
+            None
+        }
+    };
+    match to {
+        Some(to) if errors.is_empty() => Ok(to),
+        _ => Err(errors),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +136,14 @@ mod tests {
         let errors = validate_order_lines(&[(id.clone(), 0), (id, 1001), ("x".into(), 1)]).unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["items[0].quantity", "items[1].quantity", "items[1].product_id", "items[2].product_id"]);
+    }
+
+    #[test]
+    fn a_transfer_goes_to_someone_else_for_a_positive_amount() {
+        let (me, you) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(validate_transfer(me, &you.to_string(), 5), Ok(you));
+        let fields = |errors: Vec<FieldError>| errors.into_iter().map(|e| e.field).collect::<Vec<_>>();
+        assert_eq!(fields(validate_transfer(me, &me.to_string(), 5).unwrap_err()), ["to_user_id"]);
+        assert_eq!(fields(validate_transfer(me, "x", 0).unwrap_err()), ["amount_cents", "to_user_id"]);
     }
 }

@@ -188,6 +188,55 @@ pub fn validate_new_user(email: &str, password: &str, name: &str) -> Result<NewU
     }
 }
 
+/// A change to a user as asked (each field optional), checked in one place.
+#[derive(Debug, Clone, Default)]
+pub struct UserPatch {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub password: Option<String>,
+    pub role: Option<String>,
+}
+
+/// A patch whose every field is valid: names trimmed, emails normalised, the role parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ValidPatch {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub password: Option<String>,
+    pub role: Option<Role>,
+}
+
+impl UserPatch {
+    /// Every field error at once, so a client fixes them in one round.
+    pub fn validate(self) -> Result<ValidPatch, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let mut valid = ValidPatch::default();
+        if let Some(role) = self.role {
+            match Role::parse(&role) {
+                Some(role) => valid.role = Some(role),
+                None => errors.push(FieldError::new("role", "must be admin or user")),
+            }
+        }
+        if let Some(name) = self.name {
+            normalize_name(&name).map(|name| valid.name = Some(name)).unwrap_or_else(|e| errors.push(e));
+        }
+        if let Some(email) = self.email {
+            normalize_email(&email).map(|email| valid.email = Some(email)).unwrap_or_else(|e| errors.push(e));
+        }
+        if let Some(password) = self.password {
+            match validate_password(&password) {
+                Ok(()) => valid.password = Some(password),
+                Err(error) => errors.push(error),
+            }
+        }
+        if errors.is_empty() {
+            Ok(valid)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -248,5 +297,22 @@ mod tests {
                 prop_assert_eq!(email, raw);
             }
         }
+    }
+
+    #[test]
+    fn a_patch_is_checked_field_by_field_and_reports_every_error() {
+        let valid = UserPatch { name: Some("  Ada ".into()), role: Some("admin".into()), ..UserPatch::default() };
+        assert_eq!(
+            valid.validate(),
+            Ok(ValidPatch { name: Some("Ada".into()), role: Some(Role::Admin), ..ValidPatch::default() })
+        );
+        let invalid = UserPatch {
+            name: Some(String::new()),
+            email: Some("nope".into()),
+            password: Some("short".into()),
+            role: Some("root".into()),
+        };
+        let fields: Vec<String> = invalid.validate().unwrap_err().into_iter().map(|error| error.field).collect();
+        assert_eq!(fields, ["role", "name", "email", "password"]);
     }
 }

@@ -6,13 +6,13 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    app::AppState,
+    state::AppState,
     auth::AuthUser,
-    db::shop::{Deposit, GetAccount, ListTransfers, MakeTransfer},
+    db::accounts::{Deposit, GetAccount, ListTransfers, MakeTransfer},
     domain::{
         money::validate_amount,
         paging::Page,
-        shop::{Account, Transfer},
+        shop::{validate_transfer, Account, Transfer},
         user::Permission,
     },
     error::{AppError, FieldError},
@@ -79,21 +79,8 @@ pub async fn transfer(
     request: HttpRequest,
     body: Json<TransferRequest>,
 ) -> Result<HttpResponse, AppError> {
-    let mut errors: Vec<FieldError> = validate_amount("amount_cents", body.amount_cents).err().into_iter().collect();
-    let to_user_id = match Uuid::parse_str(&body.to_user_id) {
-        Ok(id) if id == caller.0.id => {
-            errors.push(FieldError::new("to_user_id", "must be another user"));
-            None
-        }
-        Ok(id) => Some(id),
-        Err(_) => {
-            errors.push(FieldError::new("to_user_id", "must be a user id"));
-            None
-        }
-    };
-    let Some(to_user_id) = to_user_id.filter(|_| errors.is_empty()) else {
-        return Err(AppError::Validation(errors));
-    };
+    let to_user_id =
+        validate_transfer(caller.0.id, &body.to_user_id, body.amount_cents).map_err(AppError::Validation)?;
     let idempotency = idempotency::key_of(&request, caller.0.id, "transfer".into(), &*body)?;
     let outcome = state
         .db

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::{
-    app::AppState,
+    state::AppState,
     db::users::{BeginLogin, CreateUser, FinishLogin, LoginAttempt, LoginOutcome},
     domain::user::{validate_new_user, NewUser, Role, User},
     error::AppError,

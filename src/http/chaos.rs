@@ -13,7 +13,7 @@ use crate::{
         rate_limiter::GoDown,
         Crash,
     },
-    app::AppState,
+    state::AppState,
     error::AppError,
     http::extract::Json,
     http::{auth_header::bearer_token, ops::constant_time_eq},
@@ -84,14 +84,14 @@ pub async fn inject_fault(
             .send(Crash)
             .timeout(ACTOR_TIMEOUT)
             .await
-            .map_err(|error| AppError::Internal(format!("health actor: {error}")))??,
+            .map_err(|error| AppError::internal("health actor", &error))??,
         (ChaosActor::Cache, ChaosFault::Panic) => {
             let cache = state.cache.addr().ok_or_else(|| AppError::invalid("actor", "the cache is disabled"))?;
             cache
                 .send(Crash)
                 .timeout(ACTOR_TIMEOUT)
                 .await
-                .map_err(|error| AppError::Internal(format!("cache: {error}")))??
+                .map_err(|error| AppError::internal("cache", &error))??
         }
         (ChaosActor::RateLimiter, ChaosFault::Panic) => {
             state
@@ -99,26 +99,26 @@ pub async fn inject_fault(
                 .send(Crash)
                 .timeout(ACTOR_TIMEOUT)
                 .await
-                .map_err(|error| AppError::Internal(format!("rate limiter: {error}")))??
+                .map_err(|error| AppError::internal("rate limiter", &error))??
         }
         (ChaosActor::EventHub, ChaosFault::Panic) => state
             .hub
             .send(Crash)
             .timeout(ACTOR_TIMEOUT)
             .await
-            .map_err(|error| AppError::Internal(format!("event hub: {error}")))??,
+            .map_err(|error| AppError::internal("event hub", &error))??,
         (ChaosActor::Janitor, ChaosFault::Panic) => state
             .janitor
             .send(Crash)
             .timeout(ACTOR_TIMEOUT)
             .await
-            .map_err(|error| AppError::Internal(format!("janitor: {error}")))??,
+            .map_err(|error| AppError::internal("janitor", &error))??,
         (ChaosActor::EventRelay, ChaosFault::Panic) => state
             .event_relay
             .send(Crash)
             .timeout(ACTOR_TIMEOUT)
             .await
-            .map_err(|error| AppError::Internal(format!("event relay: {error}")))??,
+            .map_err(|error| AppError::internal("event relay", &error))??,
         (ChaosActor::NatsPublisher, ChaosFault::Panic) => {
             let publisher = state
                 .nats_publisher
@@ -128,7 +128,7 @@ pub async fn inject_fault(
                 .send(Crash)
                 .timeout(ACTOR_TIMEOUT)
                 .await
-                .map_err(|error| AppError::Internal(format!("nats publisher: {error}")))??
+                .map_err(|error| AppError::internal("nats publisher", &error))??
         }
         (ChaosActor::RateLimiter, ChaosFault::Stall) => {
             let duration = Duration::from_millis(millis).min(MAX_STALL);
@@ -137,7 +137,7 @@ pub async fn inject_fault(
                 .send(GoDown(duration))
                 .timeout(ACTOR_TIMEOUT)
                 .await
-                .map_err(|error| AppError::Internal(format!("rate limiter: {error}")))?
+                .map_err(|error| AppError::internal("rate limiter", &error))?
         }
         (_, ChaosFault::Stall) => {
             return Err(AppError::invalid("fault", "stall applies to db_executor and rate_limiter only"))

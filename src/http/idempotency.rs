@@ -32,7 +32,7 @@ pub fn key_of(
         .ok()
         .filter(|key| (1..=MAX_KEY_CHARS).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or_else(|| AppError::invalid("Idempotency-Key", "must be 1 to 255 visible ASCII characters"))?;
-    let canonical = serde_json::to_vec(body).map_err(|e| AppError::Internal(format!("encode request: {e}")))?;
+    let canonical = serde_json::to_vec(body).map_err(|e| AppError::internal("encode request", &e))?;
     let digest = Sha256::new().chain_update(scope.as_bytes()).chain_update([0]).chain_update(&canonical).finalize();
     let fingerprint = digest.iter().map(|byte| format!("{byte:02x}")).collect();
     let request_id = request.extensions().get::<RequestId>().map(|id| id.0.to_string()).unwrap_or_default();
@@ -52,7 +52,7 @@ pub fn respond_created<T: Serialize>(outcome: Outcome<T>, collection: Option<&st
     let (status, body, replayed) = match outcome {
         Outcome::Fresh(value) => {
             let body =
-                serde_json::to_string(&value).map_err(|e| AppError::Internal(format!("encode response: {e}")))?;
+                serde_json::to_string(&value).map_err(|e| AppError::internal("encode response", &e))?;
             (StatusCode::CREATED, body, false)
         }
         Outcome::Replay { status, body } => {

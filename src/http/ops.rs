@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::{
     actors::health::{GetReadiness, ReadinessReport},
-    app::AppState,
+    state::AppState,
     error::AppError,
     http::{auth_header::bearer_token, openapi},
 };

@@ -15,7 +15,7 @@ use crate::{
         health::{GetRestartLedger, RestartLedger},
         report::ActorReport,
     },
-    app::AppState,
+    state::AppState,
     auth::extractor::AuthUser,
     domain::user::Permission,
     error::AppError,

@@ -7,9 +7,9 @@ use uuid::Uuid;
 
 use crate::{
     actors::cache::CacheKey,
-    app::AppState,
+    state::AppState,
     auth::AuthUser,
-    db::shop::{CancelOrder, GetOrder, ListOrders, PlaceOrder},
+    db::orders::{CancelOrder, GetOrder, ListOrders, PlaceOrder},
     domain::{
         paging::{Page, PageRequest},
         shop::{validate_order_lines, Order, OrderStatus},

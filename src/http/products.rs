@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::{
     actors::cache::CacheKey,
-    app::AppState,
+    state::AppState,
     auth::AuthUser,
     db::catalog::{CreateProduct, DeleteProduct, ListProducts, UpdateProduct},
     domain::{

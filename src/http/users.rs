@@ -7,12 +7,12 @@ use uuid::Uuid;
 
 use crate::{
     actors::cache::CacheKey,
-    app::AppState,
+    state::AppState,
     auth::AuthUser,
     db::users::{DeleteUser, FindActiveUser, ListUsers, UpdateUser, UserChanges},
     domain::{
         paging::Page,
-        user::{normalize_email, normalize_name, validate_password, Permission, Role, User},
+        user::{Permission, User, UserPatch},
     },
     error::{AppError, FieldError},
     http::extract::{Json, Query},
@@ -85,27 +85,14 @@ pub async fn update(
     if role.is_some() {
         caller.require(Permission::ChangeRoles)?;
     }
-    let mut errors = Vec::new();
-    let mut changes = UserChanges::default();
-    if let Some(role) = role {
-        match Role::parse(&role) {
-            Some(role) => changes.role = Some(role.as_str().to_owned()),
-            None => errors.push(FieldError::new("role", "must be admin or user")),
-        }
-    }
-    if let Some(name) = name {
-        normalize_name(&name).map(|n| changes.name = Some(n)).unwrap_or_else(|e| errors.push(e));
-    }
-    if let Some(email) = email {
-        normalize_email(&email).map(|e| changes.email = Some(e)).unwrap_or_else(|e| errors.push(e));
-    }
-    if let Some(password) = &password {
-        validate_password(password).unwrap_or_else(|e| errors.push(e));
-    }
-    if !errors.is_empty() {
-        return Err(AppError::Validation(errors));
-    }
-    if let Some(password) = password {
+    let patch = UserPatch { name, email, password, role }.validate().map_err(AppError::Validation)?;
+    let mut changes = UserChanges {
+        name: patch.name,
+        email: patch.email,
+        role: patch.role.map(|role| role.as_str().to_owned()),
+        ..UserChanges::default()
+    };
+    if let Some(password) = patch.password {
         changes.password_hash = Some(state.passwords.hash(password).await?);
     }
     let updated = state.db.run(UpdateUser { id, changes }).await;

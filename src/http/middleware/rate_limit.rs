@@ -15,7 +15,7 @@ use actix_web::{
 
 use crate::{
     actors::rate_limiter::{Check, Policy},
-    app::AppState,
+    state::AppState,
     auth::tokens::VerifiedClaims,
     domain::rate_limit::{whole_seconds_up, Decision, FailOpenBudget, Quota},
     error::AppError,

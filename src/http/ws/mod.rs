@@ -10,7 +10,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::{
     actors::event_hub::{Attach, AttachRefused, Detach},
-    app::AppState,
+    state::AppState,
     config::Config,
     domain::live::{TopicSet, Viewer},
     error::AppError,

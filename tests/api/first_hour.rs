@@ -4,10 +4,6 @@
 //! works offline, every request leaves one access line without its query string, and the
 //! deploy files hang together.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{BufRead, BufReader, Read, Write},
@@ -17,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{postgres_server::PostgresServer, Backend, TestApp, CHAOS_TOKEN, JWT_SECRET};
+use crate::common::{postgres_server::PostgresServer, Backend, TestApp, CHAOS_TOKEN, JWT_SECRET};
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use serde_json::{json, Value};
 use serde_yaml::Value as Yaml;
@@ -55,7 +51,7 @@ impl FreshDatabase {
         match backend {
             Backend::Sqlite => Self::Sqlite { dir: tempfile::tempdir().unwrap() },
             Backend::Postgres => Self::Postgres {
-                admin_url: common::postgres_admin_url().unwrap(),
+                admin_url: crate::common::postgres_admin_url().unwrap(),
                 name: format!("storefront_fresh_{}", uuid::Uuid::new_v4().simple()),
             },
         }
@@ -142,10 +138,10 @@ on_both_backends!(a_missing_database_is_created_but_never_by_a_status_query, use
 
 #[test]
 fn a_user_who_may_not_create_databases_is_told_what_to_do() {
-    if !common::postgres_available() {
+    if !crate::common::postgres_available() {
         return;
     }
-    let admin_url = common::postgres_admin_url().unwrap();
+    let admin_url = crate::common::postgres_admin_url().unwrap();
     let role = format!("storefront_nocreate_{}", uuid::Uuid::new_v4().simple());
     let mut admin = PgConnection::establish(&admin_url).unwrap();
     diesel::sql_query(format!("CREATE ROLE {role} LOGIN NOCREATEDB")).execute(&mut admin).unwrap();
@@ -482,7 +478,7 @@ async fn docs_page_is_served_from_the_binary_and_loads_only_same_origin_assets()
     let document: Value = document.json().await.unwrap();
     assert!(document["paths"]["/docs/"].is_object());
 
-    common::assert_problem(app.get("/docs/no-such-file.js").await, 404).await;
+    crate::common::assert_problem(app.get("/docs/no-such-file.js").await, 404).await;
 }
 
 fn attribute_values(html: &str, prefixes: &[&str]) -> Vec<String> {
@@ -515,14 +511,14 @@ async fn every_request_leaves_one_access_line_without_its_query_string() {
     let secret = format!("?access_token={QUERY_SECRET}");
 
     let register = send(reqwest::Method::POST, "/api/v1/auth/register", "fh-register")
-        .json(&json!({"email": "log@example.com", "password": common::PASSWORD, "name": "Log"}))
+        .json(&json!({"email": "log@example.com", "password": crate::common::PASSWORD, "name": "Log"}))
         .send()
         .await
         .unwrap();
     assert_eq!(register.status(), 201);
     let user_id = register.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let login = send(reqwest::Method::POST, "/api/v1/auth/login", "fh-login")
-        .json(&json!({"email": "log@example.com", "password": common::PASSWORD}))
+        .json(&json!({"email": "log@example.com", "password": crate::common::PASSWORD}))
         .send()
         .await
         .unwrap();

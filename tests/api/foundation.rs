@@ -2,13 +2,9 @@
 //! ids, security headers, problem+json for every error, admission control, and actors
 //! that survive panics.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::{assert_problem, Backend, TestApp};
+use crate::common::{assert_problem, Backend, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -92,7 +88,7 @@ async fn framework_errors_are_problems(backend: Backend) {
 
     let chaos = |body: reqwest::Body| {
         app.request(Method::POST, "/ops/chaos")
-            .bearer_auth(common::CHAOS_TOKEN)
+            .bearer_auth(crate::common::CHAOS_TOKEN)
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -116,7 +112,7 @@ async fn framework_errors_are_problems(backend: Backend) {
 
     let not_json = app
         .request(Method::POST, "/ops/chaos")
-        .bearer_auth(common::CHAOS_TOKEN)
+        .bearer_auth(crate::common::CHAOS_TOKEN)
         .header("content-type", "text/plain")
         .body("hello")
         .send()
@@ -134,11 +130,11 @@ async fn metrics_count_requests_by_route_pattern(backend: Backend) {
 
     let text = app.get("/metrics").await.text().await.unwrap();
     assert_eq!(
-        common::metric_value(&text, r#"storefront_http_requests_total{method="GET",route="/livez",status="200"}"#),
+        crate::common::metric_value(&text, r#"storefront_http_requests_total{method="GET",route="/livez",status="200"}"#),
         3.0
     );
     assert_eq!(
-        common::metric_value(&text, r#"storefront_http_requests_total{method="GET",route="unmatched",status="404"}"#),
+        crate::common::metric_value(&text, r#"storefront_http_requests_total{method="GET",route="unmatched",status="404"}"#),
         1.0
     );
     assert!(!text.contains("/no/such/route/42"), "raw paths never become labels");

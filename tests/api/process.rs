@@ -1,10 +1,6 @@
 //! The binary as an operator runs it: start-up failures, migrations from the CLI, graceful
 //! shutdown on SIGTERM, and riding out a PostgreSQL outage.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::{
     io::{BufRead, BufReader},
     path::Path,
@@ -12,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{postgres_server::PostgresServer, Backend, TestApp, TestDatabase, CHAOS_TOKEN};
+use crate::common::{postgres_server::PostgresServer, Backend, TestApp, TestDatabase, CHAOS_TOKEN};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_storefront");
@@ -116,7 +112,7 @@ fn migrate_runs_reports_and_reverts_on_sqlite() {
 #[cfg_attr(not(storefront_postgres_tests), ignore = "needs PostgreSQL: set TEST_DATABASE_URL to run it")]
 #[test]
 fn migrate_runs_reports_and_reverts_on_postgres() {
-    if common::postgres_available() {
+    if crate::common::postgres_available() {
         migrate_cycle(Backend::Postgres);
     }
 }
@@ -281,7 +277,7 @@ async fn postgres_outage_fails_readiness_sheds_fast_and_recovers_by_itself() {
     // How fast it fails is measured by DB_CONNECT_TIMEOUT_MS, not asserted here.
     let refused = database_request().await;
     assert!(refused.headers().contains_key("retry-after"));
-    common::assert_problem(refused, 503).await;
+    crate::common::assert_problem(refused, 503).await;
 
     server.start_again();
     app.wait_for_readiness(200, Duration::from_secs(10)).await;
@@ -293,7 +289,7 @@ async fn sigterm_tells_operators_and_says_going_away_to_every_live_subscriber() 
     let cwd = tempfile::tempdir().unwrap();
     let database = TestDatabase::create(Backend::Sqlite);
     let created = storefront(cwd.path())
-        .args(["user", "create", "--email", "ops@example.com", "--password", common::PASSWORD, "--role", "admin"])
+        .args(["user", "create", "--email", "ops@example.com", "--password", crate::common::PASSWORD, "--role", "admin"])
         .env("DATABASE_URL", database.url())
         .output()
         .unwrap();
@@ -303,18 +299,18 @@ async fn sigterm_tells_operators_and_says_going_away_to_every_live_subscriber() 
     let base = format!("http://127.0.0.1:{}", served.port);
     let login = reqwest::Client::new()
         .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"email": "ops@example.com", "password": common::PASSWORD}))
+        .json(&json!({"email": "ops@example.com", "password": crate::common::PASSWORD}))
         .send()
         .await
         .unwrap();
     let token = login.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
 
     let ws = format!("ws://127.0.0.1:{}/api/v1/ws", served.port);
-    let mut operator = common::ws::WsClient::connect_url(&format!("{ws}?access_token={token}")).await;
+    let mut operator = crate::common::ws::WsClient::connect_url(&format!("{ws}?access_token={token}")).await;
     operator.subscribe(&["ops"], None).await;
     let mut subscribers = Vec::new();
     for _ in 0..3 {
-        let mut subscriber = common::ws::WsClient::connect_url(&ws).await;
+        let mut subscriber = crate::common::ws::WsClient::connect_url(&ws).await;
         subscriber.subscribe(&["products"], None).await;
         subscribers.push(subscriber);
     }

@@ -2,11 +2,7 @@
 //! loads, read-your-writes, rate-limit headers and refusals, and both actors surviving
 //! panics.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::{assert_problem, Backend, TestApp};
+use crate::common::{assert_problem, Backend, TestApp};
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};

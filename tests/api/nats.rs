@@ -5,10 +5,6 @@
 //! Without a `nats-server` binary each test prints SKIPPED and passes, unless
 //! `REQUIRE_NATS=1` (CI), which turns a missing server into a failure.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::{
     net::{TcpListener, TcpStream},
     path::PathBuf,
@@ -17,7 +13,7 @@ use std::{
 };
 
 use async_nats::jetstream::{self, message::StreamMessage};
-use common::{
+use crate::common::{
     events::{read_events, Event},
     Backend, TestApp, TestDatabase,
 };
@@ -225,7 +221,7 @@ async fn publishing_is_off_without_a_nats_url(backend: Backend) {
     let health: Value = app.get("/readyz").await.json().await.unwrap();
     assert!(health["checks"].get("nats").is_none(), "no nats check when publishing is off: {health}");
     let refused = app.chaos(json!({"actor": "nats_publisher", "fault": "panic"})).await;
-    let problem = common::assert_problem(refused, 422).await;
+    let problem = crate::common::assert_problem(refused, 422).await;
     assert!(problem.to_string().contains("NATS"), "{problem}");
     // The metric families exist from start-up, at zero.
     let metrics = app.get("/metrics").await.text().await.unwrap();

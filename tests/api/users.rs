@@ -1,11 +1,7 @@
 //! Users, authentication and RBAC, as clients and admins see them.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use common::{assert_problem, Backend, TestApp, JWT_SECRET, PASSWORD};
+use crate::common::{assert_problem, Backend, TestApp, JWT_SECRET, PASSWORD};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{json, Value};

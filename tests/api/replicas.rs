@@ -1,13 +1,9 @@
 //! Two replicas on one database: each learns of the other's writes from the outbox, so
 //! its cache never serves a change-blind answer for long (well under the cache TTL).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::{Backend, TestApp};
+use crate::common::{Backend, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 

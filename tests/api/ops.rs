@@ -2,13 +2,9 @@
 //! the ops dashboard's assets, and the database circuit breaker through a real PostgreSQL
 //! outage on a private cluster.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::{assert_problem, postgres_server::PostgresServer, Backend, TestApp};
+use crate::common::{assert_problem, postgres_server::PostgresServer, Backend, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -106,7 +102,7 @@ async fn actors_api_shows_every_actor_alive_with_its_queue_and_own_state(backend
     for sample in
         ["storefront_event_relay_last_success_timestamp_seconds", "storefront_janitor_last_success_timestamp_seconds"]
     {
-        assert!(common::metric_value(&metrics, sample) > 1.0e9, "{sample} is a recent unix time");
+        assert!(crate::common::metric_value(&metrics, sample) > 1.0e9, "{sample} is a recent unix time");
     }
     assert!(metrics.contains("storefront_event_relay_lag_seconds "), "the relay lag is exported");
 }

@@ -1,13 +1,9 @@
 //! The shop as clients see it: the catalog, accounts and transfers, orders, idempotent
 //! retries, money and stock invariants under real concurrency, and the transactional outbox.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::{assert_problem, events::read_events, Backend, TestApp};
+use crate::common::{assert_problem, events::read_events, Backend, TestApp};
 use futures_util::future::join_all;
 use reqwest::{header::HeaderValue, Method, Response};
 use serde_json::{json, Value};

@@ -6,10 +6,6 @@
 //! Without Chromium and chromedriver the test prints SKIPPED and passes, unless
 //! `REQUIRE_BROWSER=1` (CI), which turns a missing browser into a failure.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
@@ -17,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Backend, TestApp, PASSWORD};
+use crate::common::{Backend, TestApp, PASSWORD};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 

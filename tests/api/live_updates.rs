@@ -2,13 +2,9 @@
 //! backends — what subscribers receive, what they may not see, resuming without gaps,
 //! and how the service protects itself (bad input, origins, slow consumers, limits).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::{
+use crate::common::{
     events::{execute, read_events},
     ws::{ws_url, WsClient},
     Backend, TestApp, JWT_SECRET,
@@ -258,7 +254,7 @@ async fn bad_input_gets_errors_or_the_right_close_code(backend: Backend) {
     assert_eq!(oversized.closed().await.0, 1009);
 
     let plain = app.get("/api/v1/ws").await;
-    common::assert_problem(plain, 400).await;
+    crate::common::assert_problem(plain, 400).await;
 }
 
 async fn foreign_browser_origins_are_refused_before_the_upgrade(backend: Backend) {

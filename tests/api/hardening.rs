@@ -3,13 +3,9 @@
 //! tokens after a password change, other people's failed logins, and faults that strike
 //! mid-request (a database outage, a rate-limiter panic).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::{assert_problem, postgres_server::PostgresServer, Backend, TestApp, PASSWORD};
+use crate::common::{assert_problem, postgres_server::PostgresServer, Backend, TestApp, PASSWORD};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

@@ -1,13 +1,9 @@
 //! The Janitor actor prunes what is kept only for a while, and nothing younger.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
 use chrono::{NaiveDateTime, Utc};
-use common::{Backend, TestApp};
+use crate::common::{Backend, TestApp};
 use diesel::{sql_types::Timestamp, Connection, PgConnection, QueryableByName, RunQueryDsl, SqliteConnection};
 
 on_both_backends!(expired_keys_events_and_failed_logins_are_pruned_and_fresh_ones_kept);

@@ -1,0 +1,220 @@
+//! Money: balances, deposits and transfers. Every balance change is a conditional UPDATE
+//! (`… WHERE balance >= amount`), atomic on both backends without row locks, and accounts
+//! are always touched in user-id order so concurrent transactions cannot deadlock.
+
+use std::collections::HashMap;
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use super::{
+    UseCase,
+    catalog::{find_live, product_event, ProductRow},
+    idempotency::{run_once, IdempotencyKey, Outcome},
+    outbox::{self, topic, NewEvent},
+    schema::{accounts, deposits, order_items, orders, products, transfers, users},
+    users::parse_id,
+    DbConnection,
+};
+use crate::{
+    domain::{
+        catalog::ProductStatus,
+        clock,
+        money::order_total,
+        paging::{Page, PageRequest},
+        shop::{Account, Order, OrderItem, OrderLine, OrderStatus, Transfer},
+    },
+    error::{AppError, FieldError},
+};
+
+pub(super) fn insufficient_funds() -> AppError {
+    AppError::Conflict {
+        kind: "insufficient-funds",
+        detail: "The balance is too low for this.".into(),
+        extensions: serde_json::Map::new(),
+    }
+}
+
+fn user_is_live(conn: &mut DbConnection, id: Uuid) -> Result<bool, AppError> {
+    let found: i64 = users::table
+        .filter(users::id.eq(id.to_string()))
+        .filter(users::deleted_at.is_null())
+        .count()
+        .get_result(conn)?;
+    Ok(found > 0)
+}
+
+pub(super) fn load_account(conn: &mut DbConnection, user_id: Uuid) -> Result<Account, AppError> {
+    let (balance_cents, updated_at): (i64, NaiveDateTime) = accounts::table
+        .find(user_id.to_string())
+        .select((accounts::balance_cents, accounts::updated_at))
+        .first(conn)
+        .optional()?
+        .ok_or_else(|| AppError::NotFound("No such account.".into()))?;
+    Ok(Account { user_id, balance_cents, updated_at: clock::to_utc(updated_at) })
+}
+
+pub(super) fn account_event(account: &Account) -> NewEvent {
+    NewEvent::private(topic::ACCOUNT, "account.updated", account.user_id, account)
+}
+
+/// Adds to a balance unless it would overflow; false when it would.
+pub(super) fn credit(conn: &mut DbConnection, user_id: Uuid, amount: i64, now: NaiveDateTime) -> Result<bool, AppError> {
+    let credited = diesel::update(accounts::table.find(user_id.to_string()))
+        .filter(accounts::balance_cents.le(i64::MAX - amount))
+        .set((accounts::balance_cents.eq(accounts::balance_cents + amount), accounts::updated_at.eq(now)))
+        .execute(conn)?;
+    Ok(credited == 1)
+}
+
+/// Takes from a balance only if it covers the amount; false when it does not.
+pub(super) fn debit(conn: &mut DbConnection, user_id: Uuid, amount: i64, now: NaiveDateTime) -> Result<bool, AppError> {
+    let debited = diesel::update(accounts::table.find(user_id.to_string()))
+        .filter(accounts::balance_cents.ge(amount))
+        .set((accounts::balance_cents.eq(accounts::balance_cents - amount), accounts::updated_at.eq(now)))
+        .execute(conn)?;
+    Ok(debited == 1)
+}
+
+pub struct GetAccount {
+    pub user_id: Uuid,
+}
+
+impl UseCase for GetAccount {
+    type Output = Account;
+    fn run(self, conn: &mut DbConnection) -> Result<Account, AppError> {
+        load_account(conn, self.user_id)
+    }
+}
+
+pub struct Deposit {
+    pub user_id: Uuid,
+    pub amount_cents: i64,
+    pub deposited_by: Uuid,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+impl UseCase for Deposit {
+    type Output = Outcome<Account>;
+    fn run(self, conn: &mut DbConnection) -> Result<Outcome<Account>, AppError> {
+        run_once(conn, self.idempotency.as_ref(), 201, |conn| {
+            if !user_is_live(conn, self.user_id)? {
+                return Err(AppError::NotFound("No such user.".into()));
+            }
+            let now = clock::now();
+            if !credit(conn, self.user_id, self.amount_cents, now)? {
+                return Err(AppError::invalid("amount_cents", "would overflow the balance"));
+            }
+            diesel::insert_into(deposits::table)
+                .values((
+                    deposits::id.eq(Uuid::now_v7().to_string()),
+                    deposits::user_id.eq(self.user_id.to_string()),
+                    deposits::amount_cents.eq(self.amount_cents),
+                    deposits::deposited_by.eq(self.deposited_by.to_string()),
+                    deposits::created_at.eq(now),
+                ))
+                .execute(conn)?;
+            let account = load_account(conn, self.user_id)?;
+            outbox::append(conn, vec![account_event(&account)])?;
+            Ok(account)
+        })
+    }
+}
+
+pub struct MakeTransfer {
+    pub from_user_id: Uuid,
+    pub to_user_id: Uuid,
+    pub amount_cents: i64,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+impl UseCase for MakeTransfer {
+    type Output = Outcome<Transfer>;
+    fn run(self, conn: &mut DbConnection) -> Result<Outcome<Transfer>, AppError> {
+        let (from, to, amount) = (self.from_user_id, self.to_user_id, self.amount_cents);
+        run_once(conn, self.idempotency.as_ref(), 201, |conn| {
+            if !user_is_live(conn, to)? {
+                return Err(AppError::NotFound("No such recipient.".into()));
+            }
+            let now = clock::now();
+            // Lower user id first: two opposite transfers lock the same rows in the same order.
+            let (debited, credited) = if from.to_string() < to.to_string() {
+                let debited = debit(conn, from, amount, now)?;
+                (debited, debited && credit(conn, to, amount, now)?)
+            } else {
+                let credited = credit(conn, to, amount, now)?;
+                (credited && debit(conn, from, amount, now)?, credited)
+            };
+            if !debited {
+                return Err(insufficient_funds());
+            }
+            if !credited {
+                return Err(AppError::invalid("amount_cents", "would overflow the recipient's balance"));
+            }
+            let transfer = Transfer {
+                id: Uuid::now_v7(),
+                from_user_id: from,
+                to_user_id: to,
+                amount_cents: amount,
+                created_at: clock::to_utc(now),
+            };
+            diesel::insert_into(transfers::table)
+                .values((
+                    transfers::id.eq(transfer.id.to_string()),
+                    transfers::from_user_id.eq(from.to_string()),
+                    transfers::to_user_id.eq(to.to_string()),
+                    transfers::amount_cents.eq(amount),
+                    transfers::created_at.eq(now),
+                ))
+                .execute(conn)?;
+            let sender = load_account(conn, from)?;
+            let recipient = load_account(conn, to)?;
+            outbox::append(conn, vec![account_event(&sender), account_event(&recipient)])?;
+            Ok(transfer)
+        })
+    }
+}
+
+type TransferRow = (String, String, String, i64, NaiveDateTime);
+
+fn into_transfer((id, from, to, amount_cents, created_at): TransferRow) -> Result<Transfer, AppError> {
+    Ok(Transfer {
+        id: parse_id(&id)?,
+        from_user_id: parse_id(&from)?,
+        to_user_id: parse_id(&to)?,
+        amount_cents,
+        created_at: clock::to_utc(created_at),
+    })
+}
+
+/// Transfers the user sent or received, newest first.
+pub struct ListTransfers {
+    pub user_id: Uuid,
+    pub page: PageRequest,
+}
+
+impl UseCase for ListTransfers {
+    type Output = Page<Transfer>;
+    fn run(self, conn: &mut DbConnection) -> Result<Page<Transfer>, AppError> {
+        let id = self.user_id.to_string();
+        let mine =
+            || transfers::table.filter(transfers::from_user_id.eq(id.clone()).or(transfers::to_user_id.eq(id.clone())));
+        let total: i64 = mine().count().get_result(conn)?;
+        let rows: Vec<TransferRow> = mine()
+            .order((transfers::created_at.desc(), transfers::id.desc()))
+            .limit(self.page.limit())
+            .offset(self.page.offset())
+            .select((
+                transfers::id,
+                transfers::from_user_id,
+                transfers::to_user_id,
+                transfers::amount_cents,
+                transfers::created_at,
+            ))
+            .load(conn)?;
+        let data = rows.into_iter().map(into_transfer).collect::<Result<_, _>>()?;
+        Ok(Page::new(data, self.page, total))
+    }
+}
+

@@ -1,0 +1,21 @@
+//! The black-box suite, one test binary (so it links once): each module is one area of
+//! the service, spoken to over HTTP/WebSocket (and as a process) like a client would.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[macro_use]
+mod common;
+
+mod cache_and_limits;
+mod first_hour;
+mod foundation;
+mod hardening;
+mod housekeeping;
+mod live_updates;
+mod nats;
+mod ops;
+mod ops_dashboard_browser;
+mod process;
+mod replicas;
+mod shop;
+mod users;
