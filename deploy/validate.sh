@@ -4,7 +4,7 @@
 # against the API schemas (kubernetes-validate, strict: unknown fields are errors).
 # Installs what it needs (Debian's haproxy; the rest from PyPI into a venv).
 # The structure shared by the files (start order, grace periods, settings) is checked by
-# tests/first_hour.rs; neither runs a container.
+# tests/api/first_hour.rs; neither runs a container.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

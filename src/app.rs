@@ -12,7 +12,7 @@ use tracing_actix_web::TracingLogger;
 use crate::{http::middleware::access_log::log_access, state::AppState};
 
 use crate::{
-    db::UseCase,
+    actors::password_hasher::Passwords,
     actors::{
         breaker::{BreakerSettings, DbBreaker},
         db_probe::DbProbe,
@@ -32,9 +32,9 @@ use crate::{
         supervision::RestartReporter,
         DbGateway,
     },
-    actors::password_hasher::Passwords,
     auth::tokens::TokenKeys,
     config::{Config, DatabaseUrl},
+    db::UseCase,
     db::{self, events::LatestEventId, migrations},
     http::{
         self, extract,

@@ -3,10 +3,10 @@
 use std::process::ExitCode;
 
 use storefront::{
-    db::UseCase,
     auth::password::hash_password,
     cli::{Cli, Command, MigrateAction, UserAction},
     config::{Config, DatabaseConfig, LogFormat},
+    db::UseCase,
     db::{
         bootstrap::{self, IfMissing},
         migrations,

@@ -40,4 +40,3 @@ pub struct AppState {
     /// `None` unless NATS_URL is set.
     pub nats_publisher: Option<Addr<NatsPublisher>>,
 }
-

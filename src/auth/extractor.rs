@@ -5,10 +5,10 @@ use actix_web::{dev::Payload, web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 
 use crate::{
-    state::AppState,
     domain::user::{Permission, User},
     error::AppError,
     http::{auth_header::bearer_token, middleware::rate_limit::VerifiedToken},
+    state::AppState,
 };
 
 #[derive(Debug, Clone)]

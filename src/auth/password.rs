@@ -8,7 +8,7 @@ use argon2::{
 
 use crate::error::AppError;
 fn argon2() -> Result<Argon2<'static>, AppError> {
-    let params = Params::new(19_456, 2, 1, None).map_err(|e| AppError::internal("argon2 params", &e))?;
+    let params = Params::new(19_456, 2, 1, None).map_err(|e| AppError::Internal(format!("argon2 params: {e}")))?;
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
@@ -17,7 +17,7 @@ pub fn hash_password(password: &str) -> Result<String, AppError> {
     argon2()?
         .hash_password(password.as_bytes(), &salt)
         .map(|hash| hash.to_string())
-        .map_err(|e| AppError::internal("argon2 hash", &e))
+        .map_err(|e| AppError::Internal(format!("argon2 hash: {e}")))
 }
 
 pub fn verify_password(password: &str, hash: &str) -> bool {

@@ -2,30 +2,24 @@
 //! (`… WHERE balance >= amount`), atomic on both backends without row locks, and accounts
 //! are always touched in user-id order so concurrent transactions cannot deadlock.
 
-use std::collections::HashMap;
-
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use uuid::Uuid;
 
 use super::{
-    UseCase,
-    catalog::{find_live, product_event, ProductRow},
     idempotency::{run_once, IdempotencyKey, Outcome},
     outbox::{self, topic, NewEvent},
-    schema::{accounts, deposits, order_items, orders, products, transfers, users},
+    schema::{accounts, deposits, transfers, users},
     users::parse_id,
-    DbConnection,
+    DbConnection, UseCase,
 };
 use crate::{
     domain::{
-        catalog::ProductStatus,
         clock,
-        money::order_total,
         paging::{Page, PageRequest},
-        shop::{Account, Order, OrderItem, OrderLine, OrderStatus, Transfer},
+        shop::{Account, Transfer},
     },
-    error::{AppError, FieldError},
+    error::AppError,
 };
 
 pub(super) fn insufficient_funds() -> AppError {
@@ -60,7 +54,12 @@ pub(super) fn account_event(account: &Account) -> NewEvent {
 }
 
 /// Adds to a balance unless it would overflow; false when it would.
-pub(super) fn credit(conn: &mut DbConnection, user_id: Uuid, amount: i64, now: NaiveDateTime) -> Result<bool, AppError> {
+pub(super) fn credit(
+    conn: &mut DbConnection,
+    user_id: Uuid,
+    amount: i64,
+    now: NaiveDateTime,
+) -> Result<bool, AppError> {
     let credited = diesel::update(accounts::table.find(user_id.to_string()))
         .filter(accounts::balance_cents.le(i64::MAX - amount))
         .set((accounts::balance_cents.eq(accounts::balance_cents + amount), accounts::updated_at.eq(now)))
@@ -217,4 +216,3 @@ impl UseCase for ListTransfers {
         Ok(Page::new(data, self.page, total))
     }
 }
-

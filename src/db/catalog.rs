@@ -5,11 +5,10 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use super::{
-    UseCase,
     outbox::{self, topic, NewEvent},
     schema::products,
     users::parse_id,
-    DbConnection,
+    DbConnection, UseCase,
 };
 use crate::{
     domain::{

@@ -5,9 +5,8 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::{
-    UseCase,
     schema::{events, outbox_watermark},
-    DbConnection,
+    DbConnection, UseCase,
 };
 use crate::error::AppError;
 

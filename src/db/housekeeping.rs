@@ -4,9 +4,8 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::{
-    UseCase,
     schema::{events, idempotency_keys, login_failures, outbox_watermark},
-    DbConnection,
+    DbConnection, UseCase,
 };
 use crate::error::AppError;
 

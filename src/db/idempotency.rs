@@ -75,8 +75,7 @@ where
         // A savepoint, so that a refusal (a client error) can still be stored.
         match conn.transaction(effect) {
             Ok(value) => {
-                let body =
-                    serde_json::to_string(&value).map_err(|e| AppError::internal("encode response", &e))?;
+                let body = serde_json::to_string(&value).map_err(|e| AppError::internal("encode response", &e))?;
                 store(conn, key, status, &body)?;
                 Ok(Step::Done(value))
             }

@@ -1,7 +1,7 @@
 //! Everything that speaks SQL. Only DbExecutor threads call into this module.
 
-pub mod bootstrap;
 pub mod accounts;
+pub mod bootstrap;
 pub mod catalog;
 pub mod connection;
 pub mod events;
@@ -9,8 +9,8 @@ pub mod housekeeping;
 pub mod idempotency;
 pub mod migrations;
 pub mod nats_publisher;
-pub mod outbox;
 pub mod orders;
+pub mod outbox;
 pub mod outbox_listener;
 pub mod schema;
 pub mod use_case;

@@ -7,9 +7,8 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::{
-    UseCase,
     schema::{events, nats_publisher},
-    DbConnection,
+    DbConnection, UseCase,
 };
 use crate::error::AppError;
 

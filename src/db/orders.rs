@@ -9,13 +9,13 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use super::{
-    UseCase,
+    accounts::{account_event, credit, debit, insufficient_funds, load_account},
     catalog::{find_live, product_event, ProductRow},
     idempotency::{run_once, IdempotencyKey, Outcome},
     outbox::{self, topic, NewEvent},
-    schema::{accounts, deposits, order_items, orders, products, transfers, users},
+    schema::{order_items, orders, products},
     users::parse_id,
-    DbConnection,
+    DbConnection, UseCase,
 };
 use crate::{
     domain::{
@@ -23,12 +23,10 @@ use crate::{
         clock,
         money::order_total,
         paging::{Page, PageRequest},
-        shop::{Account, Order, OrderItem, OrderLine, OrderStatus, Transfer},
+        shop::{Order, OrderItem, OrderLine, OrderStatus},
     },
     error::{AppError, FieldError},
 };
-
-use super::accounts::{account_event, credit, debit, insufficient_funds, load_account};
 
 type OrderRow = (String, String, String, i64, NaiveDateTime, NaiveDateTime);
 type ItemRow = (String, String, String, i64, i64);

@@ -8,10 +8,9 @@ use diesel::{
 use uuid::Uuid;
 
 use super::{
-    UseCase,
     outbox::{self, topic, NewEvent},
     schema::*,
-    DbConnection,
+    DbConnection, UseCase,
 };
 use crate::{
     domain::{

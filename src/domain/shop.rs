@@ -106,7 +106,8 @@ pub fn validate_order_lines(raw: &[(String, i64)]) -> Result<Vec<OrderLine>, Vec
 
 /// Checks a transfer request: a positive amount, to a well-formed id of someone else.
 pub fn validate_transfer(from: Uuid, to: &str, amount_cents: i64) -> Result<Uuid, Vec<FieldError>> {
-    let mut errors: Vec<FieldError> = super::money::validate_amount("amount_cents", amount_cents).err().into_iter().collect();
+    let mut errors: Vec<FieldError> =
+        super::money::validate_amount("amount_cents", amount_cents).err().into_iter().collect();
     let to = match Uuid::parse_str(to) {
         Ok(to) if to == from => {
             errors.push(FieldError::new("to_user_id", "must be another user"));

@@ -6,7 +6,6 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    state::AppState,
     auth::AuthUser,
     db::accounts::{Deposit, GetAccount, ListTransfers, MakeTransfer},
     domain::{
@@ -15,9 +14,10 @@ use crate::{
         shop::{validate_transfer, Account, Transfer},
         user::Permission,
     },
-    error::{AppError, FieldError},
+    error::AppError,
     http::extract::{Json, Query},
     http::{idempotency, paging::PageQuery},
+    state::AppState,
 };
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]

@@ -5,11 +5,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::{
-    state::AppState,
     db::users::{BeginLogin, CreateUser, FinishLogin, LoginAttempt, LoginOutcome},
     domain::user::{validate_new_user, NewUser, Role, User},
     error::AppError,
     http::{extract::Json, middleware::rate_limit::client_ip},
+    state::AppState,
 };
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -13,10 +13,10 @@ use crate::{
         rate_limiter::GoDown,
         Crash,
     },
-    state::AppState,
     error::AppError,
     http::extract::Json,
     http::{auth_header::bearer_token, ops::constant_time_eq},
+    state::AppState,
 };
 
 const ACTOR_TIMEOUT: Duration = Duration::from_secs(2);
@@ -87,11 +87,7 @@ pub async fn inject_fault(
             .map_err(|error| AppError::internal("health actor", &error))??,
         (ChaosActor::Cache, ChaosFault::Panic) => {
             let cache = state.cache.addr().ok_or_else(|| AppError::invalid("actor", "the cache is disabled"))?;
-            cache
-                .send(Crash)
-                .timeout(ACTOR_TIMEOUT)
-                .await
-                .map_err(|error| AppError::internal("cache", &error))??
+            cache.send(Crash).timeout(ACTOR_TIMEOUT).await.map_err(|error| AppError::internal("cache", &error))??
         }
         (ChaosActor::RateLimiter, ChaosFault::Panic) => {
             state

@@ -33,7 +33,7 @@ pub async fn to_docs() -> HttpResponse {
 pub async fn docs_file(file: web::Path<String>) -> Result<HttpResponse, AppError> {
     let not_found = || AppError::NotFound("No such file in the API reference.".into());
     let file = utoipa_swagger_ui::serve(&file, swagger_config())
-        .map_err(|error| AppError::internal("API reference", &error))?
+        .map_err(|error| AppError::internal("API reference", &*error))?
         .ok_or_else(not_found)?;
     let body = match file.bytes {
         std::borrow::Cow::Borrowed(bytes) => Bytes::from_static(bytes),

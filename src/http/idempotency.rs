@@ -51,8 +51,7 @@ pub fn key_of(
 pub fn respond_created<T: Serialize>(outcome: Outcome<T>, collection: Option<&str>) -> Result<HttpResponse, AppError> {
     let (status, body, replayed) = match outcome {
         Outcome::Fresh(value) => {
-            let body =
-                serde_json::to_string(&value).map_err(|e| AppError::internal("encode response", &e))?;
+            let body = serde_json::to_string(&value).map_err(|e| AppError::internal("encode response", &e))?;
             (StatusCode::CREATED, body, false)
         }
         Outcome::Replay { status, body } => {

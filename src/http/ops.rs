@@ -8,9 +8,9 @@ use serde_json::json;
 
 use crate::{
     actors::health::{GetReadiness, ReadinessReport},
-    state::AppState,
     error::AppError,
     http::{auth_header::bearer_token, openapi},
+    state::AppState,
 };
 
 const HEALTH_JSON: &str = "application/health+json";

@@ -15,10 +15,10 @@ use crate::{
         health::{GetRestartLedger, RestartLedger},
         report::ActorReport,
     },
-    state::AppState,
     auth::extractor::AuthUser,
     domain::user::Permission,
     error::AppError,
+    state::AppState,
 };
 
 /// The ledger is in the Health actor's memory; it answers in microseconds or not at all.

@@ -7,7 +7,6 @@ use uuid::Uuid;
 
 use crate::{
     actors::cache::CacheKey,
-    state::AppState,
     auth::AuthUser,
     db::orders::{CancelOrder, GetOrder, ListOrders, PlaceOrder},
     domain::{
@@ -18,6 +17,7 @@ use crate::{
     error::{AppError, FieldError},
     http::extract::{Json, Query},
     http::idempotency,
+    state::AppState,
 };
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]

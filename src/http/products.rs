@@ -10,7 +10,6 @@ use uuid::Uuid;
 
 use crate::{
     actors::cache::CacheKey,
-    state::AppState,
     auth::AuthUser,
     db::catalog::{CreateProduct, DeleteProduct, ListProducts, UpdateProduct},
     domain::{
@@ -20,6 +19,7 @@ use crate::{
     },
     error::AppError,
     http::extract::{Json, Query},
+    state::AppState,
 };
 
 #[derive(Debug, Deserialize, IntoParams)]

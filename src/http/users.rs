@@ -7,16 +7,16 @@ use uuid::Uuid;
 
 use crate::{
     actors::cache::CacheKey,
-    state::AppState,
     auth::AuthUser,
     db::users::{DeleteUser, FindActiveUser, ListUsers, UpdateUser, UserChanges},
     domain::{
         paging::Page,
-        user::{Permission, User, UserPatch},
+        user::{Permission, Role, User, UserPatch},
     },
-    error::{AppError, FieldError},
+    error::AppError,
     http::extract::{Json, Query},
     http::paging::PageQuery,
+    state::AppState,
 };
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -130,11 +130,17 @@ async fn metrics_count_requests_by_route_pattern(backend: Backend) {
 
     let text = app.get("/metrics").await.text().await.unwrap();
     assert_eq!(
-        crate::common::metric_value(&text, r#"storefront_http_requests_total{method="GET",route="/livez",status="200"}"#),
+        crate::common::metric_value(
+            &text,
+            r#"storefront_http_requests_total{method="GET",route="/livez",status="200"}"#
+        ),
         3.0
     );
     assert_eq!(
-        crate::common::metric_value(&text, r#"storefront_http_requests_total{method="GET",route="unmatched",status="404"}"#),
+        crate::common::metric_value(
+            &text,
+            r#"storefront_http_requests_total{method="GET",route="unmatched",status="404"}"#
+        ),
         1.0
     );
     assert!(!text.contains("/no/such/route/42"), "raw paths never become labels");

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use chrono::{NaiveDateTime, Utc};
 use crate::common::{Backend, TestApp};
+use chrono::{NaiveDateTime, Utc};
 use diesel::{sql_types::Timestamp, Connection, PgConnection, QueryableByName, RunQueryDsl, SqliteConnection};
 
 on_both_backends!(expired_keys_events_and_failed_logins_are_pruned_and_fresh_ones_kept);

@@ -12,11 +12,11 @@ use std::{
     time::Duration,
 };
 
-use async_nats::jetstream::{self, message::StreamMessage};
 use crate::common::{
     events::{read_events, Event},
     Backend, TestApp, TestDatabase,
 };
+use async_nats::jetstream::{self, message::StreamMessage};
 use diesel::{sql_types::Timestamp, Connection, PgConnection, RunQueryDsl, SqliteConnection};
 use futures_util::future::join_all;
 use reqwest::Method;

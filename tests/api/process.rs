@@ -289,7 +289,16 @@ async fn sigterm_tells_operators_and_says_going_away_to_every_live_subscriber() 
     let cwd = tempfile::tempdir().unwrap();
     let database = TestDatabase::create(Backend::Sqlite);
     let created = storefront(cwd.path())
-        .args(["user", "create", "--email", "ops@example.com", "--password", crate::common::PASSWORD, "--role", "admin"])
+        .args([
+            "user",
+            "create",
+            "--email",
+            "ops@example.com",
+            "--password",
+            crate::common::PASSWORD,
+            "--role",
+            "admin",
+        ])
         .env("DATABASE_URL", database.url())
         .output()
         .unwrap();

@@ -1,7 +1,7 @@
 //! Users, authentication and RBAC, as clients and admins see them.
 
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use crate::common::{assert_problem, Backend, TestApp, JWT_SECRET, PASSWORD};
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{json, Value};

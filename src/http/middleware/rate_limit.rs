@@ -15,11 +15,11 @@ use actix_web::{
 
 use crate::{
     actors::rate_limiter::{Check, Policy},
-    state::AppState,
     auth::tokens::VerifiedClaims,
     domain::rate_limit::{whole_seconds_up, Decision, FailOpenBudget, Quota},
     error::AppError,
     http::auth_header::bearer_token,
+    state::AppState,
 };
 
 /// The replica's fail-open allowance, on the process's monotonic clock.

@@ -10,11 +10,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::{
     actors::event_hub::{Attach, AttachRefused, Detach},
-    state::AppState,
     config::Config,
     domain::live::{TopicSet, Viewer},
     error::AppError,
     http::auth_header::bearer_token,
+    state::AppState,
 };
 
 const HUB_TIMEOUT: Duration = Duration::from_secs(2);
