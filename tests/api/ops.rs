@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::common::{assert_problem, postgres_server::PostgresServer, Backend, TestApp};
+use crate::common::{assert_problem, postgres_server::PostgresServer, Backend, TestApp, EVERY_ACTOR};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -14,18 +14,6 @@ on_both_backends!(
     a_chaos_panic_moves_the_restart_count_and_lands_in_the_ledger_newest_first,
     the_metrics_summary_counts_application_traffic,
 );
-
-const EVERY_ACTOR: [&str; 9] = [
-    "db_executor",
-    "db_breaker",
-    "db_probe",
-    "password_hasher",
-    "health",
-    "rate_limiter",
-    "janitor",
-    "cache",
-    "event_relay",
-];
 
 async fn actors(app: &TestApp, admin: &str) -> Value {
     let response = app.get_as("/api/v1/ops/actors", admin).await;

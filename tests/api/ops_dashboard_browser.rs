@@ -13,24 +13,12 @@ use std::{
     time::Duration,
 };
 
-use crate::common::{Backend, TestApp, PASSWORD};
+use crate::common::{Backend, TestApp, EVERY_ACTOR, PASSWORD};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
 const BROWSERS: [&str; 2] = ["/usr/bin/chromium", "/usr/bin/chromium-browser"];
 const DRIVER: &str = "/usr/bin/chromedriver";
-const ACTORS: [&str; 9] = [
-    "db_executor",
-    "db_breaker",
-    "db_probe",
-    "password_hasher",
-    "health",
-    "rate_limiter",
-    "janitor",
-    "cache",
-    "event_relay",
-];
-
 fn browser() -> Option<PathBuf> {
     let found = BROWSERS.iter().map(PathBuf::from).find(|path| path.exists()).filter(|_| Path::new(DRIVER).exists());
     if found.is_none() {
@@ -158,7 +146,7 @@ async fn an_admin_watches_a_panicked_actor_restart_on_the_live_page() {
     browser.find(Locator::Css("#password")).await.unwrap().send_keys(PASSWORD).await.unwrap();
     browser.find(Locator::Css("#sign-in-button")).await.unwrap().click().await.unwrap();
 
-    for actor in ACTORS {
+    for actor in EVERY_ACTOR {
         let row = format!(r#"#actors-body tr[data-actor="{actor}"] .restart-count"#);
         wait_for_text(&browser, &row, |text| text == "0", &format!("{actor} is listed")).await;
     }

@@ -20,6 +20,19 @@ use reqwest::{Method, Response};
 use serde_json::Value;
 use storefront::{cli::Cli, Application, Config};
 
+/// Every row the actors API shows (and the ops page renders) on a default server.
+pub const EVERY_ACTOR: [&str; 10] = [
+    "db_executor",
+    "db_breaker",
+    "db_probe",
+    "password_hasher",
+    "health",
+    "rate_limiter",
+    "janitor",
+    "cache",
+    "event_relay",
+    "event_hub",
+];
 pub const CHAOS_TOKEN: &str = "chaos-token-for-tests-only";
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
 pub const PASSWORD: &str = "correct horse battery";
