@@ -15,6 +15,7 @@ const FAULTS = [
   { actor: "health", fault: "panic", label: "health panic" },
   { actor: "janitor", fault: "panic", label: "janitor panic" },
   { actor: "event_relay", fault: "panic", label: "event_relay panic" },
+  { actor: "event_hub", fault: "panic", label: "event_hub panic" },
 ];
 const CHARTS = [
   { key: "rps", title: "Requests", unit: "/s", digits: 1 },
@@ -209,6 +210,12 @@ function facts(actor) {
     case "event_relay":
       return [fact("last event", s.last_event_id), fact("lag", s.lag_seconds !== undefined ? `${s.lag_seconds.toFixed(1)} s` : null),
         fact("last poll", ago(s.last_success_at)), fact("failing", s.consecutive_failures || null)];
+    case "event_hub": {
+      const topics = s.subscriptions || {};
+      const subscribed = Object.entries(topics).filter(([, n]) => n > 0).map(([t, n]) => `${t} ${n}`).join(", ");
+      return [fact("connections", `${s.connections}/${s.max_connections}`), fact("subscriptions", subscribed || "none"),
+        fact("last event", s.last_event_id)];
+    }
     case "janitor":
       return [fact("last run", s.last_run_at ? ago(s.last_run_at) : "not yet"), fact("pruned", s.rows_pruned_total),
         fact("every", `${s.interval_seconds} s`), fact("error", s.last_error)];
