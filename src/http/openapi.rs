@@ -25,7 +25,10 @@ use crate::{
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Storefront", description = "Shop backend: users, catalog, credit accounts, transfers and orders."),
+    info(
+        title = "Storefront",
+        description = "Shop backend: users, catalog, credit accounts, transfers and orders, with committed changes pushed live over a WebSocket (GET /api/v1/ws) and operators' views under /api/v1/ops."
+    ),
     paths(
         ops::livez, ops::readyz, ops::metrics, ops::openapi_document, docs::docs_file, chaos::inject_fault,
         dashboard::page, ops_api::actors, ops_api::restarts, ops_api::metrics_summary,
