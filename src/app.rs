@@ -204,6 +204,9 @@ impl Application {
                 None => directory.describe(|| ActorReport::disabled("cache", ActorKind::Async, "CACHE_CAPACITY=0")),
             };
             directory.ask("event_relay", event_relay.clone().recipient()).ask("event_hub", hub.clone().recipient());
+            if let Some(publisher) = &nats_publisher {
+                directory.ask("nats_publisher", publisher.clone().recipient());
+            }
             directory
         };
         let state = AppState {

@@ -31,6 +31,7 @@ use super::{
     chaos::crashed,
     db_executor::DbGateway,
     health::DependencyCheck,
+    report::{ActorReport, GetActorReport},
     supervision::{guarded, Guarded, PanicPayload, RestartReporter},
     Crash,
 };
@@ -533,5 +534,29 @@ impl Handler<Crash> for NatsPublisher {
     type Result = Result<(), AppError>;
     fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
         guarded(self, ctx, |_, _| msg.detonate()).ok_or_else(|| crashed(ACTOR))
+    }
+}
+
+impl Handler<GetActorReport> for NatsPublisher {
+    type Result = actix::MessageResult<GetActorReport>;
+    fn handle(&mut self, _msg: GetActorReport, ctx: &mut Context<Self>) -> Self::Result {
+        let report = guarded(self, ctx, |act, _| {
+            let (role, published_through) = match act.lease {
+                Lease::Unknown => ("claiming", None),
+                Lease::Held { through, .. } => ("active", Some(through)),
+                Lease::Standby { .. } => ("standby", None),
+            };
+            let state = json!({
+                "role": if act.retired { "retired" } else { role },
+                "connected": act.client.is_some(),
+                "stream": act.settings.stream,
+                "stream_ready": act.stream_ready,
+                "published_through": published_through,
+                "lag_events": act.metrics.nats_publish_lag.get(),
+                "published_total": act.metrics.nats_published.get(),
+            });
+            ActorReport::running(ACTOR, state)
+        });
+        actix::MessageResult(report.unwrap_or_else(|| ActorReport::unresponsive(ACTOR, "panicked while reporting")))
     }
 }

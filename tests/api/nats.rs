@@ -286,6 +286,14 @@ async fn every_committed_change_arrives_once_in_id_order_with_its_subject_and_he
     assert_eq!(check["output"], "publishing");
     assert_eq!(app.metric("storefront_nats_published_total").await, expected.len() as f64);
     assert_eq!(app.metric("storefront_nats_publish_lag_events").await, 0.0);
+
+    // Operators see the publisher in the actors API: active, caught up to the outbox.
+    let actors: Value = app.get_as("/api/v1/ops/actors", &admin).await.json().await.unwrap();
+    let row = actors["actors"].as_array().unwrap().iter().find(|row| row["name"] == "nats_publisher").unwrap().clone();
+    assert_eq!(row["state"]["role"], "active", "{row}");
+    // Its position covers the whole outbox, the unpublished users events included.
+    let newest = crate::common::events::read_events(&app.database_url).last().unwrap().id;
+    assert_eq!(row["state"]["published_through"], newest, "{row}");
 }
 
 async fn a_publisher_crashing_mid_stream_loses_and_duplicates_nothing(backend: Backend) {
