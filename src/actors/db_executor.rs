@@ -20,7 +20,10 @@ use super::{
     supervision::{catch_panic, RestartReporter},
 };
 use crate::{
-    db::{outbox, DbConnection, DbPool, UseCase},
+    db::{
+        outbox::{self, Attribution},
+        DbConnection, DbPool, UseCase,
+    },
     error::AppError,
     metrics::Metrics,
 };
@@ -53,6 +56,8 @@ pub struct DbExecutor {
     metrics: Arc<Metrics>,
     /// Woken when a use case appended outbox events, so the relay reads them at once.
     outbox_appended: Arc<Notify>,
+    /// This replica, named in every outbox event its use cases append.
+    origin: uuid::Uuid,
 }
 
 impl Actor for DbExecutor {
@@ -79,7 +84,7 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
         // Work queued before the breaker opened is refused now rather than each piece
         // waiting out a connection attempt.
         self.breaker.admit()?;
-        let (pool, breaker) = (&self.pool, &self.breaker);
+        let (pool, breaker, origin, outbox_appended) = (&self.pool, &self.breaker, self.origin, &self.outbox_appended);
         let (use_case, request_id) = (query.use_case, query.request_id);
         let outcome = catch_panic(move || {
             let connection = pool.get();
@@ -90,11 +95,14 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
                 tracing::warn!(%error, "no database connection available");
                 AppError::unavailable("The database is unavailable; try again shortly.")
             })?;
-            outbox::with_request_id(request_id, || use_case.run(&mut conn))
+            let (outcome, appended) =
+                outbox::attributed(Attribution { origin, request_id }, || use_case.run(&mut conn));
+            if appended {
+                // The relay reads them at once instead of at its next poll.
+                outbox_appended.notify_one();
+            }
+            outcome
         });
-        if outbox::take_appended() {
-            self.outbox_appended.notify_one();
-        }
         outcome.unwrap_or_else(|payload| {
             // The SyncArbiter builds a fresh DbExecutor for this thread after stop().
             ctx.stop();
@@ -133,15 +141,13 @@ impl DbGateway {
         let breaker = Arc::clone(&settings.breaker);
         let reported_pool = pool.clone();
         // The factory runs on the executor thread itself (again after each restart).
-        let addr = SyncArbiter::start(settings.workers, move || {
-            outbox::set_origin_for_this_thread(origin);
-            DbExecutor {
-                pool: pool.clone(),
-                reporter: reporter.clone(),
-                metrics: Arc::clone(&factory_metrics),
-                outbox_appended: Arc::clone(&outbox_appended),
-                breaker: Arc::clone(&breaker),
-            }
+        let addr = SyncArbiter::start(settings.workers, move || DbExecutor {
+            origin,
+            pool: pool.clone(),
+            reporter: reporter.clone(),
+            metrics: Arc::clone(&factory_metrics),
+            outbox_appended: Arc::clone(&outbox_appended),
+            breaker: Arc::clone(&breaker),
         });
         Self {
             addr,

@@ -23,43 +23,39 @@ const OUTBOX_LOCK_KEY: i64 = 0x5354_4f52_4f55_5442; // "STOROUTB"
 /// The PostgreSQL notification channel that says "the outbox has new events".
 pub const NOTIFY_CHANNEL: &str = "storefront_outbox";
 
+/// Who writes the events a use case appends: the replica, and the request that caused
+/// them. The DbExecutor hands it over explicitly for each use case it runs.
+#[derive(Debug, Clone)]
+pub struct Attribution {
+    pub origin: Uuid,
+    pub request_id: Option<Arc<str>>,
+}
+
 thread_local! {
-    /// The running replica, set once on each of its DbExecutor threads (which belong to one
-    /// app), so every event names the replica that wrote it without threading it through
-    /// every use case. Outside a DbExecutor (the CLI) it is unset.
-    static ORIGIN: Cell<Option<Uuid>> = const { Cell::new(None) };
-    /// Whether the use case running on this thread appended events (see `take_appended`).
+    /// The attribution of the use case running on this thread, only while it runs
+    /// (`attributed`): use cases append deep inside their transactions, and carrying it
+    /// through every one of them would put it in every signature. Outside (the CLI) unset.
+    static ATTRIBUTION: RefCell<Option<Attribution>> = const { RefCell::new(None) };
+    /// Whether the running use case appended events.
     static APPENDED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// True once after a use case on this thread appended events: the DbExecutor asks after
-/// each use case, to wake the relay. A rolled-back append only costs one needless poll.
-pub fn take_appended() -> bool {
-    APPENDED.with(|cell| cell.replace(false))
-}
-
-thread_local! {
-    /// The request a DbExecutor thread is running a use case for, if any.
-    static REQUEST_ID: RefCell<Option<Arc<str>>> = const { RefCell::new(None) };
-}
-
-/// Runs `work` with the events it appends attributed to request `id`; the attribution
-/// ends with `work`, even when it panics.
-pub fn with_request_id<T>(id: Option<Arc<str>>, work: impl FnOnce() -> T) -> T {
+/// Runs one use case with its events attributed to `who`; answers its result and whether
+/// it appended events (so the caller can wake the relay; a rolled-back append only costs
+/// a needless poll). The attribution ends with `work`, even when it panics.
+pub fn attributed<T>(who: Attribution, work: impl FnOnce() -> T) -> (T, bool) {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
-            REQUEST_ID.with(|cell| cell.replace(None));
+            ATTRIBUTION.with(|cell| cell.replace(None));
+            APPENDED.with(|cell| cell.set(false));
         }
     }
-    REQUEST_ID.with(|cell| cell.replace(id));
+    ATTRIBUTION.with(|cell| cell.replace(Some(who)));
+    APPENDED.with(|cell| cell.set(false));
     let _reset = Reset;
-    work()
-}
-
-/// Marks this thread as a DbExecutor thread of replica `origin`.
-pub fn set_origin_for_this_thread(origin: Uuid) {
-    ORIGIN.with(|cell| cell.set(Some(origin)));
+    let outcome = work();
+    (outcome, APPENDED.with(Cell::get))
 }
 
 pub mod topic {
@@ -103,8 +99,10 @@ pub fn append(conn: &mut DbConnection, new_events: Vec<NewEvent>) -> Result<(), 
         diesel::sql_query(format!("SELECT pg_advisory_xact_lock({OUTBOX_LOCK_KEY})")).execute(conn)?;
     }
     let now = clock::now();
-    let origin = ORIGIN.with(Cell::get).map(|id| id.to_string());
-    let request_id = REQUEST_ID.with(|cell| cell.borrow().as_deref().map(str::to_owned));
+    let (origin, request_id) = ATTRIBUTION.with(|cell| match &*cell.borrow() {
+        Some(who) => (Some(who.origin.to_string()), who.request_id.as_deref().map(str::to_owned)),
+        None => (None, None),
+    });
     for event in new_events {
         diesel::insert_into(events::table)
             .values((

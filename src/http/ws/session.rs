@@ -99,6 +99,28 @@ struct LiveSession {
     write_timeout: Duration,
     /// Sending from the database rather than the queue (which then fills up meanwhile).
     replaying: bool,
+    overflows: Overflows,
+}
+
+/// Bursts that overflowed the queue while the client kept reading: each is caught up
+/// from the database, but a subscriber that needs that again and again is too slow.
+struct Overflows {
+    window_started: Instant,
+    count: u32,
+}
+
+impl Overflows {
+    const WINDOW: Duration = Duration::from_secs(60);
+    const ALLOWED: u32 = 3;
+
+    /// Counts one; true while it is still within what a reading client may need.
+    fn record(&mut self) -> bool {
+        if self.window_started.elapsed() > Self::WINDOW {
+            *self = Self { window_started: Instant::now(), count: 0 };
+        }
+        self.count += 1;
+        self.count <= Self::ALLOWED
+    }
 }
 
 /// Counts the connection as open for as long as it lives, however its task ends.
@@ -135,6 +157,7 @@ pub async fn run(ws: Session, stream: actix_ws::MessageStream, setup: SessionSet
         // A client that cannot take one message in this long is not reading.
         write_timeout: (ping_interval * 2).max(Duration::from_secs(5)),
         replaying: false,
+        overflows: Overflows { window_started: Instant::now(), count: 0 },
     };
     let stream =
         stream.max_frame_size(MAX_FRAME_BYTES).aggregate_continuations().max_continuation_size(MAX_FRAME_BYTES);
@@ -232,6 +255,9 @@ impl LiveSession {
 
     async fn after_kick(&mut self, reason: Detached) -> Result<(), End> {
         match reason {
+            // The queue overflowed while this session was not waiting on the client (it
+            // was draining a burst): catch up from the database, unless it keeps happening.
+            Detached::SlowConsumer if self.overflows.record() => self.rejoin().await,
             Detached::SlowConsumer => Err(slow_consumer()),
             Detached::UserDeleted => Err(user_deleted()),
             Detached::Resync => self.rejoin().await,
