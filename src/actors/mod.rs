@@ -15,6 +15,7 @@ pub mod nats_publisher;
 pub mod rate_limiter;
 pub mod relay_watch;
 pub mod report;
+pub mod shards;
 pub mod supervision;
 
 pub use chaos::Crash;

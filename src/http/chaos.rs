@@ -10,7 +10,6 @@ use utoipa::ToSchema;
 use crate::{
     actors::{
         chaos::{PanicWorker, StallWorker},
-        rate_limiter::GoDown,
         Crash,
     },
     app::AppState,
@@ -94,10 +93,10 @@ pub async fn inject_fault(
                 .map_err(|error| AppError::Internal(format!("cache: {error}")))??
         }
         (ChaosActor::RateLimiter, ChaosFault::Panic) => {
+            // Crashes the shard of the worker serving this request; the others keep serving.
             state
                 .rate_limiter
-                .send(Crash)
-                .timeout(ACTOR_TIMEOUT)
+                .crash(ACTOR_TIMEOUT)
                 .await
                 .map_err(|error| AppError::Internal(format!("rate limiter: {error}")))??
         }
@@ -132,10 +131,10 @@ pub async fn inject_fault(
         }
         (ChaosActor::RateLimiter, ChaosFault::Stall) => {
             let duration = Duration::from_millis(millis).min(MAX_STALL);
+            // Every shard goes down, so every request meets the fail-open path.
             state
                 .rate_limiter
-                .send(GoDown(duration))
-                .timeout(ACTOR_TIMEOUT)
+                .go_down(duration, ACTOR_TIMEOUT)
                 .await
                 .map_err(|error| AppError::Internal(format!("rate limiter: {error}")))?
         }
