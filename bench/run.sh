@@ -189,7 +189,7 @@ never at the same time.
 | DbExecutor read ≥ 90% of web::block read | ${a_pct}% | $a_met |
 | idle RSS ≤ 30 MB | $IDLE_RSS_MB MB | $rss_met |
 | start to ready (SQLite, fresh file) ≤ 1 s | $READY_S s | $ready_met |
-| order placement on PostgreSQL ≥ 40% of pgbench TPC-B-like | not measured by this script yet | not measured |
+| order placement on PostgreSQL ≥ 40% of pgbench TPC-B-like, 0 5xx, 0 invariant breaks | $ORDERS_MEASURED | $ORDERS_MET |
 | WebSocket fan-out | see below (bench/ws.sh) | see below |
 
 Idle RSS is \`VmRSS\` of \`storefront serve\` 2 s after its first \`/readyz\` 200 on a fresh SQLite
@@ -274,6 +274,10 @@ EOF
             fi
             printf '\n</details>\n\n'
         done
+        if [[ -s $TMP/orders.md ]]; then
+            cat "$TMP/orders.md"
+            printf '\nCommand: `bench/orders.sh` (called by this script; see its header).\n\n'
+        fi
         if [[ -s $ROOT/docs/BENCHMARKS-live-updates.md && ${SKIP_WS:-0} != 1 ]]; then
             printf '## WebSocket fan-out (bench/ws.sh, same run)\n\n'
             # Its headings one level down, so they nest under this one.
@@ -408,6 +412,17 @@ main() {
     stop_pid "$dbread_pid"
 
     measure_start_and_rss
+
+    ORDERS_MEASURED="not run (SKIP_ORDERS=1 or no PostgreSQL)" ORDERS_MET="not measured"
+    if [[ ${SKIP_ORDERS:-0} != 1 ]] && command -v pgbench >/dev/null && psql "${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}" -qAtc 'SELECT 1' >/dev/null 2>&1; then
+        log "orders: bench/orders.sh"
+        "$ROOT/bench/orders.sh" "$TMP/orders.md"
+        local summary
+        summary=$(grep '^ORDERS_SUMMARY' "$TMP/orders.md" || true)
+        IFS=$'\t' read -r _ o_rps o_pg o_ratio ORDERS_MET o_5xx o_breaks <<<"$summary"
+        ORDERS_MEASURED="$o_rps orders/s vs $o_pg tps = ${o_ratio}%; 5xx $o_5xx; invariant breaks $o_breaks"
+        sed -i '/^ORDERS_SUMMARY/d' "$TMP/orders.md"
+    fi
 
     if [[ ${SKIP_WS:-0} != 1 ]]; then
         log "live updates: bench/ws.sh"
