@@ -277,6 +277,7 @@ EOF
         if [[ -s $TMP/orders.md ]]; then
             cat "$TMP/orders.md"
             printf '\nCommand: `bench/orders.sh` (called by this script; see its header).\n\n'
+            cat "$ROOT/bench/order-anatomy.md"
         fi
         if [[ -s $ROOT/docs/BENCHMARKS-live-updates.md && ${SKIP_WS:-0} != 1 ]]; then
             printf '## WebSocket fan-out (bench/ws.sh, same run)\n\n'
