@@ -48,7 +48,7 @@ main() {
     awk -v n="$requests" '/context-switches|cpu-migrations/ {gsub(",", "", $1); printf "%s: %s (%.3f per request)\n", $2, $1, $1 / n}' "$TMP/stat.txt"
     grep -E 'task-clock' "$TMP/stat.txt" || true
     echo "hottest symbols (self time):"
-    perf report -i "$TMP/perf.data" --stdio --no-children --sort sym 2>/dev/null | grep -E '^ +[0-9]' | head -25
+    perf report -i "$TMP/perf.data" --stdio --no-children --sort sym 2>/dev/null | grep -E '^ +[0-9]' | head -60
 }
 
 main "$@"
