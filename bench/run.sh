@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Throughput benchmark: a bare actix-web server (examples/bare.rs, the HTTP ceiling) against
-# `GET /api/v1/products/{id}` on storefront with the cache on and with it off, measured with wrk
-# one after the other on this machine. Writes docs/BENCHMARKS.md (overwritten).
+# The benchmark suite of issue 11, one target after the other on this machine:
+# - a bare actix-web server (examples/bare.rs, the HTTP ceiling) against
+#   `GET /api/v1/products/{id}` on storefront with the cache on and with it off (wrk);
+# - one product read by id through the DbExecutor pool against the idiomatic
+#   `web::block` + r2d2 in the handler (examples/db_read.rs, same database, same run);
+# - start to ready on a fresh SQLite file, and idle RSS after it;
+# - the WebSocket fan-out (bench/ws.sh, folded in unless SKIP_WS=1).
+# Writes docs/BENCHMARKS.md (overwritten).
 #
 # Usage: bench/run.sh        (from anywhere; needs cargo, curl, python3; installs wrk if missing)
+#        SKIP_WS=1 bench/run.sh   skips bench/ws.sh (and keeps its last report out)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -16,6 +22,8 @@ DURATION=15s
 BARE_ADDR=127.0.0.1:18090
 CACHED_ADDR=127.0.0.1:18091
 UNCACHED_ADDR=127.0.0.1:18092
+DBREAD_ADDR=127.0.0.1:18093
+FRESH_ADDR=127.0.0.1:18094
 READY_TIMEOUT_S=30
 STOP_TIMEOUT_S=15
 
@@ -113,6 +121,16 @@ write_report() {
     IFS=$'\t' read -r b_rps b_p50 b_p99 b_non b_sock b_req <<<"$bare"
     IFS=$'\t' read -r c_rps c_p50 c_p99 c_non c_sock c_req <<<"$cached"
     IFS=$'\t' read -r u_rps u_p50 u_p99 u_non u_sock u_req <<<"$uncached"
+    local k_rps k_p50 k_p99 k_non k_sock k_req a_rps a_p50 a_p99 a_non a_sock a_req
+    IFS=$'\t' read -r k_rps k_p50 k_p99 k_non k_sock k_req <<<"$(parse_wrk "$TMP/block.wrk")"
+    IFS=$'\t' read -r a_rps a_p50 a_p99 a_non a_sock a_req <<<"$(parse_wrk "$TMP/actor.wrk")"
+    local a_pct c_met a_met rss_met ready_met
+    a_pct=$(percent "$a_rps" "$k_rps")
+    met() { if python3 -c "import sys; sys.exit(0 if ($1) else 1)"; then echo met; else echo "**not met**"; fi; }
+    c_met=$(met "$c_rps >= 0.5 * $b_rps and $c_p99 < 10 and $c_non == 0")
+    a_met=$(met "$a_rps >= 0.9 * $k_rps and $a_non == 0")
+    rss_met=$(met "$IDLE_RSS_MB <= 30")
+    ready_met=$(met "$READY_S <= 1")
 
     local c_pct u_pct verdict
     c_pct=$(percent "$c_rps" "$b_rps")
@@ -158,6 +176,26 @@ never at the same time.
 | (b) storefront \`GET /api/v1/products/{id}\`, cache on | $c_rps | $c_p50 | $c_p99 | $c_pct | $c_non | $c_sock |
 | (c) storefront \`GET /api/v1/products/{id}\`, cache off (\`CACHE_CAPACITY=0\`) | $u_rps | $u_p50 | $u_p99 | $u_pct | $u_non | $u_sock |
 
+| Database read (one product by id, \`examples/db_read.rs\`) | Requests/s | p50 (ms) | p99 (ms) | % of web::block | Non-2xx | Socket errors |
+|---|---:|---:|---:|---:|---:|---:|
+| (d) \`web::block\` + r2d2 pool in the handler | $k_rps | $k_p50 | $k_p99 | 100.0 | $k_non | $k_sock |
+| (e) DbExecutor pool (\`DbGateway::run(GetProduct)\`) | $a_rps | $a_p50 | $a_p99 | $a_pct | $a_non | $a_sock |
+
+## Targets
+
+| Target | Measured | |
+|---|---|---|
+| cached GET ≥ 50% of bare, p99 < 10 ms at $CONNECTIONS connections | ${c_pct}%, p99 ${c_p99} ms | $c_met |
+| DbExecutor read ≥ 90% of web::block read | ${a_pct}% | $a_met |
+| idle RSS ≤ 30 MB | $IDLE_RSS_MB MB | $rss_met |
+| start to ready (SQLite, fresh file) ≤ 1 s | $READY_S s | $ready_met |
+| order placement on PostgreSQL ≥ 40% of pgbench TPC-B-like, 0 5xx, 0 invariant breaks | $ORDERS_MEASURED | $ORDERS_MET |
+| WebSocket fan-out | see below (bench/ws.sh) | see below |
+
+Idle RSS is \`VmRSS\` of \`storefront serve\` 2 s after its first \`/readyz\` 200 on a fresh SQLite
+file, with no request served but the probe; start to ready is from the exec to that first 200
+(polled every 10 ms, so it includes up to 10 ms of polling).
+
 Requests measured: bare $b_req, cache on $c_req, cache off $u_req. Response bodies: bare
 $(wc -c <"$TMP/bare.body" | tr -d ' ') bytes, product $(wc -c <"$TMP/cached.body" | tr -d ' ') bytes.
 
@@ -171,7 +209,9 @@ with the cache off, a database round trip on every request.
 
 ## Commands
 
-Build: \`cargo build --release --bin storefront --example bare\`
+Build: \`cargo build --release --bin storefront --example bare --example db_read\`
+
+Machine load when the run started (\`uptime\`): $LOAD_BEFORE; when it ended: $(uptime | sed 's/.*load/load/').
 
 Setup (once, fresh SQLite database in a temporary directory, removed afterwards):
 
@@ -205,19 +245,26 @@ $wrk_warm                # warm-up, not recorded
 $wrk_run     # measured
 \`\`\`
 
+Database read, same SQLite file, after (c): \`target/release/examples/db_read $db_url $DBREAD_ADDR\`,
+then the same wrk commands at \`http://$DBREAD_ADDR/block/$PRODUCT_ID\` and
+\`http://$DBREAD_ADDR/actor/$PRODUCT_ID\`. Start to ready: \`storefront serve\` on a new SQLite
+file at $FRESH_ADDR, polled with \`curl http://$FRESH_ADDR/readyz\` every 10 ms.
+
 ## Raw output
 
 EOF
         local name title addr
-        for name in bare cached uncached; do
+        for name in bare cached uncached block actor; do
             case $name in
             bare) title="(a) bare" addr=$BARE_ADDR ;;
+            block) title="(d) web::block read" addr="" ;;
+            actor) title="(e) DbExecutor read" addr="" ;;
             cached) title="(b) cache on" addr=$CACHED_ADDR ;;
             uncached) title="(c) cache off" addr=$UNCACHED_ADDR ;;
             esac
             printf '<details><summary>%s: wrk output</summary>\n\n' "$title"
             fence "$TMP/$name.wrk"
-            if [[ $name != bare ]]; then
+            if [[ -n $addr && $name != bare ]]; then
                 # shellcheck disable=SC2016 # the backticks are Markdown
                 printf '\nCache and rate-limiter counters from `http://%s/metrics` after the run:\n\n' "$addr"
                 fence "$TMP/$name.counters"
@@ -227,6 +274,18 @@ EOF
             fi
             printf '\n</details>\n\n'
         done
+        if [[ -s $TMP/orders.md ]]; then
+            cat "$TMP/orders.md"
+            printf '\nCommand: `bench/orders.sh` (called by this script; see its header).\n\n'
+            cat "$ROOT/bench/order-anatomy.md"
+        fi
+        if [[ -s $ROOT/docs/BENCHMARKS-live-updates.md && ${SKIP_WS:-0} != 1 ]]; then
+            printf '## WebSocket fan-out (bench/ws.sh, same run)\n\n'
+            # Its headings one level down, so they nest under this one.
+            sed -e 's/^# .*//' -e 's/^#/##/' "$ROOT/docs/BENCHMARKS-live-updates.md"
+        else
+            printf '## WebSocket fan-out\n\nNot run this time (SKIP_WS=1); see docs/BENCHMARKS-live-updates.md.\n'
+        fi
     } >"$out"
 
     log "results: bare $b_rps req/s (p99 $b_p99 ms); cache on $c_rps req/s = ${c_pct}% (p99 $c_p99 ms); cache off $u_rps req/s = ${u_pct}% (p99 $u_p99 ms)"
@@ -244,6 +303,27 @@ run_storefront() {
     start_bg "$TMP/$name.log" env -i PATH="$PATH" DATABASE_URL="sqlite://$TMP/bench.db" BIND_ADDR="$addr" \
         "${SERVER_SETTINGS[@]}" JWT_SECRET="$BENCH_JWT_SECRET" "$@" target/release/storefront serve
     wait_ready "http://$addr/readyz" "$STARTED_PID" "$TMP/$name.log"
+}
+
+# Start to ready on a fresh SQLite file (READY_S), then idle RSS (IDLE_RSS_MB).
+measure_start_and_rss() {
+    require_free "$FRESH_ADDR"
+    local started ready pid i
+    started=$(date +%s.%N)
+    start_bg "$TMP/fresh.log" env -i PATH="$PATH" DATABASE_URL="sqlite://$TMP/fresh.db" BIND_ADDR="$FRESH_ADDR" \
+        "${SERVER_SETTINGS[@]}" JWT_SECRET="$BENCH_JWT_SECRET" target/release/storefront serve
+    pid=$STARTED_PID
+    for ((i = 0; i < READY_TIMEOUT_S * 100; i++)); do
+        if curl -fs -o /dev/null --max-time 1 "http://$FRESH_ADDR/readyz"; then break; fi
+        kill -0 "$pid" 2>/dev/null || die "storefront exited before it was ready: $(tail -n 5 "$TMP/fresh.log")"
+        sleep 0.01
+    done
+    ready=$(date +%s.%N)
+    READY_S=$(python3 -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.3f}")' "$started" "$ready")
+    sleep 2
+    IDLE_RSS_MB=$(awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status")
+    log "start to ready ${READY_S} s, idle RSS ${IDLE_RSS_MB} MB"
+    stop_pid "$pid"
 }
 
 main() {
@@ -279,7 +359,8 @@ main() {
     WRK_VERSION=$({ wrk -v 2>&1 || true; } | head -n1 | cut -d' ' -f1-2)
 
     log "building (release)"
-    cargo build --release --bin storefront --example bare
+    cargo build --release --bin storefront --example bare --example db_read
+    LOAD_BEFORE=$(uptime | sed 's/.*load/load/')
 
     TMP=$(mktemp -d "${TMPDIR:-/tmp}/storefront-bench.XXXXXX")
     log "database in $TMP"
@@ -320,6 +401,34 @@ main() {
     measure uncached "http://$UNCACHED_ADDR/api/v1/products/$PRODUCT_ID"
     scrape_counters "$UNCACHED_ADDR" >"$TMP/uncached.counters"
     stop_pid "$uncached_pid"
+
+    # (d), (e): the same product read two ways, one process, the same SQLite file
+    require_free "$DBREAD_ADDR"
+    log "db_read: starting on $DBREAD_ADDR"
+    start_bg "$TMP/dbread.log" target/release/examples/db_read "sqlite://$TMP/bench.db" "$DBREAD_ADDR"
+    local dbread_pid=$STARTED_PID
+    wait_ready "http://$DBREAD_ADDR/actor/$PRODUCT_ID" "$dbread_pid" "$TMP/dbread.log"
+    measure block "http://$DBREAD_ADDR/block/$PRODUCT_ID"
+    measure actor "http://$DBREAD_ADDR/actor/$PRODUCT_ID"
+    stop_pid "$dbread_pid"
+
+    measure_start_and_rss
+
+    ORDERS_MEASURED="not run (SKIP_ORDERS=1 or no PostgreSQL)" ORDERS_MET="not measured"
+    if [[ ${SKIP_ORDERS:-0} != 1 ]] && command -v pgbench >/dev/null && psql "${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}" -qAtc 'SELECT 1' >/dev/null 2>&1; then
+        log "orders: bench/orders.sh"
+        "$ROOT/bench/orders.sh" "$TMP/orders.md"
+        local summary
+        summary=$(grep '^ORDERS_SUMMARY' "$TMP/orders.md" || true)
+        IFS=$'\t' read -r _ o_rps o_pg o_ratio ORDERS_MET o_5xx o_breaks <<<"$summary"
+        ORDERS_MEASURED="$o_rps orders/s vs $o_pg tps = ${o_ratio}%; 5xx $o_5xx; invariant breaks $o_breaks"
+        sed -i '/^ORDERS_SUMMARY/d' "$TMP/orders.md"
+    fi
+
+    if [[ ${SKIP_WS:-0} != 1 ]]; then
+        log "live updates: bench/ws.sh"
+        "$ROOT/bench/ws.sh"
+    fi
 
     mkdir -p "$(dirname "$REPORT")"
     write_report "$TMP/BENCHMARKS.md"

@@ -28,7 +28,7 @@ use crate::{
         health::{BeginShutdown, Health, WatchDatabase, WatchOps},
         janitor::{Janitor, Retention},
         nats_publisher::{NatsPublisher, Retire},
-        rate_limiter::RateLimiter,
+        rate_limiter::RateLimiterClient,
         supervision::RestartReporter,
         DbGateway,
     },
@@ -90,6 +90,9 @@ impl Application {
         let newest_event = prepare_database(&config)?;
 
         let metrics = Arc::new(Metrics::new());
+        // The cache's near shards and the rate limiter run one per HTTP worker (actix's
+        // default count, set explicitly so the shard registry knows it).
+        let http_workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         // This replica, as named in the outbox events it writes.
         let origin = uuid::Uuid::now_v7();
         let health = {
@@ -139,7 +142,16 @@ impl Application {
                     (db.clone(), config.cache_ttl, Arc::clone(&metrics), reporter.clone());
                 Supervisor::start(move |_| Cache::new(db, capacity, ttl, metrics, reporter))
             });
-            CacheClient::new(addr, db.clone(), Arc::clone(&metrics), config.db_timeout + Duration::from_millis(500))
+            let client = CacheClient::new(
+                addr,
+                db.clone(),
+                Arc::clone(&metrics),
+                config.db_timeout + Duration::from_millis(500),
+            );
+            match config.cache_capacity {
+                Some(capacity) => client.with_near_shards(http_workers, capacity, config.cache_ttl),
+                None => client,
+            }
         };
         let hub = {
             let limits = HubLimits {
@@ -169,7 +181,7 @@ impl Application {
         let rate_limiter = {
             let (quotas, max_keys) = (config.rate_limits, config.rate_limit_max_keys);
             let (metrics, reporter) = (Arc::clone(&metrics), reporter.clone());
-            Supervisor::start(move |_| RateLimiter::new(quotas, max_keys, metrics, reporter))
+            RateLimiterClient::new(http_workers, quotas, max_keys, metrics, reporter)
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let nats_publisher = config.nats.clone().map(|settings| {
@@ -184,6 +196,7 @@ impl Application {
                 config.event_poll_interval,
             )
         });
+        let shard_reporter = reporter.clone();
         let passwords = Passwords::start(config.password_hasher_threads, reporter)
             .map_err(|error| StartupError::Internal(error.to_string()))?;
 
@@ -197,10 +210,22 @@ impl Application {
                 .describe(move || probe_thread.report())
                 .describe(move || passwords.report())
                 .ask("health", health.clone().recipient())
-                .ask("rate_limiter", rate_limiter.clone().recipient())
+                .ask_shards("rate_limiter", None, http_workers, &["keys_tracked", "max_keys"], {
+                    let shards = rate_limiter.shards().clone();
+                    move || shards.each().map(|shard| shard.clone().recipient()).collect()
+                })
                 .ask("janitor", janitor.clone().recipient());
             match cache.addr() {
-                Some(addr) => directory.ask("cache", addr.clone().recipient()),
+                Some(addr) => directory.ask_shards(
+                    "cache",
+                    Some(addr.clone().recipient()),
+                    http_workers,
+                    &["entries", "loads_in_flight"],
+                    {
+                        let shards = cache.shards().clone();
+                        move || shards.each().map(|shard| shard.clone().recipient()).collect()
+                    },
+                ),
                 None => directory.describe(|| ActorReport::disabled("cache", ActorKind::Async, "CACHE_CAPACITY=0")),
             };
             directory.ask("event_relay", event_relay.clone().recipient()).ask("event_hub", hub.clone().recipient());
@@ -230,8 +255,15 @@ impl Application {
         let drain_flag = draining.clone();
 
         let server = HttpServer::new(move || {
+            // This factory runs on each worker's own thread: its shards start on that
+            // worker's arbiter, so the hot path's sends stay on the thread.
+            let worker_state = AppState {
+                cache: state.cache.on_this_worker(shard_reporter.clone()),
+                rate_limiter: state.rate_limiter.on_this_worker(),
+                ..state.clone()
+            };
             App::new()
-                .app_data(web::Data::new(state.clone()))
+                .app_data(web::Data::new(worker_state))
                 .app_data(web::Data::new(Arc::clone(&state.metrics)))
                 .app_data(web::Data::new(drain_flag.clone()))
                 .app_data(fail_open.clone())
@@ -252,6 +284,7 @@ impl Application {
                 .wrap(from_fn(close_connections_while_draining))
                 .wrap(from_fn(answer_head_as_get))
         })
+        .workers(http_workers)
         .listen(listener)
         .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?
         .disable_signals()

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use crate::{
     actors::{
         cache::CacheClient, directory::ActorDirectory, event_hub::EventHub, event_relay::EventRelay, health::Health,
-        janitor::Janitor, nats_publisher::NatsPublisher, password_hasher::Passwords, rate_limiter::RateLimiter,
+        janitor::Janitor, nats_publisher::NatsPublisher, password_hasher::Passwords, rate_limiter::RateLimiterClient,
         DbGateway,
     },
     auth::tokens::TokenKeys,
@@ -28,7 +28,8 @@ pub struct AppState {
     pub passwords: Passwords,
     pub tokens: Arc<TokenKeys>,
     pub cache: CacheClient,
-    pub rate_limiter: Addr<RateLimiter>,
+    /// This worker's shard (see `actors::shards`).
+    pub rate_limiter: RateLimiterClient,
     pub hub: Addr<EventHub>,
     pub event_relay: Addr<EventRelay>,
     /// Turns true when shutdown begins: live-updates sessions close with 1001.

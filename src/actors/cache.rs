@@ -7,6 +7,7 @@ use std::{collections::HashMap, num::NonZeroUsize, sync::Arc, time::Duration, ti
 
 use actix::{
     fut::wrap_future, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, Supervised,
+    Supervisor,
 };
 use lru::LruCache;
 use tokio::sync::oneshot;
@@ -17,6 +18,7 @@ use super::{
     chaos::crashed,
     db_executor::DbGateway,
     report::{ActorReport, GetActorReport},
+    shards::Shards,
     supervision::{guarded, Guarded, PanicPayload, RestartReporter},
     Crash,
 };
@@ -85,6 +87,8 @@ pub struct Cache {
     next_load: u64,
     metrics: Arc<Metrics>,
     reporter: RestartReporter,
+    /// The near shards in front of this cache, emptied with it after a panic.
+    near: Option<Shards<NearCache>>,
 }
 
 impl Cache {
@@ -104,6 +108,7 @@ impl Cache {
             next_load: 0,
             metrics,
             reporter,
+            near: None,
         }
     }
 
@@ -216,7 +221,25 @@ impl Guarded for Cache {
 
 impl Supervised for Cache {
     fn restarting(&mut self, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, _| act.reset());
+        guarded(self, ctx, |act, _| {
+            act.reset();
+            // What the near shards copied came from the state that just panicked.
+            for near in act.near.iter().flat_map(Shards::each) {
+                near.do_send(Clear);
+            }
+        });
+    }
+}
+
+/// Tells the shared cache which near shards front it.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct AttachNear(Shards<NearCache>);
+
+impl Handler<AttachNear> for Cache {
+    type Result = ();
+    fn handle(&mut self, msg: AttachNear, _ctx: &mut Context<Self>) {
+        self.near = Some(msg.0);
     }
 }
 
@@ -270,9 +293,20 @@ impl Handler<Crash> for Cache {
 /// How handlers read through the cache. Without a cache actor (CACHE_CAPACITY=0), or when
 /// it is down, slow or restarting, reads go straight to the database: the cache is never a
 /// single point of failure.
+///
+/// Two tiers. The shared `Cache` actor is the one that loads (single flight, load ids)
+/// and the one chaos crashes; each HTTP worker also runs a `NearCache` shard on its own
+/// arbiter, holding copies of what its worker read, so a hit never leaves the thread. A
+/// near miss asks the shared cache (one cross-thread hop, only on a miss).
 #[derive(Clone)]
 pub struct CacheClient {
     cache: Option<Addr<Cache>>,
+    /// This worker's shard; `None` off the HTTP workers (the relay) and for a worker
+    /// whose shard could not join the fan-out.
+    near: Option<Addr<NearCache>>,
+    shards: Shards<NearCache>,
+    capacity: Option<NonZeroUsize>,
+    ttl: Duration,
     db: DbGateway,
     metrics: Arc<Metrics>,
     wait_timeout: Duration,
@@ -280,11 +314,58 @@ pub struct CacheClient {
 
 impl CacheClient {
     pub fn new(cache: Option<Addr<Cache>>, db: DbGateway, metrics: Arc<Metrics>, wait_timeout: Duration) -> Self {
-        Self { cache, db, metrics, wait_timeout }
+        Self {
+            cache,
+            near: None,
+            shards: Shards::new(1),
+            capacity: None,
+            ttl: Duration::ZERO,
+            db,
+            metrics,
+            wait_timeout,
+        }
+    }
+
+    /// Prepares one near shard per HTTP worker (started by `on_this_worker`).
+    pub fn with_near_shards(mut self, workers: usize, capacity: NonZeroUsize, ttl: Duration) -> Self {
+        self.shards = Shards::new(workers);
+        if let Some(cache) = &self.cache {
+            cache.do_send(AttachNear(self.shards.clone()));
+        }
+        self.capacity = Some(capacity);
+        self.ttl = ttl;
+        self
+    }
+
+    /// Starts this worker's near shard on the current arbiter (call it inside the
+    /// `HttpServer::new` factory, which runs on each worker's thread) and returns a client
+    /// that reads through it.
+    pub fn on_this_worker(&self, reporter: RestartReporter) -> Self {
+        let mut client = self.clone();
+        let (Some(capacity), Some(_)) = (self.capacity, &self.cache) else { return client };
+        let near = {
+            let reader = SharedReader {
+                cache: self.cache.clone(),
+                db: self.db.clone(),
+                metrics: Arc::clone(&self.metrics),
+                wait_timeout: self.wait_timeout,
+            };
+            let ttl = self.ttl;
+            Supervisor::start(move |_| NearCache::new(reader, capacity, ttl, reporter))
+        };
+        // A shard outside the fan-out would never hear of a write: such a worker reads
+        // the shared cache directly instead.
+        client.near = self.shards.publish(near.clone()).then_some(near);
+        client
     }
 
     pub fn addr(&self) -> Option<&Addr<Cache>> {
         self.cache.as_ref()
+    }
+
+    /// The near shards, for the actors page.
+    pub fn shards(&self) -> &Shards<NearCache> {
+        &self.shards
     }
 
     pub async fn product(&self, id: Uuid) -> Result<Option<Product>, AppError> {
@@ -301,13 +382,19 @@ impl CacheClient {
         }
     }
 
-    /// Forgets a key; call it after a write commits and before its response is sent.
-    /// The mailbox is FIFO, so every read asked after this is answered after it. It is a
-    /// `do_send` on purpose: an invalidation must never be dropped for a full mailbox, and
-    /// the writes sending them are themselves bounded by the database admission.
+    /// Forgets a key in the shared cache and then in every near shard; call it after a
+    /// write commits and before its response is sent. Mailboxes are FIFO, so every read
+    /// asked of any of them after this is answered after it. The shared cache goes first:
+    /// a near shard that has forgotten the key and misses again asks the shared cache
+    /// only after the shared cache has forgotten it too, so no stale copy comes back.
+    /// It is a `do_send` on purpose: an invalidation must never be dropped for a full
+    /// mailbox, and the writes sending them are themselves bounded by the database admission.
     pub fn invalidate(&self, key: CacheKey) {
         if let Some(cache) = &self.cache {
-            cache.do_send(Invalidate(key));
+            cache.do_send(Invalidate(key.clone()));
+        }
+        for near in self.shards.each() {
+            near.do_send(Invalidate(key.clone()));
         }
     }
 
@@ -316,9 +403,50 @@ impl CacheClient {
         if let Some(cache) = &self.cache {
             cache.do_send(Clear);
         }
+        for near in self.shards.each() {
+            near.do_send(Clear);
+        }
     }
 
     async fn get(&self, key: CacheKey) -> Result<Cached, AppError> {
+        let reader = || SharedReader {
+            cache: self.cache.clone(),
+            db: self.db.clone(),
+            metrics: Arc::clone(&self.metrics),
+            wait_timeout: self.wait_timeout,
+        };
+        let Some(near) = &self.near else { return reader().read(key).await };
+        // Same thread: no wake-up of another worker, no contention on a shared mailbox.
+        match near.send(Get(key.clone(), tracing::Span::current())).timeout(ASK_TIMEOUT).await {
+            Ok(Some(Lookup::Ready(value))) => return Ok(value),
+            Ok(Some(Lookup::Pending(pending))) => {
+                // The near shard waits on the shared cache, which may itself wait this long.
+                match actix_rt::time::timeout(self.wait_timeout + ASK_TIMEOUT, pending).await {
+                    Ok(Ok(Some(value))) => return Ok(value),
+                    Ok(Ok(None)) | Err(_) => {
+                        return Err(AppError::unavailable("The database is unavailable; try again shortly."));
+                    }
+                    // The shard restarted and dropped its waiters.
+                    Ok(Err(_)) => {}
+                }
+            }
+            Ok(None) | Err(_) => {}
+        }
+        reader().read(key).await
+    }
+}
+
+/// Reads through the shared cache actor, or the database when it cannot answer.
+#[derive(Clone)]
+struct SharedReader {
+    cache: Option<Addr<Cache>>,
+    db: DbGateway,
+    metrics: Arc<Metrics>,
+    wait_timeout: Duration,
+}
+
+impl SharedReader {
+    async fn read(&self, key: CacheKey) -> Result<Cached, AppError> {
         let Some(cache) = &self.cache else { return load(&self.db, &key).await };
         let bypass = |reason: &str| {
             self.metrics.cache_bypass.with_label_values(&[key.cache(), reason]).inc();
@@ -341,6 +469,152 @@ impl CacheClient {
             }
         }
         load(&self.db, &key).await
+    }
+}
+
+/// A worker's own copy of what it read. It loads nothing itself: a miss asks the shared
+/// `Cache` (which counts it and does the single-flight load), and concurrent misses on
+/// this worker wait for that one ask. Load ids work as in `Cache`: an ask that began
+/// before an invalidation never fills the shard. Hits and local waits are counted here,
+/// so every lookup is still counted exactly once, and `storefront_cache_entries` stays
+/// the shared cache's count (the near copies are bounded by the same capacity each).
+pub struct NearCache {
+    reader: SharedReader,
+    ttl: Duration,
+    entries: LruCache<CacheKey, Entry>,
+    in_flight: HashMap<CacheKey, u64>,
+    waiters: HashMap<u64, Vec<Waiter>>,
+    next_load: u64,
+    reporter: RestartReporter,
+}
+
+impl NearCache {
+    fn new(reader: SharedReader, capacity: NonZeroUsize, ttl: Duration, reporter: RestartReporter) -> Self {
+        Self {
+            reader,
+            ttl,
+            entries: LruCache::new(capacity),
+            in_flight: HashMap::new(),
+            waiters: HashMap::new(),
+            next_load: 0,
+            reporter,
+        }
+    }
+
+    fn count(&self, key: &CacheKey, result: &str) {
+        self.reader.metrics.cache_requests.with_label_values(&[key.cache(), result]).inc();
+    }
+
+    fn lookup(&mut self, key: CacheKey, span: tracing::Span, ctx: &mut Context<Self>) -> Lookup {
+        let now = Instant::now();
+        match self.entries.get(&key) {
+            Some(entry) if entry.expires > now => {
+                let value = entry.value.clone();
+                self.count(&key, "hit");
+                return Lookup::Ready(value);
+            }
+            Some(_) => {
+                self.entries.pop(&key);
+            }
+            None => {}
+        }
+        let (tx, rx) = oneshot::channel();
+        if let Some(load) = self.in_flight.get(&key) {
+            self.waiters.entry(*load).or_default().push(tx);
+            self.count(&key, "coalesced");
+            return Lookup::Pending(rx);
+        }
+        let load_id = self.next_load;
+        self.next_load += 1;
+        self.in_flight.insert(key.clone(), load_id);
+        self.waiters.insert(load_id, vec![tx]);
+        let reader = self.reader.clone();
+        let asking = key.clone();
+        ctx.spawn(wrap_future(async move { reader.read(asking).await }.instrument(span)).map(
+            move |outcome, act: &mut Self, ctx| {
+                guarded(act, ctx, |act, _| act.finish(load_id, key, outcome.ok()));
+            },
+        ));
+        Lookup::Pending(rx)
+    }
+
+    fn finish(&mut self, load_id: u64, key: CacheKey, value: Option<Cached>) {
+        for waiter in self.waiters.remove(&load_id).unwrap_or_default() {
+            let _ = waiter.send(value.clone());
+        }
+        if self.in_flight.get(&key) != Some(&load_id) {
+            return;
+        }
+        self.in_flight.remove(&key);
+        if let Some(value) = value {
+            let ttl = if value.is_negative() { NEGATIVE_TTL.min(self.ttl) } else { self.ttl };
+            self.entries.push(key, Entry { value, expires: Instant::now() + ttl });
+        }
+    }
+
+    fn invalidate(&mut self, key: &CacheKey) {
+        self.entries.pop(key);
+        self.in_flight.remove(key);
+    }
+
+    fn reset(&mut self) {
+        self.entries.clear();
+        self.in_flight.clear();
+        self.waiters.clear();
+    }
+}
+
+impl Actor for NearCache {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |_, ctx| ctx.set_mailbox_capacity(1024));
+    }
+}
+
+impl Guarded for NearCache {
+    fn on_panic(&mut self, payload: &PanicPayload) {
+        self.reporter.report(ACTOR, payload);
+    }
+}
+
+impl Supervised for NearCache {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, _| act.reset());
+    }
+}
+
+impl Handler<Get> for NearCache {
+    type Result = MessageResult<Get>;
+    fn handle(&mut self, msg: Get, ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(guarded(self, ctx, |act, ctx| act.lookup(msg.0, msg.1, ctx)))
+    }
+}
+
+impl Handler<Invalidate> for NearCache {
+    type Result = ();
+    fn handle(&mut self, msg: Invalidate, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, _| act.invalidate(&msg.0));
+    }
+}
+
+impl Handler<Clear> for NearCache {
+    type Result = ();
+    fn handle(&mut self, _msg: Clear, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, _| act.reset());
+    }
+}
+
+impl Handler<GetActorReport> for NearCache {
+    type Result = MessageResult<GetActorReport>;
+    fn handle(&mut self, _msg: GetActorReport, ctx: &mut Context<Self>) -> Self::Result {
+        let report = guarded(self, ctx, |act, _| {
+            ActorReport::running(
+                ACTOR,
+                serde_json::json!({"entries": act.entries.len(), "loads_in_flight": act.in_flight.len()}),
+            )
+        });
+        MessageResult(report.unwrap_or_else(|| ActorReport::unresponsive(ACTOR, "panicked while reporting")))
     }
 }
 

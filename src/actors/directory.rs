@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use actix::Recipient;
 
-use super::report::{ActorReport, GetActorReport, RestartSummary};
+use super::report::{ActorKind, ActorReport, GetActorReport, Instances, RestartSummary};
 use crate::metrics::Metrics;
 
 /// An actor that does not answer within this is shown as not alive; the endpoint never
@@ -15,10 +15,27 @@ pub const ASK_TIMEOUT: Duration = Duration::from_millis(200);
 
 type Describe = Arc<dyn Fn() -> ActorReport + Send + Sync>;
 
+type ListShards = Arc<dyn Fn() -> Vec<Recipient<GetActorReport>> + Send + Sync>;
+
 #[derive(Clone)]
 enum Entry {
     Asked { name: &'static str, recipient: Recipient<GetActorReport> },
     Described(Describe),
+    Sharded(Sharded),
+}
+
+/// An actor kind with one shard per HTTP worker, shown as one row.
+#[derive(Clone)]
+struct Sharded {
+    name: &'static str,
+    /// The actor the row is about, when the shards are a tier in front of it (the cache):
+    /// its report is the row, the shards' go under `state.shards`. Without it the
+    /// shards are the actor (the rate limiter): instances count them.
+    primary: Option<Recipient<GetActorReport>>,
+    shards: ListShards,
+    configured: usize,
+    /// Numeric state fields that are per shard and shown summed.
+    summed: &'static [&'static str],
 }
 
 #[derive(Clone, Default)]
@@ -37,6 +54,19 @@ impl ActorDirectory {
         self
     }
 
+    /// An actor kind sharded over the HTTP workers (see `Sharded`).
+    pub fn ask_shards(
+        &mut self,
+        name: &'static str,
+        primary: Option<Recipient<GetActorReport>>,
+        configured: usize,
+        summed: &'static [&'static str],
+        shards: impl Fn() -> Vec<Recipient<GetActorReport>> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.entries.push(Entry::Sharded(Sharded { name, primary, shards: Arc::new(shards), configured, summed }));
+        self
+    }
+
     /// A row built without asking anyone (thread pools, the breaker, disabled actors).
     pub fn describe(&mut self, describe: impl Fn() -> ActorReport + Send + Sync + 'static) -> &mut Self {
         self.entries.push(Entry::Described(Arc::new(describe)));
@@ -50,11 +80,8 @@ impl ActorDirectory {
         let asks = self.entries.iter().map(|entry| async move {
             match entry {
                 Entry::Described(describe) => describe(),
-                Entry::Asked { name, recipient } => match recipient.send(GetActorReport).timeout(ASK_TIMEOUT).await {
-                    Ok(report) => report,
-                    Err(actix::MailboxError::Timeout) => ActorReport::unresponsive(name, "no answer within 200 ms"),
-                    Err(actix::MailboxError::Closed) => ActorReport::unresponsive(name, "mailbox closed"),
-                },
+                Entry::Asked { name, recipient } => ask(name, recipient).await,
+                Entry::Sharded(sharded) => sharded.report().await,
             }
         });
         let mut reports = futures_util::future::join_all(asks).await;
@@ -65,6 +92,48 @@ impl ActorDirectory {
             report.restarts = RestartSummary { count, ..known };
         }
         reports
+    }
+}
+
+async fn ask(name: &str, recipient: &Recipient<GetActorReport>) -> ActorReport {
+    match recipient.send(GetActorReport).timeout(ASK_TIMEOUT).await {
+        Ok(report) => report,
+        Err(actix::MailboxError::Timeout) => ActorReport::unresponsive(name, "no answer within 200 ms"),
+        Err(actix::MailboxError::Closed) => ActorReport::unresponsive(name, "mailbox closed"),
+    }
+}
+
+impl Sharded {
+    async fn report(&self) -> ActorReport {
+        let shards = (self.shards)();
+        let answers = futures_util::future::join_all(shards.iter().map(|shard| ask(self.name, shard))).await;
+        let alive: Vec<&ActorReport> = answers.iter().filter(|report| report.instances.alive > 0).collect();
+        let configured = self.configured as u64;
+        let mut state = alive.first().map(|report| report.state.clone()).unwrap_or_else(|| serde_json::json!({}));
+        if let Some(fields) = state.as_object_mut() {
+            for field in self.summed {
+                let sum: u64 = alive.iter().filter_map(|report| report.state.get(*field)?.as_u64()).sum();
+                fields.insert((*field).into(), sum.into());
+            }
+        }
+        let shard_summary = serde_json::json!({"configured": configured, "alive": alive.len(), "totals": state});
+        match &self.primary {
+            Some(primary) => {
+                let mut report = ask(self.name, primary).await;
+                if let Some(fields) = report.state.as_object_mut() {
+                    fields.insert("shards".into(), shard_summary);
+                }
+                report
+            }
+            None => {
+                let instances = Instances { configured, alive: alive.len() as u64 };
+                let mut report = ActorReport::new(self.name, ActorKind::Async, instances, state);
+                if let Some(fields) = report.state.as_object_mut() {
+                    fields.insert("shards".into(), serde_json::json!({"configured": configured, "alive": alive.len()}));
+                }
+                report
+            }
+        }
     }
 }
 

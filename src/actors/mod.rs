@@ -16,6 +16,7 @@ pub mod password_hasher;
 pub mod rate_limiter;
 pub mod relay_watch;
 pub mod report;
+pub mod shards;
 pub mod supervision;
 
 pub use chaos::Crash;

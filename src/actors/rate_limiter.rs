@@ -1,15 +1,34 @@
-//! The RateLimiter actor owns every GCRA bucket: one TAT per (policy, client key), in an
-//! LRU with a hard cap so a flood of distinct clients cannot grow memory without bound,
-//! and swept of idle (full) buckets on an interval.
+//! The RateLimiter actor owns GCRA buckets: one TAT per (policy, client key), in an LRU
+//! with a hard cap so a flood of distinct clients cannot grow memory without bound, and
+//! swept of idle (full) buckets on an interval.
+//!
+//! One RateLimiter runs on each HTTP worker's arbiter (a shard), so a request's check is a
+//! same-thread send. Each shard holds the full quota for the clients it sees. The bound
+//! this gives for the `default` policy, per client, over any interval of length t on one
+//! replica (the `auth` policy is decided by one shard and stays exact):
+//!
+//! ```text
+//! admitted <= W * (burst + rate * t)      (W = HTTP workers)
+//! ```
+//!
+//! A client on one keep-alive connection stays on one worker and gets exactly
+//! `burst + rate * t`; only a client that spreads its connections over the workers can
+//! reach W times that. We chose this over splitting the quota by W, which would refuse a
+//! well-behaved single-connection client at 1/W of its stated quota. Add to it what was
+//! already true: after a shard panics, the one client being decided gets a fresh burst,
+//! and while a shard does not answer, the replica-wide fail-open budget applies.
 
 use std::{num::NonZeroUsize, sync::Arc, time::Duration, time::Instant};
 
-use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, Supervised};
+use actix::{
+    Actor, Addr, AsyncContext, Context, Handler, MailboxError, Message, MessageResult, Supervised, Supervisor,
+};
 use lru::LruCache;
 
 use super::{
     chaos::crashed,
     report::{ActorReport, GetActorReport},
+    shards::Shards,
     supervision::{guarded, Guarded, PanicPayload, RestartReporter},
     Crash,
 };
@@ -111,6 +130,8 @@ impl Buckets {
 
 pub struct RateLimiter {
     buckets: Buckets,
+    /// What this shard last added to `storefront_rate_limit_keys` (the sum over shards).
+    keys_reported: i64,
     /// Fault injection: until then the limiter decides nothing, as when it is down.
     down_until: Option<Instant>,
     epoch: Instant,
@@ -120,7 +141,14 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(quotas: Quotas, max_keys: NonZeroUsize, metrics: Arc<Metrics>, reporter: RestartReporter) -> Self {
-        Self { buckets: Buckets::new(quotas, max_keys), down_until: None, epoch: Instant::now(), metrics, reporter }
+        Self {
+            buckets: Buckets::new(quotas, max_keys),
+            keys_reported: 0,
+            down_until: None,
+            epoch: Instant::now(),
+            metrics,
+            reporter,
+        }
     }
 
     fn now_ns(&self) -> u64 {
@@ -132,13 +160,19 @@ impl RateLimiter {
         if !decision.allowed {
             self.metrics.rate_limited.with_label_values(&[policy.name()]).inc();
         }
-        self.metrics.rate_limit_keys.set(i64::try_from(self.buckets.len()).unwrap_or(i64::MAX));
+        self.report_keys();
         decision
+    }
+
+    fn report_keys(&mut self) {
+        let keys = i64::try_from(self.buckets.len()).unwrap_or(i64::MAX);
+        self.metrics.rate_limit_keys.add(keys - self.keys_reported);
+        self.keys_reported = keys;
     }
 
     fn sweep(&mut self) {
         self.buckets.sweep(self.now_ns());
-        self.metrics.rate_limit_keys.set(i64::try_from(self.buckets.len()).unwrap_or(i64::MAX));
+        self.report_keys();
     }
 }
 
@@ -222,6 +256,80 @@ impl Handler<GetActorReport> for RateLimiter {
     }
 }
 
+/// How the middleware and the chaos endpoint reach the limiter: this worker's shard for
+/// checks, every shard for fault injection and reports.
+#[derive(Clone)]
+pub struct RateLimiterClient {
+    local: Option<Addr<RateLimiter>>,
+    shards: Shards<RateLimiter>,
+    quotas: Quotas,
+    max_keys: NonZeroUsize,
+    metrics: Arc<Metrics>,
+    reporter: RestartReporter,
+}
+
+impl RateLimiterClient {
+    pub fn new(
+        workers: usize,
+        quotas: Quotas,
+        max_keys: NonZeroUsize,
+        metrics: Arc<Metrics>,
+        reporter: RestartReporter,
+    ) -> Self {
+        // RATE_LIMIT_MAX_KEYS bounds the replica: each shard keeps its share.
+        let per_shard = max_keys.get().div_ceil(workers.max(1));
+        let max_keys = NonZeroUsize::new(per_shard).unwrap_or(NonZeroUsize::MIN);
+        Self { local: None, shards: Shards::new(workers), quotas, max_keys, metrics, reporter }
+    }
+
+    /// Starts this worker's shard on the current arbiter (call it inside the
+    /// `HttpServer::new` factory) and returns a client that checks with it.
+    pub fn on_this_worker(&self) -> Self {
+        let (quotas, max_keys) = (self.quotas, self.max_keys);
+        let (metrics, reporter) = (Arc::clone(&self.metrics), self.reporter.clone());
+        let shard = Supervisor::start(move |_| RateLimiter::new(quotas, max_keys, metrics, reporter));
+        // A restarted worker's shard is not in the registry: it still limits its own
+        // clients, it just misses fault injection and the actors page.
+        self.shards.publish(shard.clone());
+        Self { local: Some(shard), ..self.clone() }
+    }
+
+    /// The decision; `Ok(None)` when the shard is faulted or panicked. The `default`
+    /// policy (the hot path) asks this worker's shard. The `auth` policy guards sign-ins,
+    /// where W times the quota would be W times the guesses, and each one costs an argon2
+    /// hash anyway: it is decided by one shard for the whole replica (exact, one hop).
+    pub async fn check(
+        &self,
+        policy: Policy,
+        key: String,
+        timeout: Duration,
+    ) -> Result<Option<Decision>, MailboxError> {
+        let home = || self.shards.each().next();
+        let shard = match policy {
+            Policy::Default => self.local.as_ref().or_else(home),
+            Policy::Auth => home().or(self.local.as_ref()),
+        }
+        .ok_or(MailboxError::Closed)?;
+        shard.send(Check { policy, key }).timeout(timeout).await
+    }
+
+    /// Crashes this worker's shard (the one that served the chaos request).
+    pub async fn crash(&self, timeout: Duration) -> Result<Result<(), AppError>, MailboxError> {
+        let shard = self.local.as_ref().or_else(|| self.shards.each().next()).ok_or(MailboxError::Closed)?;
+        shard.send(Crash).timeout(timeout).await
+    }
+
+    /// Takes every shard down for a while, so every request meets the fail-open path.
+    pub async fn go_down(&self, duration: Duration, timeout: Duration) -> Result<(), MailboxError> {
+        let sends = self.shards.each().map(|shard| shard.send(GoDown(duration)).timeout(timeout));
+        futures_util::future::join_all(sends).await.into_iter().collect()
+    }
+
+    pub fn shards(&self) -> &Shards<RateLimiter> {
+        &self.shards
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,5 +377,51 @@ mod tests {
         assert_eq!(buckets.len(), 1, "b (one request, refilled after 1 s) is forgotten; c (three) is not");
         buckets.sweep(3 * SECOND);
         assert!(buckets.is_empty());
+    }
+
+    /// One client, its requests spread round-robin over W shards (its connections landed
+    /// on different workers), for a whole minute of a clock driven by hand.
+    fn admitted_over_shards(workers: usize, quota: Quota, requests_per_second: u64, seconds: u64) -> Vec<(u64, usize)> {
+        let quotas = Quotas { default: quota, auth: quota };
+        let mut shards: Vec<Buckets> =
+            (0..workers).map(|_| Buckets::new(quotas, NonZeroUsize::new(16).unwrap())).collect();
+        let mut admitted = 0;
+        let mut by_time = Vec::new();
+        let step = SECOND / requests_per_second;
+        for request in 0..requests_per_second * seconds {
+            let now = request * step;
+            let shard = &mut shards[usize::try_from(request).unwrap() % workers];
+            if shard.decide(Policy::Default, "user:a".into(), now).allowed {
+                admitted += 1;
+            }
+            by_time.push((now, admitted));
+        }
+        by_time
+    }
+
+    #[test]
+    fn sharded_buckets_admit_at_most_workers_times_burst_plus_rate_times_t() {
+        let (rate, burst) = (10, 20);
+        let quota = Quota::per_second(rate, burst);
+        for workers in [1, 2, 4] {
+            let history = admitted_over_shards(workers, quota, 1000, 60);
+            for (now, admitted) in &history {
+                // burst + rate * t, the refill counted up to the instant of the request.
+                let bound = workers as u64 * (u64::from(burst) + u64::from(rate) * now / SECOND + 1);
+                assert!(*admitted as u64 <= bound, "{workers} shards admitted {admitted} by {now} ns (bound {bound})");
+            }
+            let (_, total) = history.last().copied().unwrap();
+            let single_shard = u64::from(burst) + u64::from(rate) * 60;
+            assert!(total as u64 > (workers as u64 - 1) * single_shard, "the bound is reached, not just respected");
+        }
+    }
+
+    #[test]
+    fn a_client_that_stays_on_one_worker_gets_exactly_the_stated_quota() {
+        let (rate, burst) = (10, 20);
+        let history = admitted_over_shards(1, Quota::per_second(rate, burst), 1000, 60);
+        let (_, total) = history.last().copied().unwrap();
+        let expected = u64::from(burst) + u64::from(rate) * 60;
+        assert!((expected - 1..=expected).contains(&(total as u64)), "{total} admitted, the quota says {expected}");
     }
 }

@@ -10,7 +10,6 @@ use utoipa::ToSchema;
 use crate::{
     actors::{
         chaos::{PanicWorker, StallWorker},
-        rate_limiter::GoDown,
         Crash,
     },
     error::AppError,
@@ -90,10 +89,10 @@ pub async fn inject_fault(
             cache.send(Crash).timeout(ACTOR_TIMEOUT).await.map_err(|error| AppError::internal("cache", &error))??
         }
         (ChaosActor::RateLimiter, ChaosFault::Panic) => {
+            // Crashes the shard of the worker serving this request; the others keep serving.
             state
                 .rate_limiter
-                .send(Crash)
-                .timeout(ACTOR_TIMEOUT)
+                .crash(ACTOR_TIMEOUT)
                 .await
                 .map_err(|error| AppError::internal("rate limiter", &error))??
         }
@@ -128,10 +127,10 @@ pub async fn inject_fault(
         }
         (ChaosActor::RateLimiter, ChaosFault::Stall) => {
             let duration = Duration::from_millis(millis).min(MAX_STALL);
+            // Every shard goes down, so every request meets the fail-open path.
             state
                 .rate_limiter
-                .send(GoDown(duration))
-                .timeout(ACTOR_TIMEOUT)
+                .go_down(duration, ACTOR_TIMEOUT)
                 .await
                 .map_err(|error| AppError::internal("rate limiter", &error))?
         }

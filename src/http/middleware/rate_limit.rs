@@ -1,4 +1,4 @@
-//! Asks the RateLimiter actor about every `/api/v1` request: `auth` policy per client
+//! Asks this worker's RateLimiter shard about every `/api/v1` request: `auth` policy per client
 //! address for `/api/v1/auth/*`, `default` per user (valid token) or address elsewhere.
 //! Answers carry the IETF `RateLimit-Policy` and `RateLimit` fields; refusals are 429 with
 //! `Retry-After`. If the limiter does not answer in time the request passes (fail open).
@@ -14,7 +14,7 @@ use actix_web::{
 };
 
 use crate::{
-    actors::rate_limiter::{Check, Policy},
+    actors::rate_limiter::Policy,
     auth::tokens::VerifiedClaims,
     domain::rate_limit::{whole_seconds_up, Decision, FailOpenBudget, Quota},
     error::AppError,
@@ -65,7 +65,7 @@ pub async fn limit_rate(
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
     let key = client_key(&req, &state, policy);
-    let decision = match state.rate_limiter.send(Check { policy, key }).timeout(LIMITER_TIMEOUT).await {
+    let decision = match state.rate_limiter.check(policy, key, LIMITER_TIMEOUT).await {
         Ok(Some(decision)) => decision,
         outcome => {
             // Fail open, but only within a small budget shared by all clients.

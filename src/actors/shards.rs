@@ -1,0 +1,69 @@
+//! Per-HTTP-worker actor shards. The hot path (a cached, anonymous read and its rate
+//! check) is answered by actors living on the worker's own arbiter, so the send never
+//! leaves the thread; whatever must reach every shard (cache invalidations, fault
+//! injection, reports) walks this registry.
+//!
+//! The registry is written once per slot, as each worker starts, and only read after:
+//! a `OnceLock` per slot publishes the address, no lock is ever held.
+
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc, OnceLock,
+};
+
+use actix::{Actor, Addr};
+
+pub struct Shards<A: Actor> {
+    slots: Arc<[OnceLock<Addr<A>>]>,
+    claimed: Arc<AtomicUsize>,
+}
+
+impl<A: Actor> Clone for Shards<A> {
+    fn clone(&self) -> Self {
+        Self { slots: Arc::clone(&self.slots), claimed: Arc::clone(&self.claimed) }
+    }
+}
+
+impl<A: Actor> Shards<A> {
+    /// One slot per HTTP worker.
+    pub fn new(workers: usize) -> Self {
+        Self { slots: (0..workers.max(1)).map(|_| OnceLock::new()).collect(), claimed: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    pub fn configured(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Publishes a worker's shard. False when every slot is already taken: a worker that
+    /// actix restarted after it died. Such a worker's shard is not in the fan-out, so the
+    /// caller must not rely on it for anything that has to be invalidated.
+    pub fn publish(&self, addr: Addr<A>) -> bool {
+        let slot = self.claimed.fetch_add(1, Ordering::AcqRel);
+        self.slots.get(slot).is_some_and(|slot| slot.set(addr).is_ok())
+    }
+
+    /// Every published shard, in slot order.
+    pub fn each(&self) -> impl Iterator<Item = &Addr<A>> {
+        self.slots.iter().filter_map(OnceLock::get)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+    impl Actor for Nothing {
+        type Context = actix::Context<Self>;
+    }
+
+    #[actix_rt::test]
+    async fn a_slot_is_published_once_and_extra_workers_are_refused() {
+        let shards = Shards::<Nothing>::new(2);
+        assert!(shards.publish(Nothing.start()));
+        assert!(shards.publish(Nothing.start()));
+        assert!(!shards.publish(Nothing.start()), "a restarted worker finds every slot taken");
+        assert_eq!(shards.each().count(), 2);
+        assert_eq!(shards.configured(), 2);
+    }
+}
