@@ -40,6 +40,9 @@ const HUB_TIMEOUT: Duration = Duration::from_secs(2);
 const REPLAY_PAGE: i64 = 500;
 /// How often a session that cannot re-attach (the hub restarting) tries again.
 const REJOIN_ATTEMPTS: u32 = 20;
+/// How long a write may still take, once the queue overflowed, before the client counts
+/// as not reading.
+const SLOW_CONSUMER_GRACE: Duration = Duration::from_secs(2);
 /// How long a close frame may wait behind unread messages before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -315,7 +318,13 @@ impl LiveSession {
         tokio::select! {
             sent = &mut send => finished(sent),
             reason = kick.fired() => match reason {
-                Detached::SlowConsumer if !self.replaying => Err(slow_consumer()),
+                // Waiting on this write may only mean the frames ahead of it are still being
+                // flushed; a client that reads gets it out within the grace, one that does
+                // not is the slow consumer the overflow says it is.
+                Detached::SlowConsumer if !self.replaying => match timeout(SLOW_CONSUMER_GRACE, &mut send).await {
+                    Ok(sent) => finished(sent),
+                    Err(_) => Err(slow_consumer()),
+                },
                 Detached::UserDeleted => Err(user_deleted()),
                 _ => finished(send.await),
             },
