@@ -6,16 +6,21 @@
 #[macro_use]
 mod common;
 
+mod accounts;
 mod cache_and_limits;
+mod concurrency;
 mod first_hour;
 mod foundation;
 mod hardening;
 mod housekeeping;
+mod idempotency;
 mod live_updates;
 mod nats;
 mod ops;
 mod ops_dashboard_browser;
+mod orders;
+mod outbox;
 mod process;
+mod products;
 mod replicas;
-mod shop;
 mod users;

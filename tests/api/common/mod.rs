@@ -10,6 +10,7 @@
 
 pub mod events;
 pub mod postgres_server;
+pub mod shop;
 pub mod ws;
 
 use std::{sync::mpsc, thread, time::Duration};
