@@ -382,13 +382,13 @@ impl CacheClient {
         }
     }
 
-    /// Forgets a key in the shared cache and then in every near shard; call it after a
-    /// write commits and before its response is sent. Mailboxes are FIFO, so every read
-    /// asked of any of them after this is answered after it. The shared cache goes first:
-    /// a near shard that has forgotten the key and misses again asks the shared cache
-    /// only after the shared cache has forgotten it too, so no stale copy comes back.
-    /// It is a `do_send` on purpose: an invalidation must never be dropped for a full
-    /// mailbox, and the writes sending them are themselves bounded by the database admission.
+    /// Forgets a key in the shared cache and then in every near shard; the EventRelay
+    /// calls it for each committed event, before the writer is answered. Mailboxes are
+    /// FIFO, so every read asked of any of them after this is answered after it. The
+    /// shared cache goes first: a near shard that has forgotten the key and misses again
+    /// asks the shared cache only after the shared cache has forgotten it too, so no stale
+    /// copy comes back. It is a `do_send` on purpose: an invalidation must never be
+    /// dropped for a full mailbox, and the events sending them come in bounded batches.
     pub fn invalidate(&self, key: CacheKey) {
         if let Some(cache) = &self.cache {
             cache.do_send(Invalidate(key.clone()));

@@ -14,6 +14,7 @@ pub mod janitor;
 pub mod nats_publisher;
 pub mod password_hasher;
 pub mod rate_limiter;
+pub mod read_your_writes;
 pub mod relay_watch;
 pub mod report;
 pub mod shards;

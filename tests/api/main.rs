@@ -7,6 +7,7 @@
 mod common;
 
 mod cache_and_limits;
+mod cache_invalidation;
 mod first_hour;
 mod foundation;
 mod hardening;
