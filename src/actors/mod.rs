@@ -13,6 +13,7 @@ pub mod health;
 pub mod janitor;
 pub mod nats_publisher;
 pub mod password_hasher;
+pub mod pool_threads;
 pub mod rate_limiter;
 pub mod read_your_writes;
 pub mod relay_watch;
