@@ -19,6 +19,7 @@ use storefront::{
         breaker::{BreakerChanged, BreakerSettings, DbBreaker},
         db_executor::DbGatewaySettings,
         health::Health,
+        read_your_writes::ReadYourWrites,
         supervision::RestartReporter,
         DbGateway,
     },
@@ -104,6 +105,8 @@ async fn main() -> std::io::Result<()> {
             queue_depth: workers * 64,
             timeout: Duration::from_secs(5),
             outbox_appended: Arc::new(tokio::sync::Notify::new()),
+            // Reads only: nothing ever waits on it.
+            read_your_writes: Arc::new(ReadYourWrites::default()),
             breaker,
         },
         reporter,

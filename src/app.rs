@@ -29,6 +29,7 @@ use crate::{
         janitor::{Janitor, Retention},
         nats_publisher::{NatsPublisher, Retire},
         rate_limiter::RateLimiterClient,
+        read_your_writes::ReadYourWrites,
         supervision::RestartReporter,
         DbGateway,
     },
@@ -102,6 +103,7 @@ impl Application {
         };
         let reporter = RestartReporter::new(Arc::clone(&metrics), health.clone().recipient());
         let outbox_appended = Arc::new(Notify::new());
+        let read_your_writes = Arc::new(ReadYourWrites::default());
         let breaker = DbBreaker::new(
             BreakerSettings { failure_threshold: config.db_breaker_failures, cooldown: config.db_breaker_cooldown },
             Arc::clone(&metrics),
@@ -119,6 +121,7 @@ impl Application {
                 queue_depth: config.db_queue_depth,
                 timeout: config.db_timeout,
                 outbox_appended: Arc::clone(&outbox_appended),
+                read_your_writes: Arc::clone(&read_your_writes),
                 breaker: Arc::clone(&breaker),
             },
             reporter.clone(),
@@ -165,7 +168,6 @@ impl Application {
         health.do_send(WatchOps(hub.clone().recipient()));
         let event_relay = {
             let settings = RelaySettings {
-                origin,
                 interval: config.event_poll_interval,
                 start_after: newest_event,
                 wake: outbox_appended,
@@ -173,6 +175,7 @@ impl Application {
                     DatabaseUrl::Postgres { url } => Some(url.clone()),
                     DatabaseUrl::Sqlite { .. } => None,
                 },
+                read_your_writes,
             };
             let (db, cache, hub, reporter) = (db.clone(), cache.clone(), hub.clone(), reporter.clone());
             let metrics = Arc::clone(&metrics);

@@ -3,7 +3,7 @@
 //! concurrent miss waits for that load), and never lets a load that began before an
 //! invalidation fill the cache (each load is tracked by id; an invalidation detaches it).
 
-use std::{collections::HashMap, num::NonZeroUsize, sync::Arc, time::Duration, time::Instant};
+use std::{collections::HashMap, future::Future, num::NonZeroUsize, sync::Arc, time::Duration, time::Instant};
 
 use actix::{
     fut::wrap_future, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, Supervised,
@@ -76,8 +76,11 @@ struct Entry {
 
 type Waiter = oneshot::Sender<Option<Cached>>;
 
-pub struct Cache {
-    db: DbGateway,
+/// The bookkeeping both tiers share: entries in an LRU with a TTL, and single flight — the
+/// one load (by id) allowed to fill each key, and everyone waiting on each load. An
+/// invalidation detaches the key's load, so a value that may predate the write never
+/// fills the tier.
+struct Tier {
     ttl: Duration,
     entries: LruCache<CacheKey, Entry>,
     /// The load currently allowed to fill each key.
@@ -86,29 +89,21 @@ pub struct Cache {
     waiters: HashMap<u64, Vec<Waiter>>,
     next_load: u64,
     metrics: Arc<Metrics>,
-    reporter: RestartReporter,
-    /// The near shards in front of this cache, emptied with it after a panic.
-    near: Option<Shards<NearCache>>,
+    /// Whether `storefront_cache_entries` counts this tier's entries: the shared cache's
+    /// are counted, the near copies are not.
+    counts_entries: bool,
 }
 
-impl Cache {
-    pub fn new(
-        db: DbGateway,
-        capacity: NonZeroUsize,
-        ttl: Duration,
-        metrics: Arc<Metrics>,
-        reporter: RestartReporter,
-    ) -> Self {
+impl Tier {
+    fn new(capacity: NonZeroUsize, ttl: Duration, metrics: Arc<Metrics>, counts_entries: bool) -> Self {
         Self {
-            db,
             ttl,
             entries: LruCache::new(capacity),
             in_flight: HashMap::new(),
             waiters: HashMap::new(),
             next_load: 0,
             metrics,
-            reporter,
-            near: None,
+            counts_entries,
         }
     }
 
@@ -116,13 +111,13 @@ impl Cache {
         self.metrics.cache_requests.with_label_values(&[key.cache(), result]).inc();
     }
 
-    fn gauge(&self, key: &CacheKey) -> prometheus::IntGauge {
-        self.metrics.cache_entries.with_label_values(&[key.cache()])
+    fn gauge(&self, key: &CacheKey) -> Option<prometheus::IntGauge> {
+        self.counts_entries.then(|| self.metrics.cache_entries.with_label_values(&[key.cache()]))
     }
 
     fn remove(&mut self, key: &CacheKey) {
         if self.entries.pop(key).is_some() {
-            self.gauge(key).dec();
+            self.gauge(key).inspect(prometheus::IntGauge::dec);
         }
     }
 
@@ -133,44 +128,39 @@ impl Cache {
             Some((old, _)) if old == key => {}
             // Evicted the least recently used entry to make room.
             Some((evicted, _)) => {
-                self.gauge(&evicted).dec();
-                gauge.inc();
+                self.gauge(&evicted).inspect(prometheus::IntGauge::dec);
+                gauge.inspect(prometheus::IntGauge::inc);
             }
-            None => gauge.inc(),
+            None => {
+                gauge.inspect(prometheus::IntGauge::inc);
+            }
         }
     }
 
-    fn lookup(&mut self, key: CacheKey, span: tracing::Span, ctx: &mut Context<Self>) -> Lookup {
+    /// A fresh entry, or a wait on the load already running for the key; otherwise a wait
+    /// on a new load, whose id the caller gets to start it (and to `finish` it).
+    fn lookup(&mut self, key: &CacheKey) -> (Lookup, Option<u64>) {
         let now = Instant::now();
-        match self.entries.get(&key) {
+        match self.entries.get(key) {
             Some(entry) if entry.expires > now => {
                 let value = entry.value.clone();
-                self.count(&key, "hit");
-                return Lookup::Ready(value);
+                self.count(key, "hit");
+                return (Lookup::Ready(value), None);
             }
-            Some(_) => self.remove(&key),
+            Some(_) => self.remove(key),
             None => {}
         }
         let (tx, rx) = oneshot::channel();
-        if let Some(load) = self.in_flight.get(&key) {
+        if let Some(load) = self.in_flight.get(key) {
             self.waiters.entry(*load).or_default().push(tx);
-            self.count(&key, "coalesced");
-            return Lookup::Pending(rx);
+            self.count(key, "coalesced");
+            return (Lookup::Pending(rx), None);
         }
-        self.count(&key, "miss");
-        self.metrics.cache_loads.with_label_values(&[key.cache()]).inc();
         let load_id = self.next_load;
         self.next_load += 1;
         self.in_flight.insert(key.clone(), load_id);
         self.waiters.insert(load_id, vec![tx]);
-        let db = self.db.clone();
-        let loading = key.clone();
-        ctx.spawn(wrap_future(async move { load(&db, &loading).await }.instrument(span)).map(
-            move |outcome, act: &mut Self, ctx| {
-                guarded(act, ctx, |act, _| act.finish(load_id, key, outcome.ok()));
-            },
-        ));
-        Lookup::Pending(rx)
+        (Lookup::Pending(rx), Some(load_id))
     }
 
     fn finish(&mut self, load_id: u64, key: CacheKey, value: Option<Cached>) {
@@ -196,12 +186,65 @@ impl Cache {
 
     fn reset(&mut self) {
         self.entries.clear();
-        for cache in ["products", "users"] {
-            self.metrics.cache_entries.with_label_values(&[cache]).set(0);
+        if self.counts_entries {
+            for cache in ["products", "users"] {
+                self.metrics.cache_entries.with_label_values(&[cache]).set(0);
+            }
         }
         self.in_flight.clear();
-        // Dropping the senders tells every waiter to read the database itself.
+        // Dropping the senders tells every waiter to read for itself.
         self.waiters.clear();
+    }
+}
+
+/// A cache actor built on a `Tier`: what differs between the two is where a miss goes.
+trait TierActor: Guarded {
+    fn tier(&mut self) -> &mut Tier;
+    /// The read that fills a new load.
+    fn fetch(&mut self, key: CacheKey) -> impl Future<Output = Result<Cached, AppError>> + 'static;
+}
+
+fn lookup<A: TierActor>(act: &mut A, key: CacheKey, span: tracing::Span, ctx: &mut Context<A>) -> Lookup {
+    let (lookup, new_load) = act.tier().lookup(&key);
+    if let Some(load_id) = new_load {
+        let fetching = act.fetch(key.clone()).instrument(span);
+        ctx.spawn(wrap_future(fetching).map(move |outcome, act: &mut A, ctx| {
+            guarded(act, ctx, |act, _| act.tier().finish(load_id, key, outcome.ok()));
+        }));
+    }
+    lookup
+}
+
+pub struct Cache {
+    db: DbGateway,
+    tier: Tier,
+    reporter: RestartReporter,
+    /// The near shards in front of this cache, emptied with it after a panic.
+    near: Option<Shards<NearCache>>,
+}
+
+impl Cache {
+    pub fn new(
+        db: DbGateway,
+        capacity: NonZeroUsize,
+        ttl: Duration,
+        metrics: Arc<Metrics>,
+        reporter: RestartReporter,
+    ) -> Self {
+        Self { db, tier: Tier::new(capacity, ttl, metrics, true), reporter, near: None }
+    }
+}
+
+impl TierActor for Cache {
+    fn tier(&mut self) -> &mut Tier {
+        &mut self.tier
+    }
+
+    fn fetch(&mut self, key: CacheKey) -> impl Future<Output = Result<Cached, AppError>> + 'static {
+        self.tier.count(&key, "miss");
+        self.tier.metrics.cache_loads.with_label_values(&[key.cache()]).inc();
+        let db = self.db.clone();
+        async move { load(&db, &key).await }
     }
 }
 
@@ -222,7 +265,7 @@ impl Guarded for Cache {
 impl Supervised for Cache {
     fn restarting(&mut self, ctx: &mut Context<Self>) {
         guarded(self, ctx, |act, _| {
-            act.reset();
+            act.tier.reset();
             // What the near shards copied came from the state that just panicked.
             for near in act.near.iter().flat_map(Shards::each) {
                 near.do_send(Clear);
@@ -257,7 +300,7 @@ struct Get(CacheKey, tracing::Span);
 impl Handler<Get> for Cache {
     type Result = MessageResult<Get>;
     fn handle(&mut self, msg: Get, ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(guarded(self, ctx, |act, ctx| act.lookup(msg.0, msg.1, ctx)))
+        MessageResult(guarded(self, ctx, |act, ctx| lookup(act, msg.0, msg.1, ctx)))
     }
 }
 
@@ -268,7 +311,7 @@ struct Invalidate(CacheKey);
 impl Handler<Invalidate> for Cache {
     type Result = ();
     fn handle(&mut self, msg: Invalidate, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, _| act.invalidate(&msg.0));
+        guarded(self, ctx, |act, _| act.tier.invalidate(&msg.0));
     }
 }
 
@@ -279,7 +322,7 @@ struct Clear;
 impl Handler<Clear> for Cache {
     type Result = ();
     fn handle(&mut self, _msg: Clear, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, _| act.reset());
+        guarded(self, ctx, |act, _| act.tier.reset());
     }
 }
 
@@ -382,13 +425,13 @@ impl CacheClient {
         }
     }
 
-    /// Forgets a key in the shared cache and then in every near shard; call it after a
-    /// write commits and before its response is sent. Mailboxes are FIFO, so every read
-    /// asked of any of them after this is answered after it. The shared cache goes first:
-    /// a near shard that has forgotten the key and misses again asks the shared cache
-    /// only after the shared cache has forgotten it too, so no stale copy comes back.
-    /// It is a `do_send` on purpose: an invalidation must never be dropped for a full
-    /// mailbox, and the writes sending them are themselves bounded by the database admission.
+    /// Forgets a key in the shared cache and then in every near shard; the EventRelay
+    /// calls it for each committed event, before the writer is answered. Mailboxes are
+    /// FIFO, so every read asked of any of them after this is answered after it. The
+    /// shared cache goes first: a near shard that has forgotten the key and misses again
+    /// asks the shared cache only after the shared cache has forgotten it too, so no stale
+    /// copy comes back. It is a `do_send` on purpose: an invalidation must never be
+    /// dropped for a full mailbox, and the events sending them come in bounded batches.
     pub fn invalidate(&self, key: CacheKey) {
         if let Some(cache) = &self.cache {
             cache.do_send(Invalidate(key.clone()));
@@ -480,87 +523,25 @@ impl SharedReader {
 /// the shared cache's count (the near copies are bounded by the same capacity each).
 pub struct NearCache {
     reader: SharedReader,
-    ttl: Duration,
-    entries: LruCache<CacheKey, Entry>,
-    in_flight: HashMap<CacheKey, u64>,
-    waiters: HashMap<u64, Vec<Waiter>>,
-    next_load: u64,
+    tier: Tier,
     reporter: RestartReporter,
 }
 
 impl NearCache {
     fn new(reader: SharedReader, capacity: NonZeroUsize, ttl: Duration, reporter: RestartReporter) -> Self {
-        Self {
-            reader,
-            ttl,
-            entries: LruCache::new(capacity),
-            in_flight: HashMap::new(),
-            waiters: HashMap::new(),
-            next_load: 0,
-            reporter,
-        }
+        let tier = Tier::new(capacity, ttl, Arc::clone(&reader.metrics), false);
+        Self { reader, tier, reporter }
+    }
+}
+
+impl TierActor for NearCache {
+    fn tier(&mut self) -> &mut Tier {
+        &mut self.tier
     }
 
-    fn count(&self, key: &CacheKey, result: &str) {
-        self.reader.metrics.cache_requests.with_label_values(&[key.cache(), result]).inc();
-    }
-
-    fn lookup(&mut self, key: CacheKey, span: tracing::Span, ctx: &mut Context<Self>) -> Lookup {
-        let now = Instant::now();
-        match self.entries.get(&key) {
-            Some(entry) if entry.expires > now => {
-                let value = entry.value.clone();
-                self.count(&key, "hit");
-                return Lookup::Ready(value);
-            }
-            Some(_) => {
-                self.entries.pop(&key);
-            }
-            None => {}
-        }
-        let (tx, rx) = oneshot::channel();
-        if let Some(load) = self.in_flight.get(&key) {
-            self.waiters.entry(*load).or_default().push(tx);
-            self.count(&key, "coalesced");
-            return Lookup::Pending(rx);
-        }
-        let load_id = self.next_load;
-        self.next_load += 1;
-        self.in_flight.insert(key.clone(), load_id);
-        self.waiters.insert(load_id, vec![tx]);
+    fn fetch(&mut self, key: CacheKey) -> impl Future<Output = Result<Cached, AppError>> + 'static {
         let reader = self.reader.clone();
-        let asking = key.clone();
-        ctx.spawn(wrap_future(async move { reader.read(asking).await }.instrument(span)).map(
-            move |outcome, act: &mut Self, ctx| {
-                guarded(act, ctx, |act, _| act.finish(load_id, key, outcome.ok()));
-            },
-        ));
-        Lookup::Pending(rx)
-    }
-
-    fn finish(&mut self, load_id: u64, key: CacheKey, value: Option<Cached>) {
-        for waiter in self.waiters.remove(&load_id).unwrap_or_default() {
-            let _ = waiter.send(value.clone());
-        }
-        if self.in_flight.get(&key) != Some(&load_id) {
-            return;
-        }
-        self.in_flight.remove(&key);
-        if let Some(value) = value {
-            let ttl = if value.is_negative() { NEGATIVE_TTL.min(self.ttl) } else { self.ttl };
-            self.entries.push(key, Entry { value, expires: Instant::now() + ttl });
-        }
-    }
-
-    fn invalidate(&mut self, key: &CacheKey) {
-        self.entries.pop(key);
-        self.in_flight.remove(key);
-    }
-
-    fn reset(&mut self) {
-        self.entries.clear();
-        self.in_flight.clear();
-        self.waiters.clear();
+        async move { reader.read(key).await }
     }
 }
 
@@ -580,28 +561,28 @@ impl Guarded for NearCache {
 
 impl Supervised for NearCache {
     fn restarting(&mut self, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, _| act.reset());
+        guarded(self, ctx, |act, _| act.tier.reset());
     }
 }
 
 impl Handler<Get> for NearCache {
     type Result = MessageResult<Get>;
     fn handle(&mut self, msg: Get, ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(guarded(self, ctx, |act, ctx| act.lookup(msg.0, msg.1, ctx)))
+        MessageResult(guarded(self, ctx, |act, ctx| lookup(act, msg.0, msg.1, ctx)))
     }
 }
 
 impl Handler<Invalidate> for NearCache {
     type Result = ();
     fn handle(&mut self, msg: Invalidate, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, _| act.invalidate(&msg.0));
+        guarded(self, ctx, |act, _| act.tier.invalidate(&msg.0));
     }
 }
 
 impl Handler<Clear> for NearCache {
     type Result = ();
     fn handle(&mut self, _msg: Clear, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, _| act.reset());
+        guarded(self, ctx, |act, _| act.tier.reset());
     }
 }
 
@@ -611,7 +592,7 @@ impl Handler<GetActorReport> for NearCache {
         let report = guarded(self, ctx, |act, _| {
             ActorReport::running(
                 ACTOR,
-                serde_json::json!({"entries": act.entries.len(), "loads_in_flight": act.in_flight.len()}),
+                serde_json::json!({"entries": act.tier.entries.len(), "loads_in_flight": act.tier.in_flight.len()}),
             )
         });
         MessageResult(report.unwrap_or_else(|| ActorReport::unresponsive(ACTOR, "panicked while reporting")))
@@ -622,14 +603,14 @@ impl Cache {
     fn report(&self) -> ActorReport {
         let mut caches = serde_json::Map::new();
         for cache in ["products", "users"] {
-            let count = |result: &str| self.metrics.cache_requests.with_label_values(&[cache, result]).get();
+            let count = |result: &str| self.tier.metrics.cache_requests.with_label_values(&[cache, result]).get();
             let (hits, misses, coalesced) = (count("hit"), count("miss"), count("coalesced"));
             let lookups = hits + misses + coalesced;
             let hit_ratio = (lookups > 0).then(|| hits as f64 / lookups as f64);
             caches.insert(
                 cache.into(),
                 serde_json::json!({
-                    "entries": self.metrics.cache_entries.with_label_values(&[cache]).get(),
+                    "entries": self.tier.metrics.cache_entries.with_label_values(&[cache]).get(),
                     "hits": hits, "misses": misses, "coalesced": coalesced, "hit_ratio": hit_ratio,
                 }),
             );
@@ -637,8 +618,8 @@ impl Cache {
         ActorReport::running(
             ACTOR,
             serde_json::json!({
-                "entries": self.entries.len(), "capacity": self.entries.cap().get(),
-                "ttl_seconds": self.ttl.as_secs(), "loads_in_flight": self.in_flight.len(),
+                "entries": self.tier.entries.len(), "capacity": self.tier.entries.cap().get(),
+                "ttl_seconds": self.tier.ttl.as_secs(), "loads_in_flight": self.tier.in_flight.len(),
                 "caches": caches,
             }),
         )

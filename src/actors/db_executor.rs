@@ -17,6 +17,7 @@ use tracing::Span;
 use super::{
     admission::{Admission, AdmissionSlot},
     breaker::DbBreaker,
+    read_your_writes::{ReadYourWrites, Ticket},
     supervision::{catch_panic, RestartReporter},
 };
 use crate::{
@@ -46,7 +47,8 @@ pub struct Query<U> {
 }
 
 impl<U: UseCase> Message for Query<U> {
-    type Result = Result<U::Output, AppError>;
+    /// With a ticket when the use case appended events and committed.
+    type Result = Result<(U::Output, Option<Ticket>), AppError>;
 }
 
 pub struct DbExecutor {
@@ -56,6 +58,7 @@ pub struct DbExecutor {
     metrics: Arc<Metrics>,
     /// Woken when a use case appended outbox events, so the relay reads them at once.
     outbox_appended: Arc<Notify>,
+    read_your_writes: Arc<ReadYourWrites>,
     /// This replica, named in every outbox event its use cases append.
     origin: uuid::Uuid,
 }
@@ -73,7 +76,7 @@ impl Actor for DbExecutor {
 }
 
 impl<U: UseCase> Handler<Query<U>> for DbExecutor {
-    type Result = Result<U::Output, AppError>;
+    type Result = Result<(U::Output, Option<Ticket>), AppError>;
 
     fn handle(&mut self, query: Query<U>, ctx: &mut SyncContext<Self>) -> Self::Result {
         let _entered = query.span.enter();
@@ -84,7 +87,8 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
         // Work queued before the breaker opened is refused now rather than each piece
         // waiting out a connection attempt.
         self.breaker.admit()?;
-        let (pool, breaker, origin, outbox_appended) = (&self.pool, &self.breaker, self.origin, &self.outbox_appended);
+        let (pool, breaker, origin) = (&self.pool, &self.breaker, self.origin);
+        let (outbox_appended, read_your_writes) = (&self.outbox_appended, &self.read_your_writes);
         let (use_case, request_id) = (query.use_case, query.request_id);
         let outcome = catch_panic(move || {
             let connection = pool.get();
@@ -97,11 +101,13 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
             })?;
             let (outcome, appended) =
                 outbox::attributed(Attribution { origin, request_id }, || use_case.run(&mut conn));
+            // Taken before the wake-up, so the poll that the wake-up starts covers it.
+            let ticket = (appended && outcome.is_ok()).then(|| read_your_writes.committed());
             if appended {
                 // The relay reads them at once instead of at its next poll.
                 outbox_appended.notify_one();
             }
-            outcome
+            outcome.map(|output| (output, ticket))
         });
         outcome.unwrap_or_else(|payload| {
             // The SyncArbiter builds a fresh DbExecutor for this thread after stop().
@@ -120,6 +126,7 @@ pub struct DbGateway {
     workers: usize,
     breaker: Arc<DbBreaker>,
     pool: DbPool,
+    read_your_writes: Arc<ReadYourWrites>,
 }
 
 pub struct DbGatewaySettings {
@@ -130,6 +137,8 @@ pub struct DbGatewaySettings {
     pub timeout: Duration,
     /// Notified after each use case that appended outbox events.
     pub outbox_appended: Arc<Notify>,
+    /// Shared with the EventRelay, which covers the tickets the executors take.
+    pub read_your_writes: Arc<ReadYourWrites>,
     pub breaker: Arc<DbBreaker>,
 }
 
@@ -138,6 +147,7 @@ impl DbGateway {
         let factory_metrics = Arc::clone(&metrics);
         let origin = settings.origin;
         let outbox_appended = settings.outbox_appended;
+        let read_your_writes = Arc::clone(&settings.read_your_writes);
         let breaker = Arc::clone(&settings.breaker);
         let reported_pool = pool.clone();
         // The factory runs on the executor thread itself (again after each restart).
@@ -147,6 +157,7 @@ impl DbGateway {
             reporter: reporter.clone(),
             metrics: Arc::clone(&factory_metrics),
             outbox_appended: Arc::clone(&outbox_appended),
+            read_your_writes: Arc::clone(&read_your_writes),
             breaker: Arc::clone(&breaker),
         });
         Self {
@@ -157,6 +168,7 @@ impl DbGateway {
             workers: settings.workers,
             breaker: settings.breaker,
             pool: reported_pool,
+            read_your_writes: settings.read_your_writes,
         }
     }
 
@@ -200,6 +212,7 @@ impl DbGateway {
     /// Runs a use case on the pool, or refuses at once with 503 when the pool is saturated.
     /// A request that waited too long in the queue is withdrawn (503, safe to retry); one
     /// that had already started runs on, and its caller learns the outcome is unknown (504).
+    /// A write that committed is answered once the cache no longer holds what it changed.
     pub async fn run<U: UseCase>(&self, use_case: U) -> Result<U::Output, AppError> {
         if let Err(refused) = self.breaker.admit() {
             self.metrics.db_shed.with_label_values(&["breaker_open"]).inc();
@@ -214,7 +227,12 @@ impl DbGateway {
             _slot: self.admit()?,
         };
         match self.addr.send(query).timeout(self.timeout).await {
-            Ok(result) => result,
+            Ok(Ok((output, None))) => Ok(output),
+            Ok(Ok((output, Some(ticket)))) => {
+                self.await_invalidation(ticket).await;
+                Ok(output)
+            }
+            Ok(Err(error)) => Err(error),
             Err(MailboxError::Timeout) => {
                 let withdrawn =
                     progress.compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok();
@@ -230,6 +248,18 @@ impl DbGateway {
                 })
             }
             Err(MailboxError::Closed) => Err(AppError::Internal("the DbExecutor mailbox is closed".into())),
+        }
+    }
+
+    /// The write committed, so it is answered either way; a relay that cannot read (shed,
+    /// restarting, the database gone again) delays the answer by `timeout` at most, and
+    /// drops the stale entries when it reads again (a restarted relay clears the cache).
+    async fn await_invalidation(&self, ticket: Ticket) {
+        if !self.read_your_writes.wait(ticket, self.timeout).await {
+            tracing::warn!(
+                timeout_ms = self.timeout.as_millis() as u64,
+                "a write committed but the relay has not invalidated its cache entries yet; answering anyway"
+            );
         }
     }
 

@@ -3,17 +3,15 @@
 //! out, exactly when the database is slow); this thread holds one connection outside the
 //! pool and is asked by the Health actor only, one probe at a time.
 
-use std::{
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
+use std::time::{Duration, Instant};
+
+use actix::{ActorContext, Addr, Handler, Message, SyncArbiter, SyncContext};
+
+use super::{
+    pool_threads::{counted_sync_actor, PoolThreads},
+    report::ActorReport,
+    supervision::{catch_panic, RestartReporter},
 };
-
-use actix::{Actor, ActorContext, Addr, Handler, Message, SyncArbiter, SyncContext};
-
-use super::supervision::{catch_panic, RestartReporter};
 use crate::{
     config::DatabaseConfig,
     db::{connection::ConnectError, ConnectionManager, DbConnection},
@@ -25,41 +23,34 @@ pub struct DbProbe {
     manager: ConnectionManager,
     connection: Option<DbConnection>,
     reporter: RestartReporter,
-    alive: Arc<AtomicUsize>,
+    threads: PoolThreads,
 }
 
 /// The running probe thread: its address and whether it is alive.
 #[derive(Clone)]
 pub struct ProbeThread {
     pub addr: Addr<DbProbe>,
-    alive: Arc<AtomicUsize>,
+    threads: PoolThreads,
 }
 
 impl ProbeThread {
-    pub fn report(&self) -> super::report::ActorReport {
-        use super::report::{as_u64, ActorKind, ActorReport, Instances};
-        let instances = Instances { configured: 1, alive: as_u64(self.alive.load(Ordering::Acquire)) };
-        ActorReport::new(
-            ACTOR,
-            ActorKind::SyncPool,
-            instances,
-            serde_json::json!({"connection": "own, outside the pool"}),
-        )
+    pub fn report(&self) -> ActorReport {
+        self.threads.report(serde_json::json!({"connection": "own, outside the pool"}))
     }
 }
 
 impl DbProbe {
     pub fn start(config: &DatabaseConfig, reporter: RestartReporter) -> ProbeThread {
         let manager = ConnectionManager::new(config);
-        let alive = Arc::new(AtomicUsize::new(0));
-        let counted = Arc::clone(&alive);
+        let threads = PoolThreads::new(ACTOR, 1);
+        let counted = threads.clone();
         let addr = SyncArbiter::start(1, move || DbProbe {
             manager: manager.clone(),
             connection: None,
             reporter: reporter.clone(),
-            alive: Arc::clone(&counted),
+            threads: counted.clone(),
         });
-        ProbeThread { addr, alive }
+        ProbeThread { addr, threads }
     }
 
     /// Reuses the connection while it answers; otherwise connects afresh, so a database
@@ -78,17 +69,7 @@ impl DbProbe {
     }
 }
 
-impl Actor for DbProbe {
-    type Context = SyncContext<Self>;
-
-    fn started(&mut self, _ctx: &mut Self::Context) {
-        self.alive.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.alive.fetch_sub(1, Ordering::AcqRel);
-    }
-}
+counted_sync_actor!(DbProbe);
 
 /// One probe: how long the round trip took, or why it failed.
 #[derive(Message)]

@@ -1,7 +1,9 @@
-//! The EventRelay is the one reader of the transactional outbox. It tails `id > last` and
-//! hands every event to the EventHub (live updates, this replica's own events included)
-//! and drops the cache entries other replicas' writes made stale (this replica's own
-//! writes invalidate synchronously, for read-your-writes).
+//! The EventRelay is the one reader of the transactional outbox. It tails `id > last`,
+//! drops the cache entries every committed event made stale and hands the events to the
+//! EventHub (live updates), this replica's own events included in both. It is the one
+//! place that invalidates: a write that timed out (504) and commits later is covered as
+//! surely as one that answered, and the writer's own read-your-writes waits for it
+//! (`read_your_writes`).
 //!
 //! It reads as soon as it is woken — by this replica's DbExecutor after a use case that
 //! appended events, and on PostgreSQL by a `NOTIFY` from any replica — and otherwise every
@@ -20,6 +22,7 @@ use super::{
     chaos::crashed,
     db_executor::DbGateway,
     event_hub::{EventHub, Publish},
+    read_your_writes::ReadYourWrites,
     relay_watch::RelayProgress,
     report::{ActorReport, GetActorReport},
     supervision::{guarded, Guarded, PanicPayload, RestartReporter},
@@ -40,8 +43,6 @@ const BATCH: i64 = 1000;
 const HUB_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct RelaySettings {
-    /// This replica: its own events were already invalidated in the cache when written.
-    pub origin: Uuid,
     pub interval: Duration,
     /// The newest event id when the service started: the tail starts after it.
     pub start_after: i64,
@@ -49,16 +50,18 @@ pub struct RelaySettings {
     pub wake: Arc<Notify>,
     /// A PostgreSQL URL to LISTEN on; `None` on SQLite.
     pub listen_url: Option<String>,
+    /// Shared with the DbGateway, whose writers wait for their tickets to be covered.
+    pub read_your_writes: Arc<ReadYourWrites>,
 }
 
 pub struct EventRelay {
-    origin: String,
     db: DbGateway,
     cache: CacheClient,
     hub: Addr<EventHub>,
     interval: Duration,
     wake: Arc<Notify>,
     listen_url: Option<String>,
+    read_your_writes: Arc<ReadYourWrites>,
     /// The last event handed on. Kept across a restart: what a panic interrupted is read
     /// again, and the hub ignores ids it already has.
     last_id: i64,
@@ -78,13 +81,13 @@ impl EventRelay {
         reporter: RestartReporter,
     ) -> Self {
         Self {
-            origin: settings.origin.to_string(),
             db,
             cache,
             hub,
             interval: settings.interval,
             wake: settings.wake,
             listen_url: settings.listen_url,
+            read_your_writes: settings.read_your_writes,
             last_id: settings.start_after,
             polling: false,
             again: false,
@@ -106,15 +109,20 @@ impl EventRelay {
         }
         self.polling = true;
         self.again = false;
-        let (db, cache, hub, origin) = (self.db.clone(), self.cache.clone(), self.hub.clone(), self.origin.clone());
+        let (db, cache, hub) = (self.db.clone(), self.cache.clone(), self.hub.clone());
+        let read_your_writes = Arc::clone(&self.read_your_writes);
         let after = self.last_id;
+        // Taken before reading: every commit counted in it is visible to the read.
+        let horizon = read_your_writes.horizon();
         let read_and_hand_on = async move {
             let events = db.run(EventsAfter { after, limit: BATCH }).await?;
             let (count, last) = (events.len(), events.last().map(|event| event.id));
-            for event in events.iter().filter(|event| event.origin.as_deref() != Some(origin.as_str())) {
-                if let Some(key) = invalidated_by(event) {
-                    cache.invalidate(key);
-                }
+            for key in events.iter().filter_map(invalidated_by) {
+                cache.invalidate(key);
+            }
+            if (count as i64) < BATCH {
+                // Read to the end: the writers waiting may answer before the hub is done.
+                read_your_writes.covered(horizon);
             }
             if !events.is_empty() {
                 // Awaited, so the hub's mailbox holds at most one batch from here; if the
@@ -207,7 +215,11 @@ impl Guarded for EventRelay {
 impl Supervised for EventRelay {
     fn restarting(&mut self, ctx: &mut Context<Self>) {
         // Invalidations may have been missed mid-panic: everything cached could be stale.
-        guarded(self, ctx, |act, _| act.cache.clear());
+        guarded(self, ctx, |act, _| {
+            let horizon = act.read_your_writes.horizon();
+            act.cache.clear();
+            act.read_your_writes.covered(horizon);
+        });
     }
 }
 

@@ -2,18 +2,14 @@
 //! an actix-web worker and never on a DbExecutor thread holding a connection. Admission is
 //! bounded, because each hash takes 19 MiB.
 
-use std::{
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use actix::{Actor, ActorContext, Addr, Handler, MailboxError, Message, SyncArbiter, SyncContext};
+use actix::{ActorContext, Addr, Handler, MailboxError, Message, SyncArbiter, SyncContext};
 
 use super::{
     admission::Admission,
+    pool_threads::{counted_sync_actor, PoolThreads},
+    report::ActorReport,
     supervision::{catch_panic, RestartReporter},
 };
 use crate::{
@@ -29,20 +25,10 @@ pub struct PasswordHasher {
     /// so a login for an unknown email takes as long as a wrong password.
     dummy_hash: String,
     reporter: RestartReporter,
-    alive: Arc<AtomicUsize>,
+    threads: PoolThreads,
 }
 
-impl Actor for PasswordHasher {
-    type Context = SyncContext<Self>;
-
-    fn started(&mut self, _ctx: &mut Self::Context) {
-        self.alive.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.alive.fetch_sub(1, Ordering::AcqRel);
-    }
-}
+counted_sync_actor!(PasswordHasher);
 
 #[derive(Message)]
 #[rtype(result = "Result<String, AppError>")]
@@ -88,32 +74,29 @@ impl Handler<Verify> for PasswordHasher {
 pub struct Passwords {
     addr: Addr<PasswordHasher>,
     admission: Arc<Admission>,
-    threads: usize,
-    alive: Arc<AtomicUsize>,
+    threads: PoolThreads,
 }
 
 impl Passwords {
     pub fn start(threads: usize, reporter: RestartReporter) -> Result<Self, AppError> {
         let dummy_hash = hash_password("storefront-dummy-password-never-valid")?;
-        let alive = Arc::new(AtomicUsize::new(0));
-        let counted = Arc::clone(&alive);
+        let pool = PoolThreads::new(ACTOR, threads);
+        let counted = pool.clone();
         let addr = SyncArbiter::start(threads, move || PasswordHasher {
             dummy_hash: dummy_hash.clone(),
             reporter: reporter.clone(),
-            alive: Arc::clone(&counted),
+            threads: counted.clone(),
         });
         // Waiting requests hold no argon2 memory (only running hashes do), so the queue can
         // be deep; it is bounded so a sign-in storm is shed instead of piling up.
-        Ok(Self { addr, admission: Arc::new(Admission::new(threads * 64, None)), threads, alive })
+        Ok(Self { addr, admission: Arc::new(Admission::new(threads * 64, None)), threads: pool })
     }
 
     /// This pool's row in the actors API, read from its atomics (asking a thread would
     /// wait behind the hashes in its queue).
-    pub fn report(&self) -> crate::actors::report::ActorReport {
-        use crate::actors::report::{as_u64, ActorKind, ActorReport, Instances};
-        let instances =
-            Instances { configured: as_u64(self.threads), alive: as_u64(self.alive.load(Ordering::Acquire)) };
-        ActorReport::new(ACTOR, ActorKind::SyncPool, instances, serde_json::json!({"algorithm": "argon2id"}))
+    pub fn report(&self) -> ActorReport {
+        self.threads
+            .report(serde_json::json!({"algorithm": "argon2id"}))
             .with_queue(self.admission.in_flight(), self.admission.capacity())
     }
 

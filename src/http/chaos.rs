@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use actix::{dev::ToEnvelope, Actor, Addr, Handler};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -72,21 +73,14 @@ pub async fn inject_fault(
     }
     let ChaosRequest { actor, fault, millis } = body.into_inner();
     tracing::warn!(?actor, ?fault, millis, "fault injected by an operator");
+    let stall = Duration::from_millis(millis).min(MAX_STALL);
     match (actor, fault) {
         (ChaosActor::DbExecutor, ChaosFault::Panic) => state.db.run(PanicWorker).await?,
-        (ChaosActor::DbExecutor, ChaosFault::Stall) => {
-            let duration = Duration::from_millis(millis).min(MAX_STALL);
-            state.db.run(StallWorker { duration }).await?;
-        }
-        (ChaosActor::Health, ChaosFault::Panic) => state
-            .health
-            .send(Crash)
-            .timeout(ACTOR_TIMEOUT)
-            .await
-            .map_err(|error| AppError::internal("health actor", &error))??,
+        (ChaosActor::DbExecutor, ChaosFault::Stall) => state.db.run(StallWorker { duration: stall }).await?,
+        (ChaosActor::Health, ChaosFault::Panic) => crash(&state.health, "health actor").await?,
         (ChaosActor::Cache, ChaosFault::Panic) => {
             let cache = state.cache.addr().ok_or_else(|| AppError::invalid("actor", "the cache is disabled"))?;
-            cache.send(Crash).timeout(ACTOR_TIMEOUT).await.map_err(|error| AppError::internal("cache", &error))??
+            crash(cache, "cache").await?
         }
         (ChaosActor::RateLimiter, ChaosFault::Panic) => {
             // Crashes the shard of the worker serving this request; the others keep serving.
@@ -96,41 +90,21 @@ pub async fn inject_fault(
                 .await
                 .map_err(|error| AppError::internal("rate limiter", &error))??
         }
-        (ChaosActor::EventHub, ChaosFault::Panic) => state
-            .hub
-            .send(Crash)
-            .timeout(ACTOR_TIMEOUT)
-            .await
-            .map_err(|error| AppError::internal("event hub", &error))??,
-        (ChaosActor::Janitor, ChaosFault::Panic) => state
-            .janitor
-            .send(Crash)
-            .timeout(ACTOR_TIMEOUT)
-            .await
-            .map_err(|error| AppError::internal("janitor", &error))??,
-        (ChaosActor::EventRelay, ChaosFault::Panic) => state
-            .event_relay
-            .send(Crash)
-            .timeout(ACTOR_TIMEOUT)
-            .await
-            .map_err(|error| AppError::internal("event relay", &error))??,
+        (ChaosActor::EventHub, ChaosFault::Panic) => crash(&state.hub, "event hub").await?,
+        (ChaosActor::Janitor, ChaosFault::Panic) => crash(&state.janitor, "janitor").await?,
+        (ChaosActor::EventRelay, ChaosFault::Panic) => crash(&state.event_relay, "event relay").await?,
         (ChaosActor::NatsPublisher, ChaosFault::Panic) => {
             let publisher = state
                 .nats_publisher
                 .as_ref()
                 .ok_or_else(|| AppError::invalid("actor", "NATS publishing is disabled (no NATS_URL)"))?;
-            publisher
-                .send(Crash)
-                .timeout(ACTOR_TIMEOUT)
-                .await
-                .map_err(|error| AppError::internal("nats publisher", &error))??
+            crash(publisher, "nats publisher").await?
         }
         (ChaosActor::RateLimiter, ChaosFault::Stall) => {
-            let duration = Duration::from_millis(millis).min(MAX_STALL);
             // Every shard goes down, so every request meets the fail-open path.
             state
                 .rate_limiter
-                .go_down(duration, ACTOR_TIMEOUT)
+                .go_down(stall, ACTOR_TIMEOUT)
                 .await
                 .map_err(|error| AppError::internal("rate limiter", &error))?
         }
@@ -139,4 +113,13 @@ pub async fn inject_fault(
         }
     }
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Makes an async actor panic in its handler; its answer is the 500 the caller gets.
+async fn crash<A>(actor: &Addr<A>, name: &str) -> Result<(), AppError>
+where
+    A: Actor + Handler<Crash>,
+    A::Context: ToEnvelope<A, Crash>,
+{
+    actor.send(Crash).timeout(ACTOR_TIMEOUT).await.map_err(|error| AppError::internal(name, &error))?
 }

@@ -6,7 +6,6 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
-    actors::cache::CacheKey,
     auth::AuthUser,
     db::orders::{CancelOrder, GetOrder, ListOrders, PlaceOrder},
     domain::{
@@ -107,14 +106,7 @@ pub async fn place(
     let raw: Vec<(String, i64)> = body.items.iter().map(|line| (line.product_id.clone(), line.quantity)).collect();
     let lines = validate_order_lines(&raw).map_err(AppError::Validation)?;
     let idempotency = idempotency::key_of(&request, caller.0.id, "order".into(), &*body)?;
-    let products: Vec<_> = lines.iter().map(|line| CacheKey::Product(line.product_id)).collect();
-    let outcome = state.db.run(PlaceOrder { user_id: caller.0.id, lines, idempotency }).await;
-    // Stock may have changed (even behind an error: a timed-out write can still commit),
-    // so the next read of these products must go to the database.
-    for key in products {
-        state.cache.invalidate(key);
-    }
-    let outcome = outcome?;
+    let outcome = state.db.run(PlaceOrder { user_id: caller.0.id, lines, idempotency }).await?;
     idempotency::respond_created(outcome, Some("/api/v1/orders"))
 }
 
@@ -173,8 +165,5 @@ pub async fn cancel(
             may_cancel_any: caller.can(Permission::CancelAnyOrder),
         })
         .await?;
-    for item in &order.items {
-        state.cache.invalidate(CacheKey::Product(item.product_id));
-    }
     Ok(HttpResponse::Ok().json(order))
 }

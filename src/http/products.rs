@@ -9,7 +9,6 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
-    actors::cache::CacheKey,
     auth::AuthUser,
     db::catalog::{CreateProduct, DeleteProduct, ListProducts, UpdateProduct},
     domain::{
@@ -168,7 +167,6 @@ pub async fn create(
     };
     let changes = input.validate().map_err(AppError::Validation)?;
     let product = state.db.run(CreateProduct { changes }).await?;
-    state.cache.invalidate(CacheKey::Product(product.id));
     let response = HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/products/{}", product.id)))
         .json(&product);
@@ -193,10 +191,7 @@ pub async fn update(
         ProductInput { name, description, price_cents, stock, status }.validate().map_err(AppError::Validation)?;
     let if_match = header_text(&request, header::IF_MATCH).map(str::to_owned);
     let id = id.into_inner();
-    let updated = state.db.run(UpdateProduct { id, changes, if_match }).await;
-    // Even on an error: a write that timed out may still have committed.
-    state.cache.invalidate(CacheKey::Product(id));
-    let product = updated?;
+    let product = state.db.run(UpdateProduct { id, changes, if_match }).await?;
     Ok(with_etag(HttpResponse::Ok().json(&product), &product))
 }
 
@@ -209,9 +204,6 @@ pub async fn delete(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, AppError> {
     caller.require(Permission::ManageCatalog)?;
-    let id = id.into_inner();
-    let deleted = state.db.run(DeleteProduct { id }).await;
-    state.cache.invalidate(CacheKey::Product(id));
-    deleted?;
+    state.db.run(DeleteProduct { id: id.into_inner() }).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -6,7 +6,6 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    actors::cache::CacheKey,
     auth::AuthUser,
     db::users::{DeleteUser, FindActiveUser, ListUsers, UpdateUser, UserChanges},
     domain::{
@@ -95,10 +94,7 @@ pub async fn update(
     if let Some(password) = patch.password {
         changes.password_hash = Some(state.passwords.hash(password).await?);
     }
-    let updated = state.db.run(UpdateUser { id, changes }).await;
-    // Even on an error: a write that timed out may still have committed.
-    state.cache.invalidate(CacheKey::User(id));
-    let user = updated?;
+    let user = state.db.run(UpdateUser { id, changes }).await?;
     Ok(HttpResponse::Ok().json(user))
 }
 
@@ -112,9 +108,6 @@ pub async fn delete(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, AppError> {
     caller.require(Permission::DeleteUsers)?;
-    let id = id.into_inner();
-    let deleted = state.db.run(DeleteUser { id }).await;
-    state.cache.invalidate(CacheKey::User(id));
-    deleted?;
+    state.db.run(DeleteUser { id: id.into_inner() }).await?;
     Ok(HttpResponse::NoContent().finish())
 }

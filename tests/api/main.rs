@@ -8,6 +8,7 @@ mod common;
 
 mod accounts;
 mod cache_and_limits;
+mod cache_invalidation;
 mod concurrency;
 mod first_hour;
 mod foundation;

@@ -8,6 +8,7 @@
 //! PostgreSQL into a failure.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod db_lock;
 pub mod events;
 pub mod postgres_server;
 pub mod shop;
@@ -279,6 +280,14 @@ impl TestApp {
 
     pub async fn get_as(&self, path: &str, token: &str) -> Response {
         self.request(Method::GET, path).bearer_auth(token).send().await.expect("request sent")
+    }
+
+    /// Credits a user's account as an admin.
+    pub async fn deposit(&self, admin: &str, user_id: &str, amount_cents: i64) {
+        let path = format!("/api/v1/accounts/{user_id}/deposits");
+        let response =
+            self.send_json(Method::POST, &path, admin, &serde_json::json!({"amount_cents": amount_cents})).await;
+        assert_eq!(response.status(), 201, "deposit {amount_cents} for {user_id}");
     }
 
     /// Registers a user (password `PASSWORD`) and returns the created user.
