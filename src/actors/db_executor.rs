@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     db::{
-        outbox::{self, Attribution},
+        outbox::{Attribution, Outbox},
         DbConnection, DbPool, UseCase,
     },
     error::AppError,
@@ -95,9 +95,9 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
                 tracing::warn!(%error, "no database connection available");
                 AppError::unavailable("The database is unavailable; try again shortly.")
             })?;
-            let (outcome, appended) =
-                outbox::attributed(Attribution { origin, request_id }, || use_case.run(&mut conn));
-            if appended {
+            let mut outbox = Outbox::attributed(Attribution { origin, request_id });
+            let outcome = use_case.run(&mut conn, &mut outbox);
+            if outbox.appended() {
                 // The relay reads them at once instead of at its next poll.
                 outbox_appended.notify_one();
             }
@@ -246,7 +246,7 @@ pub struct Ping;
 
 impl UseCase for Ping {
     type Output = ();
-    fn run(self, conn: &mut DbConnection) -> Result<(), AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), AppError> {
         use diesel::r2d2::R2D2Connection;
         conn.ping().map_err(|error| {
             tracing::warn!(%error, "database ping failed");

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{
     idempotency::{run_once, IdempotencyKey, Outcome},
-    outbox::{self, topic, NewEvent},
+    outbox::{topic, NewEvent, Outbox},
     schema::{accounts, deposits, transfers, users},
     users::parse_id,
     DbConnection, UseCase,
@@ -82,7 +82,7 @@ pub struct GetAccount {
 
 impl UseCase for GetAccount {
     type Output = Account;
-    fn run(self, conn: &mut DbConnection) -> Result<Account, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Account, AppError> {
         load_account(conn, self.user_id)
     }
 }
@@ -96,7 +96,7 @@ pub struct Deposit {
 
 impl UseCase for Deposit {
     type Output = Outcome<Account>;
-    fn run(self, conn: &mut DbConnection) -> Result<Outcome<Account>, AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Outcome<Account>, AppError> {
         run_once(conn, self.idempotency.as_ref(), 201, |conn| {
             if !user_is_live(conn, self.user_id)? {
                 return Err(AppError::NotFound("No such user.".into()));
@@ -115,7 +115,7 @@ impl UseCase for Deposit {
                 ))
                 .execute(conn)?;
             let account = load_account(conn, self.user_id)?;
-            outbox::append(conn, vec![account_event(&account)])?;
+            outbox.append(conn, vec![account_event(&account)])?;
             Ok(account)
         })
     }
@@ -130,7 +130,7 @@ pub struct MakeTransfer {
 
 impl UseCase for MakeTransfer {
     type Output = Outcome<Transfer>;
-    fn run(self, conn: &mut DbConnection) -> Result<Outcome<Transfer>, AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Outcome<Transfer>, AppError> {
         let (from, to, amount) = (self.from_user_id, self.to_user_id, self.amount_cents);
         run_once(conn, self.idempotency.as_ref(), 201, |conn| {
             if !user_is_live(conn, to)? {
@@ -169,7 +169,7 @@ impl UseCase for MakeTransfer {
                 .execute(conn)?;
             let sender = load_account(conn, from)?;
             let recipient = load_account(conn, to)?;
-            outbox::append(conn, vec![account_event(&sender), account_event(&recipient)])?;
+            outbox.append(conn, vec![account_event(&sender), account_event(&recipient)])?;
             Ok(transfer)
         })
     }
@@ -195,7 +195,7 @@ pub struct ListTransfers {
 
 impl UseCase for ListTransfers {
     type Output = Page<Transfer>;
-    fn run(self, conn: &mut DbConnection) -> Result<Page<Transfer>, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Page<Transfer>, AppError> {
         let id = self.user_id.to_string();
         let mine =
             || transfers::table.filter(transfers::from_user_id.eq(id.clone()).or(transfers::to_user_id.eq(id.clone())));

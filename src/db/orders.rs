@@ -12,7 +12,7 @@ use super::{
     accounts::{account_event, credit, debit, insufficient_funds, load_account},
     catalog::{find_live, product_event, ProductRow},
     idempotency::{run_once, IdempotencyKey, Outcome},
-    outbox::{self, topic, NewEvent},
+    outbox::{topic, NewEvent, Outbox},
     schema::{order_items, orders, products},
     users::parse_id,
     DbConnection, UseCase,
@@ -88,9 +88,9 @@ pub struct PlaceOrder {
 
 impl UseCase for PlaceOrder {
     type Output = Outcome<Order>;
-    fn run(self, conn: &mut DbConnection) -> Result<Outcome<Order>, AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Outcome<Order>, AppError> {
         let (user_id, lines) = (self.user_id, self.lines);
-        run_once(conn, self.idempotency.as_ref(), 201, |conn| place_order(conn, user_id, &lines))
+        run_once(conn, self.idempotency.as_ref(), 201, |conn| place_order(conn, outbox, user_id, &lines))
     }
 }
 
@@ -98,7 +98,12 @@ fn orderable(row: &ProductRow) -> bool {
     row.deleted_at.is_none() && row.status == ProductStatus::Active.as_str()
 }
 
-fn place_order(conn: &mut DbConnection, user_id: Uuid, lines: &[OrderLine]) -> Result<Order, AppError> {
+fn place_order(
+    conn: &mut DbConnection,
+    outbox: &mut Outbox,
+    user_id: Uuid,
+    lines: &[OrderLine],
+) -> Result<Order, AppError> {
     let now = clock::now();
     let mut sorted: Vec<(usize, &OrderLine)> = lines.iter().enumerate().collect();
     sorted.sort_by_key(|(_, line)| line.product_id.to_string());
@@ -185,7 +190,7 @@ fn place_order(conn: &mut DbConnection, user_id: Uuid, lines: &[OrderLine]) -> R
     let account = load_account(conn, user_id)?;
     events.push(NewEvent::private(topic::ORDERS, "order.created", user_id, &order));
     events.push(account_event(&account));
-    outbox::append(conn, events)?;
+    outbox.append(conn, events)?;
     Ok(order)
 }
 
@@ -195,7 +200,7 @@ pub struct GetOrder {
 
 impl UseCase for GetOrder {
     type Output = Option<Order>;
-    fn run(self, conn: &mut DbConnection) -> Result<Option<Order>, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Option<Order>, AppError> {
         load_order(conn, &self.id.to_string())
     }
 }
@@ -209,7 +214,7 @@ pub struct ListOrders {
 
 impl UseCase for ListOrders {
     type Output = Page<Order>;
-    fn run(self, conn: &mut DbConnection) -> Result<Page<Order>, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Page<Order>, AppError> {
         let query = || {
             let mut query = orders::table.into_boxed();
             if let Some(user_id) = self.user_id {
@@ -240,7 +245,7 @@ pub struct CancelOrder {
 
 impl UseCase for CancelOrder {
     type Output = Order;
-    fn run(self, conn: &mut DbConnection) -> Result<Order, AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Order, AppError> {
         let id = self.id.to_string();
         conn.write_transaction(|conn| {
             let order = load_order(conn, &id)?
@@ -277,7 +282,7 @@ impl UseCase for CancelOrder {
             let account = load_account(conn, order.user_id)?;
             events.push(NewEvent::private(topic::ORDERS, "order.cancelled", order.user_id, &order));
             events.push(account_event(&account));
-            outbox::append(conn, events)?;
+            outbox.append(conn, events)?;
             Ok(order)
         })
     }

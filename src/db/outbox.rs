@@ -6,11 +6,11 @@
 //! Readers learn of new events without waiting for a poll: on PostgreSQL the appending
 //! transaction also sends a `NOTIFY` (delivered to every replica at commit), and on this
 //! replica the DbExecutor wakes the relay as soon as a use case that appended returns.
+//!
+//! Every use case is handed an [`Outbox`]: the attribution of the events it appends, and
+//! the record of whether it appended any. Nothing about a use case is ambient state.
 
-use std::{
-    cell::{Cell, RefCell},
-    sync::Arc,
-};
+use std::sync::Arc;
 
 use diesel::prelude::*;
 use serde_json::Value;
@@ -24,38 +24,69 @@ const OUTBOX_LOCK_KEY: i64 = 0x5354_4f52_4f55_5442; // "STOROUTB"
 pub const NOTIFY_CHANNEL: &str = "storefront_outbox";
 
 /// Who writes the events a use case appends: the replica, and the request that caused
-/// them. The DbExecutor hands it over explicitly for each use case it runs.
+/// them.
 #[derive(Debug, Clone)]
 pub struct Attribution {
     pub origin: Uuid,
     pub request_id: Option<Arc<str>>,
 }
 
-thread_local! {
-    /// The attribution of the use case running on this thread, only while it runs
-    /// (`attributed`): use cases append deep inside their transactions, and carrying it
-    /// through every one of them would put it in every signature. Outside (the CLI) unset.
-    static ATTRIBUTION: RefCell<Option<Attribution>> = const { RefCell::new(None) };
-    /// Whether the running use case appended events.
-    static APPENDED: Cell<bool> = const { Cell::new(false) };
+/// The outbox as one use case sees it: appends carry its attribution, and it remembers
+/// whether anything was appended, so the caller can wake the relay (a rolled-back append
+/// only costs a needless poll).
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// `None` outside a replica (the CLI): the events name no origin and no request.
+    attribution: Option<Attribution>,
+    appended: bool,
 }
 
-/// Runs one use case with its events attributed to `who`; answers its result and whether
-/// it appended events (so the caller can wake the relay; a rolled-back append only costs
-/// a needless poll). The attribution ends with `work`, even when it panics.
-pub fn attributed<T>(who: Attribution, work: impl FnOnce() -> T) -> (T, bool) {
-    struct Reset;
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            ATTRIBUTION.with(|cell| cell.replace(None));
-            APPENDED.with(|cell| cell.set(false));
-        }
+impl Outbox {
+    pub fn attributed(who: Attribution) -> Self {
+        Self { attribution: Some(who), appended: false }
     }
-    ATTRIBUTION.with(|cell| cell.replace(Some(who)));
-    APPENDED.with(|cell| cell.set(false));
-    let _reset = Reset;
-    let outcome = work();
-    (outcome, APPENDED.with(Cell::get))
+
+    /// For work done outside a running replica, e.g. by the CLI.
+    pub fn unattributed() -> Self {
+        Self::default()
+    }
+
+    pub fn appended(&self) -> bool {
+        self.appended
+    }
+
+    /// Appends events; call it last in a write transaction, to hold the lock briefly.
+    pub fn append(&mut self, conn: &mut DbConnection, new_events: Vec<NewEvent>) -> Result<(), AppError> {
+        if new_events.is_empty() {
+            return Ok(());
+        }
+        if matches!(conn, DbConnection::Postgres(_)) {
+            diesel::sql_query(format!("SELECT pg_advisory_xact_lock({OUTBOX_LOCK_KEY})")).execute(conn)?;
+        }
+        let now = clock::now();
+        let (origin, request_id) = match &self.attribution {
+            Some(who) => (Some(who.origin.to_string()), who.request_id.as_deref().map(str::to_owned)),
+            None => (None, None),
+        };
+        for event in new_events {
+            diesel::insert_into(events::table)
+                .values((
+                    events::topic.eq(event.topic),
+                    events::kind.eq(event.kind),
+                    events::user_id.eq(event.user_id),
+                    events::payload.eq(event.payload.to_string()),
+                    events::origin.eq(&origin),
+                    events::created_at.eq(now),
+                    events::request_id.eq(&request_id),
+                ))
+                .execute(conn)?;
+        }
+        if matches!(conn, DbConnection::Postgres(_)) {
+            diesel::sql_query(format!("NOTIFY {NOTIFY_CHANNEL}")).execute(conn)?;
+        }
+        self.appended = true;
+        Ok(())
+    }
 }
 
 pub mod topic {
@@ -88,37 +119,4 @@ impl NewEvent {
             payload: serde_json::to_value(payload).unwrap_or(Value::Null),
         }
     }
-}
-
-/// Appends events; call it last in a write transaction, to hold the lock briefly.
-pub fn append(conn: &mut DbConnection, new_events: Vec<NewEvent>) -> Result<(), AppError> {
-    if new_events.is_empty() {
-        return Ok(());
-    }
-    if matches!(conn, DbConnection::Postgres(_)) {
-        diesel::sql_query(format!("SELECT pg_advisory_xact_lock({OUTBOX_LOCK_KEY})")).execute(conn)?;
-    }
-    let now = clock::now();
-    let (origin, request_id) = ATTRIBUTION.with(|cell| match &*cell.borrow() {
-        Some(who) => (Some(who.origin.to_string()), who.request_id.as_deref().map(str::to_owned)),
-        None => (None, None),
-    });
-    for event in new_events {
-        diesel::insert_into(events::table)
-            .values((
-                events::topic.eq(event.topic),
-                events::kind.eq(event.kind),
-                events::user_id.eq(event.user_id),
-                events::payload.eq(event.payload.to_string()),
-                events::origin.eq(&origin),
-                events::created_at.eq(now),
-                events::request_id.eq(&request_id),
-            ))
-            .execute(conn)?;
-    }
-    if matches!(conn, DbConnection::Postgres(_)) {
-        diesel::sql_query(format!("NOTIFY {NOTIFY_CHANNEL}")).execute(conn)?;
-    }
-    APPENDED.with(|cell| cell.set(true));
-    Ok(())
 }
