@@ -37,6 +37,35 @@ pub struct ProductRow {
     pub deleted_at: Option<NaiveDateTime>,
 }
 
+/// `ProductRow`'s columns in its field order, for `RETURNING` (the multi-backend connection
+/// takes no `as_returning()`).
+pub type ProductColumns = (
+    products::id,
+    products::name,
+    products::name_folded,
+    products::description,
+    products::price_cents,
+    products::stock,
+    products::status,
+    products::version,
+    products::created_at,
+    products::updated_at,
+    products::deleted_at,
+);
+pub const PRODUCT_COLUMNS: ProductColumns = (
+    products::id,
+    products::name,
+    products::name_folded,
+    products::description,
+    products::price_cents,
+    products::stock,
+    products::status,
+    products::version,
+    products::created_at,
+    products::updated_at,
+    products::deleted_at,
+);
+
 impl ProductRow {
     pub fn into_product(self) -> Result<Product, AppError> {
         Ok(Product {
