@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
+    connection::CommitUncertain,
     outbox::{NewEvent, Outbox},
     schema::idempotency_keys as keys,
     DbConnection,
@@ -56,7 +57,8 @@ pub struct Written<T> {
 
 /// Runs `effect` in a write transaction, at most once per key.
 ///
-/// The claim, the effect and the stored response share ONE transaction, so a request
+/// The claim, the effect and the stored response share ONE transaction (a refusal is
+/// stored in a second one, see `store_refusal`), so a request
 /// that fails before its effect commits (a lost connection, a server error) leaves no
 /// trace and a retry runs afresh as soon as the database is back; a COMMIT whose outcome
 /// is unknown answers 504 and a retry finds either the stored response or nothing. On
@@ -81,38 +83,61 @@ where
             Ok(Outcome::Fresh(value))
         });
     };
-    let step = conn.write_transaction(|conn| {
+    let attempt = conn.write_transaction(|conn| {
         if let Some((status, body)) = claim(conn, key)? {
-            return Ok(Step::Replay { status, body });
+            return Ok(Outcome::Replay { status, body });
         }
-        // A savepoint, so that a refusal (a client error) can still be stored.
-        match conn.transaction(effect) {
-            Ok(Written { value, events }) => {
-                let body = serde_json::to_string(&value).map_err(|e| AppError::internal("encode response", &e))?;
-                store(conn, key, status, &body)?;
-                outbox.append(conn, events)?;
-                Ok(Step::Done(value))
-            }
-            Err(error) if error.is_refusal() => {
-                // The first answer is the answer, refusals included.
-                let problem = error.to_problem().finish(&key.instance, &key.request_id);
-                store(conn, key, problem.status, &serde_json::to_string(&problem).unwrap_or_default())?;
-                Ok(Step::Refused(error))
-            }
-            Err(error) => Err(error),
-        }
-    })?;
-    match step {
-        Step::Done(value) => Ok(Outcome::Fresh(value)),
-        Step::Replay { status, body } => Ok(Outcome::Replay { status, body }),
-        Step::Refused(error) => Err(error),
+        let Written { value, events } = effect(conn).map_err(Attempt::Effect)?;
+        let body = serde_json::to_string(&value).map_err(|e| AppError::internal("encode response", &e))?;
+        store(conn, key, status, &body)?;
+        outbox.append(conn, events)?;
+        Ok(Outcome::Fresh(value))
+    });
+    match attempt {
+        Ok(outcome) => Ok(outcome),
+        Err(Attempt::Effect(refusal)) if refusal.is_refusal() => store_refusal(conn, key, refusal),
+        Err(Attempt::Effect(error) | Attempt::Failed(error)) => Err(error),
     }
 }
 
-enum Step<T> {
-    Done(T),
-    Replay { status: u16, body: String },
-    Refused(AppError),
+/// Why the keyed transaction was rolled back: its effect's error, or any other.
+enum Attempt {
+    Effect(AppError),
+    Failed(AppError),
+}
+
+impl From<AppError> for Attempt {
+    fn from(error: AppError) -> Self {
+        Self::Failed(error)
+    }
+}
+
+impl From<DieselError> for Attempt {
+    fn from(error: DieselError) -> Self {
+        Self::Failed(error.into())
+    }
+}
+
+impl From<CommitUncertain> for Attempt {
+    fn from(error: CommitUncertain) -> Self {
+        Self::Failed(error.into())
+    }
+}
+
+/// The first answer is the answer, refusals (client errors) included. The effect's
+/// transaction was rolled back whole (a savepoint around every effect would cost two
+/// round trips on every request), so the refusal is stored in a transaction of its own —
+/// unless another request with the key answered in between: then that is the answer.
+fn store_refusal<T>(conn: &mut DbConnection, key: &IdempotencyKey, refusal: AppError) -> Result<Outcome<T>, AppError> {
+    let replay = conn.write_transaction(|conn| {
+        if let Some((status, body)) = claim(conn, key)? {
+            return Ok(Some(Outcome::Replay { status, body }));
+        }
+        let problem = refusal.to_problem().finish(&key.instance, &key.request_id);
+        store(conn, key, problem.status, &serde_json::to_string(&problem).unwrap_or_default())?;
+        Ok::<_, AppError>(None)
+    })?;
+    replay.map_or(Err(refusal), Ok)
 }
 
 /// Claims the key for this transaction (a row without an answer, which `store` fills in),
