@@ -137,7 +137,7 @@ fn store_refusal<T>(conn: &mut DbConnection, key: &IdempotencyKey, refusal: AppE
         store(conn, key, problem.status, &serde_json::to_string(&problem).unwrap_or_default())?;
         Ok::<_, AppError>(None)
     })?;
-    replay.map_or(Err(refusal), Ok)
+    replay.ok_or(refusal)
 }
 
 /// Claims the key for this transaction (a row without an answer, which `store` fills in),
