@@ -24,7 +24,7 @@ use storefront::{
         DbGateway,
     },
     config::{DatabaseConfig, DatabaseUrl},
-    db::{build_pool, catalog::GetProduct, DbPool, UseCase},
+    db::{build_pool, catalog::GetProduct, outbox::Outbox, DbPool, UseCase},
     domain::catalog::Product,
     metrics::Metrics,
 };
@@ -46,7 +46,7 @@ async fn with_web_block(pool: web::Data<DbPool>, id: web::Path<Uuid>) -> HttpRes
     let id = id.into_inner();
     let read = web::block(move || {
         let mut conn = pool.get().map_err(|error| error.to_string())?;
-        GetProduct { id }.run(&mut conn).map_err(|error| error.to_string())
+        GetProduct { id }.run(&mut conn, &mut Outbox::unattributed()).map_err(|error| error.to_string())
     })
     .await;
     match read {

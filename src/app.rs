@@ -372,7 +372,9 @@ fn prepare_database(config: &Config) -> Result<i64, StartupError> {
     for version in applied {
         tracing::info!(%version, "migration applied");
     }
-    LatestEventId.run(&mut conn).map_err(|error| StartupError::Database(error.to_string()))
+    LatestEventId
+        .run(&mut conn, &mut db::outbox::Outbox::unattributed())
+        .map_err(|error| StartupError::Database(error.to_string()))
 }
 
 fn cors(config: &Config) -> Cors {

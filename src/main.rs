@@ -10,6 +10,7 @@ use storefront::{
     db::{
         bootstrap::{self, IfMissing},
         migrations,
+        outbox::Outbox,
         users::CreateUser,
     },
     domain::user::{validate_new_user, NewUser, Role},
@@ -117,7 +118,9 @@ fn create_user(
         .map_err(|e| e.message)?
         .ok_or_else(|| "the database could not be created".to_owned())?;
     migrations::run_pending(&mut conn).map_err(|e| format!("migrations failed: {e}"))?;
-    let user = CreateUser { email, name, role, password_hash }.run(&mut conn).map_err(|e| e.to_string())?;
+    let user = CreateUser { email, name, role, password_hash }
+        .run(&mut conn, &mut Outbox::unattributed())
+        .map_err(|e| e.to_string())?;
     println!("{}", serde_json::to_string(&user).map_err(|e| e.to_string())?);
     Ok(())
 }

@@ -4,7 +4,7 @@
 use actix::Message;
 
 use crate::{
-    db::{DbConnection, UseCase},
+    db::{outbox::Outbox, DbConnection, UseCase},
     error::AppError,
 };
 
@@ -29,7 +29,7 @@ pub struct PanicWorker;
 
 impl UseCase for PanicWorker {
     type Output = ();
-    fn run(self, _conn: &mut DbConnection) -> Result<(), AppError> {
+    fn run(self, _conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), AppError> {
         panic!("fault injected: DbExecutor panic requested by an operator");
     }
 }
@@ -41,7 +41,7 @@ pub struct StallWorker {
 
 impl UseCase for StallWorker {
     type Output = ();
-    fn run(self, _conn: &mut DbConnection) -> Result<(), AppError> {
+    fn run(self, _conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), AppError> {
         std::thread::sleep(self.duration);
         Ok(())
     }

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     db::{
-        outbox::{self, Attribution},
+        outbox::{Attribution, Outbox},
         DbConnection, DbPool, UseCase,
     },
     error::AppError,
@@ -99,11 +99,11 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
                 tracing::warn!(%error, "no database connection available");
                 AppError::unavailable("The database is unavailable; try again shortly.")
             })?;
-            let (outcome, appended) =
-                outbox::attributed(Attribution { origin, request_id }, || use_case.run(&mut conn));
+            let mut outbox = Outbox::attributed(Attribution { origin, request_id });
+            let outcome = use_case.run(&mut conn, &mut outbox);
             // Taken before the wake-up, so the poll that the wake-up starts covers it.
-            let ticket = (appended && outcome.is_ok()).then(|| read_your_writes.committed());
-            if appended {
+            let ticket = (outbox.appended() && outcome.is_ok()).then(|| read_your_writes.committed());
+            if outbox.appended() {
                 // The relay reads them at once instead of at its next poll.
                 outbox_appended.notify_one();
             }
@@ -276,7 +276,7 @@ pub struct Ping;
 
 impl UseCase for Ping {
     type Output = ();
-    fn run(self, conn: &mut DbConnection) -> Result<(), AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), AppError> {
         use diesel::r2d2::R2D2Connection;
         conn.ping().map_err(|error| {
             tracing::warn!(%error, "database ping failed");

@@ -57,13 +57,13 @@ impl DbProbe {
     /// that came back is seen on the next probe.
     fn probe(&mut self) -> Result<(), ConnectError> {
         if let Some(connection) = &mut self.connection {
-            if r2d2::ManageConnection::is_valid(&self.manager, connection).is_ok() {
+            if ConnectionManager::check(connection).is_ok() {
                 return Ok(());
             }
             self.connection = None;
         }
         let mut connection = self.manager.establish()?;
-        r2d2::ManageConnection::is_valid(&self.manager, &mut connection)?;
+        ConnectionManager::check(&mut connection)?;
         self.connection = Some(connection);
         Ok(())
     }

@@ -7,8 +7,8 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use super::{
-    idempotency::{run_once, IdempotencyKey, Outcome},
-    outbox::{self, topic, NewEvent},
+    idempotency::{run_once, IdempotencyKey, Outcome, Written},
+    outbox::{topic, NewEvent, Outbox},
     schema::{accounts, deposits, transfers, users},
     users::parse_id,
     DbConnection, UseCase,
@@ -46,34 +46,48 @@ pub(super) fn load_account(conn: &mut DbConnection, user_id: Uuid) -> Result<Acc
         .first(conn)
         .optional()?
         .ok_or_else(|| AppError::NotFound("No such account.".into()))?;
-    Ok(Account { user_id, balance_cents, updated_at: clock::to_utc(updated_at) })
+    Ok(account(user_id, balance_cents, updated_at))
 }
 
 pub(super) fn account_event(account: &Account) -> NewEvent {
     NewEvent::private(topic::ACCOUNT, "account.updated", account.user_id, account)
 }
 
-/// Adds to a balance unless it would overflow; false when it would.
+/// Adds to a balance unless it would overflow: the account afterwards, `None` when it would.
 pub(super) fn credit(
     conn: &mut DbConnection,
     user_id: Uuid,
     amount: i64,
     now: NaiveDateTime,
-) -> Result<bool, AppError> {
+) -> Result<Option<Account>, AppError> {
     let credited = diesel::update(accounts::table.find(user_id.to_string()))
         .filter(accounts::balance_cents.le(i64::MAX - amount))
         .set((accounts::balance_cents.eq(accounts::balance_cents + amount), accounts::updated_at.eq(now)))
-        .execute(conn)?;
-    Ok(credited == 1)
+        .returning((accounts::balance_cents, accounts::updated_at))
+        .get_result(conn)
+        .optional()?;
+    Ok(credited.map(|(balance_cents, updated_at)| account(user_id, balance_cents, updated_at)))
 }
 
-/// Takes from a balance only if it covers the amount; false when it does not.
-pub(super) fn debit(conn: &mut DbConnection, user_id: Uuid, amount: i64, now: NaiveDateTime) -> Result<bool, AppError> {
+/// Takes from a balance only if it covers the amount: the account afterwards, `None` when
+/// it does not.
+pub(super) fn debit(
+    conn: &mut DbConnection,
+    user_id: Uuid,
+    amount: i64,
+    now: NaiveDateTime,
+) -> Result<Option<Account>, AppError> {
     let debited = diesel::update(accounts::table.find(user_id.to_string()))
         .filter(accounts::balance_cents.ge(amount))
         .set((accounts::balance_cents.eq(accounts::balance_cents - amount), accounts::updated_at.eq(now)))
-        .execute(conn)?;
-    Ok(debited == 1)
+        .returning((accounts::balance_cents, accounts::updated_at))
+        .get_result(conn)
+        .optional()?;
+    Ok(debited.map(|(balance_cents, updated_at)| account(user_id, balance_cents, updated_at)))
+}
+
+fn account(user_id: Uuid, balance_cents: i64, updated_at: NaiveDateTime) -> Account {
+    Account { user_id, balance_cents, updated_at: clock::to_utc(updated_at) }
 }
 
 pub struct GetAccount {
@@ -82,7 +96,7 @@ pub struct GetAccount {
 
 impl UseCase for GetAccount {
     type Output = Account;
-    fn run(self, conn: &mut DbConnection) -> Result<Account, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Account, AppError> {
         load_account(conn, self.user_id)
     }
 }
@@ -96,15 +110,14 @@ pub struct Deposit {
 
 impl UseCase for Deposit {
     type Output = Outcome<Account>;
-    fn run(self, conn: &mut DbConnection) -> Result<Outcome<Account>, AppError> {
-        run_once(conn, self.idempotency.as_ref(), 201, |conn| {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Outcome<Account>, AppError> {
+        run_once(conn, outbox, self.idempotency.as_ref(), 201, |conn| {
             if !user_is_live(conn, self.user_id)? {
                 return Err(AppError::NotFound("No such user.".into()));
             }
             let now = clock::now();
-            if !credit(conn, self.user_id, self.amount_cents, now)? {
-                return Err(AppError::invalid("amount_cents", "would overflow the balance"));
-            }
+            let account = credit(conn, self.user_id, self.amount_cents, now)?
+                .ok_or_else(|| AppError::invalid("amount_cents", "would overflow the balance"))?;
             diesel::insert_into(deposits::table)
                 .values((
                     deposits::id.eq(Uuid::now_v7().to_string()),
@@ -114,9 +127,7 @@ impl UseCase for Deposit {
                     deposits::created_at.eq(now),
                 ))
                 .execute(conn)?;
-            let account = load_account(conn, self.user_id)?;
-            outbox::append(conn, vec![account_event(&account)])?;
-            Ok(account)
+            Ok(Written { events: vec![account_event(&account)], value: account })
         })
     }
 }
@@ -130,27 +141,22 @@ pub struct MakeTransfer {
 
 impl UseCase for MakeTransfer {
     type Output = Outcome<Transfer>;
-    fn run(self, conn: &mut DbConnection) -> Result<Outcome<Transfer>, AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Outcome<Transfer>, AppError> {
         let (from, to, amount) = (self.from_user_id, self.to_user_id, self.amount_cents);
-        run_once(conn, self.idempotency.as_ref(), 201, |conn| {
+        run_once(conn, outbox, self.idempotency.as_ref(), 201, |conn| {
             if !user_is_live(conn, to)? {
                 return Err(AppError::NotFound("No such recipient.".into()));
             }
             let now = clock::now();
             // Lower user id first: two opposite transfers lock the same rows in the same order.
-            let (debited, credited) = if from.to_string() < to.to_string() {
-                let debited = debit(conn, from, amount, now)?;
-                (debited, debited && credit(conn, to, amount, now)?)
+            let overflow = || AppError::invalid("amount_cents", "would overflow the recipient's balance");
+            let (sender, recipient) = if from.to_string() < to.to_string() {
+                let sender = debit(conn, from, amount, now)?.ok_or_else(insufficient_funds)?;
+                (sender, credit(conn, to, amount, now)?.ok_or_else(overflow)?)
             } else {
-                let credited = credit(conn, to, amount, now)?;
-                (credited && debit(conn, from, amount, now)?, credited)
+                let recipient = credit(conn, to, amount, now)?.ok_or_else(overflow)?;
+                (debit(conn, from, amount, now)?.ok_or_else(insufficient_funds)?, recipient)
             };
-            if !debited {
-                return Err(insufficient_funds());
-            }
-            if !credited {
-                return Err(AppError::invalid("amount_cents", "would overflow the recipient's balance"));
-            }
             let transfer = Transfer {
                 id: Uuid::now_v7(),
                 from_user_id: from,
@@ -167,10 +173,7 @@ impl UseCase for MakeTransfer {
                     transfers::created_at.eq(now),
                 ))
                 .execute(conn)?;
-            let sender = load_account(conn, from)?;
-            let recipient = load_account(conn, to)?;
-            outbox::append(conn, vec![account_event(&sender), account_event(&recipient)])?;
-            Ok(transfer)
+            Ok(Written { value: transfer, events: vec![account_event(&sender), account_event(&recipient)] })
         })
     }
 }
@@ -195,7 +198,7 @@ pub struct ListTransfers {
 
 impl UseCase for ListTransfers {
     type Output = Page<Transfer>;
-    fn run(self, conn: &mut DbConnection) -> Result<Page<Transfer>, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Page<Transfer>, AppError> {
         let id = self.user_id.to_string();
         let mine =
             || transfers::table.filter(transfers::from_user_id.eq(id.clone()).or(transfers::to_user_id.eq(id.clone())));

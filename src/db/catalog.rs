@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use super::{
-    outbox::{self, topic, NewEvent},
+    outbox::{topic, NewEvent, Outbox},
     schema::products,
     users::parse_id,
     DbConnection, UseCase,
@@ -36,6 +36,35 @@ pub struct ProductRow {
     pub updated_at: NaiveDateTime,
     pub deleted_at: Option<NaiveDateTime>,
 }
+
+/// `ProductRow`'s columns in its field order, for `RETURNING` (the multi-backend connection
+/// takes no `as_returning()`).
+pub type ProductColumns = (
+    products::id,
+    products::name,
+    products::name_folded,
+    products::description,
+    products::price_cents,
+    products::stock,
+    products::status,
+    products::version,
+    products::created_at,
+    products::updated_at,
+    products::deleted_at,
+);
+pub const PRODUCT_COLUMNS: ProductColumns = (
+    products::id,
+    products::name,
+    products::name_folded,
+    products::description,
+    products::price_cents,
+    products::stock,
+    products::status,
+    products::version,
+    products::created_at,
+    products::updated_at,
+    products::deleted_at,
+);
 
 impl ProductRow {
     pub fn into_product(self) -> Result<Product, AppError> {
@@ -81,7 +110,7 @@ pub struct CreateProduct {
 
 impl UseCase for CreateProduct {
     type Output = Product;
-    fn run(self, conn: &mut DbConnection) -> Result<Product, AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Product, AppError> {
         let now = clock::now();
         let c = self.changes;
         let name = c.name.unwrap_or_default();
@@ -101,7 +130,7 @@ impl UseCase for CreateProduct {
         conn.write_transaction(|conn| {
             diesel::insert_into(products::table).values(&row).execute(conn)?;
             let (product, event) = product_event(conn, &row.id, "product.created")?;
-            outbox::append(conn, vec![event])?;
+            outbox.append(conn, vec![event])?;
             Ok(product)
         })
     }
@@ -113,7 +142,7 @@ pub struct GetProduct {
 
 impl UseCase for GetProduct {
     type Output = Option<Product>;
-    fn run(self, conn: &mut DbConnection) -> Result<Option<Product>, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Option<Product>, AppError> {
         find_live(conn, &self.id.to_string())?.map(ProductRow::into_product).transpose()
     }
 }
@@ -138,7 +167,7 @@ pub struct UpdateProduct {
 
 impl UseCase for UpdateProduct {
     type Output = Product;
-    fn run(self, conn: &mut DbConnection) -> Result<Product, AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Product, AppError> {
         let id = self.id.to_string();
         conn.write_transaction(|conn| {
             let current = find_live(conn, &id)?.ok_or_else(not_found)?;
@@ -163,7 +192,7 @@ impl UseCase for UpdateProduct {
                 return Err(AppError::PreconditionFailed);
             }
             let (product, event) = product_event(conn, &id, "product.updated")?;
-            outbox::append(conn, vec![event])?;
+            outbox.append(conn, vec![event])?;
             Ok(product)
         })
     }
@@ -176,7 +205,7 @@ pub struct DeleteProduct {
 
 impl UseCase for DeleteProduct {
     type Output = ();
-    fn run(self, conn: &mut DbConnection) -> Result<(), AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<(), AppError> {
         let id = self.id.to_string();
         conn.write_transaction(|conn| {
             let now = clock::now();
@@ -191,10 +220,8 @@ impl UseCase for DeleteProduct {
             if deleted == 0 {
                 return Err(not_found());
             }
-            outbox::append(
-                conn,
-                vec![NewEvent::public(topic::PRODUCTS, "product.deleted", serde_json::json!({"id": id}))],
-            )
+            outbox
+                .append(conn, vec![NewEvent::public(topic::PRODUCTS, "product.deleted", serde_json::json!({"id": id}))])
         })
     }
 }
@@ -206,7 +233,7 @@ pub struct ListProducts {
 
 impl UseCase for ListProducts {
     type Output = Page<Product>;
-    fn run(self, conn: &mut DbConnection) -> Result<Page<Product>, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Page<Product>, AppError> {
         let filter = &self.filter;
         let query = || {
             let mut query = products::table.filter(products::deleted_at.is_null()).into_boxed();

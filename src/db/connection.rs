@@ -2,7 +2,10 @@
 //! manager that picks the backend from the URL scheme (never diesel's derived fallback,
 //! which hides an unreachable PostgreSQL behind "invalid connection url").
 
-use std::time::Duration;
+use std::{
+    ops::{Deref, DerefMut},
+    time::{Duration, Instant},
+};
 
 use diesel::{
     connection::{AnsiTransactionManager, SimpleConnection, TransactionManager},
@@ -76,22 +79,65 @@ impl ConnectionManager {
             }
         }
     }
+
+    /// A round trip on `conn`: whether the server answers.
+    pub fn check(conn: &mut DbConnection) -> Result<(), ConnectError> {
+        conn.ping().map_err(|e| ConnectError { message: format!("connection check failed: {e}") })
+    }
+}
+
+/// A connection that was handed back to the pool in working order this recently is lent
+/// out again without a check: under load that saves a round trip (`SELECT 1`) per use
+/// case. One that died meanwhile fails its use case with 503 (`unavailable`, nothing
+/// done) and is dropped by `has_broken`; an idle one is checked as before, so after an
+/// outage the pool's old connections are replaced before any request sees them.
+const TRUSTED_FOR: Duration = Duration::from_secs(1);
+
+/// A pooled connection, and when it was last known to work.
+pub struct PoolConnection {
+    conn: DbConnection,
+    known_good_at: Instant,
+}
+
+impl Deref for PoolConnection {
+    type Target = DbConnection;
+    fn deref(&self) -> &DbConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for PoolConnection {
+    fn deref_mut(&mut self) -> &mut DbConnection {
+        &mut self.conn
+    }
 }
 
 impl r2d2::ManageConnection for ConnectionManager {
-    type Connection = DbConnection;
+    type Connection = PoolConnection;
     type Error = ConnectError;
 
-    fn connect(&self) -> Result<DbConnection, ConnectError> {
-        self.establish()
+    fn connect(&self) -> Result<PoolConnection, ConnectError> {
+        Ok(PoolConnection { conn: self.establish()?, known_good_at: Instant::now() })
     }
 
-    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), ConnectError> {
-        conn.ping().map_err(|e| ConnectError { message: format!("connection check failed: {e}") })
+    fn is_valid(&self, conn: &mut PoolConnection) -> Result<(), ConnectError> {
+        if conn.known_good_at.elapsed() < TRUSTED_FOR {
+            return Ok(());
+        }
+        Self::check(&mut conn.conn)?;
+        conn.known_good_at = Instant::now();
+        Ok(())
     }
 
-    fn has_broken(&self, conn: &mut DbConnection) -> bool {
-        conn.is_broken()
+    /// Called as a connection comes back: diesel marks it broken once a round trip found
+    /// the server gone (libpq's transaction status turns unknown) or a transaction could
+    /// not be ended; otherwise it just worked.
+    fn has_broken(&self, conn: &mut PoolConnection) -> bool {
+        if conn.conn.is_broken() {
+            return true;
+        }
+        conn.known_good_at = Instant::now();
+        false
     }
 }
 

@@ -5,6 +5,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::{
+    outbox::Outbox,
     schema::{events, outbox_watermark},
     DbConnection, UseCase,
 };
@@ -31,7 +32,7 @@ pub struct LatestEventId;
 
 impl UseCase for LatestEventId {
     type Output = i64;
-    fn run(self, conn: &mut DbConnection) -> Result<i64, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<i64, AppError> {
         Ok(events::table.select(diesel::dsl::max(events::id)).first::<Option<i64>>(conn)?.unwrap_or(0))
     }
 }
@@ -44,7 +45,7 @@ pub struct EventsAfter {
 
 impl UseCase for EventsAfter {
     type Output = Vec<StoredEvent>;
-    fn run(self, conn: &mut DbConnection) -> Result<Vec<StoredEvent>, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Vec<StoredEvent>, AppError> {
         Ok(events::table
             .filter(events::id.gt(self.after))
             .order(events::id.asc())
@@ -77,7 +78,7 @@ pub enum Replay {
 
 impl UseCase for ReplayPage {
     type Output = Replay;
-    fn run(self, conn: &mut DbConnection) -> Result<Replay, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Replay, AppError> {
         let mut query = events::table
             .filter(events::id.gt(self.after))
             .filter(events::id.le(self.through))

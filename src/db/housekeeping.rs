@@ -4,6 +4,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::{
+    outbox::Outbox,
     schema::{events, idempotency_keys, login_failures, outbox_watermark},
     DbConnection, UseCase,
 };
@@ -26,7 +27,7 @@ pub struct Pruned {
 
 impl UseCase for PruneExpired {
     type Output = Pruned;
-    fn run(self, conn: &mut DbConnection) -> Result<Pruned, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Pruned, AppError> {
         Ok(Pruned {
             idempotency_keys: diesel::delete(
                 idempotency_keys::table.filter(idempotency_keys::created_at.lt(self.idempotency_keys_before)),

@@ -1,4 +1,4 @@
-//! Idempotency keys. A keyed request looks its key up, runs its effect and stores the
+//! Idempotency keys. A keyed request claims its key, runs its effect and stores the
 //! response in one transaction. A replay with the same body gets the stored status and
 //! body; the same key with another body gets 422. A client error is stored too (it is the
 //! first response); a server error stores nothing, so a retry runs again.
@@ -13,7 +13,12 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{schema::idempotency_keys as keys, DbConnection};
+use super::{
+    connection::CommitUncertain,
+    outbox::{NewEvent, Outbox},
+    schema::idempotency_keys as keys,
+    DbConnection,
+};
 use crate::{domain::clock, error::AppError};
 
 /// A claim (left by the earlier two-step scheme) older than this belongs to a request
@@ -43,9 +48,17 @@ pub enum Outcome<T> {
     Replay { status: u16, body: String },
 }
 
+/// What an effect wrote: its answer, and the events that describe its changes, which
+/// `run_once` appends last (see `outbox`: appending takes the commit-order lock).
+pub struct Written<T> {
+    pub value: T,
+    pub events: Vec<NewEvent>,
+}
+
 /// Runs `effect` in a write transaction, at most once per key.
 ///
-/// The lookup, the effect and the stored response share ONE transaction, so a request
+/// The claim, the effect and the stored response share ONE transaction (a refusal is
+/// stored in a second one, see `store_refusal`), so a request
 /// that fails before its effect commits (a lost connection, a server error) leaves no
 /// trace and a retry runs afresh as soon as the database is back; a COMMIT whose outcome
 /// is unknown answers 504 and a retry finds either the stored response or nothing. On
@@ -54,67 +67,130 @@ pub enum Outcome<T> {
 /// and then replay its answer.
 pub fn run_once<T, F>(
     conn: &mut DbConnection,
+    outbox: &mut Outbox,
     key: Option<&IdempotencyKey>,
     status: u16,
     effect: F,
 ) -> Result<Outcome<T>, AppError>
 where
     T: Serialize,
-    F: FnOnce(&mut DbConnection) -> Result<T, AppError>,
+    F: FnOnce(&mut DbConnection) -> Result<Written<T>, AppError>,
 {
     let Some(key) = key else {
-        return conn.write_transaction(effect).map(Outcome::Fresh);
+        return conn.write_transaction(|conn| {
+            let Written { value, events } = effect(conn)?;
+            outbox.append(conn, events)?;
+            Ok(Outcome::Fresh(value))
+        });
     };
-    let step = conn.write_transaction(|conn| {
-        if !lock_key(conn, key)? {
-            return Err(still_running());
+    let attempt = conn.write_transaction(|conn| {
+        if let Some((status, body)) = claim(conn, key)? {
+            return Ok(Outcome::Replay { status, body });
         }
-        if let Some((status, body)) = earlier_answer(conn, key)? {
-            return Ok(Step::Replay { status, body });
-        }
-        // A savepoint, so that a refusal (a client error) can still be stored.
-        match conn.transaction(effect) {
-            Ok(value) => {
-                let body = serde_json::to_string(&value).map_err(|e| AppError::internal("encode response", &e))?;
-                store(conn, key, status, &body)?;
-                Ok(Step::Done(value))
-            }
-            Err(error) if error.is_refusal() => {
-                // The first answer is the answer, refusals included.
-                let problem = error.to_problem().finish(&key.instance, &key.request_id);
-                store(conn, key, problem.status, &serde_json::to_string(&problem).unwrap_or_default())?;
-                Ok(Step::Refused(error))
-            }
-            Err(error) => Err(error),
-        }
-    })?;
-    match step {
-        Step::Done(value) => Ok(Outcome::Fresh(value)),
-        Step::Replay { status, body } => Ok(Outcome::Replay { status, body }),
-        Step::Refused(error) => Err(error),
+        let Written { value, events } = effect(conn).map_err(Attempt::Effect)?;
+        let body = serde_json::to_string(&value).map_err(|e| AppError::internal("encode response", &e))?;
+        store(conn, key, status, &body)?;
+        outbox.append(conn, events)?;
+        Ok(Outcome::Fresh(value))
+    });
+    match attempt {
+        Ok(outcome) => Ok(outcome),
+        Err(Attempt::Effect(refusal)) if refusal.is_refusal() => store_refusal(conn, key, refusal),
+        Err(Attempt::Effect(error) | Attempt::Failed(error)) => Err(error),
     }
 }
 
-enum Step<T> {
-    Done(T),
-    Replay { status: u16, body: String },
-    Refused(AppError),
+/// Why the keyed transaction was rolled back: its effect's error, or any other.
+enum Attempt {
+    Effect(AppError),
+    Failed(AppError),
 }
 
-/// On PostgreSQL, takes a transaction-scoped advisory lock on the key; false when another
-/// transaction holds it (the first request is still running). SQLite needs none.
-fn lock_key(conn: &mut DbConnection, key: &IdempotencyKey) -> Result<bool, AppError> {
+impl From<AppError> for Attempt {
+    fn from(error: AppError) -> Self {
+        Self::Failed(error)
+    }
+}
+
+impl From<DieselError> for Attempt {
+    fn from(error: DieselError) -> Self {
+        Self::Failed(error.into())
+    }
+}
+
+impl From<CommitUncertain> for Attempt {
+    fn from(error: CommitUncertain) -> Self {
+        Self::Failed(error.into())
+    }
+}
+
+/// The first answer is the answer, refusals (client errors) included. The effect's
+/// transaction was rolled back whole (a savepoint around every effect would cost two
+/// round trips on every request), so the refusal is stored in a transaction of its own —
+/// unless another request with the key answered in between: then that is the answer.
+fn store_refusal<T>(conn: &mut DbConnection, key: &IdempotencyKey, refusal: AppError) -> Result<Outcome<T>, AppError> {
+    let replay = conn.write_transaction(|conn| {
+        if let Some((status, body)) = claim(conn, key)? {
+            return Ok(Some(Outcome::Replay { status, body }));
+        }
+        let problem = refusal.to_problem().finish(&key.instance, &key.request_id);
+        store(conn, key, problem.status, &serde_json::to_string(&problem).unwrap_or_default())?;
+        Ok::<_, AppError>(None)
+    })?;
+    replay.ok_or(refusal)
+}
+
+/// Claims the key for this transaction (a row without an answer, which `store` fills in),
+/// or answers the earlier request's stored status and body. 409 while another
+/// transaction holds the key.
+fn claim(conn: &mut DbConnection, key: &IdempotencyKey) -> Result<Option<(u16, String)>, AppError> {
+    if let DbConnection::Postgres(pg) = conn {
+        if claim_on_postgres(pg, key)? {
+            return Ok(None);
+        }
+    }
+    // SQLite (serialised by `BEGIN IMMEDIATE`), or a PostgreSQL key that is taken: the
+    // earlier answer decides.
+    if let Some(answer) = earlier_answer(conn, key)? {
+        return Ok(Some(answer));
+    }
+    diesel::insert_into(keys::table)
+        .values((
+            keys::user_id.eq(key.user_id.to_string()),
+            keys::scope.eq(&key.scope),
+            keys::idempotency_key.eq(&key.key),
+            keys::fingerprint.eq(&key.fingerprint),
+            keys::created_at.eq(clock::now()),
+        ))
+        .execute(conn)
+        // Only a replica of an older version, which takes no lock, can get here first.
+        .map_err(|error| match error {
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => still_running(),
+            other => other.into(),
+        })?;
+    Ok(None)
+}
+
+/// One round trip: take a transaction-scoped advisory lock on the key (refusing with 409
+/// when another transaction holds it, i.e. the first request is still running), then
+/// insert the claim unless a row for the key exists. True when claimed. The lock comes
+/// first, so a row found afterwards is committed and the caller reads its answer.
+fn claim_on_postgres(conn: &mut PgConnection, key: &IdempotencyKey) -> Result<bool, AppError> {
     /// The advisory lock class of idempotency keys (the two-key form never collides with
     /// the one-key locks used elsewhere).
     const LOCK_CLASS: i32 = 0x4944_4b59; // "IDKY"
+    const CLAIM: &str = "WITH lock AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($1, $2) AS locked), \
+         claim AS (INSERT INTO idempotency_keys (user_id, scope, idempotency_key, fingerprint, created_at) \
+                   SELECT $3, $4, $5, $6, $7 FROM lock WHERE locked ON CONFLICT DO NOTHING RETURNING 1) \
+         SELECT locked, EXISTS (SELECT 1 FROM claim) AS claimed FROM lock";
     #[derive(QueryableByName)]
-    struct Locked {
+    struct Claimed {
         #[diesel(sql_type = diesel::sql_types::Bool)]
         locked: bool,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        claimed: bool,
     }
-    if !matches!(conn, DbConnection::Postgres(_)) {
-        return Ok(true);
-    }
+    use diesel::sql_types::{Integer, Text, Timestamp};
     let digest = Sha256::new()
         .chain_update(key.user_id.as_bytes())
         .chain_update(key.scope.as_bytes())
@@ -122,11 +198,19 @@ fn lock_key(conn: &mut DbConnection, key: &IdempotencyKey) -> Result<bool, AppEr
         .chain_update(key.key.as_bytes())
         .finalize();
     let object = i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
-    let row: Locked = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1, $2) AS locked")
-        .bind::<diesel::sql_types::Integer, _>(LOCK_CLASS)
-        .bind::<diesel::sql_types::Integer, _>(object)
+    let row: Claimed = diesel::sql_query(CLAIM)
+        .bind::<Integer, _>(LOCK_CLASS)
+        .bind::<Integer, _>(object)
+        .bind::<Text, _>(key.user_id.to_string())
+        .bind::<Text, _>(&key.scope)
+        .bind::<Text, _>(&key.key)
+        .bind::<Text, _>(&key.fingerprint)
+        .bind::<Timestamp, _>(clock::now())
         .get_result(conn)?;
-    Ok(row.locked)
+    if !row.locked {
+        return Err(still_running());
+    }
+    Ok(row.claimed)
 }
 
 /// The stored answer of an earlier request with this key, if there is one.
@@ -157,23 +241,11 @@ fn earlier_answer(conn: &mut DbConnection, key: &IdempotencyKey) -> Result<Optio
     }
 }
 
+/// Records the answer in this transaction's claim.
 fn store(conn: &mut DbConnection, key: &IdempotencyKey, status: u16, body: &str) -> Result<(), AppError> {
-    diesel::insert_into(keys::table)
-        .values((
-            keys::user_id.eq(key.user_id.to_string()),
-            keys::scope.eq(&key.scope),
-            keys::idempotency_key.eq(&key.key),
-            keys::fingerprint.eq(&key.fingerprint),
-            keys::response_status.eq(Some(i32::from(status))),
-            keys::response_body.eq(Some(body)),
-            keys::created_at.eq(clock::now()),
-        ))
-        .execute(conn)
-        // Only a replica of an older version, which takes no lock, can get here first.
-        .map_err(|error| match error {
-            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => still_running(),
-            other => other.into(),
-        })?;
+    diesel::update(keys::table.find(key.primary_key()))
+        .set((keys::response_status.eq(Some(i32::from(status))), keys::response_body.eq(Some(body))))
+        .execute(conn)?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::{
+    outbox::Outbox,
     schema::{events, nats_publisher},
     DbConnection, UseCase,
 };
@@ -56,7 +57,7 @@ pub struct ClaimLease {
 
 impl UseCase for ClaimLease {
     type Output = Progress;
-    fn run(self, conn: &mut DbConnection) -> Result<Progress, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Progress, AppError> {
         use nats_publisher::{holder, lease_expires_at, name};
         let claimable = holder
             .is_null()
@@ -75,7 +76,7 @@ pub struct ReadProgress;
 
 impl UseCase for ReadProgress {
     type Output = Progress;
-    fn run(self, conn: &mut DbConnection) -> Result<Progress, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Progress, AppError> {
         progress(conn, false)
     }
 }
@@ -93,7 +94,7 @@ pub struct Pending {
 
 impl UseCase for UnpublishedEvents {
     type Output = Pending;
-    fn run(self, conn: &mut DbConnection) -> Result<Pending, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Pending, AppError> {
         let events = events::table
             .filter(events::id.gt(self.after))
             .order(events::id.asc())
@@ -115,7 +116,7 @@ pub struct RecordPublished {
 
 impl UseCase for RecordPublished {
     type Output = bool;
-    fn run(self, conn: &mut DbConnection) -> Result<bool, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<bool, AppError> {
         use nats_publisher::{holder, lease_expires_at, name, published_through};
         let updated = diesel::update(nats_publisher::table.filter(name.eq(PUBLISHER)).filter(holder.eq(&self.holder)))
             .set((published_through.eq(self.through), lease_expires_at.eq(self.until)))
@@ -131,7 +132,7 @@ pub struct ReleaseLease {
 
 impl UseCase for ReleaseLease {
     type Output = ();
-    fn run(self, conn: &mut DbConnection) -> Result<(), AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), AppError> {
         use nats_publisher::{holder, lease_expires_at, name};
         diesel::update(nats_publisher::table.filter(name.eq(PUBLISHER)).filter(holder.eq(&self.holder)))
             .set((holder.eq(None::<String>), lease_expires_at.eq(None::<NaiveDateTime>)))

@@ -9,10 +9,10 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use super::{
-    accounts::{account_event, credit, debit, insufficient_funds, load_account},
-    catalog::{find_live, product_event, ProductRow},
-    idempotency::{run_once, IdempotencyKey, Outcome},
-    outbox::{self, topic, NewEvent},
+    accounts::{account_event, credit, debit, insufficient_funds},
+    catalog::{find_live, product_event, ProductRow, PRODUCT_COLUMNS},
+    idempotency::{run_once, IdempotencyKey, Outcome, Written},
+    outbox::{topic, NewEvent, Outbox},
     schema::{order_items, orders, products},
     users::parse_id,
     DbConnection, UseCase,
@@ -88,9 +88,9 @@ pub struct PlaceOrder {
 
 impl UseCase for PlaceOrder {
     type Output = Outcome<Order>;
-    fn run(self, conn: &mut DbConnection) -> Result<Outcome<Order>, AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Outcome<Order>, AppError> {
         let (user_id, lines) = (self.user_id, self.lines);
-        run_once(conn, self.idempotency.as_ref(), 201, |conn| place_order(conn, user_id, &lines))
+        run_once(conn, outbox, self.idempotency.as_ref(), 201, |conn| place_order(conn, user_id, &lines))
     }
 }
 
@@ -98,18 +98,19 @@ fn orderable(row: &ProductRow) -> bool {
     row.deleted_at.is_none() && row.status == ProductStatus::Active.as_str()
 }
 
-fn place_order(conn: &mut DbConnection, user_id: Uuid, lines: &[OrderLine]) -> Result<Order, AppError> {
+fn place_order(conn: &mut DbConnection, user_id: Uuid, lines: &[OrderLine]) -> Result<Written<Order>, AppError> {
     let now = clock::now();
     let mut sorted: Vec<(usize, &OrderLine)> = lines.iter().enumerate().collect();
     sorted.sort_by_key(|(_, line)| line.product_id.to_string());
 
-    // Take the stock first: the conditional updates lock the rows, so the names and prices
-    // read afterwards cannot change before this transaction commits.
+    // Take the stock first, reading the name and price back from the same UPDATE: the row
+    // stays locked, so they cannot change before this transaction commits.
+    let mut taken = Vec::with_capacity(lines.len());
     let mut unavailable = Vec::new();
     let mut short = Vec::new();
     for (index, line) in &sorted {
         let id = line.product_id.to_string();
-        let taken = diesel::update(products::table.filter(products::id.eq(&id)))
+        let row: Option<ProductRow> = diesel::update(products::table.filter(products::id.eq(&id)))
             .filter(products::deleted_at.is_null())
             .filter(products::status.eq(ProductStatus::Active.as_str()))
             .filter(products::stock.ge(line.quantity))
@@ -118,14 +119,17 @@ fn place_order(conn: &mut DbConnection, user_id: Uuid, lines: &[OrderLine]) -> R
                 products::version.eq(products::version + 1),
                 products::updated_at.eq(now),
             ))
-            .execute(conn)?;
-        if taken == 0 {
-            match find_live(conn, &id)? {
+            .returning(PRODUCT_COLUMNS)
+            .get_result(conn)
+            .optional()?;
+        match row {
+            Some(row) => taken.push((*index, row)),
+            None => match find_live(conn, &id)? {
                 Some(row) if orderable(&row) => short.push(id),
                 _ => {
                     unavailable.push(FieldError::new(format!("items[{index}].product_id"), "is not an active product"))
                 }
-            }
+            },
         }
     }
     if !unavailable.is_empty() {
@@ -140,36 +144,44 @@ fn place_order(conn: &mut DbConnection, user_id: Uuid, lines: &[OrderLine]) -> R
         });
     }
 
+    taken.sort_by_key(|(index, _)| *index);
     let mut items = Vec::with_capacity(lines.len());
     let mut events = Vec::with_capacity(lines.len() + 2);
-    for line in lines {
-        let (product, event) = product_event(conn, &line.product_id.to_string(), "product.updated")?;
+    for ((_, row), line) in taken.into_iter().zip(lines) {
+        let product = row.into_product()?;
+        events.push(NewEvent::public(topic::PRODUCTS, "product.updated", &product));
         items.push(OrderItem {
             product_id: product.id,
             name: product.name,
             unit_price_cents: product.price_cents,
             quantity: line.quantity,
         });
-        events.push(event);
     }
     let priced: Vec<(i64, i64)> = items.iter().map(|item| (item.unit_price_cents, item.quantity)).collect();
     let total_cents = order_total(&priced).ok_or_else(|| AppError::invalid("items", "the order total is too large"))?;
-    if !debit(conn, user_id, total_cents, now)? {
-        return Err(insufficient_funds());
-    }
+    let account = debit(conn, user_id, total_cents, now)?.ok_or_else(insufficient_funds)?;
 
-    let order_id = Uuid::now_v7().to_string();
+    let order = Order {
+        id: Uuid::now_v7(),
+        user_id,
+        status: OrderStatus::Paid,
+        total_cents,
+        items,
+        created_at: clock::to_utc(now),
+        updated_at: clock::to_utc(now),
+    };
+    let order_id = order.id.to_string();
     diesel::insert_into(orders::table)
         .values((
             orders::id.eq(&order_id),
             orders::user_id.eq(user_id.to_string()),
-            orders::status.eq(OrderStatus::Paid.as_str()),
+            orders::status.eq(order.status.as_str()),
             orders::total_cents.eq(total_cents),
             orders::created_at.eq(now),
             orders::updated_at.eq(now),
         ))
         .execute(conn)?;
-    for (position, item) in (0_i32..).zip(&items) {
+    for (position, item) in (0_i32..).zip(&order.items) {
         diesel::insert_into(order_items::table)
             .values((
                 order_items::order_id.eq(&order_id),
@@ -181,12 +193,9 @@ fn place_order(conn: &mut DbConnection, user_id: Uuid, lines: &[OrderLine]) -> R
             ))
             .execute(conn)?;
     }
-    let order = load_order(conn, &order_id)?.ok_or_else(|| AppError::Internal("order vanished".into()))?;
-    let account = load_account(conn, user_id)?;
     events.push(NewEvent::private(topic::ORDERS, "order.created", user_id, &order));
     events.push(account_event(&account));
-    outbox::append(conn, events)?;
-    Ok(order)
+    Ok(Written { value: order, events })
 }
 
 pub struct GetOrder {
@@ -195,7 +204,7 @@ pub struct GetOrder {
 
 impl UseCase for GetOrder {
     type Output = Option<Order>;
-    fn run(self, conn: &mut DbConnection) -> Result<Option<Order>, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Option<Order>, AppError> {
         load_order(conn, &self.id.to_string())
     }
 }
@@ -209,7 +218,7 @@ pub struct ListOrders {
 
 impl UseCase for ListOrders {
     type Output = Page<Order>;
-    fn run(self, conn: &mut DbConnection) -> Result<Page<Order>, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Page<Order>, AppError> {
         let query = || {
             let mut query = orders::table.into_boxed();
             if let Some(user_id) = self.user_id {
@@ -240,7 +249,7 @@ pub struct CancelOrder {
 
 impl UseCase for CancelOrder {
     type Output = Order;
-    fn run(self, conn: &mut DbConnection) -> Result<Order, AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Order, AppError> {
         let id = self.id.to_string();
         conn.write_transaction(|conn| {
             let order = load_order(conn, &id)?
@@ -270,14 +279,12 @@ impl UseCase for CancelOrder {
                     events.push(product_event(conn, &product_id, "product.updated")?.1);
                 }
             }
-            if !credit(conn, order.user_id, order.total_cents, now)? {
-                return Err(AppError::Internal("refund would overflow the balance".into()));
-            }
-            let order = load_order(conn, &id)?.ok_or_else(|| AppError::Internal("order vanished".into()))?;
-            let account = load_account(conn, order.user_id)?;
+            let account = credit(conn, order.user_id, order.total_cents, now)?
+                .ok_or_else(|| AppError::Internal("refund would overflow the balance".into()))?;
+            let order = Order { status: OrderStatus::Cancelled, updated_at: clock::to_utc(now), ..order };
             events.push(NewEvent::private(topic::ORDERS, "order.cancelled", order.user_id, &order));
             events.push(account_event(&account));
-            outbox::append(conn, events)?;
+            outbox.append(conn, events)?;
             Ok(order)
         })
     }

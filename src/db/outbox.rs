@@ -1,16 +1,25 @@
 //! The transactional outbox: events appended in the same transaction as the change they
-//! describe. On PostgreSQL, appenders take a transaction-scoped advisory lock first, so
-//! ids are handed out in commit order and a reader tailing `id > last` never skips a row
-//! that commits later. SQLite writers are serialised by `BEGIN IMMEDIATE` already.
+//! describe, tailed by readers with `id > last`, which is gap-free only if ids are handed
+//! out in commit order.
 //!
-//! Readers learn of new events without waiting for a poll: on PostgreSQL the appending
-//! transaction also sends a `NOTIFY` (delivered to every replica at commit), and on this
-//! replica the DbExecutor wakes the relay as soon as a use case that appended returns.
+//! On PostgreSQL the table's id default draws each id under a transaction-scoped advisory
+//! lock (migration `outbox_commit_order`), held until COMMIT. The lock is taken by the
+//! first event a transaction inserts, so writers append their events in ONE statement as
+//! the last thing before COMMIT (`idempotency::run_once` stores its answer first): the
+//! serialised part of a write is that INSERT and the COMMIT's WAL flush, not the
+//! transaction. The cost: appending transactions commit one at a time database-wide, so
+//! at most about 1 / (one INSERT round trip + one WAL flush) of them per second. Rows that
+//! were never committed leave holes in the ids, which readers simply never see. SQLite
+//! writers are serialised by `BEGIN IMMEDIATE` already.
+//!
+//! Readers learn of new events without waiting for a poll: on PostgreSQL a trigger sends a
+//! `NOTIFY` with the insert (delivered to every replica at commit), and on this replica
+//! the DbExecutor wakes the relay as soon as a use case that appended returns.
+//!
+//! Every use case is handed an [`Outbox`]: the attribution of the events it appends, and
+//! the record of whether it appended any. Nothing about a use case is ambient state.
 
-use std::{
-    cell::{Cell, RefCell},
-    sync::Arc,
-};
+use std::sync::Arc;
 
 use diesel::prelude::*;
 use serde_json::Value;
@@ -19,43 +28,85 @@ use uuid::Uuid;
 use super::{schema::events, DbConnection};
 use crate::{domain::clock, error::AppError};
 
-const OUTBOX_LOCK_KEY: i64 = 0x5354_4f52_4f55_5442; // "STOROUTB"
 /// The PostgreSQL notification channel that says "the outbox has new events".
 pub const NOTIFY_CHANNEL: &str = "storefront_outbox";
 
 /// Who writes the events a use case appends: the replica, and the request that caused
-/// them. The DbExecutor hands it over explicitly for each use case it runs.
+/// them.
 #[derive(Debug, Clone)]
 pub struct Attribution {
     pub origin: Uuid,
     pub request_id: Option<Arc<str>>,
 }
 
-thread_local! {
-    /// The attribution of the use case running on this thread, only while it runs
-    /// (`attributed`): use cases append deep inside their transactions, and carrying it
-    /// through every one of them would put it in every signature. Outside (the CLI) unset.
-    static ATTRIBUTION: RefCell<Option<Attribution>> = const { RefCell::new(None) };
-    /// Whether the running use case appended events.
-    static APPENDED: Cell<bool> = const { Cell::new(false) };
+/// The outbox as one use case sees it: appends carry its attribution, and it remembers
+/// whether anything was appended, so the caller can wake the relay (a rolled-back append
+/// only costs a needless poll).
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// `None` outside a replica (the CLI): the events name no origin and no request.
+    attribution: Option<Attribution>,
+    appended: bool,
 }
 
-/// Runs one use case with its events attributed to `who`; answers its result and whether
-/// it appended events (so the caller can wake the relay; a rolled-back append only costs
-/// a needless poll). The attribution ends with `work`, even when it panics.
-pub fn attributed<T>(who: Attribution, work: impl FnOnce() -> T) -> (T, bool) {
-    struct Reset;
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            ATTRIBUTION.with(|cell| cell.replace(None));
-            APPENDED.with(|cell| cell.set(false));
-        }
+impl Outbox {
+    pub fn attributed(who: Attribution) -> Self {
+        Self { attribution: Some(who), appended: false }
     }
-    ATTRIBUTION.with(|cell| cell.replace(Some(who)));
-    APPENDED.with(|cell| cell.set(false));
-    let _reset = Reset;
-    let outcome = work();
-    (outcome, APPENDED.with(Cell::get))
+
+    /// For work done outside a running replica, e.g. by the CLI.
+    pub fn unattributed() -> Self {
+        Self::default()
+    }
+
+    pub fn appended(&self) -> bool {
+        self.appended
+    }
+
+    /// Appends events in one INSERT; call it last in a write transaction (see the module
+    /// docs: on PostgreSQL it takes the commit-order lock).
+    pub fn append(&mut self, conn: &mut DbConnection, new_events: Vec<NewEvent>) -> Result<(), AppError> {
+        if new_events.is_empty() {
+            return Ok(());
+        }
+        let created_at = clock::now();
+        let (origin, request_id) = match &self.attribution {
+            Some(who) => (Some(who.origin.to_string()), who.request_id.as_deref().map(str::to_owned)),
+            None => (None, None),
+        };
+        let rows: Vec<EventRow> = new_events
+            .into_iter()
+            .map(|event| EventRow {
+                topic: event.topic,
+                kind: event.kind,
+                user_id: event.user_id,
+                payload: event.payload.to_string(),
+                origin: origin.clone(),
+                created_at,
+                request_id: request_id.clone(),
+            })
+            .collect();
+        // A multi-row INSERT is not available on the multi-backend connection.
+        let insert = diesel::insert_into(events::table).values(&rows);
+        match conn {
+            DbConnection::Postgres(conn) => insert.execute(conn)?,
+            DbConnection::Sqlite(conn) => insert.execute(conn)?,
+        };
+        self.appended = true;
+        Ok(())
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = events)]
+struct EventRow {
+    topic: &'static str,
+    kind: &'static str,
+    user_id: Option<String>,
+    payload: String,
+    origin: Option<String>,
+    created_at: chrono::NaiveDateTime,
+    request_id: Option<String>,
 }
 
 pub mod topic {
@@ -88,37 +139,4 @@ impl NewEvent {
             payload: serde_json::to_value(payload).unwrap_or(Value::Null),
         }
     }
-}
-
-/// Appends events; call it last in a write transaction, to hold the lock briefly.
-pub fn append(conn: &mut DbConnection, new_events: Vec<NewEvent>) -> Result<(), AppError> {
-    if new_events.is_empty() {
-        return Ok(());
-    }
-    if matches!(conn, DbConnection::Postgres(_)) {
-        diesel::sql_query(format!("SELECT pg_advisory_xact_lock({OUTBOX_LOCK_KEY})")).execute(conn)?;
-    }
-    let now = clock::now();
-    let (origin, request_id) = ATTRIBUTION.with(|cell| match &*cell.borrow() {
-        Some(who) => (Some(who.origin.to_string()), who.request_id.as_deref().map(str::to_owned)),
-        None => (None, None),
-    });
-    for event in new_events {
-        diesel::insert_into(events::table)
-            .values((
-                events::topic.eq(event.topic),
-                events::kind.eq(event.kind),
-                events::user_id.eq(event.user_id),
-                events::payload.eq(event.payload.to_string()),
-                events::origin.eq(&origin),
-                events::created_at.eq(now),
-                events::request_id.eq(&request_id),
-            ))
-            .execute(conn)?;
-    }
-    if matches!(conn, DbConnection::Postgres(_)) {
-        diesel::sql_query(format!("NOTIFY {NOTIFY_CHANNEL}")).execute(conn)?;
-    }
-    APPENDED.with(|cell| cell.set(true));
-    Ok(())
 }

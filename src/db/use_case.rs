@@ -2,11 +2,12 @@
 //! The DbExecutor (in `actors`) runs them; this module only says what one is, so the SQL
 //! modules depend on nothing above them.
 
-use super::DbConnection;
+use super::{outbox::Outbox, DbConnection};
 use crate::error::AppError;
 
-/// One database use case, run on a DbExecutor thread with a pooled connection.
+/// One database use case, run on a DbExecutor thread with a pooled connection. The events
+/// it describes its writes with go through `outbox`, which carries their attribution.
 pub trait UseCase: Send + 'static {
     type Output: Send + 'static;
-    fn run(self, conn: &mut DbConnection) -> Result<Self::Output, AppError>;
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Self::Output, AppError>;
 }

@@ -8,7 +8,7 @@ use diesel::{
 use uuid::Uuid;
 
 use super::{
-    outbox::{self, topic, NewEvent},
+    outbox::{topic, NewEvent, Outbox},
     schema::*,
     DbConnection, UseCase,
 };
@@ -86,7 +86,7 @@ pub struct CreateUser {
 
 impl UseCase for CreateUser {
     type Output = User;
-    fn run(self, conn: &mut DbConnection) -> Result<User, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<User, AppError> {
         let now = clock::now();
         let row = UserRow {
             id: Uuid::now_v7().to_string(),
@@ -141,7 +141,7 @@ pub struct BeginLogin {
 
 impl UseCase for BeginLogin {
     type Output = LoginAttempt;
-    fn run(self, conn: &mut DbConnection) -> Result<LoginAttempt, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<LoginAttempt, AppError> {
         let BeginLogin { email, client } = self;
         conn.write_transaction(|conn| {
             if matches!(conn, DbConnection::Postgres(_)) {
@@ -224,7 +224,7 @@ pub struct FinishLogin {
 
 impl UseCase for FinishLogin {
     type Output = ();
-    fn run(self, conn: &mut DbConnection) -> Result<(), AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), AppError> {
         let by_email = login_failures::table.filter(login_failures::email.eq(&self.email));
         match self.outcome {
             LoginOutcome::Succeeded => {
@@ -268,7 +268,7 @@ pub struct FindActiveUser {
 
 impl UseCase for FindActiveUser {
     type Output = Option<User>;
-    fn run(self, conn: &mut DbConnection) -> Result<Option<User>, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Option<User>, AppError> {
         live_user(conn, self.id)?.map(UserRow::into_user).transpose()
     }
 }
@@ -279,7 +279,7 @@ pub struct ListUsers {
 
 impl UseCase for ListUsers {
     type Output = Page<User>;
-    fn run(self, conn: &mut DbConnection) -> Result<Page<User>, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Page<User>, AppError> {
         let live = || users::table.filter(users::deleted_at.is_null());
         let total: i64 = live().count().get_result(conn)?;
         let rows: Vec<UserRow> = live()
@@ -309,7 +309,7 @@ pub struct UpdateUser {
 
 impl UseCase for UpdateUser {
     type Output = User;
-    fn run(self, conn: &mut DbConnection) -> Result<User, AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<User, AppError> {
         conn.write_transaction(|conn| {
             let current = live_user(conn, self.id)?.ok_or_else(|| AppError::NotFound("No such user.".into()))?;
             let role_changes = self.changes.role.as_ref().is_some_and(|role| *role != current.role);
@@ -323,7 +323,7 @@ impl UseCase for UpdateUser {
                 .set((&self.changes, users::updated_at.eq(clock::now()), users::token_generation.eq(generation)))
                 .execute(conn)
                 .map_err(email_taken)?;
-            outbox::append(conn, vec![user_event(self.id, "user.updated")])?;
+            outbox.append(conn, vec![user_event(self.id, "user.updated")])?;
             live_user(conn, self.id)?.ok_or_else(|| AppError::NotFound("No such user.".into()))?.into_user()
         })
     }
@@ -337,7 +337,7 @@ pub struct DeleteUser {
 
 impl UseCase for DeleteUser {
     type Output = ();
-    fn run(self, conn: &mut DbConnection) -> Result<(), AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<(), AppError> {
         conn.write_transaction(|conn| {
             if live_user(conn, self.id)?.is_some_and(|user| user.role == Role::Admin.as_str()) {
                 keep_an_admin(conn)?;
@@ -350,7 +350,7 @@ impl UseCase for DeleteUser {
             if deleted == 0 {
                 return Err(AppError::NotFound("No such user.".into()));
             }
-            outbox::append(conn, vec![user_event(self.id, "user.deleted")])
+            outbox.append(conn, vec![user_event(self.id, "user.deleted")])
         })
     }
 }

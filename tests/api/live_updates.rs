@@ -498,3 +498,90 @@ async fn a_reading_subscriber_catches_up_after_a_burst_bigger_than_its_queue(bac
     assert_eq!(received, expected, "every event, in order, none twice, on the same connection");
     assert_eq!(app.metric(r#"storefront_ws_disconnects_total{reason="slow_consumer"}"#).await, 0.0);
 }
+
+/// PostgreSQL only: there, writers commit concurrently, so outbox ids must follow commit
+/// order or a relay tailing `id > last` skips an id that commits after a higher one.
+mod postgres_commit_order {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(not(storefront_postgres_tests), ignore = "PostgreSQL half: set TEST_DATABASE_URL to run it")]
+    async fn an_event_that_commits_while_a_later_write_waits_is_delivered_first_and_nothing_is_skipped() {
+        if !crate::common::postgres_available() {
+            return;
+        }
+        super::an_event_that_commits_while_a_later_write_waits_is_delivered_first_and_nothing_is_skipped().await;
+    }
+}
+
+async fn an_event_that_commits_while_a_later_write_waits_is_delivered_first_and_nothing_is_skipped() {
+    use diesel::{connection::SimpleConnection, Connection, PgConnection, QueryableByName, RunQueryDsl};
+    #[derive(QueryableByName)]
+    struct Number {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    // Only the NOTIFY sent at each commit can deliver within the test's patience.
+    let app =
+        TestApp::builder(crate::common::Backend::Postgres).setting("event-poll-interval-ms", NO_POLLING).spawn().await;
+    let (_, admin) = app.admin("root@example.com").await;
+    let mut live = WsClient::connect(&app, None).await;
+    live.subscribe(&["products"], None).await;
+    let product = create_product(&app, &admin, json!({"name": "Lamp", "price_cents": 900, "stock": 1})).await;
+    let created = live.next_event().await;
+    let snapshot: Value = app.get(&format!("/api/v1/products/{product}")).await.json().await.unwrap();
+
+    // Another writer of the outbox (an operator, another service) appends and stays open.
+    let mut held = PgConnection::establish(&app.database_url).unwrap();
+    held.batch_execute("BEGIN").unwrap();
+    let held_id = diesel::sql_query(
+        "INSERT INTO events (topic, kind, payload, created_at) \
+         VALUES ('products', 'product.updated', $1, now()) RETURNING id AS n",
+    )
+    .bind::<diesel::sql_types::Text, _>(snapshot.to_string())
+    .get_result::<Number>(&mut held)
+    .unwrap()
+    .n;
+
+    // A later write through the service, while that transaction is open.
+    let writer = {
+        let (address, admin, product) = (app.address.clone(), admin.clone(), product.clone());
+        tokio::spawn(async move {
+            let response = reqwest::Client::new()
+                .patch(format!("{address}/api/v1/products/{product}"))
+                .bearer_auth(&admin)
+                .json(&json!({"stock": 7}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        })
+    };
+    // It either finishes (overtaking the open transaction) or waits for it on a lock.
+    let mut watcher = PgConnection::establish(&app.database_url).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .get_result::<Number>(&mut watcher)
+        .unwrap()
+        .n;
+        if writer.is_finished() || waiting > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the write neither finished nor waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    held.batch_execute("COMMIT").unwrap();
+    writer.await.unwrap();
+
+    let patched = product_event_ids(&app, held_id);
+    assert_eq!(patched.len(), 1, "the write appended one event after the open transaction's");
+    let received = live.events_through(patched[0]).await;
+    assert_eq!(ids(&received), [held_id, patched[0]], "both, in id order, none skipped");
+    assert_eq!(received[1]["data"]["stock"], 7);
+
+    // A subscriber resuming from before both is replayed the same.
+    let mut resumed = WsClient::connect(&app, None).await;
+    resumed.subscribe(&["products"], Some(created["id"].as_i64().unwrap())).await;
+    assert_eq!(ids(&resumed.events_through(patched[0]).await), [held_id, patched[0]]);
+}

@@ -443,6 +443,20 @@ fn lease_holder(url: &str) -> Option<String> {
     rows.into_iter().next().and_then(|row| row.holder)
 }
 
+/// Waits until a counter reaches `expected`, failing if it overshoots or never gets there.
+async fn wait_for_metric(app: &TestApp, family: &str, expected: f64) {
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    loop {
+        let value = app.metric(family).await;
+        if value == expected {
+            return;
+        }
+        assert!(value < expected, "{family} overshot: {value} > {expected}");
+        assert!(tokio::time::Instant::now() < deadline, "{family} stayed at {value}, expected {expected}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn count(url: &str, sql: &str) -> i64 {
     #[derive(diesel::QueryableByName)]
     struct Count {
@@ -488,7 +502,8 @@ async fn two_replicas_publish_each_event_once_and_the_survivor_takes_over(backen
     .await;
     let expected = publishable(read_events(&database.url()));
     assert_stream_holds_exactly(&nats, &expected).await;
-    assert_eq!(first.metric("storefront_nats_published_total").await, expected.len() as f64, "the leader published");
+    // The stream holds the messages a moment before their acks are counted.
+    wait_for_metric(&first, "storefront_nats_published_total", expected.len() as f64).await;
     assert_eq!(second.metric("storefront_nats_published_total").await, 0.0, "the standby published nothing");
 
     // The leader shuts down and hands the lease back; the standby takes over.
@@ -500,7 +515,7 @@ async fn two_replicas_publish_each_event_once_and_the_survivor_takes_over(backen
     }
     let all = publishable(read_events(&database.url()));
     assert_stream_holds_exactly(&nats, &all).await;
-    assert_eq!(second.metric("storefront_nats_published_total").await, (all.len() - expected.len()) as f64);
+    wait_for_metric(&second, "storefront_nats_published_total", (all.len() - expected.len()) as f64).await;
     assert_eq!(wait_for_nats_check(&second, "pass").await["output"], "publishing");
 
     // A replica that took the lease died without a word: the survivor stands by until the
