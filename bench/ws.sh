@@ -151,6 +151,7 @@ main() {
     done
 
     : >"$TMP/replica.jsonl"
+    : >"$TMP/replica-runs.txt"
     local replica_note=""
     if [[ $CROSS_REPLICA != 1 ]]; then
         replica_note="Cross-replica delivery was not measured this time (CROSS_REPLICA=0)."
@@ -163,10 +164,14 @@ main() {
             serve "pg-b$run" "$ADDR_B" "$pg_url"
             local pid_b=$STARTED_PID
             prepare "$ADDR_A" "$pg_url"
-            log "run $run: cross-replica, $REPLICA_SUBSCRIBERS subscribers on B, writes on A"
-            "$WS_LOAD_BIN" --subscribe-url "http://$ADDR_B" --write-url "http://$ADDR_A" \
+            local load line
+            load=$(load_average)
+            log "run $run (load $load): cross-replica, $REPLICA_SUBSCRIBERS subscribers on B, writes on A"
+            line=$("$WS_LOAD_BIN" --subscribe-url "http://$ADDR_B" --write-url "http://$ADDR_A" \
                 --token "$TOKEN" --product "$PRODUCT" --subscribers "$REPLICA_SUBSCRIBERS" --rate "$RATE" \
-                --seconds "$SECONDS_PER_RUN" 2>>"$TMP/load.err" | tee -a "$TMP/replica.jsonl" >&2
+                --seconds "$SECONDS_PER_RUN" 2>>"$TMP/load.err")
+            echo "$line" | tee -a "$TMP/replica.jsonl" >&2
+            printf '%s | %s | %s\n' "$run" "$load" "$line" >>"$TMP/replica-runs.txt"
             stop_pid "$pid_a"
             stop_pid "$pid_b"
         done
@@ -206,10 +211,10 @@ main() {
         printf '\n%s\n\nDeliveries are counted too: a run where `deliveries` < `deliveries_expected` lost or cut subscribers (`subscribers_short`).\n\n' "$replica_note"
         printf '## Raw output\n\nSingle replica, in the order run (run | variant | load average 1/5/15 min at its start | idle RSS per connection | latency JSON):\n\n```\n'
         cat "$TMP/runs.txt"
-        printf '```\n\nCross-replica:\n\n```\n'
-        cat "$TMP/replica.jsonl"
+        printf '```\n\nCross-replica (run | load average at its start | latency JSON):\n\n```\n'
+        cat "$TMP/replica-runs.txt"
         printf '```\n\nCommands: `%sbench/ws.sh` (settings at its top: RUNS=%s SUBSCRIBERS=%s RATE=%s SECONDS_PER_RUN=%s REPLICA_SUBSCRIBERS=%s).\n' \
-            "$([[ -n $BASELINE_BIN ]] && echo "BASELINE_BIN=$BASELINE_BIN ")" "$RUNS" "$SUBSCRIBERS" "$RATE" "$SECONDS_PER_RUN" "$REPLICA_SUBSCRIBERS"
+            "$([[ -n $BASELINE_BIN ]] && echo "BASELINE_BIN=$BASELINE_BIN STOREFRONT_BIN=$STOREFRONT_BIN WS_LOAD_BIN=$WS_LOAD_BIN ")" "$RUNS" "$SUBSCRIBERS" "$RATE" "$SECONDS_PER_RUN" "$REPLICA_SUBSCRIBERS"
     } >"$REPORT"
     log "wrote $REPORT"
 }
