@@ -4,14 +4,24 @@
 # Measures delivery latency (commit -> receipt, every event to every subscriber), server RSS
 # per idle connection, and cross-replica delivery on PostgreSQL (subscribers on replica B,
 # writes on replica A). Each measurement runs RUNS times; the report gives every run and the
-# spread. Writes docs/BENCHMARKS-live-updates.md (overwritten).
+# spread, with the load average (`uptime`) at the start of each run. Writes
+# docs/BENCHMARKS-live-updates.md (overwritten; REPORT=path writes elsewhere).
 #
 # Usage: bench/ws.sh   (needs cargo, curl, python3; PostgreSQL on 127.0.0.1:5432 for the
 #        cross-replica part, skipped with a note when it is not there)
+#   A/B: BASELINE_BIN=/path/to/other/storefront bench/ws.sh runs the single-replica part
+#        with that binary and with STOREFRONT_BIN alternately (baseline first in each
+#        round), same load generator, and reports both side by side.
+#   BUILD=0 uses the binaries as they are; CROSS_REPLICA=0 skips the PostgreSQL part.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-REPORT="$ROOT/docs/BENCHMARKS-live-updates.md"
+REPORT=${REPORT:-$ROOT/docs/BENCHMARKS-live-updates.md}
+STOREFRONT_BIN=${STOREFRONT_BIN:-target/release/storefront}
+BASELINE_BIN=${BASELINE_BIN:-}
+WS_LOAD_BIN=${WS_LOAD_BIN:-target/release/examples/ws_load}
+BUILD=${BUILD:-1}
+CROSS_REPLICA=${CROSS_REPLICA:-1}
 
 RUNS=${RUNS:-3}
 SUBSCRIBERS=${SUBSCRIBERS:-10000}
@@ -35,20 +45,19 @@ PIDS=()
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 
-# serve NAME ADDR DATABASE_URL [ENV...]: start a release storefront, wait for /readyz.
+# serve NAME ADDR DATABASE_URL [BINARY]: start a release storefront, wait for /readyz.
 serve() {
-    local name=$1 addr=$2 url=$3
-    shift 3
+    local name=$1 addr=$2 url=$3 bin=${4:-$STOREFRONT_BIN}
     require_free "$addr"
-    start_bg "$TMP/$name.log" env -i PATH="$PATH" DATABASE_URL="$url" BIND_ADDR="$addr" "${SERVER_SETTINGS[@]}" "$@" \
-        target/release/storefront serve
+    start_bg "$TMP/$name.log" env -i PATH="$PATH" DATABASE_URL="$url" BIND_ADDR="$addr" "${SERVER_SETTINGS[@]}" \
+        "$bin" serve
     wait_ready "http://$addr/readyz" "$STARTED_PID" "$TMP/$name.log"
 }
 
 # prepare ADDR DATABASE_URL: an admin token and a product id, in TOKEN and PRODUCT.
 prepare() {
     local addr=$1 url=$2
-    env -i PATH="$PATH" DATABASE_URL="$url" target/release/storefront user create --email "$ADMIN_EMAIL" \
+    env -i PATH="$PATH" DATABASE_URL="$url" "$STOREFRONT_BIN" user create --email "$ADMIN_EMAIL" \
         --password "$ADMIN_PASSWORD" --role admin >"$TMP/user.log" 2>&1 || true
     TOKEN=$(curl -fsS -H 'Content-Type: application/json' -d "{\"email\":\"$ADMIN_EMAIL\",\"password\":\"$ADMIN_PASSWORD\"}" \
         "http://$addr/api/v1/auth/login" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
@@ -63,7 +72,7 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 idle_rss() {
     local pid=$1 addr=$2 before after line
     before=$(rss_kib "$pid")
-    start_bg "$TMP/idle.out" target/release/examples/ws_load --subscribe-url "http://$addr" --subscribers "$SUBSCRIBERS" \
+    start_bg "$TMP/idle.out" "$WS_LOAD_BIN" --subscribe-url "http://$addr" --subscribers "$SUBSCRIBERS" \
         --seconds 600 --idle
     local load=$STARTED_PID i
     for ((i = 0; i < 1200; i++)); do
@@ -89,6 +98,28 @@ worst() { # worst FIELD FILE
     python3 -c "import json,sys; v=[json.loads(l)[sys.argv[1]] for l in open(sys.argv[2]) if l.startswith('{')]; print(max(v) if v else 'nan')" "$1" "$2"
 }
 
+load_average() { cut -d' ' -f1-3 /proc/loadavg; }
+
+# single_run VARIANT BINARY RUN: one single-replica measurement (idle RSS, then latency),
+# appended to $TMP/latency-VARIANT.jsonl, $TMP/rss-VARIANT.txt and $TMP/runs.txt.
+single_run() {
+    local variant=$1 bin=$2 run=$3 pid load rss line
+    rm -f "$TMP"/bench.db*
+    serve "$variant$run" "$ADDR_A" "sqlite://$TMP/bench.db" "$bin"
+    pid=$STARTED_PID
+    prepare "$ADDR_A" "sqlite://$TMP/bench.db"
+    load=$(load_average)
+    log "run $run ($variant, load $load): idle RSS with $SUBSCRIBERS subscribers"
+    rss=$(idle_rss "$pid" "$ADDR_A")
+    echo "$rss" | tee -a "$TMP/rss-$variant.txt" >&2
+    log "run $run ($variant): $SUBSCRIBERS subscribers, $RATE updates/s for ${SECONDS_PER_RUN}s"
+    line=$("$WS_LOAD_BIN" --subscribe-url "http://$ADDR_A" --token "$TOKEN" --product "$PRODUCT" \
+        --subscribers "$SUBSCRIBERS" --rate "$RATE" --seconds "$SECONDS_PER_RUN" 2>>"$TMP/load.err")
+    echo "$line" | tee -a "$TMP/latency-$variant.jsonl" >&2
+    printf '%s | %s | %s | %s KiB | %s\n' "$run" "$variant" "$load" "$rss" "$line" >>"$TMP/runs.txt"
+    stop_pid "$pid"
+}
+
 verdict() { # verdict VALUE LIMIT
     python3 -c "import sys; v=float(sys.argv[1]); print('met' if v == v and v <= float(sys.argv[2]) else 'not met')" "$1" "$2"
 }
@@ -101,30 +132,30 @@ main() {
     # Server and load generator each hold one descriptor per subscriber (plus a few).
     ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
     (($(ulimit -n) > SUBSCRIBERS + 1000)) || die "the open-files limit $(ulimit -n) is too low for $SUBSCRIBERS subscribers"
-    log "building (release)"
-    cargo build --release --bin storefront --example ws_load
+    if [[ $BUILD == 1 ]]; then
+        log "building (release)"
+        cargo build --release --bin storefront --example ws_load
+    fi
     TMP=$(mktemp -d "${TMPDIR:-/tmp}/storefront-ws-bench.XXXXXX")
 
-    local run pid
-    : >"$TMP/latency.jsonl"
-    : >"$TMP/rss.txt"
+    local run pid variants=(candidate)
+    [[ -n $BASELINE_BIN ]] && variants=(baseline candidate)
+    : >"$TMP/runs.txt"
+    for variant in "${variants[@]}"; do
+        : >"$TMP/latency-$variant.jsonl"
+        : >"$TMP/rss-$variant.txt"
+    done
     for ((run = 1; run <= RUNS; run++)); do
-        rm -f "$TMP"/bench.db*
-        serve "a$run" "$ADDR_A" "sqlite://$TMP/bench.db"
-        pid=$STARTED_PID
-        prepare "$ADDR_A" "sqlite://$TMP/bench.db"
-        log "run $run: idle RSS with $SUBSCRIBERS subscribers"
-        idle_rss "$pid" "$ADDR_A" | tee -a "$TMP/rss.txt" >&2
-        log "run $run: $SUBSCRIBERS subscribers, $RATE updates/s for ${SECONDS_PER_RUN}s"
-        target/release/examples/ws_load --subscribe-url "http://$ADDR_A" --token "$TOKEN" --product "$PRODUCT" \
-            --subscribers "$SUBSCRIBERS" --rate "$RATE" --seconds "$SECONDS_PER_RUN" 2>>"$TMP/load.err" |
-            tee -a "$TMP/latency.jsonl" >&2
-        stop_pid "$pid"
+        [[ -n $BASELINE_BIN ]] && single_run baseline "$BASELINE_BIN" "$run"
+        single_run candidate "$STOREFRONT_BIN" "$run"
     done
 
     : >"$TMP/replica.jsonl"
+    : >"$TMP/replica-runs.txt"
     local replica_note=""
-    if curl -s --max-time 1 "http://127.0.0.1:5432" >/dev/null 2>&1 || (: <>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+    if [[ $CROSS_REPLICA != 1 ]]; then
+        replica_note="Cross-replica delivery was not measured this time (CROSS_REPLICA=0)."
+    elif curl -s --max-time 1 "http://127.0.0.1:5432" >/dev/null 2>&1 || (: <>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
         local pg_url="${PG_ADMIN_URL%/*}/$PG_BENCH_DB"
         for ((run = 1; run <= RUNS; run++)); do
             psql -q "$PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $PG_BENCH_DB WITH (FORCE)" -c "CREATE DATABASE $PG_BENCH_DB"
@@ -133,10 +164,14 @@ main() {
             serve "pg-b$run" "$ADDR_B" "$pg_url"
             local pid_b=$STARTED_PID
             prepare "$ADDR_A" "$pg_url"
-            log "run $run: cross-replica, $REPLICA_SUBSCRIBERS subscribers on B, writes on A"
-            target/release/examples/ws_load --subscribe-url "http://$ADDR_B" --write-url "http://$ADDR_A" \
+            local load line
+            load=$(load_average)
+            log "run $run (load $load): cross-replica, $REPLICA_SUBSCRIBERS subscribers on B, writes on A"
+            line=$("$WS_LOAD_BIN" --subscribe-url "http://$ADDR_B" --write-url "http://$ADDR_A" \
                 --token "$TOKEN" --product "$PRODUCT" --subscribers "$REPLICA_SUBSCRIBERS" --rate "$RATE" \
-                --seconds "$SECONDS_PER_RUN" 2>>"$TMP/load.err" | tee -a "$TMP/replica.jsonl" >&2
+                --seconds "$SECONDS_PER_RUN" 2>>"$TMP/load.err")
+            echo "$line" | tee -a "$TMP/replica.jsonl" >&2
+            printf '%s | %s | %s\n' "$run" "$load" "$line" >>"$TMP/replica-runs.txt"
             stop_pid "$pid_a"
             stop_pid "$pid_b"
         done
@@ -145,9 +180,9 @@ main() {
         replica_note="PostgreSQL was not reachable on 127.0.0.1:5432: cross-replica delivery was not measured."
     fi
 
-    local p99_worst rss_worst replica_worst
-    p99_worst=$(worst p99_ms "$TMP/latency.jsonl")
-    rss_worst=$(sort -n "$TMP/rss.txt" | tail -1)
+    local p99_worst rss_worst replica_worst variant
+    p99_worst=$(worst p99_ms "$TMP/latency-candidate.jsonl")
+    rss_worst=$(sort -n "$TMP/rss-candidate.txt" | tail -1)
     replica_worst=$(worst p99_ms "$TMP/replica.jsonl")
     {
         printf '# Live-updates benchmark\n\n'
@@ -159,23 +194,31 @@ main() {
         printf '%s subscribers on `products`; %s product updates per second for %ss; latency = receipt time minus the event'"'"'s `at` (its commit), over every event delivered to every subscriber. %s runs each; the table gives min–max (median) over runs and judges the worst run.\n\n' \
             "$SUBSCRIBERS" "$RATE" "$SECONDS_PER_RUN" "$RUNS"
         printf '| target | measured over runs | worst run | verdict |\n|---|---|---|---|\n'
-        printf '| %s subscribers, delivery p99 ≤ 200 ms | p99 %s ms; p50 %s ms; max %s ms | %s ms | %s |\n' "$SUBSCRIBERS" \
-            "$(spread p99_ms "$TMP/latency.jsonl")" "$(spread p50_ms "$TMP/latency.jsonl")" \
-            "$(spread max_ms "$TMP/latency.jsonl")" "$p99_worst" "$(verdict "$p99_worst" 200)"
-        printf '| ≤ 16 KiB server RSS per idle connection | %s KiB | %s KiB | %s |\n' \
-            "$(sort -n "$TMP/rss.txt" | paste -sd' ' | sed 's/ / · /g')" "$rss_worst" "$(verdict "$rss_worst" 16)"
-        printf '| cross-replica delivery p99 ≤ 100 ms (PostgreSQL, %s subscribers on B, writes on A) | p99 %s ms; p50 %s ms | %s ms | %s |\n' \
-            "$REPLICA_SUBSCRIBERS" "$(spread p99_ms "$TMP/replica.jsonl")" "$(spread p50_ms "$TMP/replica.jsonl")" \
-            "$replica_worst" "$(verdict "$replica_worst" 100)"
+        for variant in "${variants[@]}"; do
+            local label="" worst_p99 worst_rss
+            [[ -n $BASELINE_BIN ]] && label=" — $variant ($([[ $variant == baseline ]] && echo "$BASELINE_BIN" || echo "$STOREFRONT_BIN"))"
+            worst_p99=$(worst p99_ms "$TMP/latency-$variant.jsonl")
+            worst_rss=$(sort -n "$TMP/rss-$variant.txt" | tail -1)
+            printf '| %s subscribers, delivery p99 ≤ 200 ms%s | p99 %s ms; p50 %s ms; max %s ms | %s ms | %s |\n' "$SUBSCRIBERS" \
+                "$label" "$(spread p99_ms "$TMP/latency-$variant.jsonl")" "$(spread p50_ms "$TMP/latency-$variant.jsonl")" \
+                "$(spread max_ms "$TMP/latency-$variant.jsonl")" "$worst_p99" "$(verdict "$worst_p99" 200)"
+            printf '| ≤ 16 KiB server RSS per idle connection%s | %s KiB | %s KiB | %s |\n' "$label" \
+                "$(sort -n "$TMP/rss-$variant.txt" | paste -sd' ' | sed 's/ / · /g')" "$worst_rss" "$(verdict "$worst_rss" 16)"
+        done
+        if [[ -s $TMP/replica.jsonl ]]; then
+            printf '| cross-replica delivery p99 ≤ 100 ms (PostgreSQL, %s subscribers on B, writes on A) | p99 %s ms; p50 %s ms | %s ms | %s |\n' \
+                "$REPLICA_SUBSCRIBERS" "$(spread p99_ms "$TMP/replica.jsonl")" "$(spread p50_ms "$TMP/replica.jsonl")" \
+                "$replica_worst" "$(verdict "$replica_worst" 100)"
+        else
+            printf '| cross-replica delivery p99 ≤ 100 ms | not measured (see below) | | |\n'
+        fi
         printf '\n%s\n\nDeliveries are counted too: a run where `deliveries` < `deliveries_expected` lost or cut subscribers (`subscribers_short`).\n\n' "$replica_note"
-        printf '## Raw output\n\nSingle replica (one JSON line per run):\n\n```\n'
-        cat "$TMP/latency.jsonl"
-        printf '```\n\nIdle RSS per connection, KiB, per run:\n\n```\n'
-        cat "$TMP/rss.txt"
-        printf '```\n\nCross-replica:\n\n```\n'
-        cat "$TMP/replica.jsonl"
-        printf '```\n\nCommands: `bench/ws.sh` (settings at its top: RUNS=%s SUBSCRIBERS=%s RATE=%s SECONDS_PER_RUN=%s REPLICA_SUBSCRIBERS=%s).\n' \
-            "$RUNS" "$SUBSCRIBERS" "$RATE" "$SECONDS_PER_RUN" "$REPLICA_SUBSCRIBERS"
+        printf '## Raw output\n\nSingle replica, in the order run (run | variant | load average 1/5/15 min at its start | idle RSS per connection | latency JSON):\n\n```\n'
+        cat "$TMP/runs.txt"
+        printf '```\n\nCross-replica (run | load average at its start | latency JSON):\n\n```\n'
+        cat "$TMP/replica-runs.txt"
+        printf '```\n\nCommands: `%sbench/ws.sh` (settings at its top: RUNS=%s SUBSCRIBERS=%s RATE=%s SECONDS_PER_RUN=%s REPLICA_SUBSCRIBERS=%s).\n' \
+            "$([[ -n $BASELINE_BIN ]] && echo "BASELINE_BIN=$BASELINE_BIN STOREFRONT_BIN=$STOREFRONT_BIN WS_LOAD_BIN=$WS_LOAD_BIN ")" "$RUNS" "$SUBSCRIBERS" "$RATE" "$SECONDS_PER_RUN" "$REPLICA_SUBSCRIBERS"
     } >"$REPORT"
     log "wrote $REPORT"
 }

@@ -10,6 +10,12 @@
 //! `--write-url` defaults to the subscribe URL; pointing it at another replica measures
 //! cross-replica delivery. With `--idle` the subscribers connect, print `ready` and hold
 //! their connections for `--seconds` (the script reads the server's RSS meanwhile).
+//!
+//! It shares the machine with the server it measures, so it keeps its own cost small: one
+//! thread, a 4 KiB read buffer per socket, and per message only the `at` field is read
+//! (no JSON tree). A receipt is timed when the client gets to the message, so whatever
+//! this process spends is counted as delivery latency; the less it spends, the closer the
+//! figure is to the server's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark tool: failing loudly is right
 
@@ -17,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::{protocol::WebSocketConfig, Message};
 
 struct Args {
     subscribe_url: String,
@@ -65,9 +72,12 @@ type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStre
 
 async fn subscribe(url: &str) -> Socket {
     let ws_url = format!("{}/api/v1/ws", url.replacen("http://", "ws://", 1));
+    // Events are a few hundred bytes; tungstenite's default 128 KiB per socket would make
+    // this process the largest thing on the machine.
+    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
     let mut attempt = 0;
     let (mut socket, _) = loop {
-        match tokio_tungstenite::connect_async(ws_url.as_str()).await {
+        match tokio_tungstenite::connect_async_with_config(ws_url.as_str(), Some(config), true).await {
             Ok(connected) => break connected,
             Err(error) if attempt < 20 => {
                 attempt += 1;
@@ -87,25 +97,36 @@ async fn subscribe(url: &str) -> Socket {
     }
 }
 
+/// The commit time of an event message, read from its `at` field without building a
+/// JSON tree (the server writes `"at":"<RFC 3339>"` and no other field ends in `at`).
+fn committed_at(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    if !text.starts_with(r#"{"type":"event""#) {
+        return None;
+    }
+    let start = text.rfind(r#""at":""#)? + 6;
+    let end = start + text[start..].find('"')?;
+    chrono::DateTime::parse_from_rfc3339(&text[start..end]).ok().map(|at| at.with_timezone(&chrono::Utc))
+}
+
 /// Receives until `stop`, returning each event's delivery latency in microseconds.
-async fn listen(mut socket: Socket, stop: tokio::sync::watch::Receiver<bool>) -> Vec<u32> {
-    let mut latencies = Vec::new();
-    let mut stop = stop;
+async fn listen(mut socket: Socket, stop: oneshot::Receiver<()>, expected: usize) -> Vec<u32> {
+    let mut latencies = Vec::with_capacity(expected);
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = stop.changed() => return latencies,
+            biased;
             message = socket.next() => match message {
                 Some(Ok(Message::Text(text))) => {
                     let received = chrono::Utc::now();
-                    let event: Value = serde_json::from_str(&text).unwrap();
-                    if let Some(at) = event["at"].as_str().and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok()) {
-                        let micros = (received - at.with_timezone(&chrono::Utc)).num_microseconds().unwrap_or(0);
+                    if let Some(at) = committed_at(&text) {
+                        let micros = (received - at).num_microseconds().unwrap_or(0);
                         latencies.push(micros.clamp(0, i64::from(u32::MAX)) as u32);
                     }
                 }
                 Some(Ok(_)) => {}
                 _ => return latencies,
             },
+            _ = &mut stop => return latencies,
         }
     }
 }
@@ -118,7 +139,7 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[rank]) / 1000.0
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = parse_args();
     let started = Instant::now();
@@ -135,13 +156,18 @@ async fn main() {
         return;
     }
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let listeners: Vec<_> = sockets.into_iter().map(|socket| tokio::spawn(listen(socket, stop_rx.clone()))).collect();
+    let total = (args.rate * args.seconds as f64) as u64;
+    let (stops, listeners): (Vec<_>, Vec<_>) = sockets
+        .into_iter()
+        .map(|socket| {
+            let (stop, stopped) = oneshot::channel();
+            (stop, tokio::spawn(listen(socket, stopped, total as usize)))
+        })
+        .unzip();
 
     let client = reqwest::Client::new();
     let interval = Duration::from_secs_f64(1.0 / args.rate);
     let mut ticker = tokio::time::interval(interval);
-    let total = (args.rate * args.seconds as f64) as u64;
     let mut failed_writes = 0;
     for stock in 0..total {
         ticker.tick().await;
@@ -157,7 +183,9 @@ async fn main() {
     }
     // Let the last events arrive.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop_tx.send_replace(true);
+    for stop in stops {
+        let _ = stop.send(());
+    }
     let mut all = Vec::new();
     let mut short = 0;
     let expected = total - failed_writes;

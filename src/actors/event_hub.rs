@@ -20,6 +20,7 @@ use std::{
 use actix::{
     fut::wrap_future, Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, Supervised,
 };
+use bytestring::ByteString;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
@@ -51,7 +52,8 @@ pub struct Delivery {
     /// The outbox id; for `ops` events, this replica's own ops sequence.
     pub id: i64,
     pub topic: Topic,
-    pub text: String,
+    /// The message as sent; every session writes this same buffer (a clone is a reference).
+    pub text: ByteString,
     /// When the change committed (appended), for the delivery-latency histogram.
     pub committed_at: DateTime<Utc>,
 }
@@ -129,6 +131,9 @@ struct Subscriber {
 
 pub struct EventHub {
     sessions: HashMap<SessionId, Subscriber>,
+    /// The sessions of each signed-in user, for the per-user limit and for user changes
+    /// (without a scan over every session).
+    by_user: HashMap<Uuid, Vec<SessionId>>,
     next_id: SessionId,
     /// The newest outbox id handed to sessions: a session attaching now replays up to it
     /// and receives everything after it live. Kept across restarts (it only grows).
@@ -146,6 +151,7 @@ impl EventHub {
     pub fn new(limits: HubLimits, start_position: i64, db: DbGateway, reporter: RestartReporter) -> Self {
         Self {
             sessions: HashMap::new(),
+            by_user: HashMap::new(),
             next_id: 1,
             position: start_position,
             pending_through: start_position,
@@ -157,13 +163,41 @@ impl EventHub {
     }
 
     fn connections_of(&self, user: Uuid) -> usize {
-        self.sessions.values().filter(|subscriber| subscriber.viewer.user_id() == Some(user)).count()
+        self.by_user.get(&user).map_or(0, Vec::len)
+    }
+
+    fn sessions_of(&self, user: Uuid) -> Vec<SessionId> {
+        self.by_user.get(&user).cloned().unwrap_or_default()
+    }
+
+    fn add_session(&mut self, id: SessionId, subscriber: Subscriber) {
+        if let Some(user) = subscriber.viewer.user_id() {
+            self.by_user.entry(user).or_default().push(id);
+        }
+        self.sessions.insert(id, subscriber);
+    }
+
+    fn remove_session(&mut self, id: SessionId) -> Option<Subscriber> {
+        let subscriber = self.sessions.remove(&id)?;
+        if let Some(user) = subscriber.viewer.user_id() {
+            if let Some(ids) = self.by_user.get_mut(&user) {
+                ids.retain(|other| *other != id);
+                if ids.is_empty() {
+                    self.by_user.remove(&user);
+                }
+            }
+        }
+        Some(subscriber)
     }
 
     fn admit(&mut self, viewer: Viewer) -> Result<(), AttachRefused> {
         if self.sessions.len() >= self.limits.max_connections {
             // A session whose task is gone no longer counts, even if its Detach went astray.
-            self.sessions.retain(|_, subscriber| !subscriber.queue.is_closed());
+            let gone: Vec<SessionId> =
+                self.sessions.iter().filter(|(_, s)| s.queue.is_closed()).map(|(id, _)| *id).collect();
+            for id in gone {
+                self.remove_session(id);
+            }
         }
         if self.sessions.len() >= self.limits.max_connections {
             return Err(AttachRefused::TooManyConnections);
@@ -176,13 +210,15 @@ impl EventHub {
         }
     }
 
+    /// Lets go of a session: the kick says why, and dropping its queue's sender wakes it.
     fn detach(&mut self, id: SessionId, reason: Detached) {
-        if let Some(subscriber) = self.sessions.remove(&id) {
+        if let Some(subscriber) = self.remove_session(id) {
             subscriber.kick.fire(reason);
         }
     }
 
     fn detach_all(&mut self, reason: Detached) {
+        self.by_user.clear();
         for (_, subscriber) in self.sessions.drain() {
             subscriber.kick.fire(reason);
         }
@@ -206,7 +242,7 @@ impl EventHub {
             self.detach(id, Detached::SlowConsumer);
         }
         for id in gone {
-            self.sessions.remove(&id);
+            self.remove_session(id);
         }
     }
 
@@ -235,7 +271,7 @@ impl EventHub {
             }
             let Some(topic) = Topic::parse(&event.topic) else { continue };
             let committed_at = clock::to_utc(event.created_at);
-            let text = event_message(event.id, topic, &event.kind, &event.payload, committed_at);
+            let text = event_message(event.id, topic, &event.kind, &event.payload, committed_at).into();
             self.fan_out(Arc::new(Delivery { id: event.id, topic, text, committed_at }), owner);
         }
     }
@@ -269,7 +305,8 @@ impl EventHub {
         };
         let viewer = Viewer::User { id: user, role: found.role };
         let mut slow = Vec::new();
-        for (id, subscriber) in self.sessions.iter_mut().filter(|(_, s)| s.viewer.user_id() == Some(user)) {
+        for id in self.sessions_of(user) {
+            let Some(subscriber) = self.sessions.get_mut(&id) else { continue };
             if subscriber.viewer == viewer {
                 continue;
             }
@@ -278,7 +315,7 @@ impl EventHub {
                 subscriber.topics.remove(topic);
             }
             if subscriber.queue.try_send(Outbound::ViewerChanged(viewer)).is_err() {
-                slow.push(*id);
+                slow.push(id);
             }
         }
         for id in slow {
@@ -287,9 +324,7 @@ impl EventHub {
     }
 
     fn drop_user(&mut self, user: Uuid, reason: Detached) {
-        let ids: Vec<SessionId> =
-            self.sessions.iter().filter(|(_, s)| s.viewer.user_id() == Some(user)).map(|(id, _)| *id).collect();
-        for id in ids {
+        for id in self.sessions_of(user) {
             self.detach(id, reason);
         }
     }
@@ -353,7 +388,7 @@ impl Handler<Attach> for EventHub {
             let kick = Arc::new(Kick::default());
             let id = act.next_id;
             act.next_id += 1;
-            act.sessions.insert(
+            act.add_session(
                 id,
                 Subscriber { viewer: msg.viewer, topics: msg.topics, queue: sender, kick: Arc::clone(&kick) },
             );
@@ -392,7 +427,7 @@ impl Handler<Detach> for EventHub {
     type Result = ();
     fn handle(&mut self, msg: Detach, ctx: &mut Context<Self>) {
         guarded(self, ctx, |act, _| {
-            act.sessions.remove(&msg.0);
+            act.remove_session(msg.0);
         });
     }
 }
@@ -427,7 +462,7 @@ impl Handler<OpsEvent> for EventHub {
         guarded(self, ctx, |act, _| {
             act.ops_sequence += 1;
             let at = Utc::now();
-            let text = event_message(act.ops_sequence, Topic::Ops, msg.kind, &msg.data.to_string(), at);
+            let text = event_message(act.ops_sequence, Topic::Ops, msg.kind, &msg.data.to_string(), at).into();
             act.fan_out(Arc::new(Delivery { id: act.ops_sequence, topic: Topic::Ops, text, committed_at: at }), None);
         });
     }

@@ -406,11 +406,14 @@ async fn connection_limits_refuse_before_the_upgrade(backend: Backend) {
         .spawn()
         .await;
     let (_, alice) = app.user("alice@example.com").await;
-    let _first = WsClient::connect(&app, Some(&alice)).await;
+    let first = WsClient::connect(&app, Some(&alice)).await;
     let mut request = ws_url(&app, &format!("?access_token={alice}")).into_client_request().unwrap();
     request.headers_mut().remove("authorization");
     let refused = WsClient::open(request).await.err().expect("a second connection for one user is refused");
     assert_eq!(refused.status, 429);
+    // Closing gives the user's connection back: the next one is admitted.
+    first.close().await;
+    let _first_again = WsClient::connect(&app, Some(&alice)).await;
 
     let _second = WsClient::connect(&app, None).await;
     let _third = WsClient::connect(&app, None).await;

@@ -5,11 +5,20 @@
 //! come from the database up to the hub's position at the moment of (re)subscribing, live
 //! ones from the queue, and anything at or below the session's position is skipped.
 
-use std::{future::pending, sync::Arc, time::Duration};
+use std::{
+    future::{pending, poll_fn, Future},
+    pin::{pin, Pin},
+    sync::Arc,
+    task::Poll,
+    time::Duration,
+};
 
 use actix::Addr;
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError, Session};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Message, ProtocolError, Session};
+use bytestring::ByteString;
 use chrono::{DateTime, Utc};
+use futures_sink::Sink;
+use prometheus::IntCounter;
 use tokio::{
     sync::{mpsc, watch},
     time::{timeout, Instant},
@@ -89,9 +98,11 @@ impl Drop for Membership {
 
 struct LiveSession {
     ws: Session,
-    hub: Addr<EventHub>,
     db: DbGateway,
     metrics: Arc<Metrics>,
+    /// `ws_events_sent_total` per topic (indexed by `Topic as usize`), looked up once
+    /// rather than per event.
+    sent: [IntCounter; 4],
     viewer: Viewer,
     membership: Membership,
     queue: mpsc::Receiver<Outbound>,
@@ -142,15 +153,18 @@ impl Drop for OpenConnection {
     }
 }
 
-pub async fn run(ws: Session, stream: actix_ws::MessageStream, setup: SessionSetup) {
-    let SessionSetup { hub, db, metrics, viewer, token_expires_at, attached, ping_interval, mut shutdown } = setup;
+/// Serves one connection until it ends. Built before the task starts, so the task holds
+/// the session and its streams once (an `async fn` would also keep its arguments).
+pub fn run(ws: Session, stream: actix_ws::MessageStream, setup: SessionSetup) -> impl Future<Output = ()> {
+    let SessionSetup { hub, db, metrics, viewer, token_expires_at, attached, ping_interval, shutdown } = setup;
     let open = OpenConnection::new(&metrics);
     let Attached { id, queue, kick, position } = attached;
+    let sent = Topic::ALL.map(|topic| metrics.ws_events_sent.with_label_values(&[topic.name()]));
     let mut session = LiveSession {
-        ws: ws.clone(),
-        hub: hub.clone(),
+        ws,
         db,
-        metrics: Arc::clone(&metrics),
+        metrics,
+        sent,
         viewer,
         membership: Membership { hub, id },
         queue,
@@ -164,14 +178,17 @@ pub async fn run(ws: Session, stream: actix_ws::MessageStream, setup: SessionSet
     };
     let stream =
         stream.max_frame_size(MAX_FRAME_BYTES).aggregate_continuations().max_continuation_size(MAX_FRAME_BYTES);
-    let end = session.serve(stream, ping_interval, token_expires_at, &mut shutdown).await;
-    drop(session);
-    metrics.ws_disconnects.with_label_values(&[end.reason]).inc();
-    drop(open);
-    if let Some(reason) = end.close {
-        // Queued behind what the client has not read yet; a client that never reads
-        // does not hold the task beyond this.
-        let _ = timeout(CLOSE_TIMEOUT, ws.close(Some(reason))).await;
+    async move {
+        let end = session.serve(stream, ping_interval, token_expires_at, shutdown).await;
+        let metrics = Arc::clone(&session.metrics);
+        let ws = session.into_socket();
+        metrics.ws_disconnects.with_label_values(&[end.reason]).inc();
+        drop(open);
+        if let Some(reason) = end.close {
+            // Queued behind what the client has not read yet; a client that never reads
+            // does not hold the task beyond this.
+            let _ = timeout(CLOSE_TIMEOUT, ws.close(Some(reason))).await;
+        }
     }
 }
 
@@ -189,6 +206,11 @@ fn deadline_of(expires_at: Option<DateTime<Utc>>) -> Option<Instant> {
     Some(Instant::now() + left)
 }
 
+/// Resolves once the application shuts down (or is gone, so nobody would announce it).
+async fn shutting_down(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|down| *down).await;
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -197,14 +219,22 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 impl LiveSession {
+    /// Ends the session (leaving the hub) and keeps only the socket, for the close frame.
+    fn into_socket(self) -> Session {
+        self.ws
+    }
+
     async fn serve(
         &mut self,
         mut stream: AggregatedMessageStream,
         ping_interval: Duration,
         token_expires_at: Option<DateTime<Utc>>,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) -> End {
-        let token_deadline = deadline_of(token_expires_at);
+        // Built once and kept across iterations: arming a timer or a watch again on every
+        // event would cost a lock per event per subscriber.
+        let mut token_expiry = pin!(sleep_until(deadline_of(token_expires_at)));
+        let mut shutting_down = pin!(shutting_down(shutdown.clone()));
         let mut heartbeat = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
         let mut last_heard = Instant::now();
         loop {
@@ -212,42 +242,43 @@ impl LiveSession {
                 return End::with(disconnect_reason::SHUTDOWN, CloseCode::Away, "server shutting down");
             }
             if let Some(reason) = self.kick.reason() {
-                if let Err(end) = self.after_kick(reason).await {
+                if let Err(end) = Box::pin(self.after_kick(reason)).await {
                     return end;
                 }
                 continue;
             }
+            // In this order, so a pending event is written without polling the rest. The
+            // hub's kick needs no branch of its own: letting go of a session closes its
+            // queue, which ends `recv` here (and the check above reads why).
             let step = tokio::select! {
-                changed = shutdown.changed() => {
-                    if changed.is_err() {
-                        // The application that would announce shutdown is gone.
-                        return End::with(disconnect_reason::SHUTDOWN, CloseCode::Away, "server shutting down");
-                    }
-                    continue;
-                }
-                () = sleep_until(token_deadline) => {
-                    return End::with(disconnect_reason::TOKEN_EXPIRED, CloseCode::Policy, "token expired")
-                }
-                _ = self.kick.fired() => continue,
-                frame = stream.recv() => {
-                    let handled = self.on_frame(frame).await;
-                    // Counted from when handling ends: a long replay is not the client's silence.
-                    last_heard = Instant::now();
-                    handled
-                }
+                biased;
                 outbound = self.queue.recv() => match outbound {
                     Some(outbound) => self.on_outbound(outbound).await,
                     // The hub let go: the kick says why (checked at the top of the loop);
                     // without one (the hub itself went away), join it again.
                     None if self.kick.reason().is_some() => continue,
-                    None => self.rejoin().await,
+                    None => Box::pin(self.rejoin()).await,
                 },
+                frame = stream.recv() => {
+                    // Boxed: commands are rare, and inline their replay and hub round trips
+                    // would make every idle connection's task as large as the largest of them.
+                    let handled = Box::pin(self.on_frame(frame)).await;
+                    // Counted from when handling ends: a long replay is not the client's silence.
+                    last_heard = Instant::now();
+                    handled
+                }
+                () = &mut shutting_down => {
+                    return End::with(disconnect_reason::SHUTDOWN, CloseCode::Away, "server shutting down")
+                }
+                () = &mut token_expiry => {
+                    return End::with(disconnect_reason::TOKEN_EXPIRED, CloseCode::Policy, "token expired")
+                }
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > ping_interval * 2 {
                         // The peer is not answering: there is nobody to read a close frame.
                         return End::gone(disconnect_reason::HEARTBEAT);
                     }
-                    self.control(|mut ws| async move { ws.ping(b"").await }).await
+                    Box::pin(self.control(|mut ws| async move { ws.ping(b"").await })).await
                 }
             };
             if let Err(end) = step {
@@ -303,10 +334,33 @@ impl LiveSession {
         }
     }
 
-    /// Writes one message. A client that does not read makes this wait (the socket is
-    /// full); if meanwhile its queue overflows, the hub's verdict ends the wait — unless
-    /// this session is replaying, when the overflow is the replay's doing, not the client's.
-    async fn write(&mut self, text: String) -> Result<(), End> {
+    /// Writes one message. The common case, a connection with room, hands the frame over
+    /// at once, without arming a timer. Otherwise see `write_when_room`.
+    async fn write(&mut self, text: impl Into<ByteString>) -> Result<(), End> {
+        let text = text.into();
+        let ws = &mut self.ws;
+        let room = poll_fn(|cx| {
+            Poll::Ready(match Pin::new(&mut *ws).poll_ready(cx) {
+                Poll::Ready(ready) => Some(ready),
+                Poll::Pending => None,
+            })
+        })
+        .await;
+        match room {
+            // The frame joins the connection's outbound buffer (its flush is a no-op).
+            Some(Ok(())) => {
+                Pin::new(&mut self.ws).start_send(Message::Text(text)).map_err(|_| End::gone(disconnect_reason::CLIENT))
+            }
+            Some(Err(_)) => Err(End::gone(disconnect_reason::CLIENT)),
+            None => Box::pin(self.write_when_room(text)).await,
+        }
+    }
+
+    /// Waits for room to write one message. A client that does not read makes this wait
+    /// (the socket is full); if meanwhile its queue overflows, the hub's verdict ends the
+    /// wait — unless this session is replaying, when the overflow is the replay's doing,
+    /// not the client's.
+    async fn write_when_room(&mut self, text: ByteString) -> Result<(), End> {
         let finished = |sent: Result<Result<(), actix_ws::Closed>, _>| match sent {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::gone(disconnect_reason::CLIENT)),
@@ -384,7 +438,8 @@ impl LiveSession {
     /// Tells the hub which topics to offer; answers the position it took effect at.
     async fn set_topics(&mut self, topics: TopicSet) -> Result<i64, End> {
         for _ in 0..REJOIN_ATTEMPTS {
-            let answer = self.hub.send(SetTopics { id: self.membership.id, topics }).timeout(HUB_TIMEOUT).await;
+            let answer =
+                self.membership.hub.send(SetTopics { id: self.membership.id, topics }).timeout(HUB_TIMEOUT).await;
             if let Ok(Some(position)) = answer {
                 self.topics = topics;
                 return Ok(position);
@@ -425,8 +480,9 @@ impl LiveSession {
             }
             self.delivered[topic as usize] = delivery.id;
         }
+        // The frame's text is shared by every subscriber: this clones a reference.
         self.write(delivery.text.clone()).await?;
-        self.metrics.ws_events_sent.with_label_values(&[topic.name()]).inc();
+        self.sent[topic as usize].inc();
         // Live deliveries only: a replayed event's age says nothing about delivery speed.
         let latency = (Utc::now() - delivery.committed_at).to_std().unwrap_or(Duration::ZERO);
         self.metrics.event_delivery.observe(latency.as_secs_f64());
@@ -488,7 +544,7 @@ impl LiveSession {
                 self.delivered[topic as usize] = event.id;
                 let committed_at = clock::to_utc(event.created_at);
                 self.write(event_message(event.id, topic, &event.kind, &event.payload, committed_at)).await?;
-                self.metrics.ws_events_sent.with_label_values(&[topic.name()]).inc();
+                self.sent[topic as usize].inc();
             }
             if !full {
                 break;
@@ -525,11 +581,11 @@ impl LiveSession {
     /// while this session was replaying) and replays whatever came in between.
     async fn rejoin(&mut self) -> Result<(), End> {
         // The hub let go of this session; it may have been just when the user changed.
-        self.hub.do_send(Detach(self.membership.id));
+        self.membership.hub.do_send(Detach(self.membership.id));
         self.reauthorize().await?;
         for attempt in 0..REJOIN_ATTEMPTS {
             let attach = Attach { viewer: self.viewer, topics: self.topics, rejoining: true };
-            match self.hub.send(attach).timeout(HUB_TIMEOUT).await {
+            match self.membership.hub.send(attach).timeout(HUB_TIMEOUT).await {
                 Ok(Ok(Attached { id, queue, kick, position })) => {
                     self.membership.id = id;
                     self.queue = queue;

@@ -141,6 +141,12 @@ impl WsClient {
         }
     }
 
+    /// Closes from the client side and reads until the server has let the connection go.
+    pub async fn close(mut self) {
+        self.send(Message::Close(None)).await;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(PATIENCE, self.stream.next()).await {}
+    }
+
     /// Reads (and drops) messages until the server closes; returns the close code and reason.
     pub async fn closed(&mut self) -> (u16, String) {
         loop {
