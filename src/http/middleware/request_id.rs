@@ -1,13 +1,13 @@
 //! Gives every request an id: the client's `X-Request-Id` when it is safe to echo
-//! (at most 64 chars of `[A-Za-z0-9._-]`), else a fresh UUID v7. The id is put in the
-//! request's extensions (for spans and problems) and on the response.
+//! (at most 64 chars of `[A-Za-z0-9._-]`), else a fresh UUID v7. The envelope hands it to
+//! the span, problems, the access line and the response; code running on the request's
+//! behalf reads it from `request_context`.
 
 use std::sync::Arc;
 
 use actix_web::{
     dev::ServiceRequest,
     http::header::{HeaderName, HeaderValue},
-    HttpMessage,
 };
 use uuid::{
     timestamp::context::{ContextV7, ThreadLocalContext},
@@ -15,9 +15,6 @@ use uuid::{
 };
 
 pub static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
-
-#[derive(Debug, Clone)]
-pub struct RequestId(pub Arc<str>);
 
 pub fn is_acceptable(candidate: &str) -> bool {
     (1..=64).contains(&candidate.len())
@@ -31,7 +28,7 @@ thread_local! {
 /// request, which both HTTP workers would contend for.
 static ID_CONTEXT: ThreadLocalContext<ContextV7> = ThreadLocalContext::new(&ID_SEQUENCE);
 
-/// The request's id, recorded in its extensions, and the same id as the response header.
+/// The request's id, and the same id as the response header.
 pub fn assign(req: &ServiceRequest) -> (Arc<str>, Option<HeaderValue>) {
     let sent = req.headers().get(&REQUEST_ID_HEADER).and_then(|value| Some(value).zip(value.to_str().ok()));
     let (id, header) = match sent.filter(|(_, text)| is_acceptable(text)) {
@@ -43,7 +40,6 @@ pub fn assign(req: &ServiceRequest) -> (Arc<str>, Option<HeaderValue>) {
             (Arc::<str>::from(&*text), HeaderValue::from_str(text).ok())
         }
     };
-    req.extensions_mut().insert(RequestId(Arc::clone(&id)));
     (id, header)
 }
 
