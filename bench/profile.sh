@@ -4,11 +4,13 @@
 # and a flat profile of the hottest symbols (`perf record`). Not part of run.sh's figures.
 #
 # Usage: bench/profile.sh [BINARY]   (default target/release/storefront; needs perf, wrk)
+#        PROFILE_ADDR=HOST:PORT moves the server (default 127.0.0.1:18097)
+#        PERF_DATA=FILE keeps the recording there (for `perf report -i FILE`)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${1:-$ROOT/target/release/storefront}
-ADDR=127.0.0.1:18097
+ADDR=${PROFILE_ADDR:-127.0.0.1:18097}
 READY_TIMEOUT_S=30
 STOP_TIMEOUT_S=15
 TMP=""
@@ -41,6 +43,7 @@ main() {
     local record_pid=$!
     wrk -t2 -c64 -d8s "$url" >/dev/null
     wait "$record_pid" || true
+    if [[ -n ${PERF_DATA:-} ]]; then cp "$TMP/perf.data" "$PERF_DATA"; fi
     local requests
     requests=$(awk '/requests in/ {print $1}' "$TMP/wrk.txt")
     echo "binary: $BIN"

@@ -10,6 +10,8 @@
 #
 # Usage: bench/run.sh        (from anywhere; needs cargo, curl, python3; installs wrk if missing)
 #        SKIP_WS=1 bench/run.sh   skips bench/ws.sh (and keeps its last report out)
+#        BARE_ADDR, CACHED_ADDR, UNCACHED_ADDR, DBREAD_ADDR, FRESH_ADDR (and bench/orders.sh's
+#        ORDERS_ADDR, bench/ws.sh's ADDR_A/ADDR_B) move the servers when the ports are taken.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,11 +21,11 @@ CONNECTIONS=64
 THREADS=2
 WARMUP=3s
 DURATION=15s
-BARE_ADDR=127.0.0.1:18090
-CACHED_ADDR=127.0.0.1:18091
-UNCACHED_ADDR=127.0.0.1:18092
-DBREAD_ADDR=127.0.0.1:18093
-FRESH_ADDR=127.0.0.1:18094
+BARE_ADDR=${BARE_ADDR:-127.0.0.1:18090}
+CACHED_ADDR=${CACHED_ADDR:-127.0.0.1:18091}
+UNCACHED_ADDR=${UNCACHED_ADDR:-127.0.0.1:18092}
+DBREAD_ADDR=${DBREAD_ADDR:-127.0.0.1:18093}
+FRESH_ADDR=${FRESH_ADDR:-127.0.0.1:18094}
 READY_TIMEOUT_S=30
 STOP_TIMEOUT_S=15
 

@@ -7,9 +7,8 @@ use actix::{Addr, Supervisor};
 use actix_cors::Cors;
 use actix_web::{dev::ServerHandle, http::header, middleware::from_fn, web, App, HttpServer};
 use tokio::sync::{watch, Notify};
-use tracing_actix_web::TracingLogger;
 
-use crate::{http::middleware::access_log::log_access, state::AppState};
+use crate::state::AppState;
 
 use crate::{
     actors::password_hasher::Passwords,
@@ -40,14 +39,9 @@ use crate::{
     http::{
         self, extract,
         middleware::{
-            drain::{close_connections_while_draining, Draining},
-            head::answer_head_as_get,
-            http_metrics::record_http_metrics,
-            problem::render_problems,
-            rate_limit::{limit_rate, FailOpenGate},
-            request_id::assign_request_id,
-            request_span::RequestSpan,
-            security_headers::add_security_headers,
+            drain::Draining,
+            envelope::envelope,
+            rate_limit::{limit_rate, FailOpenGate, PolicyFields},
         },
     },
     metrics::Metrics,
@@ -270,6 +264,7 @@ impl Application {
                 .app_data(web::Data::new(Arc::clone(&state.metrics)))
                 .app_data(web::Data::new(drain_flag.clone()))
                 .app_data(fail_open.clone())
+                .app_data(web::Data::new(PolicyFields::new(&state.config.rate_limits)))
                 .app_data(extract::json_config())
                 .app_data(extract::payload_config())
                 .app_data(extract::path_config())
@@ -278,14 +273,7 @@ impl Application {
                 .default_service(web::to(http::unknown_route))
                 .wrap(from_fn(limit_rate))
                 .wrap(cors(&state.config))
-                .wrap(from_fn(render_problems))
-                .wrap(from_fn(add_security_headers))
-                .wrap(from_fn(record_http_metrics))
-                .wrap(from_fn(log_access))
-                .wrap(TracingLogger::<RequestSpan>::new())
-                .wrap(from_fn(assign_request_id))
-                .wrap(from_fn(close_connections_while_draining))
-                .wrap(from_fn(answer_head_as_get))
+                .wrap(from_fn(envelope))
         })
         .workers(http_workers)
         .listen(listener)

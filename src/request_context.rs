@@ -1,6 +1,7 @@
 //! The id of the request being served, for code that runs on its behalf without being
 //! handed it: the DbGateway reads it here and carries it to the DbExecutor thread, where
-//! the outbox records it with the events the request caused.
+//! the outbox records it with the events the request caused; an idempotent write stores it
+//! with its first response.
 
 use std::{future::Future, sync::Arc};
 

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     db::{catalog::GetProduct, users::FindActiveUser},
-    domain::{catalog::Product, user::User},
+    domain::{catalog::RenderedProduct, user::User},
     error::AppError,
     metrics::Metrics,
 };
@@ -52,7 +52,8 @@ impl CacheKey {
 
 #[derive(Debug, Clone)]
 pub enum Cached {
-    Product(Option<Product>),
+    /// Rendered once when loaded: a hit hands out shared bytes, it serialises nothing.
+    Product(Option<RenderedProduct>),
     User(Option<User>),
 }
 
@@ -64,7 +65,11 @@ impl Cached {
 
 async fn load(db: &DbGateway, key: &CacheKey) -> Result<Cached, AppError> {
     match *key {
-        CacheKey::Product(id) => db.run(GetProduct { id }).await.map(Cached::Product),
+        CacheKey::Product(id) => {
+            let product = db.run(GetProduct { id }).await?;
+            let rendered = product.as_ref().map(RenderedProduct::of).transpose();
+            rendered.map(Cached::Product).map_err(|error| AppError::Internal(format!("rendering a product: {error}")))
+        }
         CacheKey::User(id) => db.run(FindActiveUser { id }).await.map(Cached::User),
     }
 }
@@ -411,7 +416,7 @@ impl CacheClient {
         &self.shards
     }
 
-    pub async fn product(&self, id: Uuid) -> Result<Option<Product>, AppError> {
+    pub async fn product(&self, id: Uuid) -> Result<Option<RenderedProduct>, AppError> {
         match self.get(CacheKey::Product(id)).await? {
             Cached::Product(product) => Ok(product),
             Cached::User(_) => Err(AppError::Internal("cache returned a user for a product key".into())),

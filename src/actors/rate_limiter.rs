@@ -18,12 +18,13 @@
 //! already true: after a shard panics, the one client being decided gets a fresh burst,
 //! and while a shard does not answer, the replica-wide fail-open budget applies.
 
-use std::{num::NonZeroUsize, sync::Arc, time::Duration, time::Instant};
+use std::{net::IpAddr, num::NonZeroUsize, sync::Arc, time::Duration, time::Instant};
 
 use actix::{
     Actor, Addr, AsyncContext, Context, Handler, MailboxError, Message, MessageResult, Supervised, Supervisor,
 };
 use lru::LruCache;
+use uuid::Uuid;
 
 use super::{
     chaos::crashed,
@@ -56,6 +57,16 @@ impl Policy {
     }
 }
 
+/// Whose bucket a request draws from: the user behind a valid token, else the client
+/// address. A plain value, so deciding a request copies it instead of allocating a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    User(Uuid),
+    Ip(IpAddr),
+    /// No peer address (not seen over TCP): all such requests share one bucket.
+    UnknownIp,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Quotas {
     pub default: Quota,
@@ -74,9 +85,9 @@ impl Quotas {
 /// The buckets themselves, on a clock the caller passes in (tests drive it by hand).
 pub struct Buckets {
     quotas: Quotas,
-    lru: LruCache<(Policy, String), u64>,
+    lru: LruCache<(Policy, ClientKey), u64>,
     /// The bucket being decided, while it is: the one entry a panic could leave suspect.
-    deciding: Option<(Policy, String)>,
+    deciding: Option<(Policy, ClientKey)>,
 }
 
 impl Buckets {
@@ -97,7 +108,7 @@ impl Buckets {
         self.lru.cap()
     }
 
-    pub fn decide(&mut self, policy: Policy, key: String, now_ns: u64) -> Decision {
+    pub fn decide(&mut self, policy: Policy, key: ClientKey, now_ns: u64) -> Decision {
         let bucket = self.deciding.insert((policy, key));
         let decision = check(self.quotas.of(policy), self.lru.get(&*bucket).copied(), now_ns);
         if let Some(bucket) = self.deciding.take() {
@@ -111,8 +122,8 @@ impl Buckets {
 
     /// A bucket whose TAT has passed is full: forgetting it changes nothing.
     pub fn sweep(&mut self, now_ns: u64) {
-        let idle: Vec<(Policy, String)> =
-            self.lru.iter().filter(|(_, tat)| **tat <= now_ns).map(|(bucket, _)| bucket.clone()).collect();
+        let idle: Vec<(Policy, ClientKey)> =
+            self.lru.iter().filter(|(_, tat)| **tat <= now_ns).map(|(bucket, _)| *bucket).collect();
         for bucket in idle {
             self.lru.pop(&bucket);
         }
@@ -155,7 +166,7 @@ impl RateLimiter {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn decide(&mut self, policy: Policy, key: String) -> Decision {
+    fn decide(&mut self, policy: Policy, key: ClientKey) -> Decision {
         let decision = self.buckets.decide(policy, key, self.now_ns());
         if !decision.allowed {
             self.metrics.rate_limited.with_label_values(&[policy.name()]).inc();
@@ -206,7 +217,7 @@ impl Supervised for RateLimiter {
 #[rtype(result = "Option<Decision>")]
 pub struct Check {
     pub policy: Policy,
-    pub key: String,
+    pub key: ClientKey,
 }
 
 impl Handler<Check> for RateLimiter {
@@ -301,7 +312,7 @@ impl RateLimiterClient {
     pub async fn check(
         &self,
         policy: Policy,
-        key: String,
+        key: ClientKey,
         timeout: Duration,
     ) -> Result<Option<Decision>, MailboxError> {
         let home = || self.shards.each().next();
@@ -341,40 +352,46 @@ mod tests {
         Buckets::new(quotas, NonZeroUsize::new(max_keys).unwrap())
     }
 
-    fn admitted(buckets: &mut Buckets, policy: Policy, key: &str, now_ns: u64, tries: usize) -> usize {
-        (0..tries).filter(|_| buckets.decide(policy, key.to_owned(), now_ns).allowed).count()
+    /// Client `n`'s address.
+    fn ip(n: u8) -> ClientKey {
+        ClientKey::Ip(IpAddr::from([192, 0, 2, n]))
+    }
+
+    fn admitted(buckets: &mut Buckets, policy: Policy, key: ClientKey, now_ns: u64, tries: usize) -> usize {
+        (0..tries).filter(|_| buckets.decide(policy, key, now_ns).allowed).count()
     }
 
     #[test]
     fn each_policy_and_client_has_a_bucket_of_its_own() {
         let mut buckets = buckets(100);
-        assert_eq!(admitted(&mut buckets, Policy::Default, "ip:a", 0, 10), 3);
-        assert_eq!(admitted(&mut buckets, Policy::Default, "ip:b", 0, 10), 3);
-        assert_eq!(admitted(&mut buckets, Policy::Auth, "ip:a", 0, 10), 2);
-        assert_eq!(admitted(&mut buckets, Policy::Default, "ip:a", SECOND, 10), 1, "one refill a second");
+        assert_eq!(admitted(&mut buckets, Policy::Default, ip(1), 0, 10), 3);
+        assert_eq!(admitted(&mut buckets, Policy::Default, ip(2), 0, 10), 3);
+        assert_eq!(admitted(&mut buckets, Policy::Auth, ip(1), 0, 10), 2);
+        assert_eq!(admitted(&mut buckets, Policy::Default, ClientKey::User(Uuid::nil()), 0, 10), 3, "a user is not an address");
+        assert_eq!(admitted(&mut buckets, Policy::Default, ip(1), SECOND, 10), 1, "one refill a second");
     }
 
     #[test]
     fn a_restart_keeps_every_bucket_but_the_one_being_decided() {
         let mut buckets = buckets(100);
-        admitted(&mut buckets, Policy::Default, "ip:a", 0, 3);
-        admitted(&mut buckets, Policy::Default, "ip:b", 0, 3);
-        buckets.deciding = Some((Policy::Default, "ip:b".into()));
+        admitted(&mut buckets, Policy::Default, ip(1), 0, 3);
+        admitted(&mut buckets, Policy::Default, ip(2), 0, 3);
+        buckets.deciding = Some((Policy::Default, ip(2)));
         buckets.recover();
-        assert_eq!(admitted(&mut buckets, Policy::Default, "ip:a", 0, 3), 0, "a spent bucket stays spent");
-        assert_eq!(admitted(&mut buckets, Policy::Default, "ip:b", 0, 3), 3, "only the suspect one starts over");
+        assert_eq!(admitted(&mut buckets, Policy::Default, ip(1), 0, 3), 0, "a spent bucket stays spent");
+        assert_eq!(admitted(&mut buckets, Policy::Default, ip(2), 0, 3), 3, "only the suspect one starts over");
     }
 
     #[test]
     fn the_cap_evicts_the_least_recent_and_sweeps_forget_only_full_buckets() {
         let mut buckets = buckets(2);
-        for key in ["ip:a", "ip:b", "ip:c"] {
+        for key in [ip(1), ip(2), ip(3)] {
             admitted(&mut buckets, Policy::Default, key, 0, 1);
         }
         assert_eq!(buckets.len(), 2);
-        admitted(&mut buckets, Policy::Default, "ip:c", 0, 2);
+        admitted(&mut buckets, Policy::Default, ip(3), 0, 2);
         buckets.sweep(SECOND);
-        assert_eq!(buckets.len(), 1, "b (one request, refilled after 1 s) is forgotten; c (three) is not");
+        assert_eq!(buckets.len(), 1, "client 2 (one request, refilled after 1 s) is forgotten; client 3 (three) is not");
         buckets.sweep(3 * SECOND);
         assert!(buckets.is_empty());
     }
@@ -391,7 +408,7 @@ mod tests {
         for request in 0..requests_per_second * seconds {
             let now = request * step;
             let shard = &mut shards[usize::try_from(request).unwrap() % workers];
-            if shard.decide(Policy::Default, "user:a".into(), now).allowed {
+            if shard.decide(Policy::Default, ClientKey::User(Uuid::nil()), now).allowed {
                 admitted += 1;
             }
             by_time.push((now, admitted));

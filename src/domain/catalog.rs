@@ -1,5 +1,6 @@
 //! Products: their shape, the rules for creating and changing them, and list filters.
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -54,6 +55,28 @@ pub struct Product {
 impl Product {
     pub fn etag(&self) -> String {
         etag_for(self.version)
+    }
+}
+
+/// A product as `GET /api/v1/products/{id}` answers it, serialised once when it is read
+/// from the database: a cached read shares these bytes instead of cloning the product and
+/// serialising it again on every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedProduct {
+    pub version: i64,
+    /// The JSON body.
+    pub json: Bytes,
+    /// The `ETag` value, quoted.
+    pub etag: Bytes,
+}
+
+impl RenderedProduct {
+    pub fn of(product: &Product) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            version: product.version,
+            json: Bytes::from(serde_json::to_vec(product)?),
+            etag: Bytes::from(product.etag()),
+        })
     }
 }
 

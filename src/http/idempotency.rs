@@ -3,7 +3,7 @@
 
 use actix_web::{
     http::{header, StatusCode},
-    HttpMessage, HttpRequest, HttpResponse,
+    HttpRequest, HttpResponse,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::{
     db::idempotency::{IdempotencyKey, Outcome},
     error::AppError,
-    http::middleware::{problem::PROBLEM_JSON, request_id::RequestId},
+    http::middleware::problem::PROBLEM_JSON,
 };
 
 const HEADER: &str = "idempotency-key";
@@ -35,7 +35,7 @@ pub fn key_of(
     let canonical = serde_json::to_vec(body).map_err(|e| AppError::internal("encode request", &e))?;
     let digest = Sha256::new().chain_update(scope.as_bytes()).chain_update([0]).chain_update(&canonical).finalize();
     let fingerprint = digest.iter().map(|byte| format!("{byte:02x}")).collect();
-    let request_id = request.extensions().get::<RequestId>().map(|id| id.0.to_string()).unwrap_or_default();
+    let request_id = crate::request_context::current().map(|id| id.to_string()).unwrap_or_default();
     Ok(Some(IdempotencyKey {
         user_id,
         scope,

@@ -8,11 +8,9 @@ use std::sync::{
 };
 
 use actix_web::{
-    body::MessageBody,
     dev::{ServiceRequest, ServiceResponse},
     http::ConnectionType,
-    middleware::Next,
-    web, Error,
+    web,
 };
 
 /// Set once when shutdown begins; never cleared.
@@ -29,14 +27,11 @@ impl Draining {
     }
 }
 
-pub async fn close_connections_while_draining(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let draining = req.app_data::<web::Data<Draining>>().is_some_and(|flag| flag.is_draining());
-    let mut response = next.call(req).await?;
-    if draining {
-        response.response_mut().head_mut().set_connection_type(ConnectionType::Close);
-    }
-    Ok(response)
+/// Read when the request arrives: a request that came in before the drain keeps its connection.
+pub fn is_draining(req: &ServiceRequest) -> bool {
+    req.app_data::<web::Data<Draining>>().is_some_and(|flag| flag.is_draining())
+}
+
+pub fn close_connection<B>(response: &mut ServiceResponse<B>) {
+    response.response_mut().head_mut().set_connection_type(ConnectionType::Close);
 }

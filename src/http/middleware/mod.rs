@@ -1,8 +1,10 @@
-//! The middleware stack, outermost first: request id → tracing span → access log → metrics →
-//! security headers → problem rendering → CORS → rate limit → handlers.
+//! The middleware stack, outermost first: the envelope (HEAD as GET, request id, tracing
+//! span, and on the way out problem rendering, security headers, metrics, access log,
+//! drain) → CORS → rate limit → handlers. The envelope's steps each have a module here.
 
 pub mod access_log;
 pub mod drain;
+pub mod envelope;
 pub mod head;
 pub mod http_metrics;
 pub mod problem;

@@ -3,51 +3,42 @@
 //! get a problem built from their status. Headers such as `Allow` and `Retry-After` stay.
 
 use actix_web::{
-    body::{BoxBody, MessageBody},
-    dev::{ServiceRequest, ServiceResponse},
+    body::BoxBody,
+    dev::ServiceResponse,
     http::header::{self, HeaderValue},
-    middleware::Next,
-    Error, HttpMessage,
+    Error,
 };
 
-use super::request_id::RequestId;
 use crate::error::Problem;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-pub async fn render_problems(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, Error> {
-    // Routing needs the request unshared, so keep (cheap, shared) copies of what a problem needs.
-    let uri = req.uri().clone();
-    let request_id = req.extensions().get::<RequestId>().map(|id| id.0.clone()).unwrap_or_default();
-    let response = match next.call(req).await {
-        Ok(response) => response.map_into_boxed_body(),
-        // Handlers, extractors and CORS answer errors as responses; an inner layer that
-        // fails outright still leaves as a problem, though without the outer headers.
-        Err(error) => {
-            let status = error.as_response_error().status_code();
-            let problem = Problem::for_status(status).finish(uri.path(), &request_id);
-            return Err(RenderedProblem(problem).into());
-        }
-    };
+/// `path` and `request_id` become the problem's `instance` and `request_id`.
+pub fn render(response: ServiceResponse<BoxBody>, path: &str, request_id: &str) -> ServiceResponse<BoxBody> {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
-        return Ok(response);
+        return response;
     }
     let ours = response.response().extensions().get::<Problem>().cloned();
     let problem = match ours {
         Some(problem) => problem,
         // A JSON error body written on purpose (the 503 of /readyz) is left as it is.
-        None if super::is_json(response.headers()) => return Ok(response),
+        None if super::is_json(response.headers()) => return response,
         None => Problem::for_status(status),
     };
-    let problem = problem.finish(uri.path(), &request_id);
+    let problem = problem.finish(path, request_id);
     let body = serde_json::to_vec(&problem).unwrap_or_default();
     let mut response = response.map_body(|_, _| BoxBody::new(body));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-    Ok(response)
+    response
+}
+
+/// An inner layer that failed outright leaves no request to answer with: its error
+/// travels on as this finished problem, which actix renders, with the headers every
+/// response carries.
+pub fn render_failure(error: &Error, path: &str, request_id: &str) -> Error {
+    let status = error.as_response_error().status_code();
+    RenderedProblem(Problem::for_status(status).finish(path, request_id)).into()
 }
 
 /// A finished problem travelling as an error past the layers that could not answer it.
@@ -62,6 +53,13 @@ impl actix_web::ResponseError for RenderedProblem {
     }
 
     fn error_response(&self) -> actix_web::HttpResponse {
-        actix_web::HttpResponse::build(self.status_code()).content_type(PROBLEM_JSON).json(&self.0)
+        let mut response =
+            actix_web::HttpResponse::build(self.status_code()).content_type(PROBLEM_JSON).json(&self.0);
+        let headers = response.headers_mut();
+        super::security_headers::add(headers);
+        if let Ok(id) = HeaderValue::from_str(&self.0.request_id) {
+            headers.insert(super::request_id::REQUEST_ID_HEADER.clone(), id);
+        }
+        response
     }
 }

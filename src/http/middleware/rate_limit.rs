@@ -3,20 +3,21 @@
 //! Answers carry the IETF `RateLimit-Policy` and `RateLimit` fields; refusals are 429 with
 //! `Retry-After`. If the limiter does not answer in time the request passes (fail open).
 
-use std::{net::IpAddr, time::Duration};
+use std::{fmt::Write, net::IpAddr, time::Duration};
 
 use actix_web::{
     body::{BoxBody, MessageBody},
     dev::{ServiceRequest, ServiceResponse},
     http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER},
     middleware::Next,
-    web, Error, HttpMessage,
+    web::{self, Bytes},
+    Error, HttpMessage,
 };
 
 use crate::{
-    actors::rate_limiter::Policy,
+    actors::rate_limiter::{ClientKey, Policy, Quotas},
     auth::tokens::VerifiedClaims,
-    domain::rate_limit::{whole_seconds_up, Decision, FailOpenBudget, Quota},
+    domain::rate_limit::{whole_seconds_up, Decision, FailOpenBudget},
     error::AppError,
     http::auth_header::bearer_token,
     state::AppState,
@@ -48,6 +49,32 @@ pub struct VerifiedToken(pub VerifiedClaims);
 const LIMITER_TIMEOUT: Duration = Duration::from_millis(100);
 static POLICY_HEADER: HeaderName = HeaderName::from_static("ratelimit-policy");
 static STATE_HEADER: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Each policy's `RateLimit-Policy` value, which only the configuration decides: written
+/// once per HTTP worker (its own copy, so sharing it costs no cross-core reference count).
+#[derive(Debug)]
+pub struct PolicyFields {
+    default: Option<HeaderValue>,
+    auth: Option<HeaderValue>,
+}
+
+impl PolicyFields {
+    pub fn new(quotas: &Quotas) -> Self {
+        let field = |policy: Policy| {
+            let quota = quotas.of(policy);
+            let window = whole_seconds_up(quota.window()).max(1);
+            HeaderValue::from_str(&format!("\"{}\";q={};w={window}", policy.name(), quota.burst)).ok()
+        };
+        Self { default: field(Policy::Default), auth: field(Policy::Auth) }
+    }
+
+    fn of(&self, policy: Policy) -> Option<&HeaderValue> {
+        match policy {
+            Policy::Default => self.default.as_ref(),
+            Policy::Auth => self.auth.as_ref(),
+        }
+    }
+}
 
 pub async fn limit_rate(
     req: ServiceRequest,
@@ -81,32 +108,32 @@ pub async fn limit_rate(
             return Ok(next.call(req).await?.map_into_boxed_body());
         }
     };
-    let quota = state.config.rate_limits.of(policy);
+    let fields = req.app_data::<web::Data<PolicyFields>>().cloned();
+    let fields = fields.as_ref().map(|fields| fields.get_ref());
     if !decision.allowed {
         let error = AppError::TooManyRequests {
             retry_after_secs: whole_seconds_up(decision.retry_after).max(1),
             detail: format!("Rate limit \"{}\" exceeded; retry after the time in Retry-After.", policy.name()),
         };
         let mut response = req.error_response(error);
-        describe(response.headers_mut(), policy, quota, &decision);
+        describe(response.headers_mut(), policy, fields, &decision);
         return Ok(response);
     }
     let mut response = next.call(req).await?.map_into_boxed_body();
-    describe(response.headers_mut(), policy, quota, &decision);
+    describe(response.headers_mut(), policy, fields, &decision);
     Ok(response)
 }
 
-fn describe(headers: &mut HeaderMap, policy: Policy, quota: Quota, decision: &Decision) {
-    let name = policy.name();
-    let window = whole_seconds_up(quota.window()).max(1);
+fn describe(headers: &mut HeaderMap, policy: Policy, fields: Option<&PolicyFields>, decision: &Decision) {
+    if let Some(value) = fields.and_then(|fields| fields.of(policy)) {
+        headers.insert(POLICY_HEADER.clone(), value.clone());
+    }
+    // Written straight into the bytes the header keeps: one allocation, no copy.
+    let mut state = String::with_capacity(32);
     let reset = whole_seconds_up(decision.reset_after);
-    let fields = [
-        (&POLICY_HEADER, format!("\"{name}\";q={};w={window}", quota.burst)),
-        (&STATE_HEADER, format!("\"{name}\";r={};t={reset}", decision.remaining)),
-    ];
-    for (header, value) in fields {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(header.clone(), value);
+    if write!(state, "\"{}\";r={};t={reset}", policy.name(), decision.remaining).is_ok() {
+        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(state)) {
+            headers.insert(STATE_HEADER.clone(), value);
         }
     }
     if !decision.allowed && !headers.contains_key(RETRY_AFTER) {
@@ -115,18 +142,15 @@ fn describe(headers: &mut HeaderMap, policy: Policy, quota: Quota, decision: &De
 }
 
 /// The user behind a valid token (default policy only), else the client address.
-fn client_key(req: &ServiceRequest, state: &AppState, policy: Policy) -> String {
+fn client_key(req: &ServiceRequest, state: &AppState, policy: Policy) -> ClientKey {
     if policy == Policy::Default {
         if let Some(claims) = bearer_token(req.request()).and_then(|token| state.tokens.verify_claims(token).ok()) {
             // The authentication extractor uses this instead of checking the signature again.
             req.extensions_mut().insert(VerifiedToken(claims));
-            return format!("user:{}", claims.user_id);
+            return ClientKey::User(claims.user_id);
         }
     }
-    match client_ip(req.request(), &state.config.trusted_proxies) {
-        Some(ip) => format!("ip:{ip}"),
-        None => "ip:unknown".to_owned(),
-    }
+    client_ip(req.request(), &state.config.trusted_proxies).map_or(ClientKey::UnknownIp, ClientKey::Ip)
 }
 
 /// The peer address, or, when the peer is a trusted proxy, the nearest address in
