@@ -1,6 +1,6 @@
-//! Orders: placing and cancelling them. Placing takes the stock and debits the balance in
-//! one transaction with conditional UPDATEs, touching products by id and then accounts by
-//! user id, so concurrent orders cannot deadlock or drive anything negative.
+//! Orders: placing and cancelling them. Placing debits the balance and takes the stock in
+//! one transaction with conditional UPDATEs, touching the account and then products by id
+//! (cancelling too), so concurrent orders cannot deadlock or drive anything negative.
 
 use std::collections::HashMap;
 
@@ -103,65 +103,45 @@ fn place_order(conn: &mut DbConnection, user_id: Uuid, lines: &[OrderLine]) -> R
     let mut sorted: Vec<(usize, &OrderLine)> = lines.iter().enumerate().collect();
     sorted.sort_by_key(|(_, line)| line.product_id.to_string());
 
-    // Take the stock first, reading the name and price back from the same UPDATE: the row
-    // stays locked, so they cannot change before this transaction commits.
-    let mut taken = Vec::with_capacity(lines.len());
-    let mut unavailable = Vec::new();
-    let mut short = Vec::new();
-    for (index, line) in &sorted {
-        let id = line.product_id.to_string();
-        let row: Option<ProductRow> = diesel::update(products::table.filter(products::id.eq(&id)))
-            .filter(products::deleted_at.is_null())
-            .filter(products::status.eq(ProductStatus::Active.as_str()))
-            .filter(products::stock.ge(line.quantity))
-            .set((
-                products::stock.eq(products::stock - line.quantity),
-                products::version.eq(products::version + 1),
-                products::updated_at.eq(now),
-            ))
-            .returning(PRODUCT_COLUMNS)
-            .get_result(conn)
-            .optional()?;
-        match row {
-            Some(row) => taken.push((*index, row)),
-            None => match find_live(conn, &id)? {
-                Some(row) if orderable(&row) => short.push(id),
-                _ => {
-                    unavailable.push(FieldError::new(format!("items[{index}].product_id"), "is not an active product"))
+    // Priced from a plain read, so that the stock — the row every order of a product
+    // contends for — is taken last and stays locked only for the few statements before
+    // COMMIT. Taking it re-checks everything read here.
+    let ids: Vec<String> = sorted.iter().map(|(_, line)| line.product_id.to_string()).collect();
+    let mut found: HashMap<String, ProductRow> = products::table
+        .filter(products::id.eq_any(&ids))
+        .filter(products::deleted_at.is_null())
+        .select(ProductRow::as_select())
+        .load::<ProductRow>(conn)?
+        .into_iter()
+        .map(|row| (row.id.clone(), row))
+        .collect();
+    let (mut unavailable, mut short) = (Vec::new(), Vec::new());
+    for ((index, line), id) in sorted.iter().zip(&ids) {
+        match found.get(id) {
+            Some(row) if orderable(row) => {
+                if row.stock < line.quantity {
+                    short.push(id.clone());
                 }
-            },
+            }
+            _ => unavailable.push(FieldError::new(format!("items[{index}].product_id"), "is not an active product")),
         }
     }
-    if !unavailable.is_empty() {
-        unavailable.sort_by(|a, b| a.field.cmp(&b.field));
-        return Err(AppError::Validation(unavailable));
-    }
-    if !short.is_empty() {
-        return Err(AppError::Conflict {
-            kind: "insufficient-stock",
-            detail: "Some products do not have enough stock.".into(),
-            extensions: serde_json::Map::from_iter([("product_ids".to_owned(), serde_json::json!(short))]),
-        });
-    }
+    refuse_unless_orderable(unavailable, short)?;
 
-    taken.sort_by_key(|(index, _)| *index);
     let mut items = Vec::with_capacity(lines.len());
-    let mut events = Vec::with_capacity(lines.len() + 2);
-    for ((_, row), line) in taken.into_iter().zip(lines) {
-        let product = row.into_product()?;
-        events.push(NewEvent::public(topic::PRODUCTS, "product.updated", &product));
+    for line in lines {
+        let row =
+            found.remove(&line.product_id.to_string()).ok_or_else(|| AppError::Internal("product vanished".into()))?;
         items.push(OrderItem {
-            product_id: product.id,
-            name: product.name,
-            unit_price_cents: product.price_cents,
+            product_id: line.product_id,
+            name: row.name,
+            unit_price_cents: row.price_cents,
             quantity: line.quantity,
         });
     }
-    let priced: Vec<(i64, i64)> = items.iter().map(|item| (item.unit_price_cents, item.quantity)).collect();
-    let total_cents = order_total(&priced).ok_or_else(|| AppError::invalid("items", "the order total is too large"))?;
-    let account = debit(conn, user_id, total_cents, now)?.ok_or_else(insufficient_funds)?;
-
-    let order = Order {
+    let total_cents = priced_total(&items)?;
+    let mut account = debit(conn, user_id, total_cents, now)?.ok_or_else(insufficient_funds)?;
+    let mut order = Order {
         id: Uuid::now_v7(),
         user_id,
         status: OrderStatus::Paid,
@@ -193,9 +173,87 @@ fn place_order(conn: &mut DbConnection, user_id: Uuid, lines: &[OrderLine]) -> R
             ))
             .execute(conn)?;
     }
+
+    // Take the stock, in product id order (so concurrent orders cannot deadlock), reading
+    // the name and price back under the row lock: they cannot change before COMMIT.
+    let mut events = Vec::with_capacity(lines.len() + 2);
+    let mut repriced = false;
+    let (mut unavailable, mut short) = (Vec::new(), Vec::new());
+    for ((index, line), id) in sorted.iter().zip(&ids) {
+        let taken: Option<ProductRow> = diesel::update(products::table.filter(products::id.eq(id)))
+            .filter(products::deleted_at.is_null())
+            .filter(products::status.eq(ProductStatus::Active.as_str()))
+            .filter(products::stock.ge(line.quantity))
+            .set((
+                products::stock.eq(products::stock - line.quantity),
+                products::version.eq(products::version + 1),
+                products::updated_at.eq(now),
+            ))
+            .returning(PRODUCT_COLUMNS)
+            .get_result(conn)
+            .optional()?;
+        let Some(row) = taken else {
+            // Changed since it was read: classify it as the read would have.
+            match find_live(conn, id)? {
+                Some(row) if orderable(&row) => short.push(id.clone()),
+                _ => {
+                    unavailable.push(FieldError::new(format!("items[{index}].product_id"), "is not an active product"))
+                }
+            }
+            continue;
+        };
+        let item = &mut order.items[*index];
+        if (item.unit_price_cents, item.name.as_str()) != (row.price_cents, row.name.as_str()) {
+            // Renamed or repriced since it was read: the order takes what holds now.
+            (item.unit_price_cents, item.name) = (row.price_cents, row.name.clone());
+            diesel::update(order_items::table.find((&order_id, i32::try_from(*index).unwrap_or(i32::MAX))))
+                .set((order_items::name.eq(&item.name), order_items::unit_price_cents.eq(item.unit_price_cents)))
+                .execute(conn)?;
+            repriced = true;
+        }
+        events.push((*index, NewEvent::public(topic::PRODUCTS, "product.updated", &row.into_product()?)));
+    }
+    refuse_unless_orderable(unavailable, short)?;
+    if repriced {
+        let total_cents = priced_total(&order.items)?;
+        let difference = total_cents - order.total_cents;
+        let settled = if difference >= 0 {
+            debit(conn, user_id, difference, now)?.ok_or_else(insufficient_funds)?
+        } else {
+            credit(conn, user_id, -difference, now)?
+                .ok_or_else(|| AppError::Internal("a price drop would overflow the balance".into()))?
+        };
+        diesel::update(orders::table.find(&order_id)).set(orders::total_cents.eq(total_cents)).execute(conn)?;
+        (account, order.total_cents) = (settled, total_cents);
+    }
+
+    // Events in the order of the lines, then the order and the balance.
+    events.sort_by_key(|(index, _)| *index);
+    let mut events: Vec<NewEvent> = events.into_iter().map(|(_, event)| event).collect();
     events.push(NewEvent::private(topic::ORDERS, "order.created", user_id, &order));
     events.push(account_event(&account));
     Ok(Written { value: order, events })
+}
+
+/// Refuses an order naming products that are not active (422) or short of stock (409).
+fn refuse_unless_orderable(mut unavailable: Vec<FieldError>, short: Vec<String>) -> Result<(), AppError> {
+    if !unavailable.is_empty() {
+        unavailable.sort_by(|a, b| a.field.cmp(&b.field));
+        return Err(AppError::Validation(unavailable));
+    }
+    if !short.is_empty() {
+        return Err(AppError::Conflict {
+            kind: "insufficient-stock",
+            detail: "Some products do not have enough stock.".into(),
+            extensions: serde_json::Map::from_iter([("product_ids".to_owned(), serde_json::json!(short))]),
+        });
+    }
+    Ok(())
+}
+
+fn priced_total(items: &[OrderItem]) -> Result<i64, AppError> {
+    let priced: Vec<(i64, i64)> = items.iter().map(|item| (item.unit_price_cents, item.quantity)).collect();
+    order_total(&priced).ok_or_else(|| AppError::invalid("items", "the order total is too large"))
 }
 
 pub struct GetOrder {
@@ -263,6 +321,9 @@ impl UseCase for CancelOrder {
             if cancelled == 0 {
                 return Err(AppError::conflict("The order is already cancelled."));
             }
+            // The account first, then the products in id order, as placing an order does.
+            let account = credit(conn, order.user_id, order.total_cents, now)?
+                .ok_or_else(|| AppError::Internal("refund would overflow the balance".into()))?;
             let mut items: Vec<&OrderItem> = order.items.iter().collect();
             items.sort_by_key(|item| item.product_id.to_string());
             let mut events = Vec::with_capacity(items.len() + 2);
@@ -279,8 +340,6 @@ impl UseCase for CancelOrder {
                     events.push(product_event(conn, &product_id, "product.updated")?.1);
                 }
             }
-            let account = credit(conn, order.user_id, order.total_cents, now)?
-                .ok_or_else(|| AppError::Internal("refund would overflow the balance".into()))?;
             let order = Order { status: OrderStatus::Cancelled, updated_at: clock::to_utc(now), ..order };
             events.push(NewEvent::private(topic::ORDERS, "order.cancelled", order.user_id, &order));
             events.push(account_event(&account));

@@ -263,3 +263,72 @@ async fn orders_are_visible_only_to_their_owner_and_admins(backend: Backend) {
     assert_problem(app.get(&order_path(&first)).await, 401).await;
     assert_problem(app.get(&alice_orders).await, 401).await;
 }
+
+/// PostgreSQL only: there, an admin's change can commit while an order is being placed.
+mod postgres_repricing {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(not(storefront_postgres_tests), ignore = "PostgreSQL half: set TEST_DATABASE_URL to run it")]
+    async fn an_order_placed_while_its_product_is_repriced_pays_the_price_that_holds_when_the_stock_is_taken() {
+        if !crate::common::postgres_available() {
+            return;
+        }
+        super::an_order_placed_while_its_product_is_repriced_pays_the_price_that_holds_when_the_stock_is_taken().await;
+    }
+}
+
+async fn an_order_placed_while_its_product_is_repriced_pays_the_price_that_holds_when_the_stock_is_taken() {
+    use diesel::{connection::SimpleConnection, Connection, PgConnection, QueryableByName, RunQueryDsl};
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let (_, admin) = app.admin("root@example.com").await;
+    let (buyer_id, buyer) = app.user("buyer@example.com").await;
+    deposit(&app, &admin, &buyer_id, 10_000).await;
+    let teapot = product(&app, &admin, "Teapot", 500, 5).await;
+
+    // A price change that has not committed yet, holding the product's row.
+    let mut admin_tx = PgConnection::establish(&app.database_url).unwrap();
+    admin_tx
+        .batch_execute(&format!(
+            "BEGIN; UPDATE products SET price_cents = 700, name = 'Teapot (large)' WHERE id = '{teapot}'"
+        ))
+        .unwrap();
+    let placing = {
+        let (address, buyer, body) = (app.address.clone(), buyer.clone(), order_body(&[(&teapot, 2)]));
+        tokio::spawn(async move {
+            reqwest::Client::new().post(format!("{address}{ORDERS}")).bearer_auth(&buyer).json(&body).send().await
+        })
+    };
+    // The order gets as far as the row (it may have priced the teapot at 500 by then).
+    let mut watcher = PgConnection::establish(&app.database_url).unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .get_result::<Count>(&mut watcher)
+        .unwrap()
+        .n;
+        if waiting > 0 {
+            break;
+        }
+        assert!(!placing.is_finished(), "the order did not wait for the product's row");
+        assert!(tokio::time::Instant::now() < deadline, "the order never reached the product's row");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    admin_tx.batch_execute("COMMIT").unwrap();
+
+    let placed = json_of(placing.await.unwrap().unwrap()).await;
+    assert_eq!(placed["total_cents"], 1400, "{placed}");
+    assert_eq!(
+        (placed["items"][0]["name"].as_str(), placed["items"][0]["unit_price_cents"].as_i64()),
+        (Some("Teapot (large)"), Some(700))
+    );
+    assert_eq!(balance(&app, &buyer).await, 10_000 - 1400);
+    let stored = json_of(app.get_as(&format!("{ORDERS}/{}", id_of(&placed)), &buyer).await).await;
+    assert_eq!(stored, placed, "the stored order is the one answered");
+    assert_eq!(stock(&app, &teapot).await, 3);
+}
