@@ -41,6 +41,7 @@ use crate::{
         middleware::{
             drain::Draining,
             envelope::envelope,
+            http_metrics::RequestMetrics,
             rate_limit::{limit_rate, FailOpenGate, PolicyFields},
         },
     },
@@ -261,7 +262,7 @@ impl Application {
             };
             App::new()
                 .app_data(web::Data::new(worker_state))
-                .app_data(web::Data::new(Arc::clone(&state.metrics)))
+                .app_data(web::Data::new(RequestMetrics::new(Arc::clone(&state.metrics))))
                 .app_data(web::Data::new(drain_flag.clone()))
                 .app_data(fail_open.clone())
                 .app_data(web::Data::new(PolicyFields::new(&state.config.rate_limits)))

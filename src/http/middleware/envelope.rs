@@ -18,12 +18,13 @@ use tracing::Instrument;
 
 use super::{
     access_log::{self, Access},
-    drain, head, http_metrics, problem,
+    drain, head,
+    http_metrics::{self, RequestMetrics},
+    problem,
     rate_limit::VerifiedToken,
     request_id::{self, REQUEST_ID_HEADER},
     request_span, security_headers,
 };
-use crate::metrics::Metrics;
 
 /// What a request without a matched route is labelled with.
 const UNMATCHED: &str = "unmatched";
@@ -39,7 +40,7 @@ pub async fn envelope(
     let draining = drain::is_draining(&req);
     let (request_id, id_header) = request_id::assign(&req);
     let span = request_span::start(&req, &request_id);
-    let metrics = req.app_data::<web::Data<Arc<Metrics>>>().cloned();
+    let metrics = req.app_data::<web::Data<RequestMetrics>>().cloned();
     // Routing needs the request unshared, so keep a (cheap, shared) copy of what a problem needs.
     let uri = req.uri().clone();
 
@@ -54,7 +55,7 @@ pub async fn envelope(
             let failure = problem::render_failure(&error, uri.path(), &request_id);
             let status = failure.as_response_error().status_code();
             if let Some(metrics) = &metrics {
-                http_metrics::record(metrics, method_label, UNMATCHED, status, duration);
+                metrics.record(method_label, UNMATCHED, status, duration);
             }
             let access = Access {
                 method: &method,
@@ -78,7 +79,7 @@ pub async fn envelope(
         let route = request.match_pattern();
         let route = route.as_deref().unwrap_or(UNMATCHED);
         if let Some(metrics) = &metrics {
-            http_metrics::record(metrics, method_label, route, status, duration);
+            metrics.record(method_label, route, status, duration);
         }
         let user_id = request.extensions().get::<VerifiedToken>().map(|token| token.0.user_id);
         let access =
