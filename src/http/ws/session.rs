@@ -247,18 +247,14 @@ impl LiveSession {
                 }
                 continue;
             }
-            // In this order, so a pending event is written without polling the rest. The
-            // hub's kick needs no branch of its own: letting go of a session closes its
-            // queue, which ends `recv` here (and the check above reads why).
+            // In this order: what the client sent and the deadlines first (each a cheap
+            // check, and never starved by a steady flow of events), then the queue, and the
+            // shutdown watch last (the check above reads it on every turn). The timers and the
+            // watch are kept across turns, so nothing is armed again per event. The hub's kick needs
+            // no branch of its own: letting go of a session closes its queue, which ends
+            // `recv` here (and the check above reads why).
             let step = tokio::select! {
                 biased;
-                outbound = self.queue.recv() => match outbound {
-                    Some(outbound) => self.on_outbound(outbound).await,
-                    // The hub let go: the kick says why (checked at the top of the loop);
-                    // without one (the hub itself went away), join it again.
-                    None if self.kick.reason().is_some() => continue,
-                    None => Box::pin(self.rejoin()).await,
-                },
                 frame = stream.recv() => {
                     // Boxed: commands are rare, and inline their replay and hub round trips
                     // would make every idle connection's task as large as the largest of them.
@@ -266,9 +262,6 @@ impl LiveSession {
                     // Counted from when handling ends: a long replay is not the client's silence.
                     last_heard = Instant::now();
                     handled
-                }
-                () = &mut shutting_down => {
-                    return End::with(disconnect_reason::SHUTDOWN, CloseCode::Away, "server shutting down")
                 }
                 () = &mut token_expiry => {
                     return End::with(disconnect_reason::TOKEN_EXPIRED, CloseCode::Policy, "token expired")
@@ -279,6 +272,16 @@ impl LiveSession {
                         return End::gone(disconnect_reason::HEARTBEAT);
                     }
                     Box::pin(self.control(|mut ws| async move { ws.ping(b"").await })).await
+                }
+                outbound = self.queue.recv() => match outbound {
+                    Some(outbound) => self.on_outbound(outbound).await,
+                    // The hub let go: the kick says why (checked at the top of the loop);
+                    // without one (the hub itself went away), join it again.
+                    None if self.kick.reason().is_some() => continue,
+                    None => Box::pin(self.rejoin()).await,
+                },
+                () = &mut shutting_down => {
+                    return End::with(disconnect_reason::SHUTDOWN, CloseCode::Away, "server shutting down")
                 }
             };
             if let Err(end) = step {
