@@ -28,7 +28,8 @@ use uuid::Uuid;
 use super::{schema::events, DbConnection};
 use crate::{domain::clock, error::AppError};
 
-/// The PostgreSQL notification channel that says "the outbox has new events".
+/// The PostgreSQL notification channel that says "the outbox has new events" (sent by the
+/// `events_notify` trigger of migration `outbox_commit_order`, which names it too).
 pub const NOTIFY_CHANNEL: &str = "storefront_outbox";
 
 /// Who writes the events a use case appends: the replica, and the request that caused

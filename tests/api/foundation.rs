@@ -232,6 +232,13 @@ async fn saturated_database_pool_sheds_with_503(backend: Backend) {
     let app = TestApp::builder(backend).setting("db-workers", "1").setting("db-queue-depth", "2").spawn().await;
 
     let stall = || app.chaos(json!({"actor": "db_executor", "fault": "stall", "millis": 1500}));
+    // The start-up's own database work (the relay's first read, the janitor's first
+    // prune) must be done, or it takes one of the two slots.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app.metric("storefront_db_in_flight").await > 0.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the start-up's database work never finished");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let occupy = async {
         let (a, b) = tokio::join!(stall(), stall());
         (a.status(), b.status())
