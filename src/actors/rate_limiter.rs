@@ -367,7 +367,11 @@ mod tests {
         assert_eq!(admitted(&mut buckets, Policy::Default, ip(1), 0, 10), 3);
         assert_eq!(admitted(&mut buckets, Policy::Default, ip(2), 0, 10), 3);
         assert_eq!(admitted(&mut buckets, Policy::Auth, ip(1), 0, 10), 2);
-        assert_eq!(admitted(&mut buckets, Policy::Default, ClientKey::User(Uuid::nil()), 0, 10), 3, "a user is not an address");
+        assert_eq!(
+            admitted(&mut buckets, Policy::Default, ClientKey::User(Uuid::nil()), 0, 10),
+            3,
+            "a user is not an address"
+        );
         assert_eq!(admitted(&mut buckets, Policy::Default, ip(1), SECOND, 10), 1, "one refill a second");
     }
 
@@ -391,7 +395,11 @@ mod tests {
         assert_eq!(buckets.len(), 2);
         admitted(&mut buckets, Policy::Default, ip(3), 0, 2);
         buckets.sweep(SECOND);
-        assert_eq!(buckets.len(), 1, "client 2 (one request, refilled after 1 s) is forgotten; client 3 (three) is not");
+        assert_eq!(
+            buckets.len(),
+            1,
+            "client 2 (one request, refilled after 1 s) is forgotten; client 3 (three) is not"
+        );
         buckets.sweep(3 * SECOND);
         assert!(buckets.is_empty());
     }

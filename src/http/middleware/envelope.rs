@@ -82,7 +82,8 @@ pub async fn envelope(
             metrics.record(method_label, route, status, duration);
         }
         let user_id = request.extensions().get::<VerifiedToken>().map(|token| token.0.user_id);
-        let access = Access { method: &method, route, status: status.as_u16(), duration, request_id: &request_id, user_id };
+        let access =
+            Access { method: &method, route, status: status.as_u16(), duration, request_id: &request_id, user_id };
         span.in_scope(|| access_log::write(access));
     }
     let outcome = Ok(response);

@@ -53,8 +53,7 @@ impl actix_web::ResponseError for RenderedProblem {
     }
 
     fn error_response(&self) -> actix_web::HttpResponse {
-        let mut response =
-            actix_web::HttpResponse::build(self.status_code()).content_type(PROBLEM_JSON).json(&self.0);
+        let mut response = actix_web::HttpResponse::build(self.status_code()).content_type(PROBLEM_JSON).json(&self.0);
         let headers = response.headers_mut();
         super::security_headers::add(headers);
         if let Ok(id) = HeaderValue::from_str(&self.0.request_id) {
