@@ -187,6 +187,10 @@ pub struct ServeArgs {
     /// How long a cached entry lives.
     #[arg(long, env = "CACHE_TTL_SECONDS", default_value = "60")]
     pub cache_ttl_seconds: String,
+    /// How long a read waits for a cache actor to answer before it reads the database
+    /// itself (the cache is never a single point of failure).
+    #[arg(long, env = "CACHE_ASK_TIMEOUT_MS", default_value = "250")]
+    pub cache_ask_timeout_ms: String,
     /// How often the outbox is tailed for other replicas' writes.
     #[arg(long, env = "EVENT_POLL_INTERVAL_MS", default_value = "250")]
     pub event_poll_interval_ms: String,

@@ -123,6 +123,8 @@ pub struct Config {
     /// Entries the cache may hold; `None` (CACHE_CAPACITY=0) turns the cache off.
     pub cache_capacity: Option<NonZeroUsize>,
     pub cache_ttl: Duration,
+    /// How long a read waits for a cache actor before it reads the database itself.
+    pub cache_ask_timeout: Duration,
     /// How often the outbox is tailed for other replicas' writes.
     pub event_poll_interval: Duration,
     pub event_retention: Duration,
@@ -309,6 +311,12 @@ impl Config {
             .unwrap_or(NonZeroUsize::MIN),
             cache_capacity: NonZeroUsize::new(parse_number("CACHE_CAPACITY", &args.cache_capacity, 0, 100_000_000)?),
             cache_ttl: Duration::from_secs(parse_number("CACHE_TTL_SECONDS", &args.cache_ttl_seconds, 1, 86_400)?),
+            cache_ask_timeout: Duration::from_millis(parse_number(
+                "CACHE_ASK_TIMEOUT_MS",
+                &args.cache_ask_timeout_ms,
+                1,
+                60_000,
+            )?),
             event_poll_interval: Duration::from_millis(parse_number(
                 "EVENT_POLL_INTERVAL_MS",
                 &args.event_poll_interval_ms,

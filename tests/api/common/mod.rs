@@ -186,6 +186,10 @@ impl TestAppBuilder {
             "100000".into(),
             "--auth-rate-limit-per-minute".into(),
             "100000".into(),
+            // On a busy CI machine a cache actor can take longer than the production 250 ms to
+            // be scheduled; the tests assert what the cache did, not that it was bypassed.
+            "--cache-ask-timeout-ms".into(),
+            "10000".into(),
         ];
         argv.append(&mut self.args);
         let database_url = url;
@@ -365,6 +369,20 @@ impl TestApp {
     pub async fn metric(&self, sample: &str) -> f64 {
         let text = self.get("/metrics").await.text().await.expect("metrics text");
         metric_value(&text, sample)
+    }
+
+    /// The sample once it reached `at_least`, for effects that land after the answer (an
+    /// actor that panics after its caller's ask timed out); fails after 30 s.
+    pub async fn metric_reaching(&self, sample: &str, at_least: f64) -> f64 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let value = self.metric(sample).await;
+            if value >= at_least {
+                return value;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{sample} stayed at {value}, below {at_least}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
