@@ -22,7 +22,7 @@ use super::{
     http_metrics::{self, RequestMetrics},
     problem,
     rate_limit::VerifiedToken,
-    request_id::{self, REQUEST_ID_HEADER},
+    request_id::{self, RequestIds, REQUEST_ID_HEADER},
     request_span, security_headers,
 };
 
@@ -38,7 +38,7 @@ pub async fn envelope(
     let method = req.method().clone();
     let method_label = http_metrics::method_label(&method);
     let draining = drain::is_draining(&req);
-    let (request_id, id_header) = request_id::assign(&req);
+    let (request_id, id_header) = request_id::assign(&req, req.app_data::<RequestIds>());
     let span = request_span::start(&req, &request_id);
     let metrics = req.app_data::<web::Data<RequestMetrics>>().cloned();
     // Routing needs the request unshared, so keep a (cheap, shared) copy of what a problem needs.

@@ -9,10 +9,7 @@ use actix_web::{
     dev::ServiceRequest,
     http::header::{HeaderName, HeaderValue},
 };
-use uuid::{
-    timestamp::context::{ContextV7, ThreadLocalContext},
-    Timestamp, Uuid,
-};
+use uuid::{timestamp::context::ContextV7, Timestamp, Uuid};
 
 pub static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -21,22 +18,23 @@ pub fn is_acceptable(candidate: &str) -> bool {
         && candidate.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-thread_local! {
-    static ID_SEQUENCE: ContextV7 = const { ContextV7::new() };
-}
-/// Each thread orders its own ids; `Uuid::now_v7` would take one process-wide lock per
-/// request, which both HTTP workers would contend for.
-static ID_CONTEXT: ThreadLocalContext<ContextV7> = ThreadLocalContext::new(&ID_SEQUENCE);
+/// Orders the fresh ids of one HTTP worker. Each worker's `App` gets its own (it is not
+/// `Sync`, and need not be): `Uuid::now_v7` would take one process-wide lock per request,
+/// which every worker would contend for.
+#[derive(Default)]
+pub struct RequestIds(ContextV7);
 
-/// The request's id, and the same id as the response header.
-pub fn assign(req: &ServiceRequest) -> (Arc<str>, Option<HeaderValue>) {
+/// The request's id, and the same id as the response header. `ids` is this worker's
+/// sequence; without one (an `App` built without it) ids come from `Uuid::now_v7`.
+pub fn assign(req: &ServiceRequest, ids: Option<&RequestIds>) -> (Arc<str>, Option<HeaderValue>) {
     let sent = req.headers().get(&REQUEST_ID_HEADER).and_then(|value| Some(value).zip(value.to_str().ok()));
     let (id, header) = match sent.filter(|(_, text)| is_acceptable(text)) {
         // The client's own header value is shared, not copied.
         Some((value, text)) => (Arc::<str>::from(text), Some(value.clone())),
         None => {
             let mut buffer = Uuid::encode_buffer();
-            let text = Uuid::new_v7(Timestamp::now(&ID_CONTEXT)).hyphenated().encode_lower(&mut buffer);
+            let id = ids.map_or_else(Uuid::now_v7, |ids| Uuid::new_v7(Timestamp::now(&ids.0)));
+            let text = id.hyphenated().encode_lower(&mut buffer);
             (Arc::<str>::from(&*text), HeaderValue::from_str(text).ok())
         }
     };
