@@ -1,5 +1,5 @@
--- Appended after a generated `product = "..."` and `tokens = {...}` (bench/orders.sh).
--- Each request: the next user, a fresh Idempotency-Key, one item of the product.
+-- Appended after a generated `products = {...}` and `tokens = {...}` (bench/orders.sh).
+-- Each request: the next user, a fresh Idempotency-Key, one item of the next product.
 counter = 0
 errors5xx = 0
 local threads = {}
@@ -12,6 +12,7 @@ end
 function request()
     counter = counter + 1
     local token = tokens[(counter % #tokens) + 1]
+    local product = products[(counter % #products) + 1]
     local headers = {
         ["Content-Type"] = "application/json",
         ["Authorization"] = "Bearer " .. token,

@@ -2,9 +2,11 @@
 # Order placement on PostgreSQL against pgbench's TPC-B-like script on the same server.
 # Called by bench/run.sh (or alone); writes a Markdown fragment to $1 (default stdout).
 #
-# Storefront: USERS users with money, one product with plenty of stock, wrk with
+# Storefront: USERS users with money, PRODUCTS products with plenty of stock, wrk with
 # CONNECTIONS connections for DURATION, each request `POST /api/v1/orders` as the next user
-# with a fresh Idempotency-Key (bench/orders.lua). Afterwards the invariants are checked in
+# with a fresh Idempotency-Key and the next product (bench/orders.lua). PRODUCTS defaults
+# to 8, the number of branch rows pgbench's scale 8 spreads its updates over; PRODUCTS=1
+# measures the hot-row case, every order queued on one product's row. Afterwards the invariants are checked in
 # SQL: stock taken == items ordered, money debited == order totals, no negative balance.
 # pgbench: scale 8, `-c 8 -j 2` (the issue's reference) and `-c CONNECTIONS -j 2`.
 #
@@ -19,6 +21,7 @@ DB=storefront_orders_bench
 PGBENCH_DB=storefront_pgbench
 ADDR=${ORDERS_ADDR:-127.0.0.1:18096}
 USERS=${USERS:-64}
+PRODUCTS=${PRODUCTS:-8}
 CONNECTIONS=${ORDER_CONNECTIONS:-32}
 DURATION=${ORDER_DURATION:-15s}
 STOCK=100000000
@@ -49,9 +52,10 @@ main() {
     local pid=$STARTED_PID
     wait_ready "http://$ADDR/readyz" "$pid" "$TMP/server.log"
     log "orders: creating $USERS users"
-    python3 - "$ADDR" "$USERS" "$STOCK" "$DEPOSIT" "$TMP/tokens.lua" <<'PY'
+    python3 - "$ADDR" "$USERS" "$STOCK" "$DEPOSIT" "$TMP/tokens.lua" "$PRODUCTS" <<'PY'
 import json, sys, urllib.request
 addr, users, stock, deposit, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+products = int(sys.argv[6])
 def call(method, path, body=None, token=None, key=None):
     req = urllib.request.Request(f"http://{addr}/api/v1{path}", method=method,
                                  data=None if body is None else json.dumps(body).encode())
@@ -61,7 +65,8 @@ def call(method, path, body=None, token=None, key=None):
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.load(r)
 admin = call("POST", "/auth/login", {"email": "admin@bench.example", "password": "bench-admin-password"})["access_token"]
-product = call("POST", "/products", {"name": "Bench widget", "price_cents": 1, "stock": stock}, admin)["id"]
+product_ids = [call("POST", "/products", {"name": f"Bench widget {n}", "price_cents": 1, "stock": stock}, admin)["id"]
+               for n in range(products)]
 tokens = []
 for n in range(users):
     email = f"user{n}@bench.example"
@@ -71,7 +76,8 @@ for n in range(users):
     call("POST", f"/accounts/{me}/deposits", {"amount_cents": deposit}, admin, key=f"deposit-{n}")
     tokens.append(token)
 with open(out, "w") as f:
-    f.write("product = %s\ntokens = {%s}\n" % (json.dumps(product), ",".join(json.dumps(t) for t in tokens)))
+    f.write("products = {%s}\ntokens = {%s}\n" % (",".join(json.dumps(p) for p in product_ids),
+                                                 ",".join(json.dumps(t) for t in tokens)))
 PY
     cat "$TMP/tokens.lua" "$ROOT/bench/orders.lua" >"$TMP/orders.lua"
     log "orders: wrk -c$CONNECTIONS -d$DURATION POST /api/v1/orders"
@@ -82,7 +88,7 @@ PY
     local orders items taken debited negative totals
     orders=$(sql "SELECT count(*) FROM orders")
     items=$(sql "SELECT coalesce(sum(quantity), 0) FROM order_items")
-    taken=$(sql "SELECT $STOCK - stock FROM products")
+    taken=$(sql "SELECT $PRODUCTS::bigint * $STOCK - sum(stock) FROM products")
     totals=$(sql "SELECT coalesce(sum(total_cents), 0) FROM orders")
     debited=$(sql "SELECT $USERS::bigint * $DEPOSIT - sum(balance_cents) FROM accounts WHERE user_id IN (SELECT id FROM users WHERE email LIKE 'user%')")
     negative=$(sql "SELECT count(*) FROM accounts WHERE balance_cents < 0")
@@ -99,9 +105,9 @@ PY
     pgbench -c "$CONNECTIONS" -j 2 -T "${DURATION%s}" "$PG_BASE/$PGBENCH_DB" >"$TMP/pgbench-$CONNECTIONS.log" 2>&1
     psql "$PG" -qc "DROP DATABASE IF EXISTS $PGBENCH_DB" -c "DROP DATABASE IF EXISTS $DB"
 
-    python3 - "$TMP" "$CONNECTIONS" "$breaks" "$orders" "$USERS" >"$OUT" <<'PY'
+    python3 - "$TMP" "$CONNECTIONS" "$breaks" "$orders" "$USERS" "$PRODUCTS" >"$OUT" <<'PY'
 import re, sys
-tmp, conns, breaks, orders, users = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+tmp, conns, breaks, orders, users, products = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
 wrk = open(f"{tmp}/orders.wrk").read()
 rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", wrk).group(1))
 p99 = re.search(r"^\s+99%\s+(\S+)", wrk, re.M).group(1)
@@ -122,7 +128,7 @@ print(f"""## Order placement on PostgreSQL vs pgbench
 
 | | per second | p99 | 5xx | non-2xx | invariant breaks |
 |---|---:|---:|---:|---:|---:|
-| storefront `POST /api/v1/orders`, {conns} connections over {users} users | {rps:.1f} | {p99} | {five} | {non2} | {breaks} |
+| storefront `POST /api/v1/orders`, {conns} connections over {users} users and {products} product(s) | {rps:.1f} | {p99} | {five} | {non2} | {breaks} |
 | pgbench TPC-B-like, scale 8, `-c 8 -j 2` | {t8:.1f} tps | | | | |
 | pgbench TPC-B-like, scale 8, `-c {conns} -j 2` | {tn:.1f} tps | | | | |
 

@@ -279,6 +279,11 @@ EOF
         if [[ -s $TMP/orders.md ]]; then
             cat "$TMP/orders.md"
             printf '\nCommand: `bench/orders.sh` (called by this script; see its header).\n\n'
+            if [[ -s $TMP/orders-hot.md ]]; then
+                printf '### The hot-row case, not the target: every order on one product\n\n'
+                sed -e 's/^## .*//' "$TMP/orders-hot.md"
+                printf '\nCommand: `PRODUCTS=1 bench/orders.sh`.\n\n'
+            fi
             cat "$ROOT/bench/order-anatomy.md"
         fi
         if [[ -s $ROOT/docs/BENCHMARKS-live-updates.md && ${SKIP_WS:-0} != 1 ]]; then
@@ -425,6 +430,9 @@ main() {
         IFS=$'\t' read -r _ o_rps o_pg o_ratio ORDERS_MET o_5xx o_breaks <<<"$summary"
         ORDERS_MEASURED="$o_rps orders/s vs $o_pg tps = ${o_ratio}%; 5xx $o_5xx; invariant breaks $o_breaks"
         sed -i '/^ORDERS_SUMMARY/d' "$TMP/orders.md"
+        log "orders, hot row: PRODUCTS=1 bench/orders.sh"
+        PRODUCTS=1 "$ROOT/bench/orders.sh" "$TMP/orders-hot.md"
+        sed -i '/^ORDERS_SUMMARY/d' "$TMP/orders-hot.md"
     fi
 
     if [[ ${SKIP_WS:-0} != 1 ]]; then

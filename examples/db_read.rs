@@ -17,9 +17,9 @@ use actix_web::{http::header::ContentType, web, App, HttpResponse, HttpServer};
 use storefront::{
     actors::{
         breaker::{BreakerChanged, BreakerSettings, DbBreaker},
+        cache::CacheTiers,
         db_executor::DbGatewaySettings,
         health::Health,
-        read_your_writes::ReadYourWrites,
         supervision::RestartReporter,
         DbGateway,
     },
@@ -104,9 +104,9 @@ async fn main() -> std::io::Result<()> {
             workers,
             queue_depth: workers * 64,
             timeout: Duration::from_secs(5),
-            outbox_appended: Arc::new(tokio::sync::Notify::new()),
-            // Reads only: nothing ever waits on it.
-            read_your_writes: Arc::new(ReadYourWrites::default()),
+            outbox_appended: Default::default(),
+            // No cache: reads only, and nothing to invalidate.
+            cache: CacheTiers::start(None, Duration::ZERO, 1, Arc::clone(&metrics), reporter.clone()),
             breaker,
         },
         reporter,

@@ -6,7 +6,7 @@ use std::{io, net::TcpListener, sync::Arc, time::Duration};
 use actix::{Addr, Supervisor};
 use actix_cors::Cors;
 use actix_web::{dev::ServerHandle, http::header, middleware::from_fn, web, App, HttpServer};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use crate::state::AppState;
 
@@ -20,22 +20,20 @@ use crate::{
         report::ActorReport,
     },
     actors::{
-        cache::{Cache, CacheClient},
+        cache::{CacheClient, CacheTiers, CacheTimeouts},
         db_executor::DbGatewaySettings,
         event_hub::{EventHub, HubLimits},
         event_relay::{EventRelay, RelaySettings},
         health::{BeginShutdown, Health, WatchDatabase, WatchOps},
         janitor::{Janitor, Retention},
-        nats_publisher::{NatsPublisher, Retire},
+        nats_publisher::{NatsPublisher, OutboxFeed, Retire},
         rate_limiter::RateLimiterClient,
-        read_your_writes::ReadYourWrites,
         supervision::RestartReporter,
         DbGateway,
     },
     auth::tokens::TokenKeys,
     config::{Config, DatabaseUrl},
-    db::UseCase,
-    db::{self, events::LatestEventId, migrations},
+    db::{self, events::StartingPoint, migrations, outbox::OutboxSignals, outbox_horizon::Horizon},
     http::{
         self, extract,
         middleware::{
@@ -43,6 +41,7 @@ use crate::{
             envelope::envelope,
             http_metrics::RequestMetrics,
             rate_limit::{limit_rate, FailOpenGate, PolicyFields},
+            request_id::RequestIds,
         },
     },
     metrics::Metrics,
@@ -83,7 +82,8 @@ impl Application {
             .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;
         let port =
             listener.local_addr().map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?.port();
-        let newest_event = prepare_database(&config)?;
+        let (newest_event, horizon) = prepare_database(&config)?;
+        let (horizon_watch, horizon_feed) = watch::channel(horizon.settled_through());
 
         let metrics = Arc::new(Metrics::new());
         // The cache's near shards and the rate limiter run one per HTTP worker (actix's
@@ -97,8 +97,7 @@ impl Application {
             Supervisor::start(move |_| Health::new(metrics, interval))
         };
         let reporter = RestartReporter::new(Arc::clone(&metrics), health.clone().recipient());
-        let outbox_appended = Arc::new(Notify::new());
-        let read_your_writes = Arc::new(ReadYourWrites::default());
+        let outbox_appended = OutboxSignals::default();
         let breaker = DbBreaker::new(
             BreakerSettings { failure_threshold: config.db_breaker_failures, cooldown: config.db_breaker_cooldown },
             Arc::clone(&metrics),
@@ -108,6 +107,13 @@ impl Application {
         // A refused connection fails at once; the timeout only bounds a database that hangs.
         let probe_timeout = config.health_probe_interval.max(config.database.connect_timeout * 2);
         health.do_send(UseProbeThread { probe: probe_thread.addr.clone(), timeout: probe_timeout });
+        let cache_tiers = CacheTiers::start(
+            config.cache_capacity,
+            config.cache_ttl,
+            http_workers,
+            Arc::clone(&metrics),
+            reporter.clone(),
+        );
         let db = DbGateway::start(
             db::build_pool(&config.database),
             DbGatewaySettings {
@@ -115,13 +121,14 @@ impl Application {
                 workers: config.db_workers,
                 queue_depth: config.db_queue_depth,
                 timeout: config.db_timeout,
-                outbox_appended: Arc::clone(&outbox_appended),
-                read_your_writes: Arc::clone(&read_your_writes),
+                outbox_appended: outbox_appended.clone(),
+                cache: cache_tiers.clone(),
                 breaker: Arc::clone(&breaker),
             },
             reporter.clone(),
             Arc::clone(&metrics),
         );
+        cache_tiers.use_database(&db);
         health.do_send(WatchDatabase(db.clone()));
         let janitor = {
             let db = db.clone();
@@ -134,23 +141,9 @@ impl Application {
             let (reporter, metrics) = (reporter.clone(), Arc::clone(&metrics));
             Supervisor::start(move |_| Janitor::new(db, retention, reporter, metrics))
         };
-        let cache = {
-            let addr = config.cache_capacity.map(|capacity| {
-                let (db, ttl, metrics, reporter) =
-                    (db.clone(), config.cache_ttl, Arc::clone(&metrics), reporter.clone());
-                Supervisor::start(move |_| Cache::new(db, capacity, ttl, metrics, reporter))
-            });
-            let client = CacheClient::new(
-                addr,
-                db.clone(),
-                Arc::clone(&metrics),
-                config.db_timeout + Duration::from_millis(500),
-            );
-            match config.cache_capacity {
-                Some(capacity) => client.with_near_shards(http_workers, capacity, config.cache_ttl),
-                None => client,
-            }
-        };
+        let timeouts =
+            CacheTimeouts { ask: config.cache_ask_timeout, load: config.db_timeout + Duration::from_millis(500) };
+        let cache = CacheClient::new(cache_tiers, db.clone(), Arc::clone(&metrics), timeouts);
         let hub = {
             let limits = HubLimits {
                 max_connections: config.live_updates.max_connections,
@@ -165,12 +158,14 @@ impl Application {
             let settings = RelaySettings {
                 interval: config.event_poll_interval,
                 start_after: newest_event,
-                wake: outbox_appended,
+                horizon,
+                signals: outbox_appended,
+                horizon_watch,
+                origin,
                 listen_url: match &config.database.url {
                     DatabaseUrl::Postgres { url } => Some(url.clone()),
                     DatabaseUrl::Sqlite { .. } => None,
                 },
-                read_your_writes,
             };
             let (db, cache, hub, reporter) = (db.clone(), cache.clone(), hub.clone(), reporter.clone());
             let metrics = Arc::clone(&metrics);
@@ -191,7 +186,7 @@ impl Application {
                 metrics,
                 recipient,
                 reporter.clone(),
-                config.event_poll_interval,
+                OutboxFeed { interval: config.event_poll_interval, horizon: horizon_feed },
             )
         });
         let shard_reporter = reporter.clone();
@@ -263,6 +258,7 @@ impl Application {
             App::new()
                 .app_data(web::Data::new(worker_state))
                 .app_data(web::Data::new(RequestMetrics::new(Arc::clone(&state.metrics))))
+                .app_data(RequestIds::default())
                 .app_data(web::Data::new(drain_flag.clone()))
                 .app_data(fail_open.clone())
                 .app_data(web::Data::new(PolicyFields::new(&state.config.rate_limits)))
@@ -350,9 +346,9 @@ async fn first_of(first: impl std::future::Future<Output = ()>, second: impl std
 
 /// Connects once, waiting for a PostgreSQL that is still starting and creating a missing
 /// database (so a bad URL or an unreachable server fails start-up with its real cause),
-/// applies pending migrations, and returns the newest outbox event id: where this
-/// replica starts tailing, before its cache can hold anything.
-fn prepare_database(config: &Config) -> Result<i64, StartupError> {
+/// applies pending migrations, and returns where this replica starts tailing the outbox
+/// (before its cache can hold anything) and the outbox horizon there.
+fn prepare_database(config: &Config) -> Result<(i64, Horizon), StartupError> {
     let mut conn = db::bootstrap::open(&config.database, db::bootstrap::IfMissing::Create)
         .map_err(|error| StartupError::Database(error.message))?
         .ok_or_else(|| StartupError::Database("the database could not be created".into()))?;
@@ -361,9 +357,7 @@ fn prepare_database(config: &Config) -> Result<i64, StartupError> {
     for version in applied {
         tracing::info!(%version, "migration applied");
     }
-    LatestEventId
-        .run(&mut conn, &mut db::outbox::Outbox::unattributed())
-        .map_err(|error| StartupError::Database(error.to_string()))
+    StartingPoint::find(&mut conn).map_err(|error| StartupError::Database(error.to_string()))
 }
 
 fn cors(config: &Config) -> Cors {

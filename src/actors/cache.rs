@@ -22,6 +22,7 @@ use super::{
     supervision::{guarded, Guarded, PanicPayload, RestartReporter},
     Crash,
 };
+pub use crate::domain::cache_key::CacheKey;
 use crate::{
     db::{catalog::GetProduct, users::FindActiveUser},
     domain::{catalog::RenderedProduct, user::User},
@@ -32,23 +33,6 @@ use crate::{
 const ACTOR: &str = "cache";
 /// A miss (404) is remembered only briefly: the thing may be created soon.
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
-/// How long a reader waits for the actor to answer before going to the database itself.
-const ASK_TIMEOUT: Duration = Duration::from_millis(250);
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum CacheKey {
-    Product(Uuid),
-    User(Uuid),
-}
-
-impl CacheKey {
-    fn cache(&self) -> &'static str {
-        match self {
-            Self::Product(_) => "products",
-            Self::User(_) => "users",
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub enum Cached {
@@ -221,7 +205,9 @@ fn lookup<A: TierActor>(act: &mut A, key: CacheKey, span: tracing::Span, ctx: &m
 }
 
 pub struct Cache {
-    db: DbGateway,
+    /// Given once the gateway exists (`CacheTiers::use_database`): the gateway drops the
+    /// entries its writes make stale, so it is started after the cache.
+    db: Option<DbGateway>,
     tier: Tier,
     reporter: RestartReporter,
     /// The near shards in front of this cache, emptied with it after a panic.
@@ -229,14 +215,8 @@ pub struct Cache {
 }
 
 impl Cache {
-    pub fn new(
-        db: DbGateway,
-        capacity: NonZeroUsize,
-        ttl: Duration,
-        metrics: Arc<Metrics>,
-        reporter: RestartReporter,
-    ) -> Self {
-        Self { db, tier: Tier::new(capacity, ttl, metrics, true), reporter, near: None }
+    fn new(capacity: NonZeroUsize, ttl: Duration, metrics: Arc<Metrics>, reporter: RestartReporter) -> Self {
+        Self { db: None, tier: Tier::new(capacity, ttl, metrics, true), reporter, near: None }
     }
 }
 
@@ -249,7 +229,12 @@ impl TierActor for Cache {
         self.tier.count(&key, "miss");
         self.tier.metrics.cache_loads.with_label_values(&[key.cache()]).inc();
         let db = self.db.clone();
-        async move { load(&db, &key).await }
+        async move {
+            // The gateway is attached before the server accepts anything; without it, the
+            // reader is told to go to the database itself.
+            let db = db.ok_or_else(|| AppError::unavailable("The cache has no database yet."))?;
+            load(&db, &key).await
+        }
     }
 }
 
@@ -288,6 +273,18 @@ impl Handler<AttachNear> for Cache {
     type Result = ();
     fn handle(&mut self, msg: AttachNear, _ctx: &mut Context<Self>) {
         self.near = Some(msg.0);
+    }
+}
+
+/// Gives the shared cache the gateway its loads go through.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct UseDatabase(DbGateway);
+
+impl Handler<UseDatabase> for Cache {
+    type Result = ();
+    fn handle(&mut self, msg: UseDatabase, _ctx: &mut Context<Self>) {
+        self.db = Some(msg.0);
     }
 }
 
@@ -338,6 +335,67 @@ impl Handler<Crash> for Cache {
     }
 }
 
+/// The cache's actors: the shared `Cache` and one `NearCache` shard per HTTP worker (none
+/// of either with `CACHE_CAPACITY=0`). Started before the DbGateway, which holds a copy to
+/// drop the entries a write made stale before the writer is answered.
+#[derive(Clone)]
+pub struct CacheTiers {
+    shared: Option<Addr<Cache>>,
+    near: Shards<NearCache>,
+    ttl: Duration,
+    capacity: Option<NonZeroUsize>,
+}
+
+impl CacheTiers {
+    pub fn start(
+        capacity: Option<NonZeroUsize>,
+        ttl: Duration,
+        http_workers: usize,
+        metrics: Arc<Metrics>,
+        reporter: RestartReporter,
+    ) -> Self {
+        let near = Shards::new(if capacity.is_some() { http_workers } else { 1 });
+        let shared = capacity.map(|capacity| {
+            let cache = Supervisor::start(move |_| Cache::new(capacity, ttl, metrics, reporter));
+            cache.do_send(AttachNear(near.clone()));
+            cache
+        });
+        Self { shared, near, ttl, capacity }
+    }
+
+    /// Call once, right after the gateway started (and before the server accepts).
+    pub fn use_database(&self, db: &DbGateway) {
+        if let Some(cache) = &self.shared {
+            cache.do_send(UseDatabase(db.clone()));
+        }
+    }
+
+    /// Forgets a key in the shared cache and then in every near shard. Mailboxes are FIFO,
+    /// so every read asked of any of them after this is answered after it. The shared cache
+    /// goes first: a near shard that has forgotten the key and misses again asks the shared
+    /// cache only after the shared cache has forgotten it too, so no stale copy comes back.
+    /// It is a `do_send` on purpose: an invalidation must never be dropped for a full
+    /// mailbox, and the writes and event batches sending them are bounded.
+    pub fn invalidate(&self, key: CacheKey) {
+        if let Some(cache) = &self.shared {
+            cache.do_send(Invalidate(key.clone()));
+        }
+        for near in self.near.each() {
+            near.do_send(Invalidate(key.clone()));
+        }
+    }
+
+    /// Forgets everything (when invalidations may have been missed).
+    pub fn clear(&self) {
+        if let Some(cache) = &self.shared {
+            cache.do_send(Clear);
+        }
+        for near in self.near.each() {
+            near.do_send(Clear);
+        }
+    }
+}
+
 /// How handlers read through the cache. Without a cache actor (CACHE_CAPACITY=0), or when
 /// it is down, slow or restarting, reads go straight to the database: the cache is never a
 /// single point of failure.
@@ -348,41 +406,26 @@ impl Handler<Crash> for Cache {
 /// near miss asks the shared cache (one cross-thread hop, only on a miss).
 #[derive(Clone)]
 pub struct CacheClient {
-    cache: Option<Addr<Cache>>,
+    tiers: CacheTiers,
     /// This worker's shard; `None` off the HTTP workers (the relay) and for a worker
     /// whose shard could not join the fan-out.
     near: Option<Addr<NearCache>>,
-    shards: Shards<NearCache>,
-    capacity: Option<NonZeroUsize>,
-    ttl: Duration,
     db: DbGateway,
     metrics: Arc<Metrics>,
-    wait_timeout: Duration,
+    timeouts: CacheTimeouts,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CacheTimeouts {
+    /// How long a reader waits for an actor to answer before going to the database itself.
+    pub ask: Duration,
+    /// How long a reader waits for a load the cache is running (a database read's worth).
+    pub load: Duration,
 }
 
 impl CacheClient {
-    pub fn new(cache: Option<Addr<Cache>>, db: DbGateway, metrics: Arc<Metrics>, wait_timeout: Duration) -> Self {
-        Self {
-            cache,
-            near: None,
-            shards: Shards::new(1),
-            capacity: None,
-            ttl: Duration::ZERO,
-            db,
-            metrics,
-            wait_timeout,
-        }
-    }
-
-    /// Prepares one near shard per HTTP worker (started by `on_this_worker`).
-    pub fn with_near_shards(mut self, workers: usize, capacity: NonZeroUsize, ttl: Duration) -> Self {
-        self.shards = Shards::new(workers);
-        if let Some(cache) = &self.cache {
-            cache.do_send(AttachNear(self.shards.clone()));
-        }
-        self.capacity = Some(capacity);
-        self.ttl = ttl;
-        self
+    pub fn new(tiers: CacheTiers, db: DbGateway, metrics: Arc<Metrics>, timeouts: CacheTimeouts) -> Self {
+        Self { tiers, near: None, db, metrics, timeouts }
     }
 
     /// Starts this worker's near shard on the current arbiter (call it inside the
@@ -390,30 +433,25 @@ impl CacheClient {
     /// that reads through it.
     pub fn on_this_worker(&self, reporter: RestartReporter) -> Self {
         let mut client = self.clone();
-        let (Some(capacity), Some(_)) = (self.capacity, &self.cache) else { return client };
+        let (Some(capacity), Some(_)) = (self.tiers.capacity, &self.tiers.shared) else { return client };
         let near = {
-            let reader = SharedReader {
-                cache: self.cache.clone(),
-                db: self.db.clone(),
-                metrics: Arc::clone(&self.metrics),
-                wait_timeout: self.wait_timeout,
-            };
-            let ttl = self.ttl;
+            let reader = self.shared_reader();
+            let ttl = self.tiers.ttl;
             Supervisor::start(move |_| NearCache::new(reader, capacity, ttl, reporter))
         };
         // A shard outside the fan-out would never hear of a write: such a worker reads
         // the shared cache directly instead.
-        client.near = self.shards.publish(near.clone()).then_some(near);
+        client.near = self.tiers.near.publish(near.clone()).then_some(near);
         client
     }
 
     pub fn addr(&self) -> Option<&Addr<Cache>> {
-        self.cache.as_ref()
+        self.tiers.shared.as_ref()
     }
 
     /// The near shards, for the actors page.
     pub fn shards(&self) -> &Shards<NearCache> {
-        &self.shards
+        &self.tiers.near
     }
 
     pub async fn product(&self, id: Uuid) -> Result<Option<RenderedProduct>, AppError> {
@@ -430,46 +468,34 @@ impl CacheClient {
         }
     }
 
-    /// Forgets a key in the shared cache and then in every near shard; the EventRelay
-    /// calls it for each committed event, before the writer is answered. Mailboxes are
-    /// FIFO, so every read asked of any of them after this is answered after it. The
-    /// shared cache goes first: a near shard that has forgotten the key and misses again
-    /// asks the shared cache only after the shared cache has forgotten it too, so no stale
-    /// copy comes back. It is a `do_send` on purpose: an invalidation must never be
-    /// dropped for a full mailbox, and the events sending them come in bounded batches.
+    /// See `CacheTiers::invalidate`.
     pub fn invalidate(&self, key: CacheKey) {
-        if let Some(cache) = &self.cache {
-            cache.do_send(Invalidate(key.clone()));
-        }
-        for near in self.shards.each() {
-            near.do_send(Invalidate(key.clone()));
-        }
+        self.tiers.invalidate(key);
     }
 
-    /// Forgets everything (when invalidations may have been missed).
+    /// See `CacheTiers::clear`.
     pub fn clear(&self) {
-        if let Some(cache) = &self.cache {
-            cache.do_send(Clear);
-        }
-        for near in self.shards.each() {
-            near.do_send(Clear);
+        self.tiers.clear();
+    }
+
+    fn shared_reader(&self) -> SharedReader {
+        SharedReader {
+            cache: self.tiers.shared.clone(),
+            db: self.db.clone(),
+            metrics: Arc::clone(&self.metrics),
+            timeouts: self.timeouts,
         }
     }
 
     async fn get(&self, key: CacheKey) -> Result<Cached, AppError> {
-        let reader = || SharedReader {
-            cache: self.cache.clone(),
-            db: self.db.clone(),
-            metrics: Arc::clone(&self.metrics),
-            wait_timeout: self.wait_timeout,
-        };
-        let Some(near) = &self.near else { return reader().read(key).await };
+        let Some(near) = &self.near else { return self.shared_reader().read(key).await };
         // Same thread: no wake-up of another worker, no contention on a shared mailbox.
-        match near.send(Get(key.clone(), tracing::Span::current())).timeout(ASK_TIMEOUT).await {
+        let CacheTimeouts { ask, load } = self.timeouts;
+        match near.send(Get(key.clone(), tracing::Span::current())).timeout(ask).await {
             Ok(Some(Lookup::Ready(value))) => return Ok(value),
             Ok(Some(Lookup::Pending(pending))) => {
                 // The near shard waits on the shared cache, which may itself wait this long.
-                match actix_rt::time::timeout(self.wait_timeout + ASK_TIMEOUT, pending).await {
+                match actix_rt::time::timeout(load + ask, pending).await {
                     Ok(Ok(Some(value))) => return Ok(value),
                     Ok(Ok(None)) | Err(_) => {
                         return Err(AppError::unavailable("The database is unavailable; try again shortly."));
@@ -480,7 +506,7 @@ impl CacheClient {
             }
             Ok(None) | Err(_) => {}
         }
-        reader().read(key).await
+        self.shared_reader().read(key).await
     }
 }
 
@@ -490,7 +516,7 @@ struct SharedReader {
     cache: Option<Addr<Cache>>,
     db: DbGateway,
     metrics: Arc<Metrics>,
-    wait_timeout: Duration,
+    timeouts: CacheTimeouts,
 }
 
 impl SharedReader {
@@ -499,9 +525,9 @@ impl SharedReader {
         let bypass = |reason: &str| {
             self.metrics.cache_bypass.with_label_values(&[key.cache(), reason]).inc();
         };
-        match cache.send(Get(key.clone(), tracing::Span::current())).timeout(ASK_TIMEOUT).await {
+        match cache.send(Get(key.clone(), tracing::Span::current())).timeout(self.timeouts.ask).await {
             Ok(Some(Lookup::Ready(value))) => return Ok(value),
-            Ok(Some(Lookup::Pending(pending))) => match actix_rt::time::timeout(self.wait_timeout, pending).await {
+            Ok(Some(Lookup::Pending(pending))) => match actix_rt::time::timeout(self.timeouts.load, pending).await {
                 Ok(Ok(Some(value))) => return Ok(value),
                 // The one shared load failed or hung: every waiter shares that answer rather
                 // than stampeding a struggling database with loads of its own.

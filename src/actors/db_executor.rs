@@ -11,18 +11,17 @@ use std::{
 };
 
 use actix::{Actor, ActorContext, Addr, Handler, MailboxError, Message, SyncArbiter, SyncContext};
-use tokio::sync::Notify;
 use tracing::Span;
 
 use super::{
     admission::{Admission, AdmissionSlot},
     breaker::DbBreaker,
-    read_your_writes::{ReadYourWrites, Ticket},
+    cache::CacheTiers,
     supervision::{catch_panic, RestartReporter},
 };
 use crate::{
     db::{
-        outbox::{Attribution, Outbox},
+        outbox::{Attribution, Outbox, OutboxSignals},
         DbConnection, DbPool, UseCase,
     },
     error::AppError,
@@ -47,8 +46,7 @@ pub struct Query<U> {
 }
 
 impl<U: UseCase> Message for Query<U> {
-    /// With a ticket when the use case appended events and committed.
-    type Result = Result<(U::Output, Option<Ticket>), AppError>;
+    type Result = Result<U::Output, AppError>;
 }
 
 pub struct DbExecutor {
@@ -56,9 +54,10 @@ pub struct DbExecutor {
     breaker: Arc<DbBreaker>,
     reporter: RestartReporter,
     metrics: Arc<Metrics>,
-    /// Woken when a use case appended outbox events, so the relay reads them at once.
-    outbox_appended: Arc<Notify>,
-    read_your_writes: Arc<ReadYourWrites>,
+    /// Set off when a use case appended outbox events, so they are read at once.
+    outbox_appended: OutboxSignals,
+    /// Where a write drops the cache entries it made stale.
+    cache: CacheTiers,
     /// This replica, named in every outbox event its use cases append.
     origin: uuid::Uuid,
 }
@@ -76,7 +75,7 @@ impl Actor for DbExecutor {
 }
 
 impl<U: UseCase> Handler<Query<U>> for DbExecutor {
-    type Result = Result<(U::Output, Option<Ticket>), AppError>;
+    type Result = Result<U::Output, AppError>;
 
     fn handle(&mut self, query: Query<U>, ctx: &mut SyncContext<Self>) -> Self::Result {
         let _entered = query.span.enter();
@@ -88,7 +87,7 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
         // waiting out a connection attempt.
         self.breaker.admit()?;
         let (pool, breaker, origin) = (&self.pool, &self.breaker, self.origin);
-        let (outbox_appended, read_your_writes) = (&self.outbox_appended, &self.read_your_writes);
+        let (signals, cache) = (&self.outbox_appended, &self.cache);
         let (use_case, request_id) = (query.use_case, query.request_id);
         let outcome = catch_panic(move || {
             let connection = pool.get();
@@ -101,13 +100,18 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
             })?;
             let mut outbox = Outbox::attributed(Attribution { origin, request_id });
             let outcome = use_case.run(&mut conn, &mut outbox);
-            // Taken before the wake-up, so the poll that the wake-up starts covers it.
-            let ticket = (outbox.appended() && outcome.is_ok()).then(|| read_your_writes.committed());
             if outbox.appended() {
-                // The relay reads them at once instead of at its next poll.
-                outbox_appended.notify_one();
+                // Read-your-writes: sent before the answer, so the writer's next read is
+                // queued behind it. Also after an error: a COMMIT that failed may have
+                // committed, and a dropped entry is only a miss. The relay leaves this
+                // replica's events to this.
+                for key in outbox.take_stale() {
+                    cache.invalidate(key);
+                }
+                // Read at once instead of at the next poll.
+                signals.appended();
             }
-            outcome.map(|output| (output, ticket))
+            outcome
         });
         outcome.unwrap_or_else(|payload| {
             // The SyncArbiter builds a fresh DbExecutor for this thread after stop().
@@ -126,7 +130,6 @@ pub struct DbGateway {
     workers: usize,
     breaker: Arc<DbBreaker>,
     pool: DbPool,
-    read_your_writes: Arc<ReadYourWrites>,
 }
 
 pub struct DbGatewaySettings {
@@ -135,10 +138,9 @@ pub struct DbGatewaySettings {
     pub workers: usize,
     pub queue_depth: usize,
     pub timeout: Duration,
-    /// Notified after each use case that appended outbox events.
-    pub outbox_appended: Arc<Notify>,
-    /// Shared with the EventRelay, which covers the tickets the executors take.
-    pub read_your_writes: Arc<ReadYourWrites>,
+    /// Set off after each use case that appended outbox events.
+    pub outbox_appended: OutboxSignals,
+    pub cache: CacheTiers,
     pub breaker: Arc<DbBreaker>,
 }
 
@@ -147,7 +149,7 @@ impl DbGateway {
         let factory_metrics = Arc::clone(&metrics);
         let origin = settings.origin;
         let outbox_appended = settings.outbox_appended;
-        let read_your_writes = Arc::clone(&settings.read_your_writes);
+        let cache = settings.cache;
         let breaker = Arc::clone(&settings.breaker);
         let reported_pool = pool.clone();
         // The factory runs on the executor thread itself (again after each restart).
@@ -156,8 +158,8 @@ impl DbGateway {
             pool: pool.clone(),
             reporter: reporter.clone(),
             metrics: Arc::clone(&factory_metrics),
-            outbox_appended: Arc::clone(&outbox_appended),
-            read_your_writes: Arc::clone(&read_your_writes),
+            outbox_appended: outbox_appended.clone(),
+            cache: cache.clone(),
             breaker: Arc::clone(&breaker),
         });
         Self {
@@ -168,7 +170,6 @@ impl DbGateway {
             workers: settings.workers,
             breaker: settings.breaker,
             pool: reported_pool,
-            read_your_writes: settings.read_your_writes,
         }
     }
 
@@ -212,7 +213,8 @@ impl DbGateway {
     /// Runs a use case on the pool, or refuses at once with 503 when the pool is saturated.
     /// A request that waited too long in the queue is withdrawn (503, safe to retry); one
     /// that had already started runs on, and its caller learns the outcome is unknown (504).
-    /// A write that committed is answered once the cache no longer holds what it changed.
+    /// A write is answered after the cache was told to drop what it changed (by the
+    /// executor, right after COMMIT), so the writer's next read is queued behind that.
     pub async fn run<U: UseCase>(&self, use_case: U) -> Result<U::Output, AppError> {
         if let Err(refused) = self.breaker.admit() {
             self.metrics.db_shed.with_label_values(&["breaker_open"]).inc();
@@ -227,11 +229,7 @@ impl DbGateway {
             _slot: self.admit()?,
         };
         match self.addr.send(query).timeout(self.timeout).await {
-            Ok(Ok((output, None))) => Ok(output),
-            Ok(Ok((output, Some(ticket)))) => {
-                self.await_invalidation(ticket).await;
-                Ok(output)
-            }
+            Ok(Ok(output)) => Ok(output),
             Ok(Err(error)) => Err(error),
             Err(MailboxError::Timeout) => {
                 let withdrawn =
@@ -248,18 +246,6 @@ impl DbGateway {
                 })
             }
             Err(MailboxError::Closed) => Err(AppError::Internal("the DbExecutor mailbox is closed".into())),
-        }
-    }
-
-    /// The write committed, so it is answered either way; a relay that cannot read (shed,
-    /// restarting, the database gone again) delays the answer by `timeout` at most, and
-    /// drops the stale entries when it reads again (a restarted relay clears the cache).
-    async fn await_invalidation(&self, ticket: Ticket) {
-        if !self.read_your_writes.wait(ticket, self.timeout).await {
-            tracing::warn!(
-                timeout_ms = self.timeout.as_millis() as u64,
-                "a write committed but the relay has not invalidated its cache entries yet; answering anyway"
-            );
         }
     }
 

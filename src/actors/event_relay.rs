@@ -1,28 +1,30 @@
-//! The EventRelay is the one reader of the transactional outbox. It tails `id > last`,
+//! The EventRelay is the one reader of the transactional outbox. It tails `id > last` up
+//! to the outbox horizon (`db::outbox_horizon`), which it also shares with the NATS
+//! publisher,
 //! drops the cache entries every committed event made stale and hands the events to the
-//! EventHub (live updates), this replica's own events included in both. It is the one
-//! place that invalidates: a write that timed out (504) and commits later is covered as
-//! surely as one that answered, and the writer's own read-your-writes waits for it
-//! (`read_your_writes`).
+//! EventHub (live updates), this replica's own events included. Cache entries this
+//! replica's writes made stale were dropped by the DbExecutor right after each COMMIT,
+//! before the writer was answered (or timed out); the relay drops those of every other
+//! writer: other replicas, the CLI, anything else writing to the outbox.
 //!
 //! It reads as soon as it is woken — by this replica's DbExecutor after a use case that
 //! appended events, and on PostgreSQL by a `NOTIFY` from any replica — and otherwise every
 //! `EVENT_POLL_INTERVAL_MS`, which is the fallback (and the SQLite path across replicas).
+//! While the horizon waits for running transactions it looks again every
+//! `HORIZON_RECHECK`: a transaction that ends without appending announces nothing.
 
 use std::{sync::Arc, time::Duration};
 
 use actix::{
     fut::wrap_future, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, Supervised,
 };
-use tokio::sync::Notify;
-use uuid::Uuid;
+use tokio::sync::watch;
 
 use super::{
-    cache::{CacheClient, CacheKey},
+    cache::CacheClient,
     chaos::crashed,
     db_executor::DbGateway,
     event_hub::{EventHub, Publish},
-    read_your_writes::ReadYourWrites,
     relay_watch::RelayProgress,
     report::{ActorReport, GetActorReport},
     supervision::{guarded, Guarded, PanicPayload, RestartReporter},
@@ -30,28 +32,37 @@ use super::{
 };
 use crate::{
     db::{
-        events::{EventsAfter, StoredEvent},
-        outbox::topic,
+        events::{EventsAfter, StoredEvent, Tail},
+        outbox::{made_stale, OutboxSignals},
+        outbox_horizon::Horizon,
         outbox_listener,
     },
+    domain::cache_key::CacheKey,
     error::AppError,
 };
+use uuid::Uuid;
 
 const ACTOR: &str = "event_relay";
 /// Events read per poll; a longer backlog is read by the polls that follow at once.
 const BATCH: i64 = 1000;
 const HUB_TIMEOUT: Duration = Duration::from_secs(5);
+/// How soon a waiting horizon is looked at again.
+const HORIZON_RECHECK: Duration = Duration::from_millis(5);
 
 pub struct RelaySettings {
     pub interval: Duration,
-    /// The newest event id when the service started: the tail starts after it.
+    /// Where the tail starts (`events::StartingPoint`), and the horizon there.
     pub start_after: i64,
-    /// Woken when events were appended (by this replica, or by any replica via NOTIFY).
-    pub wake: Arc<Notify>,
+    pub horizon: Horizon,
+    /// `relay` is woken when events were appended (by this replica, or by any replica via
+    /// NOTIFY); `announce`, when this replica appended, for the listener to tell the others.
+    pub signals: OutboxSignals,
+    /// Where the horizon is published for the NATS publisher.
+    pub horizon_watch: watch::Sender<i64>,
+    /// This replica, as its events name it: their cache entries are already dropped.
+    pub origin: Uuid,
     /// A PostgreSQL URL to LISTEN on; `None` on SQLite.
     pub listen_url: Option<String>,
-    /// Shared with the DbGateway, whose writers wait for their tickets to be covered.
-    pub read_your_writes: Arc<ReadYourWrites>,
 }
 
 pub struct EventRelay {
@@ -59,9 +70,13 @@ pub struct EventRelay {
     cache: CacheClient,
     hub: Addr<EventHub>,
     interval: Duration,
-    wake: Arc<Notify>,
+    signals: OutboxSignals,
     listen_url: Option<String>,
-    read_your_writes: Arc<ReadYourWrites>,
+    /// Lent to each poll, and kept between them.
+    horizon: Horizon,
+    horizon_watch: watch::Sender<i64>,
+    recheck_scheduled: bool,
+    origin: Arc<str>,
     /// The last event handed on. Kept across a restart: what a panic interrupted is read
     /// again, and the hub ignores ids it already has.
     last_id: i64,
@@ -85,9 +100,12 @@ impl EventRelay {
             cache,
             hub,
             interval: settings.interval,
-            wake: settings.wake,
+            signals: settings.signals,
+            horizon: settings.horizon,
+            horizon_watch: settings.horizon_watch,
+            recheck_scheduled: false,
+            origin: settings.origin.to_string().into(),
             listen_url: settings.listen_url,
-            read_your_writes: settings.read_your_writes,
             last_id: settings.start_after,
             polling: false,
             again: false,
@@ -109,20 +127,18 @@ impl EventRelay {
         }
         self.polling = true;
         self.again = false;
-        let (db, cache, hub) = (self.db.clone(), self.cache.clone(), self.hub.clone());
-        let read_your_writes = Arc::clone(&self.read_your_writes);
+        let (db, cache, hub, origin) =
+            (self.db.clone(), self.cache.clone(), self.hub.clone(), Arc::clone(&self.origin));
         let after = self.last_id;
-        // Taken before reading: every commit counted in it is visible to the read.
-        let horizon = read_your_writes.horizon();
+        // A poll that fails loses what it learnt since, not what had settled before it.
+        let fallback = Horizon::at(self.horizon.settled_through());
+        let horizon = std::mem::replace(&mut self.horizon, fallback);
         let read_and_hand_on = async move {
-            let events = db.run(EventsAfter { after, limit: BATCH }).await?;
+            let Tail { events, horizon } = db.run(EventsAfter { after, limit: BATCH, horizon }).await?;
             let (count, last) = (events.len(), events.last().map(|event| event.id));
-            for key in events.iter().filter_map(invalidated_by) {
+            let others = events.iter().filter(|event| event.origin.as_deref() != Some(&*origin));
+            for key in others.filter_map(invalidated_by) {
                 cache.invalidate(key);
-            }
-            if (count as i64) < BATCH {
-                // Read to the end: the writers waiting may answer before the hub is done.
-                read_your_writes.covered(horizon);
             }
             if !events.is_empty() {
                 // Awaited, so the hub's mailbox holds at most one batch from here; if the
@@ -132,19 +148,34 @@ impl EventRelay {
                     .await
                     .map_err(|error| AppError::internal("event hub did not take a batch", &error))?;
             }
-            Ok::<_, AppError>((count, last))
+            Ok::<_, AppError>((count, last, horizon))
         };
         ctx.spawn(wrap_future(read_and_hand_on).map(move |outcome, act: &mut Self, ctx| {
             guarded(act, ctx, |act, ctx| {
                 act.polling = false;
                 match outcome {
-                    Ok((count, last)) => {
+                    Ok((count, last, horizon)) => {
                         act.progress.succeeded(count);
                         if let Some(last) = last {
                             act.last_id = act.last_id.max(last);
                         }
+                        act.horizon_watch.send_if_modified(|published| {
+                            let moved = horizon.settled_through() > *published;
+                            *published = (*published).max(horizon.settled_through());
+                            moved
+                        });
+                        let waiting = horizon.is_waiting();
+                        act.horizon = horizon;
                         if count as i64 == BATCH || act.again {
                             act.poll(ctx);
+                        } else if waiting && !act.recheck_scheduled {
+                            act.recheck_scheduled = true;
+                            ctx.run_later(HORIZON_RECHECK, |act, ctx| {
+                                guarded(act, ctx, |act, ctx| {
+                                    act.recheck_scheduled = false;
+                                    act.poll(ctx);
+                                });
+                            });
                         }
                     }
                     Err(error) => act.progress.failed(&error),
@@ -156,14 +187,8 @@ impl EventRelay {
 
 /// The cache key an event makes stale, if any.
 fn invalidated_by(event: &StoredEvent) -> Option<CacheKey> {
-    match event.topic.as_str() {
-        topic::PRODUCTS => {
-            let payload: serde_json::Value = serde_json::from_str(&event.payload).ok()?;
-            payload["id"].as_str().and_then(|id| Uuid::parse_str(id).ok()).map(CacheKey::Product)
-        }
-        topic::USERS => event.user_id.as_deref().and_then(|id| Uuid::parse_str(id).ok()).map(CacheKey::User),
-        _ => None,
-    }
+    let payload: serde_json::Value = serde_json::from_str(&event.payload).ok()?;
+    made_stale(&event.topic, event.user_id.as_deref(), &payload)
 }
 
 /// Read the outbox now.
@@ -185,13 +210,14 @@ impl Actor for EventRelay {
         // Runs again after a restart; whatever was spawned before went with the old context.
         guarded(self, ctx, |act, ctx| {
             act.polling = false;
+            act.recheck_scheduled = false;
             ctx.run_interval(act.interval, |act, ctx| {
                 guarded(act, ctx, |act, ctx| {
                     act.progress.tick();
                     act.poll(ctx);
                 });
             });
-            let (wake, relay) = (Arc::clone(&act.wake), ctx.address());
+            let (wake, relay) = (Arc::clone(&act.signals.relay), ctx.address());
             ctx.spawn(wrap_future(async move {
                 loop {
                     wake.notified().await;
@@ -199,7 +225,7 @@ impl Actor for EventRelay {
                 }
             }));
             if let Some(url) = act.listen_url.clone() {
-                ctx.spawn(wrap_future(outbox_listener::wake_on_notify(url, Arc::clone(&act.wake))));
+                ctx.spawn(wrap_future(outbox_listener::listen_and_announce(url, act.signals.clone())));
             }
             act.poll(ctx);
         });
@@ -215,11 +241,7 @@ impl Guarded for EventRelay {
 impl Supervised for EventRelay {
     fn restarting(&mut self, ctx: &mut Context<Self>) {
         // Invalidations may have been missed mid-panic: everything cached could be stale.
-        guarded(self, ctx, |act, _| {
-            let horizon = act.read_your_writes.horizon();
-            act.cache.clear();
-            act.read_your_writes.covered(horizon);
-        });
+        guarded(self, ctx, |act, _| act.cache.clear());
     }
 }
 

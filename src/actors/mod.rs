@@ -15,7 +15,6 @@ pub mod nats_publisher;
 pub mod password_hasher;
 pub mod pool_threads;
 pub mod rate_limiter;
-pub mod read_your_writes;
 pub mod relay_watch;
 pub mod report;
 pub mod shards;

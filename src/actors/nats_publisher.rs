@@ -26,6 +26,7 @@ use async_nats::{
 };
 use chrono::Utc;
 use serde_json::{json, Value};
+use tokio::sync::watch;
 
 use super::{
     chaos::crashed,
@@ -67,6 +68,8 @@ pub struct NatsPublisher {
     health: Recipient<DependencyCheck>,
     reporter: RestartReporter,
     interval: Duration,
+    /// The outbox horizon as the relay last saw it: events beyond it wait.
+    horizon: watch::Receiver<i64>,
     client: Option<async_nats::Client>,
     /// The stream was created or updated on this connection.
     stream_ready: bool,
@@ -81,6 +84,13 @@ pub struct NatsPublisher {
     retired: bool,
 }
 
+/// How the publisher learns what to publish: the relay's outbox horizon, and how often to
+/// look.
+pub struct OutboxFeed {
+    pub interval: Duration,
+    pub horizon: watch::Receiver<i64>,
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Lease {
     /// Not known: claim it (and read the position) before publishing.
@@ -93,7 +103,7 @@ enum Lease {
 
 impl NatsPublisher {
     /// Starts the supervised publisher. `holder` names this replica in the lease row;
-    /// `interval` is how often the outbox is tailed (EVENT_POLL_INTERVAL_MS).
+    /// `feed` says how often the outbox is tailed (EVENT_POLL_INTERVAL_MS) and how far.
     pub fn start(
         settings: NatsSettings,
         holder: uuid::Uuid,
@@ -101,7 +111,7 @@ impl NatsPublisher {
         metrics: Arc<Metrics>,
         health: Recipient<DependencyCheck>,
         reporter: RestartReporter,
-        interval: Duration,
+        feed: OutboxFeed,
     ) -> Addr<Self> {
         tracing::info!(stream = %settings.stream, subjects = %format!("{}.>", settings.subject_prefix), "publishing the outbox to NATS JetStream");
         Supervisor::start(move |_| Self {
@@ -111,7 +121,8 @@ impl NatsPublisher {
             metrics,
             health,
             reporter,
-            interval,
+            interval: feed.interval,
+            horizon: feed.horizon,
             client: None,
             stream_ready: false,
             lease: Lease::Unknown,
@@ -146,6 +157,7 @@ impl NatsPublisher {
             holder: self.holder.clone(),
             lease: self.settings.lease,
             subject_prefix: self.settings.subject_prefix.clone(),
+            horizon: *self.horizon.borrow(),
         };
         let generation = self.generation;
         ctx.spawn(wrap_future(round.run()).map(move |outcome, act: &mut Self, ctx| {
@@ -275,6 +287,8 @@ struct Round {
     holder: String,
     lease: Duration,
     subject_prefix: String,
+    /// Publish no event beyond it (`db::outbox_horizon`).
+    horizon: i64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -337,7 +351,8 @@ impl Round {
                 }
             }
         };
-        let pending = match self.db.run(UnpublishedEvents { after: through, limit: BATCH }).await {
+        let unpublished = UnpublishedEvents { after: through, through: self.horizon, limit: BATCH };
+        let pending = match self.db.run(unpublished).await {
             Ok(pending) => pending,
             Err(error) => return Outcome::DatabaseUnavailable(error),
         };

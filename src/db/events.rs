@@ -6,6 +6,7 @@ use diesel::prelude::*;
 
 use super::{
     outbox::Outbox,
+    outbox_horizon::Horizon,
     schema::{events, outbox_watermark},
     DbConnection, UseCase,
 };
@@ -27,31 +28,65 @@ type StoredEventColumns =
 const STORED_EVENT_COLUMNS: StoredEventColumns =
     (events::id, events::topic, events::kind, events::user_id, events::payload, events::origin, events::created_at);
 
-/// The id of the newest event (0 when there is none): where a new tail starts.
-pub struct LatestEventId;
+/// Where a new tail starts: the newest event id, once nothing below it is still to commit.
+/// On PostgreSQL that waits for the transactions running when it looked (`outbox_horizon`),
+/// for at most `SETTLE_WAIT`; after that the tail starts anyway, at the newest id drawn,
+/// and the horizon it returns still waits for them (so no reader is told they settled).
+pub struct StartingPoint;
 
-impl UseCase for LatestEventId {
-    type Output = i64;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<i64, AppError> {
-        Ok(events::table.select(diesel::dsl::max(events::id)).first::<Option<i64>>(conn)?.unwrap_or(0))
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const SETTLE_RECHECK: std::time::Duration = std::time::Duration::from_millis(10);
+
+impl StartingPoint {
+    pub fn find(conn: &mut DbConnection) -> Result<(i64, Horizon), AppError> {
+        let newest = events::table.select(diesel::dsl::max(events::id)).first::<Option<i64>>(conn)?.unwrap_or(0);
+        if matches!(conn, DbConnection::Sqlite(_)) {
+            return Ok((newest, Horizon::at(i64::MAX)));
+        }
+        let mut horizon = Horizon::at(0);
+        let deadline = std::time::Instant::now() + SETTLE_WAIT;
+        loop {
+            horizon.advance(conn)?;
+            let target = horizon.newest_seen();
+            if !horizon.is_waiting() || std::time::Instant::now() >= deadline {
+                if horizon.is_waiting() {
+                    tracing::warn!(
+                        events_through = target,
+                        "transactions running at start-up have not ended; their events will reach \
+                         other replicas and NATS, but this replica's live tail starts after them"
+                    );
+                }
+                return Ok((target, horizon));
+            }
+            std::thread::sleep(SETTLE_RECHECK);
+        }
     }
 }
 
-/// Events after `after`, oldest first, at most `limit`.
+/// Events after `after` and no further than the horizon, oldest first, at most `limit`.
 pub struct EventsAfter {
     pub after: i64,
     pub limit: i64,
+    pub horizon: Horizon,
+}
+
+pub struct Tail {
+    pub events: Vec<StoredEvent>,
+    pub horizon: Horizon,
 }
 
 impl UseCase for EventsAfter {
-    type Output = Vec<StoredEvent>;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Vec<StoredEvent>, AppError> {
-        Ok(events::table
+    type Output = Tail;
+    fn run(mut self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Tail, AppError> {
+        let through = self.horizon.advance(conn)?;
+        let events = events::table
             .filter(events::id.gt(self.after))
+            .filter(events::id.le(through))
             .order(events::id.asc())
             .limit(self.limit)
             .select(STORED_EVENT_COLUMNS)
-            .load(conn)?)
+            .load(conn)?;
+        Ok(Tail { events, horizon: self.horizon })
     }
 }
 

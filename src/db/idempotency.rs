@@ -49,7 +49,7 @@ pub enum Outcome<T> {
 }
 
 /// What an effect wrote: its answer, and the events that describe its changes, which
-/// `run_once` appends last (see `outbox`: appending takes the commit-order lock).
+/// `run_once` appends last, after every row lock is taken (see `outbox`).
 pub struct Written<T> {
     pub value: T,
     pub events: Vec<NewEvent>,

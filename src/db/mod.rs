@@ -11,6 +11,7 @@ pub mod migrations;
 pub mod nats_publisher;
 pub mod orders;
 pub mod outbox;
+pub mod outbox_horizon;
 pub mod outbox_listener;
 pub mod schema;
 pub mod use_case;

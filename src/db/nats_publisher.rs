@@ -81,9 +81,11 @@ impl UseCase for ReadProgress {
     }
 }
 
-/// Outbox events after `after`, oldest first, at most `limit`, and how many there are in all.
+/// Outbox events after `after` and no further than `through` (the outbox horizon), oldest
+/// first, at most `limit`, and how many there are after `after` in all.
 pub struct UnpublishedEvents {
     pub after: i64,
+    pub through: i64,
     pub limit: i64,
 }
 
@@ -97,6 +99,7 @@ impl UseCase for UnpublishedEvents {
     fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Pending, AppError> {
         let events = events::table
             .filter(events::id.gt(self.after))
+            .filter(events::id.le(self.through))
             .order(events::id.asc())
             .limit(self.limit)
             .select((events::id, events::topic, events::kind, events::payload, events::request_id, events::created_at))

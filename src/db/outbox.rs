@@ -2,35 +2,57 @@
 //! describe, tailed by readers with `id > last`, which is gap-free only if ids are handed
 //! out in commit order.
 //!
-//! On PostgreSQL the table's id default draws each id under a transaction-scoped advisory
-//! lock (migration `outbox_commit_order`), held until COMMIT. The lock is taken by the
-//! first event a transaction inserts, so writers append their events in ONE statement as
-//! the last thing before COMMIT (`idempotency::run_once` stores its answer first): the
-//! serialised part of a write is that INSERT and the COMMIT's WAL flush, not the
-//! transaction. The cost: appending transactions commit one at a time database-wide, so
-//! at most about 1 / (one INSERT round trip + one WAL flush) of them per second. Rows that
-//! were never committed leave holes in the ids, which readers simply never see. SQLite
-//! writers are serialised by `BEGIN IMMEDIATE` already.
+//! On PostgreSQL ids are drawn in insert order, not commit order, and no lock makes
+//! writers take turns: readers read no further than the horizon (`outbox_horizon`), below
+//! which every event that will ever commit is visible. Writers append their events in ONE
+//! statement as the last thing before COMMIT (`idempotency::run_once` stores its answer
+//! first): then two transactions that touched the same row get ids in their commit order.
+//! Rows that were never committed leave holes in the ids, which readers simply never see.
+//! SQLite writers are serialised by `BEGIN IMMEDIATE`, so there ids follow commit order.
 //!
-//! Readers learn of new events without waiting for a poll: on PostgreSQL a trigger sends a
-//! `NOTIFY` with the insert (delivered to every replica at commit), and on this replica
-//! the DbExecutor wakes the relay as soon as a use case that appended returns.
+//! Readers learn of new events without waiting for a poll: this replica's DbExecutor
+//! wakes its relay as soon as a use case that appended returns, and on PostgreSQL the
+//! replica then sends a `NOTIFY` (outside the writing transaction, see `outbox_listener`)
+//! that wakes every other replica's relay.
 //!
 //! Every use case is handed an [`Outbox`]: the attribution of the events it appends, and
-//! the record of whether it appended any. Nothing about a use case is ambient state.
+//! the record of what it appended — whether anything, and which cache entries those events
+//! make stale, so the writer drops them before it is answered. Nothing about a use case is
+//! ambient state.
 
 use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 use diesel::prelude::*;
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::{schema::events, DbConnection};
-use crate::{domain::clock, error::AppError};
+use crate::{
+    domain::{cache_key::CacheKey, clock},
+    error::AppError,
+};
 
-/// The PostgreSQL notification channel that says "the outbox has new events" (sent by the
-/// `events_notify` trigger of migration `outbox_commit_order`, which names it too).
+/// The PostgreSQL notification channel that says "the outbox has new events" (sent after
+/// commits by each replica's `outbox_listener`).
 pub const NOTIFY_CHANNEL: &str = "storefront_outbox";
+
+/// What a use case that appended sets off, once it returned: this replica's relay reads
+/// at once, and (PostgreSQL) the listener tells the other replicas. Each is a `Notify`,
+/// so a burst of commits costs one read and one announcement.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxSignals {
+    pub relay: Arc<Notify>,
+    pub announce: Arc<Notify>,
+}
+
+impl OutboxSignals {
+    pub fn appended(&self) {
+        self.relay.notify_one();
+        self.announce.notify_one();
+    }
+}
 
 /// Who writes the events a use case appends: the replica, and the request that caused
 /// them.
@@ -42,17 +64,18 @@ pub struct Attribution {
 
 /// The outbox as one use case sees it: appends carry its attribution, and it remembers
 /// whether anything was appended, so the caller can wake the relay (a rolled-back append
-/// only costs a needless poll).
+/// only costs a needless poll), and the cache entries the appended events make stale.
 #[derive(Debug, Default)]
 pub struct Outbox {
     /// `None` outside a replica (the CLI): the events name no origin and no request.
     attribution: Option<Attribution>,
     appended: bool,
+    stale: Vec<CacheKey>,
 }
 
 impl Outbox {
     pub fn attributed(who: Attribution) -> Self {
-        Self { attribution: Some(who), appended: false }
+        Self { attribution: Some(who), ..Self::default() }
     }
 
     /// For work done outside a running replica, e.g. by the CLI.
@@ -64,8 +87,13 @@ impl Outbox {
         self.appended
     }
 
-    /// Appends events in one INSERT; call it last in a write transaction (see the module
-    /// docs: on PostgreSQL it takes the commit-order lock).
+    /// The cache entries the appended events make stale (valid once the use case committed).
+    pub fn take_stale(&mut self) -> Vec<CacheKey> {
+        std::mem::take(&mut self.stale)
+    }
+
+    /// Appends events in one INSERT; call it last in a write transaction, after every row
+    /// lock is taken (see the module docs).
     pub fn append(&mut self, conn: &mut DbConnection, new_events: Vec<NewEvent>) -> Result<(), AppError> {
         if new_events.is_empty() {
             return Ok(());
@@ -75,6 +103,9 @@ impl Outbox {
             Some(who) => (Some(who.origin.to_string()), who.request_id.as_deref().map(str::to_owned)),
             None => (None, None),
         };
+        self.stale.extend(
+            new_events.iter().filter_map(|event| made_stale(event.topic, event.user_id.as_deref(), &event.payload)),
+        );
         let rows: Vec<EventRow> = new_events
             .into_iter()
             .map(|event| EventRow {
@@ -108,6 +139,16 @@ struct EventRow {
     origin: Option<String>,
     created_at: chrono::NaiveDateTime,
     request_id: Option<String>,
+}
+
+/// The cache entry an event makes stale, if any: a product's by the id in its payload, a
+/// user's by the user it belongs to.
+pub fn made_stale(topic: &str, user_id: Option<&str>, payload: &Value) -> Option<CacheKey> {
+    match topic {
+        topic::PRODUCTS => payload["id"].as_str().and_then(|id| Uuid::parse_str(id).ok()).map(CacheKey::Product),
+        topic::USERS => user_id.and_then(|id| Uuid::parse_str(id).ok()).map(CacheKey::User),
+        _ => None,
+    }
 }
 
 pub mod topic {

@@ -1,5 +1,6 @@
 //! Domain rules: plain types and functions with no actix or diesel in them.
 
+pub mod cache_key;
 pub mod catalog;
 pub mod clock;
 pub mod live;

@@ -502,8 +502,9 @@ async fn a_reading_subscriber_catches_up_after_a_burst_bigger_than_its_queue(bac
     assert_eq!(app.metric(r#"storefront_ws_disconnects_total{reason="slow_consumer"}"#).await, 0.0);
 }
 
-/// PostgreSQL only: there, writers commit concurrently, so outbox ids must follow commit
-/// order or a relay tailing `id > last` skips an id that commits after a higher one.
+/// PostgreSQL only: there, writers commit concurrently and ids are drawn before commit, so
+/// a relay tailing `id > last` must not read past an id still to commit (the outbox
+/// horizon), or it skips an id that commits after a higher one.
 mod postgres_commit_order {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[cfg_attr(not(storefront_postgres_tests), ignore = "PostgreSQL half: set TEST_DATABASE_URL to run it")]
@@ -522,7 +523,8 @@ async fn an_event_that_commits_while_a_later_write_waits_is_delivered_first_and_
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
-    // Only the NOTIFY sent at each commit can deliver within the test's patience.
+    // No polling: what delivers is the replica's wake-up after its own write, and the
+    // horizon looking again while the open transaction runs.
     let app =
         TestApp::builder(crate::common::Backend::Postgres).setting("event-poll-interval-ms", NO_POLLING).spawn().await;
     let (_, admin) = app.admin("root@example.com").await;
