@@ -39,32 +39,11 @@ pub struct ProductRow {
 
 /// `ProductRow`'s columns in its field order, for `RETURNING` (the multi-backend connection
 /// takes no `as_returning()`).
-pub type ProductColumns = (
-    products::id,
-    products::name,
-    products::name_folded,
-    products::description,
-    products::price_cents,
-    products::stock,
-    products::status,
-    products::version,
-    products::created_at,
-    products::updated_at,
-    products::deleted_at,
-);
-pub const PRODUCT_COLUMNS: ProductColumns = (
-    products::id,
-    products::name,
-    products::name_folded,
-    products::description,
-    products::price_cents,
-    products::stock,
-    products::status,
-    products::version,
-    products::created_at,
-    products::updated_at,
-    products::deleted_at,
-);
+type ProductColumns = <ProductRow as Selectable<<DbConnection as Connection>::Backend>>::SelectExpression;
+
+pub fn product_columns() -> ProductColumns {
+    <ProductRow as Selectable<<DbConnection as Connection>::Backend>>::construct_selection()
+}
 
 impl ProductRow {
     pub fn into_product(self) -> Result<Product, AppError> {

@@ -12,7 +12,8 @@ use super::{
 };
 use crate::error::AppError;
 
-#[derive(Debug, Clone, Queryable)]
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = events)]
 pub struct StoredEvent {
     pub id: i64,
     pub topic: String,
@@ -22,11 +23,6 @@ pub struct StoredEvent {
     pub origin: Option<String>,
     pub created_at: NaiveDateTime,
 }
-
-type StoredEventColumns =
-    (events::id, events::topic, events::kind, events::user_id, events::payload, events::origin, events::created_at);
-const STORED_EVENT_COLUMNS: StoredEventColumns =
-    (events::id, events::topic, events::kind, events::user_id, events::payload, events::origin, events::created_at);
 
 /// Where a new tail starts: the newest event id, once nothing below it is still to commit.
 /// On PostgreSQL that waits for the transactions running when it looked (`outbox_horizon`),
@@ -84,7 +80,7 @@ impl UseCase for EventsAfter {
             .filter(events::id.le(through))
             .order(events::id.asc())
             .limit(self.limit)
-            .select(STORED_EVENT_COLUMNS)
+            .select(StoredEvent::as_select())
             .load(conn)?;
         Ok(Tail { events, horizon: self.horizon })
     }
@@ -125,7 +121,7 @@ impl UseCase for ReplayPage {
                 None => query.filter(events::user_id.is_null()),
             };
         }
-        let events = query.order(events::id.asc()).limit(self.limit).select(STORED_EVENT_COLUMNS).load(conn)?;
+        let events = query.order(events::id.asc()).limit(self.limit).select(StoredEvent::as_select()).load(conn)?;
         // Read after the events: a prune that committed in between is then seen here, so
         // a page it emptied is reported as expired rather than passed off as complete.
         let pruned_through: i64 = outbox_watermark::table

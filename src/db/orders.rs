@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{
     accounts::{account_event, credit, debit, insufficient_funds},
-    catalog::{find_live, product_event, ProductRow, PRODUCT_COLUMNS},
+    catalog::{find_live, product_columns, product_event, ProductRow},
     idempotency::{run_once, IdempotencyKey, Outcome, Written},
     outbox::{topic, NewEvent, Outbox},
     schema::{order_items, orders, products},
@@ -189,7 +189,7 @@ fn place_order(conn: &mut DbConnection, user_id: Uuid, lines: &[OrderLine]) -> R
                 products::version.eq(products::version + 1),
                 products::updated_at.eq(now),
             ))
-            .returning(PRODUCT_COLUMNS)
+            .returning(product_columns())
             .get_result(conn)
             .optional()?;
         let Some(row) = taken else {

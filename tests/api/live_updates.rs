@@ -502,19 +502,10 @@ async fn a_reading_subscriber_catches_up_after_a_burst_bigger_than_its_queue(bac
     assert_eq!(app.metric(r#"storefront_ws_disconnects_total{reason="slow_consumer"}"#).await, 0.0);
 }
 
-/// PostgreSQL only: there, writers commit concurrently and ids are drawn before commit, so
-/// a relay tailing `id > last` must not read past an id still to commit (the outbox
-/// horizon), or it skips an id that commits after a higher one.
-mod postgres_commit_order {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[cfg_attr(not(storefront_postgres_tests), ignore = "PostgreSQL half: set TEST_DATABASE_URL to run it")]
-    async fn an_event_that_commits_while_a_later_write_waits_is_delivered_first_and_nothing_is_skipped() {
-        if !crate::common::postgres_available() {
-            return;
-        }
-        super::an_event_that_commits_while_a_later_write_waits_is_delivered_first_and_nothing_is_skipped().await;
-    }
-}
+// PostgreSQL only: there, writers commit concurrently and ids are drawn before commit, so
+// a relay tailing `id > last` must not read past an id still to commit (the outbox
+// horizon), or it skips an id that commits after a higher one.
+on_postgres_only!(postgres_commit_order: an_event_that_commits_while_a_later_write_waits_is_delivered_first_and_nothing_is_skipped);
 
 async fn an_event_that_commits_while_a_later_write_waits_is_delivered_first_and_nothing_is_skipped() {
     use diesel::{connection::SimpleConnection, Connection, PgConnection, QueryableByName, RunQueryDsl};

@@ -264,17 +264,8 @@ async fn orders_are_visible_only_to_their_owner_and_admins(backend: Backend) {
     assert_problem(app.get(&alice_orders).await, 401).await;
 }
 
-/// PostgreSQL only: there, an admin's change can commit while an order is being placed.
-mod postgres_repricing {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[cfg_attr(not(storefront_postgres_tests), ignore = "PostgreSQL half: set TEST_DATABASE_URL to run it")]
-    async fn an_order_placed_while_its_product_is_repriced_pays_the_price_that_holds_when_the_stock_is_taken() {
-        if !crate::common::postgres_available() {
-            return;
-        }
-        super::an_order_placed_while_its_product_is_repriced_pays_the_price_that_holds_when_the_stock_is_taken().await;
-    }
-}
+// PostgreSQL only: there, an admin's change can commit while an order is being placed.
+on_postgres_only!(postgres_repricing: an_order_placed_while_its_product_is_repriced_pays_the_price_that_holds_when_the_stock_is_taken);
 
 async fn an_order_placed_while_its_product_is_repriced_pays_the_price_that_holds_when_the_stock_is_taken() {
     use diesel::{connection::SimpleConnection, Connection, PgConnection, QueryableByName, RunQueryDsl};

@@ -23,6 +23,15 @@ fn stderr_lines(output: &std::process::Output) -> Vec<String> {
     String::from_utf8_lossy(&output.stderr).lines().map(str::to_owned).collect()
 }
 
+/// A process that failed: its one `storefront:` error line, and all it wrote to stderr.
+fn failed_with_one_line(output: &std::process::Output) -> (String, Vec<String>) {
+    assert!(!output.status.success());
+    let lines = stderr_lines(output);
+    let errors: Vec<&String> = lines.iter().filter(|line| line.starts_with("storefront:")).collect();
+    assert_eq!(errors.len(), 1, "{lines:?}");
+    (errors[0].clone(), lines)
+}
+
 #[test]
 fn unreachable_postgres_stops_start_up_with_one_line_and_no_stray_file() {
     let cwd = tempfile::tempdir().unwrap();
@@ -31,11 +40,8 @@ fn unreachable_postgres_stops_start_up_with_one_line_and_no_stray_file() {
         .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/storefront")
         .output()
         .unwrap();
-    assert!(!output.status.success());
-    let lines = stderr_lines(&output);
-    let errors: Vec<_> = lines.iter().filter(|line| line.starts_with("storefront:")).collect();
-    assert_eq!(errors.len(), 1, "{lines:?}");
-    assert!(errors[0].contains("PostgreSQL"), "{lines:?}");
+    let (error, lines) = failed_with_one_line(&output);
+    assert!(error.contains("PostgreSQL"), "{lines:?}");
     assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0, "nothing is created on failure");
 }
 
@@ -50,11 +56,8 @@ fn a_taken_port_stops_start_up_with_one_line_and_no_panic() {
         .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap();
-    assert!(!output.status.success());
-    let lines = stderr_lines(&output);
-    let errors: Vec<_> = lines.iter().filter(|line| line.starts_with("storefront:")).collect();
-    assert_eq!(errors.len(), 1, "{lines:?}");
-    assert!(errors[0].contains("cannot listen on") && errors[0].contains(&address), "{lines:?}");
+    let (error, lines) = failed_with_one_line(&output);
+    assert!(error.contains("cannot listen on") && error.contains(&address), "{lines:?}");
     assert!(!lines.iter().any(|line| line.contains("panicked") || line.contains("reactor")), "{lines:?}");
     assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0, "nothing is created before the port is ours");
 }

@@ -46,6 +46,27 @@ pub enum Backend {
     Postgres,
 }
 
+/// Generates one `#[tokio::test]`, in module `$module`, for each scenario `async fn()`
+/// that only PostgreSQL can show (writers committing concurrently); reported as ignored,
+/// like the PostgreSQL halves, without TEST_DATABASE_URL.
+#[macro_export]
+macro_rules! on_postgres_only {
+    ($module:ident: $($scenario:ident),+ $(,)?) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(not(storefront_postgres_tests), ignore = "PostgreSQL half: set TEST_DATABASE_URL to run it")]
+                async fn $scenario() {
+                    if !$crate::common::postgres_available() {
+                        return;
+                    }
+                    super::$scenario().await;
+                }
+            )+
+        }
+    };
+}
+
 /// Generates one `#[tokio::test]` per backend for each scenario `async fn(Backend)`.
 #[macro_export]
 macro_rules! on_both_backends {
