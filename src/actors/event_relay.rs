@@ -10,10 +10,15 @@
 //! It reads as soon as it is woken — by this replica's DbExecutor after a use case that
 //! appended events, and on PostgreSQL by a `NOTIFY` from any replica — and otherwise every
 //! `EVENT_POLL_INTERVAL_MS`, which is the fallback (and the SQLite path across replicas).
-//! While the horizon waits for running transactions it looks again every
-//! `HORIZON_RECHECK`: a transaction that ends without appending announces nothing.
+//! Polls start at most every `POLL_SPACING`: under load one read covers the commits of
+//! that time instead of each commit costing a read. While the horizon waits for running
+//! transactions it looks again after the same spacing: a transaction that ends without
+//! appending announces nothing.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use actix::{
     fut::wrap_future, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, Supervised,
@@ -46,8 +51,8 @@ const ACTOR: &str = "event_relay";
 /// Events read per poll; a longer backlog is read by the polls that follow at once.
 const BATCH: i64 = 1000;
 const HUB_TIMEOUT: Duration = Duration::from_secs(5);
-/// How soon a waiting horizon is looked at again.
-const HORIZON_RECHECK: Duration = Duration::from_millis(5);
+/// The least time between the starts of two polls (what a live update may wait for more).
+const POLL_SPACING: Duration = Duration::from_millis(10);
 
 pub struct RelaySettings {
     pub interval: Duration,
@@ -75,7 +80,9 @@ pub struct EventRelay {
     /// Lent to each poll, and kept between them.
     horizon: Horizon,
     horizon_watch: watch::Sender<i64>,
-    recheck_scheduled: bool,
+    /// A poll is set to start after `POLL_SPACING`.
+    poll_scheduled: bool,
+    last_poll: Option<Instant>,
     origin: Arc<str>,
     /// The last event handed on. Kept across a restart: what a panic interrupted is read
     /// again, and the hub ignores ids it already has.
@@ -103,7 +110,8 @@ impl EventRelay {
             signals: settings.signals,
             horizon: settings.horizon,
             horizon_watch: settings.horizon_watch,
-            recheck_scheduled: false,
+            poll_scheduled: false,
+            last_poll: None,
             origin: settings.origin.to_string().into(),
             listen_url: settings.listen_url,
             last_id: settings.start_after,
@@ -125,6 +133,11 @@ impl EventRelay {
             self.again = true;
             return;
         }
+        if let Some(since) = self.last_poll.map(|at| at.elapsed()).filter(|since| *since < POLL_SPACING) {
+            self.poll_later(POLL_SPACING - since, ctx);
+            return;
+        }
+        self.last_poll = Some(Instant::now());
         self.polling = true;
         self.again = false;
         let (db, cache, hub, origin) =
@@ -168,20 +181,29 @@ impl EventRelay {
                         act.horizon = horizon;
                         if count as i64 == BATCH || act.again {
                             act.poll(ctx);
-                        } else if waiting && !act.recheck_scheduled {
-                            act.recheck_scheduled = true;
-                            ctx.run_later(HORIZON_RECHECK, |act, ctx| {
-                                guarded(act, ctx, |act, ctx| {
-                                    act.recheck_scheduled = false;
-                                    act.poll(ctx);
-                                });
-                            });
+                        } else if waiting {
+                            act.poll_later(POLL_SPACING, ctx);
                         }
                     }
                     Err(error) => act.progress.failed(&error),
                 }
             });
         }));
+    }
+}
+
+impl EventRelay {
+    fn poll_later(&mut self, after: Duration, ctx: &mut Context<Self>) {
+        if self.poll_scheduled {
+            return;
+        }
+        self.poll_scheduled = true;
+        ctx.run_later(after, |act, ctx| {
+            guarded(act, ctx, |act, ctx| {
+                act.poll_scheduled = false;
+                act.poll(ctx);
+            });
+        });
     }
 }
 
@@ -210,7 +232,7 @@ impl Actor for EventRelay {
         // Runs again after a restart; whatever was spawned before went with the old context.
         guarded(self, ctx, |act, ctx| {
             act.polling = false;
-            act.recheck_scheduled = false;
+            act.poll_scheduled = false;
             ctx.run_interval(act.interval, |act, ctx| {
                 guarded(act, ctx, |act, ctx| {
                     act.progress.tick();

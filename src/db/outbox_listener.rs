@@ -4,8 +4,8 @@
 //! The `NOTIFY` is sent here, after the commits it announces, not by the writing
 //! transactions: a transaction that notifies takes the cluster-wide notification lock at
 //! COMMIT and holds it through its WAL flush, so appending commits would take turns again.
-//! Sent from here, one `NOTIFY` covers every commit made while the previous one was on
-//! its way. A replica that dies between a commit and its announcement leaves the others
+//! Sent from here, at most one every `ANNOUNCE_SPACING`, one `NOTIFY` covers every commit
+//! made since the previous one. A replica that dies between a commit and its announcement leaves the others
 //! to their next poll.
 //!
 //! This is the one connection that is not diesel's: waiting for a notification means
@@ -22,6 +22,8 @@ use super::outbox::{OutboxSignals, NOTIFY_CHANNEL};
 
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const LAST_RETRY: Duration = Duration::from_secs(30);
+/// The least time between two announcements: under load one covers that time's commits.
+const ANNOUNCE_SPACING: Duration = Duration::from_millis(10);
 
 /// Wakes `signals.relay` on every outbox notification and sends one whenever
 /// `signals.announce` is set off, reconnecting with backoff for as long as the future is
@@ -81,7 +83,12 @@ async fn listen(database_url: &str, signals: &OutboxSignals) -> Result<(), tokio
                 None => return Ok(()),
             },
             () = signals.announce.notified(), if announcing.is_none() => {
-                announcing = Some(Box::pin(client.batch_execute(&notify)));
+                let (client, notify) = (&client, &notify);
+                announcing = Some(Box::pin(async move {
+                    let sent = client.batch_execute(notify).await;
+                    actix_rt::time::sleep(ANNOUNCE_SPACING).await;
+                    sent
+                }));
             }
             Some(sent) = OptionFuture::from(announcing.as_mut()), if announcing.is_some() => {
                 announcing = None;
