@@ -88,3 +88,46 @@ async fn every_committed_change_appends_its_events_in_order(backend: Backend) {
     assert_eq!(transfer_side, BTreeSet::from([(buyer_id.clone(), 900), (friend_id.clone(), 100)]));
     assert_eq!(id_of(&events[11].payload), widget);
 }
+
+// PostgreSQL only: ids are drawn before commit, so the horizon must wait for every
+// transaction that may hold one, including those that drew their ids after the last
+// transaction that ended (a snapshot does not list those: they are at or above its xmax).
+on_postgres_only!(postgres_horizon: the_horizon_waits_for_every_open_appender_and_then_moves_past_both);
+
+async fn the_horizon_waits_for_every_open_appender_and_then_moves_past_both() {
+    use diesel::{connection::SimpleConnection, Connection, PgConnection, QueryableByName, RunQueryDsl};
+    use storefront::db::{outbox_horizon::Horizon, DbConnection};
+    #[derive(QueryableByName)]
+    struct Number {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let append = |conn: &mut PgConnection| {
+        conn.batch_execute("BEGIN").unwrap();
+        diesel::sql_query(
+            "INSERT INTO events (topic, kind, payload, created_at) \
+             VALUES ('products', 'product.updated', '{}', now()) RETURNING id AS n",
+        )
+        .get_result::<Number>(conn)
+        .unwrap()
+        .n
+    };
+    // Two writers append and stay open, the second after the first: nothing ends between.
+    let (mut first, mut second) =
+        (PgConnection::establish(&app.database_url).unwrap(), PgConnection::establish(&app.database_url).unwrap());
+    let first_id = append(&mut first);
+    let second_id = append(&mut second);
+    assert!(second_id > first_id);
+
+    let mut reader = DbConnection::establish(&app.database_url).unwrap();
+    let mut horizon = Horizon::at(0);
+    let open = horizon.advance(&mut reader).unwrap();
+    assert!(open < first_id, "both are open: the horizon stays below {first_id}, not {open}");
+    second.batch_execute("COMMIT").unwrap();
+    let one_open = horizon.advance(&mut reader).unwrap();
+    assert!(one_open < first_id, "the first is still open: {one_open} must stay below {first_id}");
+    first.batch_execute("COMMIT").unwrap();
+    let settled = horizon.advance(&mut reader).unwrap();
+    assert!(settled >= second_id, "both committed: the horizon moves past {second_id}, not {settled}");
+}
