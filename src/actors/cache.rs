@@ -205,8 +205,8 @@ fn lookup<A: TierActor>(act: &mut A, key: CacheKey, span: tracing::Span, ctx: &m
 }
 
 pub struct Cache {
-    /// Given once the gateway exists (`CacheTiers::use_database`): the gateway drops the
-    /// entries its writes make stale, so it is started after the cache.
+    /// Given once the gateway exists (`CacheTiers::use_database`): the gateway's executors
+    /// drop the entries their writes make stale, so it is started after the cache.
     db: Option<DbGateway>,
     tier: Tier,
     reporter: RestartReporter,
@@ -336,8 +336,8 @@ impl Handler<Crash> for Cache {
 }
 
 /// The cache's actors: the shared `Cache` and one `NearCache` shard per HTTP worker (none
-/// of either with `CACHE_CAPACITY=0`). Started before the DbGateway, which holds a copy to
-/// drop the entries a write made stale before the writer is answered.
+/// of either with `CACHE_CAPACITY=0`). Started before the DbGateway, whose executors hold a
+/// copy to drop the entries a write made stale before the writer is answered.
 #[derive(Clone)]
 pub struct CacheTiers {
     shared: Option<Addr<Cache>>,

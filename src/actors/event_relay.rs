@@ -190,9 +190,7 @@ impl EventRelay {
             });
         }));
     }
-}
 
-impl EventRelay {
     fn poll_later(&mut self, after: Duration, ctx: &mut Context<Self>) {
         if self.poll_scheduled {
             return;
@@ -209,8 +207,9 @@ impl EventRelay {
 
 /// The cache key an event makes stale, if any.
 fn invalidated_by(event: &StoredEvent) -> Option<CacheKey> {
-    let payload: serde_json::Value = serde_json::from_str(&event.payload).ok()?;
-    made_stale(&event.topic, event.user_id.as_deref(), &payload)
+    made_stale(&event.topic, event.user_id.as_deref(), || {
+        serde_json::from_str::<serde_json::Value>(&event.payload).ok()
+    })
 }
 
 /// Read the outbox now.

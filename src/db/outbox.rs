@@ -104,7 +104,9 @@ impl Outbox {
             None => (None, None),
         };
         self.stale.extend(
-            new_events.iter().filter_map(|event| made_stale(event.topic, event.user_id.as_deref(), &event.payload)),
+            new_events
+                .iter()
+                .filter_map(|event| made_stale(event.topic, event.user_id.as_deref(), || Some(&event.payload))),
         );
         let rows: Vec<EventRow> = new_events
             .into_iter()
@@ -142,10 +144,18 @@ struct EventRow {
 }
 
 /// The cache entry an event makes stale, if any: a product's by the id in its payload, a
-/// user's by the user it belongs to.
-pub fn made_stale(topic: &str, user_id: Option<&str>, payload: &Value) -> Option<CacheKey> {
+/// user's by the user it belongs to. `payload` is asked for only for a product event, so a
+/// reader of stored events parses no other payload.
+pub fn made_stale<P: std::borrow::Borrow<Value>>(
+    topic: &str,
+    user_id: Option<&str>,
+    payload: impl FnOnce() -> Option<P>,
+) -> Option<CacheKey> {
     match topic {
-        topic::PRODUCTS => payload["id"].as_str().and_then(|id| Uuid::parse_str(id).ok()).map(CacheKey::Product),
+        topic::PRODUCTS => {
+            let payload = payload()?;
+            payload.borrow()["id"].as_str().and_then(|id| Uuid::parse_str(id).ok()).map(CacheKey::Product)
+        }
         topic::USERS => user_id.and_then(|id| Uuid::parse_str(id).ok()).map(CacheKey::User),
         _ => None,
     }
