@@ -32,8 +32,8 @@ BENCH_JWT_SECRET=storefront-bench-jwt-secret-0123456789ab
 BIN=${STOREFRONT_BIN:-target/release/storefront}
 SETTINGS=(RUST_LOG=warn RATE_LIMIT_RPS=1000000 RATE_LIMIT_BURST=1000000 AUTH_RATE_LIMIT_PER_MINUTE=100000)
 # Executors: each spends most of an order waiting on round trips to PostgreSQL, so the
-# default 4 leaves these 2 cores idle (measured: 8 gave +28-31% orders/s over 4; 16 was no
-# better than 8 in one of two rounds). The pool follows (DB_WORKERS + 2).
+# default 4 leaves these 2 cores idle (measured in 2 alternated rounds only: 8 gave +28-31%
+# orders/s over 4; 16 was no better than 8 in one of the two). The pool follows (DB_WORKERS + 2).
 SETTINGS+=("DB_WORKERS=${DB_WORKERS:-8}")
 
 TMP=""
