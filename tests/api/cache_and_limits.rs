@@ -179,6 +179,8 @@ async fn spend(app: &TestApp, request: impl Fn() -> reqwest::RequestBuilder) -> 
             return (admitted, response);
         }
         assert_eq!(response.status(), 200, "{}", app.address);
+        // An unread body makes the client drop the connection instead of reusing it.
+        response.bytes().await.unwrap();
     }
     panic!("60 requests and no refusal");
 }
@@ -224,8 +226,11 @@ async fn client_keys_do_not_share_a_bucket_and_untrusted_forwarding_is_ignored()
     // keeps every anonymous request below on one worker, so on one bucket of the peer's.
     let one_connection = reqwest::Client::new();
     let anonymous_products = || one_connection.get(format!("{}/api/v1/products", app.address));
-    let (anonymous, _) = spend(&app, || anonymous_products().header("x-forwarded-for", "203.0.113.7")).await;
+    let (anonymous, refusal) = spend(&app, || anonymous_products().header("x-forwarded-for", "203.0.113.7")).await;
     assert!(anonymous >= 10, "anonymous callers share the peer address");
+    // Read to the end so the connection goes back to the pool: a new one could be accepted
+    // by the other worker, whose bucket for the peer address is still full.
+    refusal.bytes().await.unwrap();
     let spent_at = std::time::Instant::now();
     // What the limiter decided for a spoofed address (a request it let through unasked,
     // failing open on a busy machine, carries no RateLimit header and says nothing).
@@ -233,6 +238,7 @@ async fn client_keys_do_not_share_a_bucket_and_untrusted_forwarding_is_ignored()
     for _ in 0..20 {
         let response = anonymous_products().header("x-forwarded-for", "198.51.100.9").send().await.unwrap();
         remaining.extend(remaining_tokens(&response));
+        response.bytes().await.unwrap();
         if remaining.len() == 3 {
             break;
         }
