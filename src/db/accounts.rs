@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::{
     idempotency::{run_once, IdempotencyKey, Outcome, Written},
+    kept_prepared::KeepPrepared,
     outbox::{topic, NewEvent, Outbox},
     schema::{accounts, deposits, transfers, users},
     users::parse_id,
@@ -64,6 +65,7 @@ pub(super) fn credit(
         .filter(accounts::balance_cents.le(i64::MAX - amount))
         .set((accounts::balance_cents.eq(accounts::balance_cents + amount), accounts::updated_at.eq(now)))
         .returning((accounts::balance_cents, accounts::updated_at))
+        .keep_prepared()
         .get_result(conn)
         .optional()?;
     Ok(credited.map(|(balance_cents, updated_at)| account(user_id, balance_cents, updated_at)))
@@ -81,6 +83,7 @@ pub(super) fn debit(
         .filter(accounts::balance_cents.ge(amount))
         .set((accounts::balance_cents.eq(accounts::balance_cents - amount), accounts::updated_at.eq(now)))
         .returning((accounts::balance_cents, accounts::updated_at))
+        .keep_prepared()
         .get_result(conn)
         .optional()?;
     Ok(debited.map(|(balance_cents, updated_at)| account(user_id, balance_cents, updated_at)))

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::{
     connection::CommitUncertain,
+    kept_prepared::KeepPrepared,
     outbox::{NewEvent, Outbox},
     schema::idempotency_keys as keys,
     DbConnection,
@@ -206,6 +207,7 @@ fn claim_on_postgres(conn: &mut PgConnection, key: &IdempotencyKey) -> Result<bo
         .bind::<Text, _>(&key.key)
         .bind::<Text, _>(&key.fingerprint)
         .bind::<Timestamp, _>(clock::now())
+        .keep_prepared()
         .get_result(conn)?;
     if !row.locked {
         return Err(still_running());
@@ -245,7 +247,9 @@ fn earlier_answer(conn: &mut DbConnection, key: &IdempotencyKey) -> Result<Optio
 fn store(conn: &mut DbConnection, key: &IdempotencyKey, status: u16, body: &str) -> Result<(), AppError> {
     diesel::update(keys::table.find(key.primary_key()))
         .set((keys::response_status.eq(Some(i32::from(status))), keys::response_body.eq(Some(body))))
-        .execute(conn)?;
+        .returning(keys::response_status)
+        .keep_prepared()
+        .load::<Option<i32>>(conn)?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@ pub mod connection;
 pub mod events;
 pub mod housekeeping;
 pub mod idempotency;
+pub mod kept_prepared;
 pub mod migrations;
 pub mod nats_publisher;
 pub mod orders;

@@ -12,6 +12,7 @@ use super::{
     accounts::{account_event, credit, debit, insufficient_funds},
     catalog::{find_live, product_columns, product_event, ProductRow},
     idempotency::{run_once, IdempotencyKey, Outcome, Written},
+    kept_prepared::KeepPrepared,
     outbox::{topic, NewEvent, Outbox},
     schema::{order_items, orders, products},
     users::parse_id,
@@ -190,6 +191,7 @@ fn place_order(conn: &mut DbConnection, user_id: Uuid, lines: &[OrderLine]) -> R
                 products::updated_at.eq(now),
             ))
             .returning(product_columns())
+            .keep_prepared()
             .get_result(conn)
             .optional()?;
         let Some(row) = taken else {

@@ -323,3 +323,59 @@ async fn an_order_placed_while_its_product_is_repriced_pays_the_price_that_holds
     assert_eq!(stored, placed, "the stored order is the one answered");
     assert_eq!(stock(&app, &teapot).await, 3);
 }
+
+// PostgreSQL only: `pg_prepared_statements` shows what a connection keeps prepared.
+on_postgres_only!(postgres_prepared: the_statements_of_an_order_stay_prepared_on_their_connection);
+
+/// Each order's UPDATEs, claim and event INSERT are parsed and planned once per
+/// connection, not once per order (diesel alone would prepare them anew every time).
+async fn the_statements_of_an_order_stay_prepared_on_their_connection() {
+    use diesel::{QueryableByName, RunQueryDsl};
+    use storefront::db::{idempotency::IdempotencyKey, orders::PlaceOrder, outbox::Outbox, DbConnection, UseCase};
+    use storefront::domain::shop::OrderLine;
+    #[derive(QueryableByName)]
+    struct Prepared {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        statement: String,
+    }
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let (_, admin) = app.admin("root@example.com").await;
+    let (buyer_id, _) = app.user("buyer@example.com").await;
+    deposit(&app, &admin, &buyer_id, 10_000).await;
+    let teapot = product(&app, &admin, "Teapot", 500, 5).await;
+
+    let mut conn: DbConnection = diesel::Connection::establish(&app.database_url).unwrap();
+    for key in ["first", "second"] {
+        let order = PlaceOrder {
+            user_id: buyer_id.parse().unwrap(),
+            lines: vec![OrderLine { product_id: teapot.parse().unwrap(), quantity: 1 }],
+            idempotency: Some(IdempotencyKey {
+                user_id: buyer_id.parse().unwrap(),
+                scope: "POST /api/v1/orders".into(),
+                key: key.into(),
+                fingerprint: "the same order".into(),
+                request_id: key.into(),
+                instance: "/api/v1/orders".into(),
+            }),
+        };
+        order.run(&mut conn, &mut Outbox::unattributed()).unwrap();
+    }
+    assert_eq!(stock(&app, &teapot).await, 3, "both orders were placed");
+
+    let prepared: Vec<String> = diesel::sql_query("SELECT statement FROM pg_prepared_statements")
+        .load::<Prepared>(&mut conn)
+        .unwrap()
+        .into_iter()
+        .map(|row| row.statement)
+        .collect();
+    let kept = |start: &str| prepared.iter().filter(|statement| statement.starts_with(start)).count();
+    for start in [
+        "UPDATE \"products\"",
+        "UPDATE \"accounts\"",
+        "WITH lock AS",
+        "UPDATE \"idempotency_keys\"",
+        "INSERT INTO \"events\"",
+    ] {
+        assert_eq!(kept(start), 1, "{start}… is kept prepared once, for both orders: {prepared:#?}");
+    }
+}
