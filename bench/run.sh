@@ -359,7 +359,7 @@ main() {
     MACHINE_CPU=${MACHINE_CPU:-unknown CPU}
     GIT_COMMIT=$(git rev-parse --short HEAD)
     GIT_DIRTY=""
-    if [[ -n $(git status --porcelain --untracked-files=no -- . ':!docs/BENCHMARKS.md') ]]; then
+    if [[ -n $(git status --porcelain --untracked-files=no -- . ':!docs/BENCHMARKS.md' ':!docs/BENCHMARKS-live-updates.md' ':!docs/benchmarks') ]]; then
         GIT_DIRTY=" (plus uncommitted changes)"
     fi
     RUSTC_VERSION=$(rustc --version 2>/dev/null || echo "rustc (unknown)")
