@@ -264,6 +264,25 @@ async fn orders_are_visible_only_to_their_owner_and_admins(backend: Backend) {
     assert_problem(app.get(&alice_orders).await, 401).await;
 }
 
+/// A PostgreSQL shop: a buyer with 10,000 cents and a teapot (500 cents, 5 in stock).
+struct Shop {
+    app: TestApp,
+    buyer_id: String,
+    buyer: String,
+    teapot: String,
+}
+
+impl Shop {
+    async fn on_postgres() -> Self {
+        let app = TestApp::spawn(Backend::Postgres).await;
+        let (_, admin) = app.admin("root@example.com").await;
+        let (buyer_id, buyer) = app.user("buyer@example.com").await;
+        deposit(&app, &admin, &buyer_id, 10_000).await;
+        let teapot = product(&app, &admin, "Teapot", 500, 5).await;
+        Self { app, buyer_id, buyer, teapot }
+    }
+}
+
 // PostgreSQL only: there, an admin's change can commit while an order is being placed.
 on_postgres_only!(postgres_repricing: an_order_placed_while_its_product_is_repriced_pays_the_price_that_holds_when_the_stock_is_taken);
 
@@ -274,11 +293,7 @@ async fn an_order_placed_while_its_product_is_repriced_pays_the_price_that_holds
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
-    let app = TestApp::spawn(Backend::Postgres).await;
-    let (_, admin) = app.admin("root@example.com").await;
-    let (buyer_id, buyer) = app.user("buyer@example.com").await;
-    deposit(&app, &admin, &buyer_id, 10_000).await;
-    let teapot = product(&app, &admin, "Teapot", 500, 5).await;
+    let Shop { app, buyer, teapot, .. } = Shop::on_postgres().await;
 
     // A price change that has not committed yet, holding the product's row.
     let mut admin_tx = PgConnection::establish(&app.database_url).unwrap();
@@ -338,11 +353,7 @@ async fn the_statements_of_an_order_stay_prepared_on_their_connection() {
         #[diesel(sql_type = diesel::sql_types::Text)]
         statement: String,
     }
-    let app = TestApp::spawn(Backend::Postgres).await;
-    let (_, admin) = app.admin("root@example.com").await;
-    let (buyer_id, _) = app.user("buyer@example.com").await;
-    deposit(&app, &admin, &buyer_id, 10_000).await;
-    let teapot = product(&app, &admin, "Teapot", 500, 5).await;
+    let Shop { app, buyer_id, teapot, .. } = Shop::on_postgres().await;
 
     let mut conn: DbConnection = diesel::Connection::establish(&app.database_url).unwrap();
     for key in ["first", "second"] {
