@@ -4,6 +4,9 @@
 
 use crate::common::{assert_problem, Backend, TestApp};
 use futures_util::future::join_all;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -222,23 +225,28 @@ async fn client_keys_do_not_share_a_bucket_and_untrusted_forwarding_is_ignored()
     assert!(alice_admitted >= 10, "alice spends her own bucket");
     let (bob_admitted, _) = spend(&app, || products().bearer_auth(&bob)).await;
     assert!(bob_admitted >= 10, "bob has one of his own");
-    // Buckets are per HTTP worker (W × burst per client, see the README): one connection
-    // keeps every anonymous request below on one worker, so on one bucket of the peer's.
-    let one_connection = reqwest::Client::new();
-    let anonymous_products = || one_connection.get(format!("{}/api/v1/products", app.address));
-    let (anonymous, refusal) = spend(&app, || anonymous_products().header("x-forwarded-for", "203.0.113.7")).await;
+    // Buckets are per HTTP worker (W × burst per client, see the README). A pooling client
+    // may open a second connection when the first is not back in its pool yet, and the
+    // other worker would answer it from a full bucket; one hand-held connection cannot.
+    let mut connection = OneConnection::open(&app).await;
+    let mut anonymous = 0;
+    loop {
+        let (status, _) = connection.get("/api/v1/products", "203.0.113.7").await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        assert_eq!(status, 200);
+        anonymous += 1;
+        assert!(anonymous <= 60, "60 anonymous requests and no refusal");
+    }
     assert!(anonymous >= 10, "anonymous callers share the peer address");
-    // Read to the end so the connection goes back to the pool: a new one could be accepted
-    // by the other worker, whose bucket for the peer address is still full.
-    refusal.bytes().await.unwrap();
     let spent_at = std::time::Instant::now();
     // What the limiter decided for a spoofed address (a request it let through unasked,
     // failing open on a busy machine, carries no RateLimit header and says nothing).
     let mut remaining = Vec::new();
     for _ in 0..20 {
-        let response = anonymous_products().header("x-forwarded-for", "198.51.100.9").send().await.unwrap();
-        remaining.extend(remaining_tokens(&response));
-        response.bytes().await.unwrap();
+        let (_, left) = connection.get("/api/v1/products", "198.51.100.9").await;
+        remaining.extend(left);
         if remaining.len() == 3 {
             break;
         }
@@ -252,10 +260,42 @@ async fn client_keys_do_not_share_a_bucket_and_untrusted_forwarding_is_ignored()
     );
 }
 
-/// The `r=` of a response's `RateLimit` header, if the limiter decided it.
-fn remaining_tokens(response: &reqwest::Response) -> Option<u64> {
-    let state = header(response, "ratelimit");
-    state.split(';').find_map(|field| field.strip_prefix("r=")).and_then(|left| left.parse().ok())
+/// One HTTP/1.1 connection to the app, so every request on it reaches the worker that
+/// accepted it.
+struct OneConnection {
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    host: String,
+}
+
+impl OneConnection {
+    async fn open(app: &TestApp) -> Self {
+        let host = app.address.trim_start_matches("http://").to_owned();
+        let stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(connection);
+        Self { sender, host }
+    }
+
+    /// Sends a GET with the given `X-Forwarded-For`, reads the whole answer, and returns its
+    /// status and the `r=` of its `RateLimit` header, if the limiter decided it.
+    async fn get(&mut self, path: &str, forwarded_for: &str) -> (StatusCode, Option<u64>) {
+        self.sender.ready().await.expect("the server kept the connection open");
+        let request = hyper::Request::get(path)
+            .header("host", &self.host)
+            .header("x-forwarded-for", forwarded_for)
+            .body(Empty::new())
+            .unwrap();
+        let response = self.sender.send_request(request).await.expect("the server kept the connection open");
+        let status = response.status();
+        let remaining = response
+            .headers()
+            .get("ratelimit")
+            .and_then(|state| state.to_str().ok())
+            .and_then(|state| state.split(';').find_map(|field| field.strip_prefix("r=")))
+            .and_then(|left| left.parse().ok());
+        response.into_body().collect().await.unwrap();
+        (status, remaining)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
