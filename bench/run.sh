@@ -284,7 +284,8 @@ EOF
                 sed -e 's/^## .*//' "$TMP/orders-hot.md"
                 printf '\nCommand: `PRODUCTS=1 bench/orders.sh`.\n\n'
             fi
-            cat "$ROOT/bench/order-anatomy.md"
+            # A pointer, not a copy: the analysis is kept in one place and outlives any run.
+            printf 'Where an order'"'"'s time goes, what was changed for it and the profiles before and after: `bench/order-anatomy.md`.\n\n'
         fi
         if [[ -s $ROOT/docs/BENCHMARKS-live-updates.md && ${SKIP_WS:-0} != 1 ]]; then
             printf '## WebSocket fan-out (bench/ws.sh, same run)\n\n'
