@@ -25,7 +25,7 @@ pub struct StoredEvent {
 }
 
 /// Where a new tail starts: the newest event id, once nothing below it is still to commit.
-/// On PostgreSQL that waits for the transactions running when it looked (`outbox_horizon`),
+/// On PostgreSQL that waits for the appenders running when it looked (`outbox_horizon`),
 /// for at most `SETTLE_WAIT`; after that the tail starts anyway, at the newest id drawn,
 /// and the horizon it returns still waits for them (so no reader is told they settled).
 pub struct StartingPoint;
@@ -48,7 +48,7 @@ impl StartingPoint {
                 if horizon.is_waiting() {
                     tracing::warn!(
                         events_through = target,
-                        "transactions running at start-up have not ended; their events will reach \
+                        "appending transactions running at start-up have not ended; their events will reach \
                          other replicas and NATS, but this replica's live tail starts after them, \
                          and entries they make stale may stay in its cache for CACHE_TTL_SECONDS"
                     );

@@ -581,3 +581,27 @@ async fn an_event_that_commits_while_a_later_write_waits_is_delivered_first_and_
     resumed.subscribe(&["products"], Some(created["id"].as_i64().unwrap())).await;
     assert_eq!(ids(&resumed.events_through(patched[0]).await), [held_id, patched[0]]);
 }
+
+// PostgreSQL only: the horizon waits for the transactions that may hold an undelivered
+// event id, and only for those: a session left idle in a transaction that appended
+// nothing (a console someone forgot, a long report) must not stall every subscriber.
+on_postgres_only!(postgres_idle_transaction: a_transaction_left_open_that_appends_nothing_holds_up_no_delivery);
+
+async fn a_transaction_left_open_that_appends_nothing_holds_up_no_delivery() {
+    use diesel::{connection::SimpleConnection, Connection, PgConnection};
+    // No polling: what delivers is the replica's wake-up after its own write.
+    let app =
+        TestApp::builder(crate::common::Backend::Postgres).setting("event-poll-interval-ms", NO_POLLING).spawn().await;
+    let (_, admin) = app.admin("root@example.com").await;
+    let mut live = WsClient::connect(&app, None).await;
+    live.subscribe(&["products"], None).await;
+
+    // A transaction that holds a transaction id, wrote a row, and then sits idle.
+    let mut idle = PgConnection::establish(&app.database_url).unwrap();
+    idle.batch_execute("BEGIN; SELECT pg_current_xact_id(); UPDATE users SET name = name").unwrap();
+
+    let product = create_product(&app, &admin, json!({"name": "Lamp", "price_cents": 900, "stock": 1})).await;
+    let created = live.next_event().await;
+    assert_eq!(created["data"]["id"], product.as_str(), "delivered while the idle transaction is still open");
+    idle.batch_execute("ROLLBACK").unwrap();
+}

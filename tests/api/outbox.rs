@@ -90,8 +90,8 @@ async fn every_committed_change_appends_its_events_in_order(backend: Backend) {
 }
 
 // PostgreSQL only: ids are drawn before commit, so the horizon must wait for every
-// transaction that may hold one, including those that drew their ids after the last
-// transaction that ended (a snapshot does not list those: they are at or above its xmax).
+// transaction that may hold one, including two that drew their ids with nothing ending in
+// between (a snapshot would not list the second: it is at or above the snapshot's xmax).
 on_postgres_only!(postgres_horizon: the_horizon_waits_for_every_open_appender_and_then_moves_past_both);
 
 async fn the_horizon_waits_for_every_open_appender_and_then_moves_past_both() {

@@ -1,3 +1,5 @@
+DROP FUNCTION outbox_open_appenders();
+
 CREATE FUNCTION outbox_notify() RETURNS TRIGGER LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('storefront_outbox', '');

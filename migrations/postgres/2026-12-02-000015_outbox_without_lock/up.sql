@@ -1,12 +1,26 @@
 -- Outbox ids without a commit-order lock (see src/db/outbox_horizon.rs). Writers no longer
--- commit one at a time: readers read no further than the horizon instead. The one rule the
--- horizon needs from writers is that a transaction has its transaction id before it draws
--- an event id; `pg_current_xact_id()` assigns it if the events are its first write.
+-- commit one at a time: readers read no further than the horizon instead. What the horizon
+-- needs from writers is to be able to tell which transactions may still hold an event id
+-- that is not visible yet: every appender holds a *shared* advisory lock (appenders never
+-- wait for each other) from before it draws an id until it ends, and PostgreSQL releases a
+-- transaction's locks only after its commit is visible.
 CREATE OR REPLACE FUNCTION outbox_next_event_id() RETURNS BIGINT LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
-    PERFORM pg_current_xact_id();
+    -- 6000570781422210904 is 'SFOUTBOX' in ASCII: classid 1397116757, objid 1413631832.
+    PERFORM pg_advisory_xact_lock_shared(6000570781422210904);
     RETURN nextval('events_id_seq');
 END
+$$;
+
+-- The appenders running now, by virtual transaction id (unique while the server runs),
+-- prepared transactions included. Transactions that append nothing are never listed, so
+-- they never hold readers up.
+CREATE FUNCTION outbox_open_appenders() RETURNS TEXT[] LANGUAGE sql VOLATILE AS $$
+    SELECT ARRAY(
+        SELECT virtualtransaction FROM pg_locks
+        WHERE locktype = 'advisory'
+          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND classid = 1397116757 AND objid = 1413631832 AND objsubid = 1)
 $$;
 
 -- A NOTIFY inside the writing transaction takes the cluster's notification lock at COMMIT
