@@ -89,7 +89,8 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
         let (pool, breaker, origin) = (&self.pool, &self.breaker, self.origin);
         let (signals, cache) = (&self.outbox_appended, &self.cache);
         let (use_case, request_id) = (query.use_case, query.request_id);
-        let outcome = catch_panic(move || {
+        let mut outbox = Outbox::attributed(Attribution { origin, request_id });
+        let outcome = catch_panic(|| {
             let connection = pool.get();
             breaker.record_connection(connection.is_ok(), || {
                 connection.as_ref().err().map(ToString::to_string).unwrap_or_default()
@@ -98,21 +99,19 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
                 tracing::warn!(%error, "no database connection available");
                 AppError::unavailable("The database is unavailable; try again shortly.")
             })?;
-            let mut outbox = Outbox::attributed(Attribution { origin, request_id });
-            let outcome = use_case.run(&mut conn, &mut outbox);
-            if outbox.appended() {
-                // Read-your-writes: sent before the answer, so the writer's next read is
-                // queued behind it. Also after an error: a COMMIT that failed may have
-                // committed, and a dropped entry is only a miss. The relay leaves this
-                // replica's events to this.
-                for key in outbox.take_stale() {
-                    cache.invalidate(key);
-                }
-                // Read at once instead of at the next poll.
-                signals.appended();
-            }
-            outcome
+            use_case.run(&mut conn, &mut outbox)
         });
+        if outbox.appended() {
+            // Read-your-writes: sent before the answer, so the writer's next read is queued
+            // behind it. Also after an error or a panic: a COMMIT that failed may have
+            // committed, a use case may panic after its COMMIT, and a dropped entry is only
+            // a miss. The relay leaves this replica's events to this.
+            for key in outbox.take_stale() {
+                cache.invalidate(key);
+            }
+            // Read at once instead of at the next poll.
+            signals.appended();
+        }
         outcome.unwrap_or_else(|payload| {
             // The SyncArbiter builds a fresh DbExecutor for this thread after stop().
             ctx.stop();
