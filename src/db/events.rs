@@ -49,8 +49,8 @@ impl StartingPoint {
                     tracing::warn!(
                         events_through = target,
                         "appending transactions running at start-up have not ended; their events will reach \
-                         other replicas and NATS, but this replica's live tail starts after them, \
-                         and entries they make stale may stay in its cache for CACHE_TTL_SECONDS"
+                         other replicas and NATS, but this replica's live tail and replays may miss \
+                         them, and entries they make stale may stay in its cache for CACHE_TTL_SECONDS"
                     );
                 }
                 return Ok((target, horizon));
