@@ -16,7 +16,9 @@
 //! transaction that had the lock before `drawn` was read, so it is in `open` or has ended.
 //! Once every appender in `open` has ended, all events up to `drawn` are visible or never
 //! will be: the horizon moves to `drawn`. When `open` is empty it moves at once; otherwise
-//! a later look settles it.
+//! a later look settles it. A prepared (two-phase) appender changes its virtual id when it
+//! prepares, so while one is open nothing settles. Readers must look at the primary: a
+//! standby lists no appenders.
 //!
 //! What it costs: two short statements per look (none when nothing was drawn since the
 //! horizon last moved); one shared advisory lock per appending transaction, which no
@@ -59,9 +61,14 @@ struct Candidate {
     waits_for: Vec<String>,
 }
 
+/// How `outbox_open_appenders()` lists a prepared (two-phase) transaction: preparing moves
+/// its locks to a new owner, so the virtual id a candidate waits for may have become this.
+const PREPARED: &str = "prepared";
+
 impl Candidate {
+    /// While any prepared appender is open, nothing settles: it may be one this waits for.
     fn is_settled(&self, open: &[String]) -> bool {
-        self.waits_for.iter().all(|appender| !open.contains(appender))
+        self.waits_for.iter().all(|appender| !open.contains(appender)) && !open.iter().any(|a| a == PREPARED)
     }
 }
 
@@ -208,6 +215,19 @@ mod tests {
         assert!(!horizon.is_waiting(), "nothing above 50 was drawn");
         assert!(!horizon.needs_look(50));
         assert!(horizon.needs_look(51));
+    }
+
+    #[test]
+    fn nothing_settles_while_a_prepared_appender_is_open() {
+        let mut horizon = Horizon::at(0);
+        horizon.observe(10, &open(&["3/7"]));
+        // 3/7 ran PREPARE TRANSACTION: its lock is the prepared transaction's now.
+        horizon.observe(10, &open(&[PREPARED]));
+        assert_eq!(horizon.settled_through(), 0, "3/7 may be the prepared one");
+        horizon.observe(11, &open(&[PREPARED, "4/1"]));
+        assert_eq!(horizon.settled_through(), 0);
+        horizon.observe(11, &open(&[]));
+        assert_eq!(horizon.settled_through(), 11, "committed or rolled back: both looks settle");
     }
 
     #[test]

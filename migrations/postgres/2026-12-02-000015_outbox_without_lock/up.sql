@@ -12,12 +12,15 @@ BEGIN
 END
 $$;
 
--- The appenders running now, by virtual transaction id (unique while the server runs),
--- prepared transactions included. Transactions that append nothing are never listed, so
--- they never hold readers up.
+-- The appenders running now, by virtual transaction id (unique while the server runs).
+-- A prepared (two-phase) transaction is listed as 'prepared': preparing gives its locks a
+-- new owner, so its earlier virtual id disappears while it may still commit. Transactions
+-- that append nothing are never listed, so they never hold readers up. Every id must come
+-- from the default above: an id given explicitly, or drawn by nextval() directly, is not
+-- waited for (and the sequence must keep CACHE 1, so that last_value bounds what was drawn).
 CREATE FUNCTION outbox_open_appenders() RETURNS TEXT[] LANGUAGE sql VOLATILE AS $$
     SELECT ARRAY(
-        SELECT virtualtransaction FROM pg_locks
+        SELECT CASE WHEN pid IS NULL THEN 'prepared' ELSE virtualtransaction END FROM pg_locks
         WHERE locktype = 'advisory'
           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
           AND classid = 1397116757 AND objid = 1413631832 AND objsubid = 1)
