@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::{
     connection::CommitUncertain,
     kept_prepared::KeepPrepared,
-    outbox::{NewEvent, Outbox, StoredAnswer},
+    outbox::{NewEvent, Outbox},
     schema::idempotency_keys as keys,
     DbConnection,
 };
@@ -90,14 +90,8 @@ where
         }
         let Written { value, events } = effect(conn).map_err(Attempt::Effect)?;
         let body = serde_json::to_string(&value).map_err(|e| AppError::internal("encode response", &e))?;
-        if let DbConnection::Postgres(pg) = conn {
-            let (user_id, scope, key) = key.primary_key();
-            let answer = StoredAnswer { user_id: &user_id, scope, key, status: i32::from(status), body: &body };
-            outbox.append_answering(pg, events, answer)?;
-        } else {
-            store(conn, key, status, &body)?;
-            outbox.append(conn, events)?;
-        }
+        store(conn, key, status, &body)?;
+        outbox.append(conn, events)?;
         Ok(Outcome::Fresh(value))
     });
     match attempt {

@@ -5,9 +5,8 @@
 //! On PostgreSQL ids are drawn in insert order, not commit order, and no lock makes
 //! writers take turns: readers read no further than the horizon (`outbox_horizon`), below
 //! which every event that will ever commit is visible. Writers append their events in ONE
-//! statement as the last thing before COMMIT (on PostgreSQL `idempotency::run_once`'s
-//! answer is stored by that same statement): then two transactions that touched the same
-//! row get ids in their commit order.
+//! statement as the last thing before COMMIT (`idempotency::run_once` stores its answer
+//! first): then two transactions that touched the same row get ids in their commit order.
 //! Rows that were never committed leave holes in the ids, which readers simply never see.
 //! SQLite writers are serialised by `BEGIN IMMEDIATE`, so there ids follow commit order.
 //!
@@ -27,7 +26,7 @@ use tokio::sync::Notify;
 
 use diesel::{
     prelude::*,
-    sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamp},
+    sql_types::{Array, BigInt, Nullable, Text, Timestamp},
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -37,18 +36,6 @@ use crate::{
     domain::{cache_key::CacheKey, clock},
     error::AppError,
 };
-
-/// The events INSERT on PostgreSQL: `$1`–`$4` one array per column, `$5`–`$7` what every
-/// event of the transaction shares; ids are drawn in the arrays' order.
-macro_rules! insert_events_sql {
-    () => {
-        "INSERT INTO events (topic, kind, user_id, payload, origin, request_id, created_at) \
-         SELECT topic, kind, user_id, payload, $5, $6, $7 \
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
-         WITH ORDINALITY AS appended (topic, kind, user_id, payload, position) \
-         ORDER BY position RETURNING id"
-    };
-}
 
 /// The PostgreSQL notification channel that says "the outbox has new events" (sent after
 /// commits by each replica's `outbox_listener`).
@@ -114,119 +101,85 @@ impl Outbox {
         if new_events.is_empty() {
             return Ok(());
         }
-        match conn {
-            DbConnection::Postgres(pg) => self.append_on_postgres(pg, new_events, None),
-            DbConnection::Sqlite(conn) => {
-                // A multi-row insert takes a path of diesel's own there.
-                let rows = self.rows(new_events);
-                diesel::insert_into(events::table).values(&rows).execute(conn)?;
-                self.appended = true;
-                Ok(())
-            }
-        }
-    }
-
-    /// Appends events and stores an idempotent request's answer (`db::idempotency`) in
-    /// one statement: a round trip fewer while the transaction holds its row locks.
-    pub fn append_answering(
-        &mut self,
-        conn: &mut PgConnection,
-        new_events: Vec<NewEvent>,
-        answer: StoredAnswer<'_>,
-    ) -> Result<(), AppError> {
-        self.append_on_postgres(conn, new_events, Some(answer))
-    }
-
-    /// One shape whatever the number of events (arrays, not a row of binds per event), so
-    /// each connection keeps one prepared statement for it, two with the answer.
-    fn append_on_postgres(
-        &mut self,
-        conn: &mut PgConnection,
-        new_events: Vec<NewEvent>,
-        answer: Option<StoredAnswer<'_>>,
-    ) -> Result<(), AppError> {
-        let appends = !new_events.is_empty();
-        let rows = self.rows(new_events);
-        let (origin, request_id, created_at) = match rows.first() {
-            Some(row) => (row.origin.clone(), row.request_id.clone(), row.created_at),
-            None => (None, None, clock::now()),
-        };
-        let mut topics = Vec::with_capacity(rows.len());
-        let mut kinds = Vec::with_capacity(rows.len());
-        let mut owners = Vec::with_capacity(rows.len());
-        let mut payloads = Vec::with_capacity(rows.len());
-        for row in rows {
-            topics.push(row.topic);
-            kinds.push(row.kind);
-            owners.push(row.user_id);
-            payloads.push(row.payload);
-        }
-        let insert = diesel::sql_query(match answer {
-            Some(_) => concat!(
-                "WITH answer AS (UPDATE idempotency_keys SET response_status = $8, response_body = $9 ",
-                "WHERE user_id = $10 AND scope = $11 AND idempotency_key = $12) ",
-                insert_events_sql!()
-            ),
-            None => insert_events_sql!(),
-        })
-        .bind::<Array<Text>, _>(topics)
-        .bind::<Array<Text>, _>(kinds)
-        .bind::<Array<Nullable<Text>>, _>(owners)
-        .bind::<Array<Text>, _>(payloads)
-        .bind::<Nullable<Text>, _>(origin)
-        .bind::<Nullable<Text>, _>(request_id)
-        .bind::<Timestamp, _>(created_at);
-        // Loaded, not executed, so that it is kept prepared (see `kept_prepared`).
-        match answer {
-            Some(answer) => insert
-                .bind::<Integer, _>(answer.status)
-                .bind::<Text, _>(answer.body)
-                .bind::<Text, _>(answer.user_id)
-                .bind::<Text, _>(answer.scope)
-                .bind::<Text, _>(answer.key)
-                .keep_prepared()
-                .load::<AppendedId>(conn)?,
-            None => insert.keep_prepared().load::<AppendedId>(conn)?,
-        };
-        self.appended |= appends;
-        Ok(())
-    }
-
-    /// The rows for `new_events`, attributed, with the cache entries they make stale noted.
-    fn rows(&mut self, new_events: Vec<NewEvent>) -> Vec<EventRow> {
-        let created_at = clock::now();
-        let (origin, request_id) = match &self.attribution {
-            Some(who) => (Some(who.origin.to_string()), who.request_id.as_deref().map(str::to_owned)),
-            None => (None, None),
-        };
         self.stale.extend(
             new_events
                 .iter()
                 .filter_map(|event| made_stale(event.topic, event.user_id.as_deref(), || Some(&event.payload))),
         );
-        new_events
-            .into_iter()
-            .map(|event| EventRow {
-                topic: event.topic,
-                kind: event.kind,
-                user_id: event.user_id,
-                payload: event.payload.to_string(),
-                origin: origin.clone(),
-                created_at,
-                request_id: request_id.clone(),
-            })
-            .collect()
+        let created_at = clock::now();
+        let (origin, request_id) = match &self.attribution {
+            Some(who) => (Some(who.origin.to_string()), who.request_id.as_deref().map(str::to_owned)),
+            None => (None, None),
+        };
+        match conn {
+            // One shape whatever the number of events (an array per column, not a row of
+            // binds per event), so each connection keeps one prepared statement for it.
+            DbConnection::Postgres(conn) => {
+                let mut columns = EventColumns::with_capacity(new_events.len());
+                for event in new_events {
+                    columns.topics.push(event.topic);
+                    columns.kinds.push(event.kind);
+                    columns.owners.push(event.user_id);
+                    columns.payloads.push(event.payload.to_string());
+                }
+                diesel::sql_query(INSERT_EVENTS)
+                    .bind::<Array<Text>, _>(columns.topics)
+                    .bind::<Array<Text>, _>(columns.kinds)
+                    .bind::<Array<Nullable<Text>>, _>(columns.owners)
+                    .bind::<Array<Text>, _>(columns.payloads)
+                    .bind::<Nullable<Text>, _>(origin)
+                    .bind::<Nullable<Text>, _>(request_id)
+                    .bind::<Timestamp, _>(created_at)
+                    .keep_prepared()
+                    // Loaded, not executed, so that it is kept prepared (see `kept_prepared`).
+                    .load::<AppendedId>(conn)?;
+            }
+            // A multi-row insert takes a path of diesel's own there.
+            DbConnection::Sqlite(conn) => {
+                let rows: Vec<EventRow> = new_events
+                    .into_iter()
+                    .map(|event| EventRow {
+                        topic: event.topic,
+                        kind: event.kind,
+                        user_id: event.user_id,
+                        payload: event.payload.to_string(),
+                        origin: origin.clone(),
+                        created_at,
+                        request_id: request_id.clone(),
+                    })
+                    .collect();
+                diesel::insert_into(events::table).values(&rows).execute(conn)?;
+            }
+        }
+        self.appended = true;
+        Ok(())
     }
 }
 
-/// An idempotent request's answer, stored by the statement that appends its events.
-#[derive(Debug, Clone, Copy)]
-pub struct StoredAnswer<'a> {
-    pub user_id: &'a str,
-    pub scope: &'a str,
-    pub key: &'a str,
-    pub status: i32,
-    pub body: &'a str,
+/// The events INSERT on PostgreSQL: `$1`–`$4` one array per column, `$5`–`$7` what every
+/// event of the transaction shares; ids are drawn in the arrays' order.
+const INSERT_EVENTS: &str = "INSERT INTO events (topic, kind, user_id, payload, origin, request_id, created_at) \
+     SELECT topic, kind, user_id, payload, $5, $6, $7 \
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
+     WITH ORDINALITY AS appended (topic, kind, user_id, payload, position) \
+     ORDER BY position RETURNING id";
+
+struct EventColumns {
+    topics: Vec<&'static str>,
+    kinds: Vec<&'static str>,
+    owners: Vec<Option<String>>,
+    payloads: Vec<String>,
+}
+
+impl EventColumns {
+    fn with_capacity(events: usize) -> Self {
+        Self {
+            topics: Vec::with_capacity(events),
+            kinds: Vec::with_capacity(events),
+            owners: Vec::with_capacity(events),
+            payloads: Vec::with_capacity(events),
+        }
+    }
 }
 
 #[derive(QueryableByName)]
