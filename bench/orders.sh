@@ -42,6 +42,10 @@ PIDS=()
 source "$ROOT/bench/lib.sh"
 
 sql() { psql "$PG_BASE/$DB" -Atqc "$1"; }
+# Busy ticks of all CPUs (user, nice, system, irq, softirq) and steal, from /proc/stat.
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat; }
+# utime + stime of one process, in ticks.
+process_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 main() {
     cd "$ROOT"
@@ -85,7 +89,14 @@ with open(out, "w") as f:
 PY
     cat "$TMP/tokens.lua" "$ROOT/bench/orders.lua" >"$TMP/orders.lua"
     log "orders: wrk -c$CONNECTIONS -d$DURATION POST /api/v1/orders"
+    # CPU per order, which a busy host bends less than orders/s: the whole machine's busy
+    # ticks (wrk included, `steal` apart) and the server's own, across the wrk run.
+    local machine_before server_before machine_after server_after
+    machine_before=$(machine_ticks)
+    server_before=$(process_ticks "$pid")
     wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$TMP/orders.lua" "http://$ADDR/api/v1/orders" >"$TMP/orders.wrk"
+    machine_after=$(machine_ticks)
+    server_after=$(process_ticks "$pid")
     cat "$TMP/orders.wrk" >&2
     stop_pid "$pid"
     # Invariants, in SQL, after the server stopped.
@@ -109,9 +120,15 @@ PY
     pgbench -c "$CONNECTIONS" -j 2 -T "${DURATION%s}" "$PG_BASE/$PGBENCH_DB" >"$TMP/pgbench-$CONNECTIONS.log" 2>&1
     psql "$PG" -qc "DROP DATABASE IF EXISTS $PGBENCH_DB" -c "DROP DATABASE IF EXISTS $DB"
 
-    python3 - "$TMP" "$CONNECTIONS" "$breaks" "$orders" "$USERS" "$PRODUCTS" >"$OUT" <<'PY'
+    python3 - "$TMP" "$CONNECTIONS" "$breaks" "$orders" "$USERS" "$PRODUCTS" "$(getconf CLK_TCK)" \
+        "$machine_before" "$machine_after" "$server_before" "$server_after" >"$OUT" <<'PY'
 import re, sys
 tmp, conns, breaks, orders, users, products = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+tick_ms = 1000 / int(sys.argv[7])
+(busy0, steal0), (busy1, steal1) = (map(int, sys.argv[n].split()) for n in (8, 9))
+machine_ms = (busy1 - busy0) * tick_ms / max(int(orders), 1)
+server_ms = (int(sys.argv[11]) - int(sys.argv[10])) * tick_ms / max(int(orders), 1)
+steal_share = 100 * (steal1 - steal0) / max(busy1 - busy0 + steal1 - steal0, 1)
 wrk = open(f"{tmp}/orders.wrk").read()
 rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", wrk).group(1))
 p99 = re.search(r"^\s+99%\s+(\S+)", wrk, re.M).group(1)
@@ -135,6 +152,10 @@ print(f"""## Order placement on PostgreSQL vs pgbench
 | storefront `POST /api/v1/orders`, {conns} connections over {users} users and {products} product(s) | {rps:.1f} | {p99} | {five} | {non2} | {breaks} |
 | pgbench TPC-B-like, scale 8, `-c 8 -j 2` | {t8:.1f} tps | | | | |
 | pgbench TPC-B-like, scale 8, `-c {conns} -j 2` | {tn:.1f} tps | | | | |
+
+CPU per order, over the wrk run: {machine_ms:.3f} ms of the whole machine (storefront, PostgreSQL, wrk), of which storefront {server_ms:.3f} ms; steal {steal_share:.1f}% of the busy time.
+
+ORDERS_CPU\t{machine_ms:.3f}\t{server_ms:.3f}\t{steal_share:.1f}
 
 Orders committed: {orders}. Ratio to the better pgbench figure: **{ratio:.1f}%** (target ≥ 40%, zero 5xx, zero invariant breaks): {met}.
 

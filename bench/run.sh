@@ -430,10 +430,10 @@ main() {
         summary=$(grep '^ORDERS_SUMMARY' "$TMP/orders.md" || true)
         IFS=$'\t' read -r _ o_rps o_pg o_ratio ORDERS_MET o_5xx o_breaks <<<"$summary"
         ORDERS_MEASURED="$o_rps orders/s vs $o_pg tps = ${o_ratio}%; 5xx $o_5xx; invariant breaks $o_breaks"
-        sed -i '/^ORDERS_SUMMARY/d' "$TMP/orders.md"
+        sed -i '/^ORDERS_\(SUMMARY\|CPU\)/d' "$TMP/orders.md"
         log "orders, hot row: PRODUCTS=1 bench/orders.sh"
         PRODUCTS=1 "$ROOT/bench/orders.sh" "$TMP/orders-hot.md"
-        sed -i '/^ORDERS_SUMMARY/d' "$TMP/orders-hot.md"
+        sed -i '/^ORDERS_\(SUMMARY\|CPU\)/d' "$TMP/orders-hot.md"
     fi
 
     if [[ ${SKIP_WS:-0} != 1 ]]; then
