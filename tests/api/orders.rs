@@ -94,6 +94,15 @@ async fn short_funds_are_refused_and_nothing_changes(backend: Backend) {
 
     let refused = assert_problem(order(&app, &buyer, &[(&vase, 2)]).await, 409).await;
     assert_eq!(refused["type"], INSUFFICIENT_FUNDS);
+    // What is wrong with the products is told before what the balance lacks.
+    let mug = product(&app, &admin, "Mug", 500, 1).await;
+    let short = assert_problem(order(&app, &buyer, &[(&vase, 2), (&mug, 2)]).await, 409).await;
+    assert_eq!((&short["type"], &short["product_ids"]), (&json!(INSUFFICIENT_STOCK), &json!([mug])));
+    let archived = app.send_json(Method::PATCH, &product_path(&mug), &admin, &json!({"status": "archived"})).await;
+    assert_eq!(archived.status(), 200);
+    let unavailable = assert_problem(order(&app, &buyer, &[(&vase, 2), (&mug, 1)]).await, 422).await;
+    assert_eq!(fields(&unavailable), ["items[1].product_id"]);
+    assert_eq!(stock(&app, &mug).await, 1);
     assert_eq!(stock(&app, &vase).await, 10, "no stock was taken");
     assert_eq!(balance(&app, &buyer).await, 999);
     assert_eq!(total(&app, ORDERS, &buyer).await, 0);
@@ -342,7 +351,8 @@ async fn an_order_placed_while_its_product_is_repriced_pays_the_price_that_holds
 // PostgreSQL only: `pg_prepared_statements` shows what a connection keeps prepared.
 on_postgres_only!(postgres_prepared: the_statements_of_an_order_stay_prepared_on_their_connection);
 
-/// Each order's UPDATEs, claim and event INSERT are parsed and planned once per
+/// Each order's statements (the claim, the one that prices, debits and writes the order,
+/// the stock UPDATE, the stored answer, the event INSERT) are parsed and planned once per
 /// connection, not once per order (diesel alone would prepare them anew every time).
 async fn the_statements_of_an_order_stay_prepared_on_their_connection() {
     use diesel::{QueryableByName, RunQueryDsl};
@@ -383,13 +393,9 @@ async fn the_statements_of_an_order_stay_prepared_on_their_connection() {
     };
     let kept = |prepared: &[String], start: &str| prepared.iter().filter(|s| s.starts_with(start)).count();
     let after_orders = prepared(&mut conn);
-    for start in [
-        "UPDATE \"products\"",
-        "UPDATE \"accounts\"",
-        "WITH lock AS",
-        "UPDATE \"idempotency_keys\"",
-        "INSERT INTO events",
-    ] {
+    for start in
+        ["UPDATE \"products\"", "WITH line AS", "WITH lock AS", "UPDATE \"idempotency_keys\"", "INSERT INTO events"]
+    {
         assert_eq!(kept(&after_orders, start), 1, "{start}… is kept prepared once, for every order: {after_orders:#?}");
     }
     // A write that appends one event, not an order's three, on the same connection.
