@@ -72,7 +72,7 @@ pub(super) fn credit(
 }
 
 /// Takes from a balance only if it covers the amount: the account afterwards, `None` when
-/// it does not.
+/// it does not. An order's debit on PostgreSQL is `orders::OPEN_ORDER`: keep the two alike.
 pub(super) fn debit(
     conn: &mut DbConnection,
     user_id: Uuid,
@@ -89,7 +89,7 @@ pub(super) fn debit(
     Ok(debited.map(|(balance_cents, updated_at)| account(user_id, balance_cents, updated_at)))
 }
 
-fn account(user_id: Uuid, balance_cents: i64, updated_at: NaiveDateTime) -> Account {
+pub(super) fn account(user_id: Uuid, balance_cents: i64, updated_at: NaiveDateTime) -> Account {
     Account { user_id, balance_cents, updated_at: clock::to_utc(updated_at) }
 }
 

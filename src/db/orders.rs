@@ -12,7 +12,7 @@ use diesel::{
 use uuid::Uuid;
 
 use super::{
-    accounts::{account_event, credit, debit, insufficient_funds},
+    accounts::{account, account_event, credit, debit, insufficient_funds},
     catalog::{find_live, product_columns, product_event, ProductRow},
     idempotency::{run_once, IdempotencyKey, Outcome, Written},
     kept_prepared::KeepPrepared,
@@ -107,10 +107,11 @@ fn place_order(conn: &mut DbConnection, user_id: Uuid, lines: &[OrderLine]) -> R
     let mut sorted: Vec<(usize, &OrderLine)> = lines.iter().enumerate().collect();
     sorted.sort_by_key(|(_, line)| line.product_id.to_string());
     let ids: Vec<String> = sorted.iter().map(|(_, line)| line.product_id.to_string()).collect();
-    let order_id = Uuid::now_v7();
-    let (items, total_cents, mut account) = open_order(conn, user_id, &order_id.to_string(), lines, &sorted, now)?;
+    let id = Uuid::now_v7();
+    let order_id = id.to_string();
+    let (items, total_cents, mut account) = open_order(conn, user_id, &order_id, lines, &sorted, &ids, now)?;
     let mut order = Order {
-        id: order_id,
+        id,
         user_id,
         status: OrderStatus::Paid,
         total_cents,
@@ -118,7 +119,6 @@ fn place_order(conn: &mut DbConnection, user_id: Uuid, lines: &[OrderLine]) -> R
         created_at: clock::to_utc(now),
         updated_at: clock::to_utc(now),
     };
-    let order_id = order.id.to_string();
 
     // Take the stock, in product id order (so concurrent orders cannot deadlock), reading
     // the name and price back under the row lock: they cannot change before COMMIT.
@@ -202,11 +202,13 @@ fn open_order(
     order_id: &str,
     lines: &[OrderLine],
     sorted: &[(usize, &OrderLine)],
+    sorted_ids: &[String],
     now: NaiveDateTime,
 ) -> Result<(Vec<OrderItem>, i64, Account), AppError> {
     if let DbConnection::Postgres(conn) = conn {
-        // One round trip instead of four: on PostgreSQL each statement costs a network
-        // round trip on both sides, and an order's statements were most of both sides' CPU.
+        // One round trip instead of three plus one per line: on PostgreSQL each statement
+        // costs a network round trip on both sides, and an order's statements were most
+        // of both sides' CPU.
         let rows: Vec<OpenedLine> = diesel::sql_query(OPEN_ORDER)
             .bind::<Array<Text>, _>(lines.iter().map(|line| line.product_id.to_string()).collect::<Vec<_>>())
             .bind::<Array<BigInt>, _>(lines.iter().map(|line| line.quantity).collect::<Vec<_>>())
@@ -221,7 +223,7 @@ fn open_order(
         let mut debited = None;
         for row in rows {
             if let (Some(balance_cents), Some(updated_at)) = (row.balance_cents, row.balance_updated_at) {
-                debited = Some(Account { user_id, balance_cents, updated_at: clock::to_utc(updated_at) });
+                debited = Some(account(user_id, balance_cents, updated_at));
             }
             let slot = usize::try_from(row.position).ok().and_then(|position| priced.get_mut(position));
             let slot = slot.ok_or_else(|| AppError::Internal(format!("order line {} out of range", row.position)))?;
@@ -236,9 +238,8 @@ fn open_order(
         return Ok((items, total_cents, debited.ok_or_else(insufficient_funds)?));
     }
 
-    let ids: Vec<String> = sorted.iter().map(|(_, line)| line.product_id.to_string()).collect();
     let mut found: HashMap<String, ProductRow> = products::table
-        .filter(products::id.eq_any(&ids))
+        .filter(products::id.eq_any(sorted_ids))
         .filter(products::deleted_at.is_null())
         .select(ProductRow::as_select())
         .load::<ProductRow>(conn)?
@@ -323,10 +324,13 @@ fn priced_items(
 
 /// `open_order` on PostgreSQL, in one statement: `$1`/`$2` the lines' product ids and
 /// quantities (in the lines' order), `$3` the user, `$4` now, `$5` the new order's id,
-/// `$6` the active product status, `$7` the paid order status. Every CTE runs on the
-/// statement's one snapshot, like the separate statements' plain read did; the debit and
-/// the writes happen only when every line is orderable, the total fits a bigint and the
-/// balance covers it. One row per line comes back, in the lines' order, with the
+/// `$6` the active product status, `$7` the paid order status. The products are read on
+/// the statement's snapshot, like the separate plain read was; the debit, like
+/// `accounts::debit` (keep the two alike), waits for a concurrent writer of the account and
+/// re-checks the balance as that writer left it. The debit and the writes happen only when
+/// every line is orderable, the total fits a bigint and the balance covers it (the bigint
+/// bound is a guard: a bigint balance cannot cover more, and the API's limits on prices,
+/// quantities and lines keep totals far below it). One row per line comes back, in the lines' order, with the
 /// product as read (NULLs when missing or deleted) and the balance after the debit (NULLs
 /// when there was none), for `priced_items` to tell why.
 const OPEN_ORDER: &str = "WITH line AS ( \

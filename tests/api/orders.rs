@@ -24,7 +24,9 @@ async fn orders_take_stock_and_debit_exactly_their_total(backend: Backend) {
     let notebook = product(&app, &admin, "Notebook", 350, 10).await;
     let pen = product(&app, &admin, "Pen", 120, 20).await;
 
-    let response = order(&app, &buyer, &[(&notebook, 2), (&pen, 3)]).await;
+    // The lines out of id order (ids are UUID v7, so the pen's sorts after the notebook's):
+    // stock is taken in id order, items come back in the order given.
+    let response = order(&app, &buyer, &[(&pen, 3), (&notebook, 2)]).await;
     assert_eq!(response.status(), 201);
     let location = header(&response, "location");
     let placed = json_of(response).await;
@@ -37,8 +39,10 @@ async fn orders_take_stock_and_debit_exactly_their_total(backend: Backend) {
     assert_eq!(placed["total_cents"], 2 * 350 + 3 * 120);
     let items = placed["items"].as_array().unwrap();
     assert_eq!(items.len(), 2);
-    for (product_id, name, unit_price_cents, quantity) in [(&notebook, "Notebook", 350, 2), (&pen, "Pen", 120, 3)] {
-        let item = items.iter().find(|item| item["product_id"] == product_id.as_str()).expect("an item per product");
+    for (item, (product_id, name, unit_price_cents, quantity)) in
+        items.iter().zip([(&pen, "Pen", 120, 3), (&notebook, "Notebook", 350, 2)])
+    {
+        assert_eq!(item["product_id"], product_id.as_str());
         assert_eq!(keys(item), ["name", "product_id", "quantity", "unit_price_cents"]);
         assert_eq!(
             (item["name"].as_str(), item["unit_price_cents"].as_i64(), item["quantity"].as_i64()),
@@ -292,32 +296,27 @@ impl Shop {
     }
 }
 
-// PostgreSQL only: there, an admin's change can commit while an order is being placed.
-on_postgres_only!(postgres_repricing: an_order_placed_while_its_product_is_repriced_pays_the_price_that_holds_when_the_stock_is_taken);
+/// Places the order in the background, as the buyer.
+fn place_in_background(
+    app: &TestApp,
+    buyer: &str,
+    body: Value,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let (address, buyer) = (app.address.clone(), buyer.to_owned());
+    tokio::spawn(async move {
+        reqwest::Client::new().post(format!("{address}{ORDERS}")).bearer_auth(&buyer).json(&body).send().await
+    })
+}
 
-async fn an_order_placed_while_its_product_is_repriced_pays_the_price_that_holds_when_the_stock_is_taken() {
-    use diesel::{connection::SimpleConnection, Connection, PgConnection, QueryableByName, RunQueryDsl};
+/// Returns once a statement of the app's database waits for a row lock, failing if the
+/// order in `placing` finished first (it did not wait) or nothing waits within 30 s.
+async fn until_it_waits_for_a_row<T>(app: &TestApp, placing: &tokio::task::JoinHandle<T>) {
+    use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
     #[derive(QueryableByName)]
     struct Count {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
-    let Shop { app, buyer, teapot, .. } = Shop::on_postgres().await;
-
-    // A price change that has not committed yet, holding the product's row.
-    let mut admin_tx = PgConnection::establish(&app.database_url).unwrap();
-    admin_tx
-        .batch_execute(&format!(
-            "BEGIN; UPDATE products SET price_cents = 700, name = 'Teapot (large)' WHERE id = '{teapot}'"
-        ))
-        .unwrap();
-    let placing = {
-        let (address, buyer, body) = (app.address.clone(), buyer.clone(), order_body(&[(&teapot, 2)]));
-        tokio::spawn(async move {
-            reqwest::Client::new().post(format!("{address}{ORDERS}")).bearer_auth(&buyer).json(&body).send().await
-        })
-    };
-    // The order gets as far as the row (it may have priced the teapot at 500 by then).
     let mut watcher = PgConnection::establish(&app.database_url).unwrap();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
@@ -328,12 +327,31 @@ async fn an_order_placed_while_its_product_is_repriced_pays_the_price_that_holds
         .unwrap()
         .n;
         if waiting > 0 {
-            break;
+            return;
         }
-        assert!(!placing.is_finished(), "the order did not wait for the product's row");
-        assert!(tokio::time::Instant::now() < deadline, "the order never reached the product's row");
+        assert!(!placing.is_finished(), "the order did not wait for the row");
+        assert!(tokio::time::Instant::now() < deadline, "the order never reached the row");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+// PostgreSQL only: there, an admin's change can commit while an order is being placed.
+on_postgres_only!(postgres_repricing: an_order_placed_while_its_product_is_repriced_pays_the_price_that_holds_when_the_stock_is_taken);
+
+async fn an_order_placed_while_its_product_is_repriced_pays_the_price_that_holds_when_the_stock_is_taken() {
+    use diesel::{connection::SimpleConnection, Connection, PgConnection};
+    let Shop { app, buyer, teapot, .. } = Shop::on_postgres().await;
+
+    // A price change that has not committed yet, holding the product's row.
+    let mut admin_tx = PgConnection::establish(&app.database_url).unwrap();
+    admin_tx
+        .batch_execute(&format!(
+            "BEGIN; UPDATE products SET price_cents = 700, name = 'Teapot (large)' WHERE id = '{teapot}'"
+        ))
+        .unwrap();
+    let placing = place_in_background(&app, &buyer, order_body(&[(&teapot, 2)]));
+    // The order gets as far as the row (it may have priced the teapot at 500 by then).
+    until_it_waits_for_a_row(&app, &placing).await;
     admin_tx.batch_execute("COMMIT").unwrap();
 
     let placed = json_of(placing.await.unwrap().unwrap()).await;
@@ -346,6 +364,42 @@ async fn an_order_placed_while_its_product_is_repriced_pays_the_price_that_holds
     let stored = json_of(app.get_as(&format!("{ORDERS}/{}", id_of(&placed)), &buyer).await).await;
     assert_eq!(stored, placed, "the stored order is the one answered");
     assert_eq!(stock(&app, &teapot).await, 3);
+}
+
+// PostgreSQL only: there, a debit can commit while an order is being placed.
+on_postgres_only!(postgres_drained_balance: an_order_placed_while_the_balance_is_drained_is_refused_and_changes_nothing);
+
+/// The order's debit waits for the account's row and then re-checks the balance as it
+/// is after the other debit, not as the order first read it.
+async fn an_order_placed_while_the_balance_is_drained_is_refused_and_changes_nothing() {
+    use diesel::{connection::SimpleConnection, Connection, PgConnection, QueryableByName, RunQueryDsl};
+    #[derive(QueryableByName)]
+    struct Left {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        balance_cents: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        orders: i64,
+    }
+    let Shop { app, buyer_id, buyer, teapot } = Shop::on_postgres().await;
+
+    // A debit that has not committed yet, holding the account's row: it leaves 100 cents.
+    let mut other_tx = PgConnection::establish(&app.database_url).unwrap();
+    other_tx
+        .batch_execute(&format!("BEGIN; UPDATE accounts SET balance_cents = 100 WHERE user_id = '{buyer_id}'"))
+        .unwrap();
+    let placing = place_in_background(&app, &buyer, order_body(&[(&teapot, 2)]));
+    until_it_waits_for_a_row(&app, &placing).await;
+    other_tx.batch_execute("COMMIT").unwrap();
+
+    let refused = assert_problem(placing.await.unwrap().unwrap(), 409).await;
+    assert_eq!(refused["type"], INSUFFICIENT_FUNDS);
+    let left = diesel::sql_query(format!(
+        "SELECT balance_cents, (SELECT count(*) FROM orders) AS orders FROM accounts WHERE user_id = '{buyer_id}'"
+    ))
+    .get_result::<Left>(&mut other_tx)
+    .unwrap();
+    assert_eq!((left.balance_cents, left.orders), (100, 0), "nothing was debited and no order was written");
+    assert_eq!(stock(&app, &teapot).await, 5);
 }
 
 // PostgreSQL only: `pg_prepared_statements` shows what a connection keeps prepared.
