@@ -108,6 +108,8 @@ async fn main() -> std::io::Result<()> {
             // No cache: reads only, and nothing to invalidate.
             cache: CacheTiers::start(None, Duration::ZERO, 1, Arc::clone(&metrics), reporter.clone()),
             breaker,
+            // No relay: nothing publishes a position, and these reads answer none.
+            event_position: Default::default(),
         },
         reporter,
         metrics,

@@ -23,6 +23,7 @@ use crate::{
         cache::{CacheClient, CacheTiers, CacheTimeouts},
         db_executor::DbGatewaySettings,
         event_hub::{EventHub, HubLimits},
+        event_position::EventPosition,
         event_relay::{EventRelay, RelaySettings},
         health::{BeginShutdown, Health, WatchDatabase, WatchOps},
         janitor::{Janitor, Retention},
@@ -98,6 +99,7 @@ impl Application {
         };
         let reporter = RestartReporter::new(Arc::clone(&metrics), health.clone().recipient());
         let outbox_appended = OutboxSignals::default();
+        let event_position = EventPosition::default();
         let breaker = DbBreaker::new(
             BreakerSettings { failure_threshold: config.db_breaker_failures, cooldown: config.db_breaker_cooldown },
             Arc::clone(&metrics),
@@ -124,6 +126,7 @@ impl Application {
                 outbox_appended: outbox_appended.clone(),
                 cache: cache_tiers.clone(),
                 breaker: Arc::clone(&breaker),
+                event_position: event_position.clone(),
             },
             reporter.clone(),
             Arc::clone(&metrics),
@@ -161,6 +164,7 @@ impl Application {
                 horizon,
                 signals: outbox_appended,
                 horizon_watch,
+                event_position,
                 origin,
                 listen_url: match &config.database.url {
                     DatabaseUrl::Postgres { url } => Some(url.clone()),
@@ -367,7 +371,7 @@ fn cors(config: &Config) -> Cors {
         .allowed_header("idempotency-key")
         .allowed_header("x-request-id")
         .expose_headers([header::ETAG, header::LOCATION, header::RETRY_AFTER])
-        .expose_headers(["x-request-id", "ratelimit", "ratelimit-policy", "idempotent-replayed"])
+        .expose_headers(["x-request-id", "ratelimit", "ratelimit-policy", "idempotent-replayed", "event-position"])
         // A disallowed origin just gets no CORS headers (the browser then blocks it);
         // refusing the request outright would also break non-browser clients sending Origin.
         .block_on_origin_mismatch(false)

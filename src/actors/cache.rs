@@ -2,6 +2,8 @@
 //! with a TTL, runs at most one database load per key at a time (single flight: every
 //! concurrent miss waits for that load), and never lets a load that began before an
 //! invalidation fill the cache (each load is tracked by id; an invalidation detaches it).
+//! Each entry keeps the event position observed before its load (`event_position`), so a
+//! hit answers the position the entry was loaded at, whoever asked for the load.
 
 use std::{collections::HashMap, future::Future, num::NonZeroUsize, sync::Arc, time::Duration, time::Instant};
 
@@ -17,6 +19,7 @@ use uuid::Uuid;
 use super::{
     chaos::crashed,
     db_executor::DbGateway,
+    event_position::Positioned,
     report::{ActorReport, GetActorReport},
     shards::Shards,
     supervision::{guarded, Guarded, PanicPayload, RestartReporter},
@@ -35,13 +38,16 @@ const ACTOR: &str = "cache";
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
-pub enum Cached {
+pub enum CachedItem {
     /// Rendered once when loaded: a hit hands out shared bytes, it serialises nothing.
     Product(Option<RenderedProduct>),
     User(Option<User>),
 }
 
-impl Cached {
+/// What an entry holds: the item, and the event position observed before it was loaded.
+pub type Cached = Positioned<CachedItem>;
+
+impl CachedItem {
     fn is_negative(&self) -> bool {
         matches!(self, Self::Product(None) | Self::User(None))
     }
@@ -50,11 +56,12 @@ impl Cached {
 async fn load(db: &DbGateway, key: &CacheKey) -> Result<Cached, AppError> {
     match *key {
         CacheKey::Product(id) => {
-            let product = db.run(GetProduct { id }).await?;
-            let rendered = product.as_ref().map(RenderedProduct::of).transpose();
-            rendered.map(Cached::Product).map_err(|error| AppError::Internal(format!("rendering a product: {error}")))
+            let product = db.read_positioned(GetProduct { id }).await?;
+            let rendered = product.value.as_ref().map(RenderedProduct::of).transpose();
+            let rendered = rendered.map_err(|error| AppError::Internal(format!("rendering a product: {error}")))?;
+            Ok(Positioned { value: CachedItem::Product(rendered), position: product.position })
         }
-        CacheKey::User(id) => db.run(FindActiveUser { id }).await.map(Cached::User),
+        CacheKey::User(id) => Ok(db.read_positioned(FindActiveUser { id }).await?.map(CachedItem::User)),
     }
 }
 
@@ -163,7 +170,7 @@ impl Tier {
         }
         self.in_flight.remove(&key);
         if let Some(value) = value {
-            let ttl = if value.is_negative() { NEGATIVE_TTL.min(self.ttl) } else { self.ttl };
+            let ttl = if value.value.is_negative() { NEGATIVE_TTL.min(self.ttl) } else { self.ttl };
             self.insert(key, Entry { value, expires: Instant::now() + ttl });
         }
     }
@@ -454,17 +461,26 @@ impl CacheClient {
         &self.tiers.near
     }
 
-    pub async fn product(&self, id: Uuid) -> Result<Option<RenderedProduct>, AppError> {
-        match self.get(CacheKey::Product(id)).await? {
-            Cached::Product(product) => Ok(product),
-            Cached::User(_) => Err(AppError::Internal("cache returned a user for a product key".into())),
+    /// A product (`None`: there is none), with the position its entry was loaded at.
+    pub async fn product(&self, id: Uuid) -> Result<Positioned<Option<RenderedProduct>>, AppError> {
+        let Positioned { value, position } = self.get(CacheKey::Product(id)).await?;
+        match value {
+            CachedItem::Product(product) => Ok(Positioned { value: product, position }),
+            CachedItem::User(_) => Err(AppError::Internal("cache returned a user for a product key".into())),
         }
     }
 
+    /// A live user (`None`: no such user, or deleted).
     pub async fn user(&self, id: Uuid) -> Result<Option<User>, AppError> {
-        match self.get(CacheKey::User(id)).await? {
-            Cached::User(user) => Ok(user),
-            Cached::Product(_) => Err(AppError::Internal("cache returned a product for a user key".into())),
+        Ok(self.user_with_position(id).await?.value)
+    }
+
+    /// A live user, with the position its entry was loaded at.
+    pub async fn user_with_position(&self, id: Uuid) -> Result<Positioned<Option<User>>, AppError> {
+        let Positioned { value, position } = self.get(CacheKey::User(id)).await?;
+        match value {
+            CachedItem::User(user) => Ok(Positioned { value: user, position }),
+            CachedItem::Product(_) => Err(AppError::Internal("cache returned a product for a user key".into())),
         }
     }
 

@@ -17,6 +17,7 @@ use super::{
     admission::{Admission, AdmissionSlot},
     breaker::DbBreaker,
     cache::CacheTiers,
+    event_position::{EventPosition, Positioned},
     supervision::{catch_panic, RestartReporter},
 };
 use crate::{
@@ -129,6 +130,8 @@ pub struct DbGateway {
     workers: usize,
     breaker: Arc<DbBreaker>,
     pool: DbPool,
+    /// Observed before each positioned read (`read_positioned`).
+    event_position: EventPosition,
 }
 
 pub struct DbGatewaySettings {
@@ -141,6 +144,8 @@ pub struct DbGatewaySettings {
     pub outbox_appended: OutboxSignals,
     pub cache: CacheTiers,
     pub breaker: Arc<DbBreaker>,
+    /// Where the EventRelay publishes the position reads answer.
+    pub event_position: EventPosition,
 }
 
 impl DbGateway {
@@ -169,6 +174,7 @@ impl DbGateway {
             workers: settings.workers,
             breaker: settings.breaker,
             pool: reported_pool,
+            event_position: settings.event_position,
         }
     }
 
@@ -246,6 +252,13 @@ impl DbGateway {
             }
             Err(MailboxError::Closed) => Err(AppError::Internal("the DbExecutor mailbox is closed".into())),
         }
+    }
+
+    /// Runs a read and answers it with the outbox position observed before it began: every
+    /// change the answer does not reflect has a larger event id (see `event_position`).
+    pub async fn read_positioned<U: UseCase>(&self, read: U) -> Result<Positioned<U::Output>, AppError> {
+        let position = self.event_position.observe();
+        Ok(Positioned { value: self.run(read).await?, position })
     }
 
     fn admit(&self) -> Result<AdmissionSlot, AppError> {

@@ -14,6 +14,9 @@
 //! that time instead of each commit costing a read. While the horizon waits for running
 //! transactions it looks again after the same spacing: a transaction that ends without
 //! appending announces nothing.
+//!
+//! After each read it publishes how far the outbox is settled, the position reads answer
+//! (`event_position`).
 
 use std::{
     sync::Arc,
@@ -30,6 +33,7 @@ use super::{
     chaos::crashed,
     db_executor::DbGateway,
     event_hub::{EventHub, Publish},
+    event_position::EventPosition,
     relay_watch::RelayProgress,
     report::{ActorReport, GetActorReport},
     supervision::{guarded, Guarded, PanicPayload, RestartReporter},
@@ -64,6 +68,8 @@ pub struct RelaySettings {
     pub signals: OutboxSignals,
     /// Where the horizon is published for the NATS publisher.
     pub horizon_watch: watch::Sender<i64>,
+    /// Where the position reads answer is published.
+    pub event_position: EventPosition,
     /// This replica, as its events name it: their cache entries are already dropped.
     pub origin: Uuid,
     /// A PostgreSQL URL to LISTEN on; `None` on SQLite.
@@ -80,6 +86,7 @@ pub struct EventRelay {
     /// Lent to each poll, and kept between them.
     horizon: Horizon,
     horizon_watch: watch::Sender<i64>,
+    event_position: EventPosition,
     /// A poll is set to start after `POLL_SPACING`.
     poll_scheduled: bool,
     last_poll: Option<Instant>,
@@ -102,7 +109,7 @@ impl EventRelay {
         hub: Addr<EventHub>,
         reporter: RestartReporter,
     ) -> Self {
-        Self {
+        let relay = Self {
             db,
             cache,
             hub,
@@ -110,6 +117,7 @@ impl EventRelay {
             signals: settings.signals,
             horizon: settings.horizon,
             horizon_watch: settings.horizon_watch,
+            event_position: settings.event_position,
             poll_scheduled: false,
             last_poll: None,
             origin: settings.origin.to_string().into(),
@@ -119,7 +127,16 @@ impl EventRelay {
             again: false,
             reporter,
             progress: RelayProgress::default(),
-        }
+        };
+        relay.publish_position();
+        relay
+    }
+
+    /// Every event id up to here is settled: the relay read it, and read no further than
+    /// the horizon. The horizon bounds it only when the tail started past an appender that
+    /// had not ended (`StartingPoint` gave up waiting); on SQLite it is `i64::MAX`.
+    fn publish_position(&self) {
+        self.event_position.advance_to(self.last_id.min(self.horizon.settled_through()));
     }
 
     /// Makes the relay's progress visible in metrics (lag, last success).
@@ -179,6 +196,7 @@ impl EventRelay {
                         });
                         let waiting = horizon.is_waiting();
                         act.horizon = horizon;
+                        act.publish_position();
                         if count as i64 == BATCH || act.again {
                             act.poll(ctx);
                         } else if waiting {

@@ -8,6 +8,7 @@ pub mod db_executor;
 pub mod db_probe;
 pub mod directory;
 pub mod event_hub;
+pub mod event_position;
 pub mod event_relay;
 pub mod health;
 pub mod janitor;

@@ -11,10 +11,16 @@ use crate::{
     state::AppState,
 };
 
+/// The caller, and the event position of the read that found the user (the cache entry's).
 #[derive(Debug, Clone)]
-pub struct AuthUser(pub User);
+pub struct AuthUser(pub User, i64);
 
 impl AuthUser {
+    /// Where the event stream stood before the caller's record was read (`Event-Position`).
+    pub fn position(&self) -> i64 {
+        self.1
+    }
+
     pub fn can(&self, permission: Permission) -> bool {
         self.0.role.can(permission)
     }
@@ -57,12 +63,13 @@ impl FromRequest for AuthUser {
                 Some(claims) => claims,
                 None => state.tokens.verify_claims(&token.ok_or_else(unauthorized)?)?,
             };
-            let user = state.cache.user(claims.user_id).await?.ok_or_else(unauthorized)?;
+            let read = state.cache.user_with_position(claims.user_id).await?;
+            let user = read.value.ok_or_else(unauthorized)?;
             // A password or role change since the token was issued voids it.
             if user.token_generation != claims.generation {
                 return Err(unauthorized());
             }
-            Ok(AuthUser(user))
+            Ok(AuthUser(user, read.position))
         })
     }
 }

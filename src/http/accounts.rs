@@ -16,7 +16,7 @@ use crate::{
     },
     error::AppError,
     http::extract::{Json, Query},
-    http::{idempotency, paging::PageQuery},
+    http::{event_position, idempotency, paging::PageQuery},
     state::AppState,
 };
 
@@ -39,9 +39,11 @@ pub struct TransferRequest {
 
 /// The caller's balance.
 #[utoipa::path(get, path = "/api/v1/account", tag = "accounts", security(("bearer" = [])),
-    responses((status = 200, body = Account), (status = 401)))]
+    responses((status = 200, body = Account,
+        headers(("Event-Position" = i64, description = "Subscribe with this as `since` to miss nothing: every committed change this answer does not reflect has a larger event id"))),
+        (status = 401)))]
 pub async fn mine(state: web::Data<AppState>, caller: AuthUser) -> Result<HttpResponse, AppError> {
-    Ok(HttpResponse::Ok().json(state.db.run(GetAccount { user_id: caller.0.id }).await?))
+    Ok(event_position::ok_json(state.db.read_positioned(GetAccount { user_id: caller.0.id }).await?))
 }
 
 /// Credit a user's account (admin). Honours `Idempotency-Key`.

@@ -6,6 +6,7 @@ pub mod auth_header;
 pub mod chaos;
 pub mod dashboard;
 pub mod docs;
+pub mod event_position;
 pub mod extract;
 pub mod idempotency;
 pub mod middleware;

@@ -6,6 +6,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
+    actors::event_position::Positioned,
     auth::AuthUser,
     db::orders::{CancelOrder, GetOrder, ListOrders, PlaceOrder},
     domain::{
@@ -15,7 +16,7 @@ use crate::{
     },
     error::{AppError, FieldError},
     http::extract::{Json, Query},
-    http::idempotency,
+    http::{event_position, idempotency},
     state::AppState,
 };
 
@@ -112,7 +113,9 @@ pub async fn place(
 
 /// The caller's orders, newest first; admins see everyone's (or one user's with `user_id`).
 #[utoipa::path(get, path = "/api/v1/orders", tag = "orders", params(OrderQuery), security(("bearer" = [])),
-    responses((status = 200, body = Page<Order>), (status = 422)))]
+    responses((status = 200, body = Page<Order>,
+        headers(("Event-Position" = i64, description = "Subscribe with this as `since` to miss nothing: every committed change this answer does not reflect has a larger event id"))),
+        (status = 422)))]
 pub async fn list(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -120,12 +123,14 @@ pub async fn list(
 ) -> Result<HttpResponse, AppError> {
     let (status, page) = query.parse()?;
     let user_id = if caller.can(Permission::SeeAllOrders) { query.user_id } else { Some(caller.0.id) };
-    Ok(HttpResponse::Ok().json(state.db.run(ListOrders { user_id, status, page }).await?))
+    Ok(event_position::ok_json(state.db.read_positioned(ListOrders { user_id, status, page }).await?))
 }
 
 /// A user's orders (the user themself, or an admin).
 #[utoipa::path(get, path = "/api/v1/users/{id}/orders", tag = "orders", params(("id" = Uuid, Path), UserOrderQuery), security(("bearer" = [])),
-    responses((status = 200, body = Page<Order>), (status = 404, description = "Not yours")))]
+    responses((status = 200, body = Page<Order>,
+        headers(("Event-Position" = i64, description = "Subscribe with this as `since` to miss nothing: every committed change this answer does not reflect has a larger event id"))),
+        (status = 404, description = "Not yours")))]
 pub async fn list_for_user(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -135,17 +140,20 @@ pub async fn list_for_user(
     let id = id.into_inner();
     caller.may_access(id, Permission::SeeAllOrders)?;
     let (status, page) = parse_order_filter(query.status.as_deref(), query.page, query.per_page)?;
-    Ok(HttpResponse::Ok().json(state.db.run(ListOrders { user_id: Some(id), status, page }).await?))
+    Ok(event_position::ok_json(state.db.read_positioned(ListOrders { user_id: Some(id), status, page }).await?))
 }
 
 /// One order (its owner, or an admin).
 #[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", security(("bearer" = [])),
-    responses((status = 200, body = Order), (status = 404, description = "No such order, or not yours")))]
+    responses((status = 200, body = Order,
+        headers(("Event-Position" = i64, description = "Subscribe with this as `since` to miss nothing: every committed change this answer does not reflect has a larger event id"))),
+        (status = 404, description = "No such order, or not yours")))]
 pub async fn get(state: web::Data<AppState>, caller: AuthUser, id: web::Path<Uuid>) -> Result<HttpResponse, AppError> {
     let not_found = || AppError::NotFound("No such order.".into());
-    let order = state.db.run(GetOrder { id: id.into_inner() }).await?.ok_or_else(not_found)?;
+    let read = state.db.read_positioned(GetOrder { id: id.into_inner() }).await?;
+    let order = read.value.ok_or_else(not_found)?;
     caller.may_access(order.user_id, Permission::SeeAllOrders).map_err(|_| not_found())?;
-    Ok(HttpResponse::Ok().json(order))
+    Ok(event_position::ok_json(Positioned { value: order, position: read.position }))
 }
 
 /// Cancel a paid order: stock restored, total refunded, all or nothing.

@@ -17,7 +17,10 @@ use crate::{
         user::Permission,
     },
     error::AppError,
-    http::extract::{Json, Query},
+    http::{
+        event_position,
+        extract::{Json, Query},
+    },
     state::AppState,
 };
 
@@ -109,7 +112,9 @@ fn header_text(request: &HttpRequest, name: header::HeaderName) -> Option<&str> 
 
 /// Search and page through the catalog.
 #[utoipa::path(get, path = "/api/v1/products", tag = "catalog", params(ProductQuery),
-    responses((status = 200, body = Page<Product>), (status = 422, description = "Invalid filter")))]
+    responses((status = 200, body = Page<Product>,
+        headers(("Event-Position" = i64, description = "Subscribe with this as `since` to miss nothing: every committed change this answer does not reflect has a larger event id"))),
+        (status = 422, description = "Invalid filter")))]
 pub async fn list(state: web::Data<AppState>, query: Query<ProductQuery>) -> Result<HttpResponse, AppError> {
     let q = query.into_inner();
     let page = PageRequest::new(q.page, q.per_page);
@@ -128,28 +133,37 @@ pub async fn list(state: web::Data<AppState>, query: Query<ProductQuery>) -> Res
             return Err(AppError::Validation(errors));
         }
     };
-    Ok(HttpResponse::Ok().json(state.db.run(ListProducts { filter, page }).await?))
+    Ok(event_position::ok_json(state.db.read_positioned(ListProducts { filter, page }).await?))
 }
 
 /// One product, with an `ETag`; `If-None-Match` with the current tag answers 304.
-/// The body and the tag come pre-rendered from the cache and are shared, not copied.
+/// The body and the tag come pre-rendered from the cache and are shared, not copied; a
+/// cached answer carries the position its entry was loaded at.
 #[utoipa::path(get, path = "/api/v1/products/{id}", tag = "catalog",
-    responses((status = 200, body = Product), (status = 304, description = "Not modified"), (status = 404)))]
+    responses((status = 200, body = Product,
+        headers(("Event-Position" = i64, description = "Subscribe with this as `since` to miss nothing: every committed change this answer does not reflect has a larger event id"))),
+        (status = 304, description = "Not modified",
+        headers(("Event-Position" = i64, description = "Subscribe with this as `since` to miss nothing: every committed change this answer does not reflect has a larger event id"))),
+        (status = 404)))]
 pub async fn get(
     state: web::Data<AppState>,
     request: HttpRequest,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, AppError> {
-    let product =
-        state.cache.product(id.into_inner()).await?.ok_or_else(|| AppError::NotFound("No such product.".into()))?;
+    let read = state.cache.product(id.into_inner()).await?;
+    let product = read.value.ok_or_else(|| AppError::NotFound("No such product.".into()))?;
     let etag = HeaderValue::from_maybe_shared(product.etag)
         .map_err(|_| AppError::Internal("a product's ETag is not a header value".into()))?;
     if header_text(&request, header::IF_NONE_MATCH).is_some_and(|tag| none_match_hits(tag, product.version)) {
-        return Ok(HttpResponse::NotModified().insert_header((header::ETAG, etag)).finish());
+        return Ok(HttpResponse::NotModified()
+            .insert_header((header::ETAG, etag))
+            .insert_header(event_position::header(read.position))
+            .finish());
     }
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/json")))
         .insert_header((header::ETAG, etag))
+        .insert_header(event_position::header(read.position))
         .body(product.json))
 }
 

@@ -6,6 +6,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
+    actors::event_position::Positioned,
     auth::AuthUser,
     db::users::{DeleteUser, FindActiveUser, ListUsers, UpdateUser, UserChanges},
     domain::{
@@ -14,7 +15,7 @@ use crate::{
     },
     error::AppError,
     http::extract::{Json, Query},
-    http::paging::PageQuery,
+    http::{event_position, paging::PageQuery},
     state::AppState,
 };
 
@@ -35,32 +36,39 @@ pub struct UpdateUserRequest {
 
 /// The caller.
 #[utoipa::path(get, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])),
-    responses((status = 200, body = User), (status = 401, description = "No valid token")))]
+    responses((status = 200, body = User,
+        headers(("Event-Position" = i64, description = "Subscribe with this as `since` to miss nothing: every committed change this answer does not reflect has a larger event id"))),
+        (status = 401, description = "No valid token")))]
 pub async fn me(caller: AuthUser) -> HttpResponse {
-    HttpResponse::Ok().json(caller.0)
+    let position = caller.position();
+    event_position::ok_json(Positioned { value: caller.0, position })
 }
 
 /// Every user (admin).
 #[utoipa::path(get, path = "/api/v1/users", tag = "users", params(PageQuery), security(("bearer" = [])),
-    responses((status = 200, body = Page<User>), (status = 403, description = "Not an admin")))]
+    responses((status = 200, body = Page<User>,
+        headers(("Event-Position" = i64, description = "Subscribe with this as `since` to miss nothing: every committed change this answer does not reflect has a larger event id"))),
+        (status = 403, description = "Not an admin")))]
 pub async fn list(
     state: web::Data<AppState>,
     caller: AuthUser,
     query: Query<PageQuery>,
 ) -> Result<HttpResponse, AppError> {
     caller.require(Permission::ListUsers)?;
-    let page = state.db.run(ListUsers { page: query.to_request()? }).await?;
-    Ok(HttpResponse::Ok().json(page))
+    Ok(event_position::ok_json(state.db.read_positioned(ListUsers { page: query.to_request()? }).await?))
 }
 
 /// One user (admin, or the user themself; anyone else gets 404).
 #[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
-    responses((status = 200, body = User), (status = 404, description = "No such user, or not yours")))]
+    responses((status = 200, body = User,
+        headers(("Event-Position" = i64, description = "Subscribe with this as `since` to miss nothing: every committed change this answer does not reflect has a larger event id"))),
+        (status = 404, description = "No such user, or not yours")))]
 pub async fn get(state: web::Data<AppState>, caller: AuthUser, id: web::Path<Uuid>) -> Result<HttpResponse, AppError> {
     let id = id.into_inner();
     caller.may_access(id, Permission::ReadAnyUser)?;
-    let user = state.db.run(FindActiveUser { id }).await?.ok_or_else(|| AppError::NotFound("No such user.".into()))?;
-    Ok(HttpResponse::Ok().json(user))
+    let read = state.db.read_positioned(FindActiveUser { id }).await?;
+    let user = read.value.ok_or_else(|| AppError::NotFound("No such user.".into()))?;
+    Ok(event_position::ok_json(Positioned { value: user, position: read.position }))
 }
 
 /// Change name, email, password (self or admin) or role (admin only).
