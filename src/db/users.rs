@@ -76,7 +76,9 @@ fn live_user(conn: &mut DbConnection, id: Uuid) -> Result<Option<UserRow>, AppEr
         .optional()?)
 }
 
-/// A new user with an account of balance 0, in one transaction.
+/// A new user with an account of balance 0, in one transaction. Its `users` event makes
+/// the new user a change with an event id like any other, so a user list's
+/// `Event-Position` holds for registrations too (and drops a negative cache entry).
 pub struct CreateUser {
     pub email: String,
     pub name: String,
@@ -86,7 +88,7 @@ pub struct CreateUser {
 
 impl UseCase for CreateUser {
     type Output = User;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<User, AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<User, AppError> {
         let now = clock::now();
         let row = UserRow {
             id: Uuid::now_v7().to_string(),
@@ -108,7 +110,8 @@ impl UseCase for CreateUser {
                     accounts::updated_at.eq(now),
                 ))
                 .execute(conn)?;
-            Ok::<_, AppError>(())
+            let id = parse_id(&row.id)?;
+            outbox.append(conn, vec![user_event(id, "user.created")])
         })?;
         row.into_user()
     }
