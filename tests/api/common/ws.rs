@@ -87,8 +87,13 @@ impl WsClient {
 
     /// The next JSON text message; fails the test after `PATIENCE` or on a close.
     pub async fn next_json(&mut self) -> Value {
+        self.next_json_within(PATIENCE).await
+    }
+
+    /// The next JSON text message; fails the test after `patience` or on a close.
+    pub async fn next_json_within(&mut self, patience: Duration) -> Value {
         loop {
-            let message = tokio::time::timeout(PATIENCE, self.stream.next())
+            let message = tokio::time::timeout(patience, self.stream.next())
                 .await
                 .expect("a message within the patience")
                 .expect("the connection is open")
