@@ -229,7 +229,9 @@ enum View {
 
 fn by_id(page: &Value) -> BTreeMap<String, Value> {
     let items = page["data"].as_array().expect("page data");
-    assert_eq!(items.len() as i64, page["total"].as_i64().unwrap(), "one page holds the whole list");
+    // Not `total`: on PostgreSQL a list counts in a statement of its own, which may see a
+    // row more or less than the page does while others write.
+    assert!(items.len() < 100, "one page of 100 holds the whole list");
     items.iter().map(|item| (id_of(item), item.clone())).collect()
 }
 
