@@ -1,11 +1,18 @@
 //! Building and running the service from a `Config`: the binary and the tests start it
 //! the same way.
 
-use std::{io, net::TcpListener, sync::Arc, time::Duration};
+use std::{cell::OnceCell, io, net::TcpListener, rc::Rc, sync::Arc, time::Duration};
 
 use actix::{Addr, Supervisor};
 use actix_cors::Cors;
-use actix_web::{dev::ServerHandle, http::header, middleware::from_fn, web, App, HttpServer};
+use actix_http::HttpService;
+use actix_service::{map_config, ServiceFactoryExt};
+use actix_web::{
+    dev::{AppConfig, ServerHandle},
+    http::header,
+    middleware::from_fn,
+    web, App,
+};
 use tokio::sync::watch;
 
 use crate::state::AppState;
@@ -22,7 +29,7 @@ use crate::{
     actors::{
         cache::{CacheClient, CacheTiers, CacheTimeouts},
         db_executor::DbGatewaySettings,
-        event_hub::{EventHub, HubLimits},
+        event_hub::{EventHub, HubLimits, ShutDown},
         event_relay::{EventRelay, RelaySettings},
         health::{BeginShutdown, Health, WatchDatabase, WatchOps},
         janitor::{Janitor, Retention},
@@ -34,6 +41,7 @@ use crate::{
     auth::tokens::TokenKeys,
     config::{Config, DatabaseUrl},
     db::{self, events::StartingPoint, migrations, outbox::OutboxSignals, outbox_horizon::Horizon},
+    descriptors::{self, DescriptorBudget},
     http::{
         self, extract,
         middleware::{
@@ -43,6 +51,7 @@ use crate::{
             rate_limit::{limit_rate, FailOpenGate, PolicyFields},
             request_id::RequestIds,
         },
+        ws::upgrade::{LiveUpgrade, SharedApp},
     },
     metrics::Metrics,
 };
@@ -65,7 +74,7 @@ pub struct Application {
     shutdown_drain: Duration,
     draining: Draining,
     health: Addr<Health>,
-    shutdown: watch::Sender<bool>,
+    hub: Addr<EventHub>,
     /// Held so these live as long as the server.
     _janitor: Addr<Janitor>,
     nats_publisher: Option<Addr<NatsPublisher>>,
@@ -83,6 +92,7 @@ impl Application {
         let port =
             listener.local_addr().map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?.port();
         let (newest_event, horizon) = prepare_database(&config)?;
+        let descriptors = plan_descriptors(&config);
         let (horizon_watch, horizon_feed) = watch::channel(horizon.settled_through());
 
         let metrics = Arc::new(Metrics::new());
@@ -146,8 +156,10 @@ impl Application {
         let cache = CacheClient::new(cache_tiers, db.clone(), Arc::clone(&metrics), timeouts);
         let hub = {
             let limits = HubLimits {
-                max_connections: config.live_updates.max_connections,
+                max_connections: descriptors.live_connections,
+                limited_by_descriptors: descriptors.lowers(config.live_updates.max_connections),
                 max_connections_per_user: config.live_updates.max_connections_per_user,
+                max_anonymous_per_address: config.live_updates.max_anonymous_per_address,
                 max_pending: config.live_updates.max_pending,
             };
             let (db, reporter) = (db.clone(), reporter.clone());
@@ -176,7 +188,6 @@ impl Application {
             let (metrics, reporter) = (Arc::clone(&metrics), reporter.clone());
             RateLimiterClient::new(http_workers, quotas, max_keys, metrics, reporter)
         };
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let nats_publisher = config.nats.clone().map(|settings| {
             let (metrics, recipient) = (Arc::clone(&metrics), health.clone().recipient());
             NatsPublisher::start(
@@ -236,9 +247,8 @@ impl Application {
             tokens: Arc::new(TokenKeys::new(&config.jwt_secret, config.jwt_ttl)),
             cache,
             rate_limiter,
-            hub,
+            hub: hub.clone(),
             event_relay,
-            shutdown: shutdown_rx,
             actors,
             janitor: janitor.clone(),
             nats_publisher: nats_publisher.clone(),
@@ -247,37 +257,57 @@ impl Application {
         let fail_open = web::Data::new(FailOpenGate::default());
         let drain_flag = draining.clone();
 
-        let server = HttpServer::new(move || {
-            // This factory runs on each worker's own thread: its shards start on that
-            // worker's arbiter, so the hot path's sends stay on the thread.
-            let worker_state = AppState {
-                cache: state.cache.on_this_worker(shard_reporter.clone()),
-                rate_limiter: state.rate_limiter.on_this_worker(),
-                ..state.clone()
-            };
-            App::new()
-                .app_data(web::Data::new(worker_state))
-                .app_data(web::Data::new(RequestMetrics::new(Arc::clone(&state.metrics))))
-                .app_data(RequestIds::default())
-                .app_data(web::Data::new(drain_flag.clone()))
-                .app_data(fail_open.clone())
-                .app_data(web::Data::new(PolicyFields::new(&state.config.rate_limits)))
-                .app_data(extract::json_config())
-                .app_data(extract::payload_config())
-                .app_data(extract::path_config())
-                .app_data(extract::query_config())
-                .configure(|cfg| http::routes(cfg, &state.config))
-                .default_service(web::to(http::unknown_route))
-                .wrap(from_fn(limit_rate))
-                .wrap(cors(&state.config))
-                .wrap(from_fn(envelope))
-        })
-        .workers(http_workers)
-        .listen(listener)
-        .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?
-        .disable_signals()
-        .shutdown_timeout(config.shutdown_timeout.as_secs())
-        .run();
+        let local_addr =
+            listener.local_addr().map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;
+        let buffered = state.metrics.ws_buffered_bytes.clone();
+        // actix-web's HttpServer, spelled out so that live-updates connections can leave
+        // the HTTP/1 dispatcher after their handshake (see http/ws/upgrade.rs).
+        let server = actix_server::Server::build()
+            .workers(http_workers)
+            // Connections beyond this wait in the listen backlog instead of failing on the
+            // open-file limit, which must leave room for database connections.
+            .max_concurrent_connections(descriptors.connections.div_ceil(http_workers))
+            .disable_signals()
+            .shutdown_timeout(config.shutdown_timeout.as_secs())
+            .listen("storefront", listener, move || {
+                // This factory runs on each worker's own thread: its shards start on that
+                // worker's arbiter, so the hot path's sends stay on the thread.
+                let worker_state = AppState {
+                    cache: state.cache.on_this_worker(shard_reporter.clone()),
+                    rate_limiter: state.rate_limiter.on_this_worker(),
+                    ..state.clone()
+                };
+                let app = App::new()
+                    .app_data(web::Data::new(worker_state))
+                    .app_data(web::Data::new(RequestMetrics::new(Arc::clone(&state.metrics))))
+                    .app_data(RequestIds::default())
+                    .app_data(web::Data::new(drain_flag.clone()))
+                    .app_data(fail_open.clone())
+                    .app_data(web::Data::new(PolicyFields::new(&state.config.rate_limits)))
+                    .app_data(extract::json_config())
+                    .app_data(extract::payload_config())
+                    .app_data(extract::path_config())
+                    .app_data(extract::query_config())
+                    .configure(|cfg| http::routes(cfg, &state.config))
+                    .default_service(web::to(http::unknown_route))
+                    .wrap(from_fn(limit_rate))
+                    .wrap(cors(&state.config))
+                    .wrap(from_fn(envelope));
+                let app = map_config(app, |_| AppConfig::default())
+                    .map(|response| response.map_into_boxed_body())
+                    .map_err(|error: actix_web::Error| error.as_response_error().error_response());
+                let slot = Rc::new(OnceCell::new());
+                HttpService::build()
+                    .client_request_timeout(Duration::from_secs(5))
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    .h1_allow_half_closed(true)
+                    .local_addr(local_addr)
+                    .upgrade(LiveUpgrade::new(Rc::clone(&slot), buffered.clone()))
+                    .finish(SharedApp::new(app, slot))
+                    .tcp()
+            })
+            .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?
+            .run();
 
         tracing::info!(
             address = %config.bind_addr, port, database = ?config.database.url, workers = config.db_workers,
@@ -289,7 +319,7 @@ impl Application {
             shutdown_drain: config.shutdown_drain,
             draining,
             health,
-            shutdown,
+            hub,
             _janitor: janitor,
             nats_publisher,
         })
@@ -310,7 +340,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> io::Result<()> {
         let handle = self.server.handle();
         let (health, drain, draining) = (self.health.clone(), self.shutdown_drain, self.draining.clone());
-        let live_updates = self.shutdown;
+        let hub = self.hub.clone();
         actix_rt::spawn(async move {
             wait_for_stop_signal().await;
             health.do_send(BeginShutdown);
@@ -319,7 +349,7 @@ impl Application {
             let drained = first_of(actix_rt::time::sleep(drain), wait_for_stop_signal()).await;
             // Live-updates sessions say goodbye (1001) and end, so the graceful stop that
             // follows is not held up by connections that never finish on their own.
-            live_updates.send_replace(true);
+            hub.do_send(ShutDown);
             if drained && first_of(handle.stop(true), wait_for_stop_signal()).await {
                 return;
             }
@@ -358,6 +388,25 @@ fn prepare_database(config: &Config) -> Result<(i64, Horizon), StartupError> {
         tracing::info!(%version, "migration applied");
     }
     StartingPoint::find(&mut conn).map_err(|error| StartupError::Database(error.to_string()))
+}
+
+/// Raises the open-file limit as far as allowed and splits it: live-updates connections get
+/// what is left after the database, the listener and a headroom for plain HTTP.
+fn plan_descriptors(config: &Config) -> DescriptorBudget {
+    let limit = descriptors::raise_open_file_limit();
+    let configured = config.live_updates.max_connections;
+    let budget = DescriptorBudget::plan(limit, config.database.pool_size as usize, configured);
+    if budget.lowers(configured) {
+        tracing::warn!(
+            ws_max_connections = configured,
+            open_file_limit = limit,
+            live_connections = budget.live_connections,
+            "WS_MAX_CONNECTIONS is more than the open-file limit leaves room for: live-updates connections are \
+             capped at {} (raise the open-file limit, e.g. LimitNOFILE or ulimit -n, to allow more)",
+            budget.live_connections
+        );
+    }
+    budget
 }
 
 fn cors(config: &Config) -> Cors {
