@@ -75,6 +75,7 @@ pub struct Application {
     draining: Draining,
     health: Addr<Health>,
     hub: Addr<EventHub>,
+    metrics: Arc<Metrics>,
     /// Held so these live as long as the server.
     _janitor: Addr<Janitor>,
     nats_publisher: Option<Addr<NatsPublisher>>,
@@ -264,9 +265,10 @@ impl Application {
         // the HTTP/1 dispatcher after their handshake (see http/ws/upgrade.rs).
         let server = actix_server::Server::build()
             .workers(http_workers)
-            // Connections beyond this wait in the listen backlog instead of failing on the
-            // open-file limit, which must leave room for database connections.
-            .max_concurrent_connections(descriptors.connections.div_ceil(http_workers))
+            // HTTP connections beyond this wait in the listen backlog instead of failing on
+            // the open-file limit (live-updates ones leave this count after their handshake
+            // and are capped by the hub).
+            .max_concurrent_connections(descriptors.http_connections.div_ceil(http_workers))
             .disable_signals()
             .shutdown_timeout(config.shutdown_timeout.as_secs())
             .listen("storefront", listener, move || {
@@ -320,6 +322,7 @@ impl Application {
             draining,
             health,
             hub,
+            metrics,
             _janitor: janitor,
             nats_publisher,
         })
@@ -340,7 +343,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> io::Result<()> {
         let handle = self.server.handle();
         let (health, drain, draining) = (self.health.clone(), self.shutdown_drain, self.draining.clone());
-        let hub = self.hub.clone();
+        let (hub, metrics) = (self.hub.clone(), Arc::clone(&self.metrics));
         actix_rt::spawn(async move {
             wait_for_stop_signal().await;
             health.do_send(BeginShutdown);
@@ -350,6 +353,9 @@ impl Application {
             // Live-updates sessions say goodbye (1001) and end, so the graceful stop that
             // follows is not held up by connections that never finish on their own.
             hub.do_send(ShutDown);
+            // Live-updates connections are tasks of their own, not the server's: wait for
+            // their goodbyes (each takes at most a couple of seconds) before it stops.
+            first_of(all_closed(metrics), wait_for_stop_signal()).await;
             if drained && first_of(handle.stop(true), wait_for_stop_signal()).await {
                 return;
             }
@@ -363,6 +369,14 @@ impl Application {
             let _ = publisher.send(Retire).timeout(Duration::from_secs(2)).await;
         }
         Ok(())
+    }
+}
+
+/// Resolves once no live-updates connection is open, or after the longest goodbye.
+async fn all_closed(metrics: Arc<Metrics>) {
+    let deadline = actix_rt::time::Instant::now() + Duration::from_secs(5);
+    while metrics.ws_connections.get() > 0 && actix_rt::time::Instant::now() < deadline {
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

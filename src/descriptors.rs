@@ -16,8 +16,9 @@ const MIN_HTTP_HEADROOM: u64 = 64;
 pub struct DescriptorBudget {
     /// The open-file limit in force.
     pub limit: u64,
-    /// Connections of every kind the server accepts at once (HTTP and live updates).
-    pub connections: usize,
+    /// Plain HTTP connections the server accepts at once (a live-updates connection counts
+    /// here only until its handshake is done).
+    pub http_connections: usize,
     /// Live-updates connections: `WS_MAX_CONNECTIONS`, or fewer when the limit is too small.
     pub live_connections: usize,
 }
@@ -27,14 +28,10 @@ impl DescriptorBudget {
     /// configured live-updates cap.
     pub fn plan(limit: u64, db_connections: usize, configured_live: usize) -> Self {
         let reserve = BASE_RESERVE + (db_connections as u64 + 2) * DESCRIPTORS_PER_DB_CONNECTION;
-        let connections = limit.saturating_sub(reserve);
-        let headroom = MIN_HTTP_HEADROOM.max(limit / 16);
-        let live_room = usize::try_from(connections.saturating_sub(headroom)).unwrap_or(usize::MAX);
-        Self {
-            limit,
-            connections: usize::try_from(connections).unwrap_or(usize::MAX).max(1),
-            live_connections: configured_live.min(live_room),
-        }
+        let connections = usize::try_from(limit.saturating_sub(reserve)).unwrap_or(usize::MAX);
+        let headroom = usize::try_from(MIN_HTTP_HEADROOM.max(limit / 16)).unwrap_or(usize::MAX);
+        let live_connections = configured_live.min(connections.saturating_sub(headroom));
+        Self { limit, http_connections: (connections - live_connections).max(1), live_connections }
     }
 
     /// Whether the limit, not the setting, decides the live-updates cap.
@@ -61,25 +58,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_large_limit_keeps_the_setting_and_a_sixteenth_for_http() {
+    fn a_large_limit_keeps_the_setting_and_gives_http_the_rest() {
         let budget = DescriptorBudget::plan(1_048_576, 10, 20_000);
         assert_eq!(budget.live_connections, 20_000);
         assert!(!budget.lowers(20_000));
+        assert_eq!(budget.http_connections, 1_048_576 - 100 - 20_000);
 
         let here = DescriptorBudget::plan(20_000, 10, 20_000);
         assert!(here.lowers(20_000));
-        assert_eq!(here.live_connections, 20_000 - 64 - 12 * 3 - 1_250);
+        assert_eq!(here.live_connections, 20_000 - 100 - 1_250);
         assert!(here.live_connections >= 18_000);
-        assert!(here.connections > here.live_connections + 1_000, "HTTP keeps room when live updates are full");
+        assert_eq!(here.http_connections, 1_250, "HTTP keeps a sixteenth when live updates are full");
     }
 
     #[test]
     fn a_tiny_limit_still_leaves_http_its_headroom() {
         let budget = DescriptorBudget::plan(256, 10, 20_000);
-        assert_eq!(budget.connections, 256 - 100);
         assert_eq!(budget.live_connections, 256 - 100 - 64);
+        assert_eq!(budget.http_connections, 64);
         let starved = DescriptorBudget::plan(100, 10, 20_000);
-        assert_eq!(starved.live_connections, 0);
-        assert_eq!(starved.connections, 1);
+        assert_eq!((starved.live_connections, starved.http_connections), (0, 1));
     }
 }

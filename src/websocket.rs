@@ -258,8 +258,9 @@ pub fn text(payload: &str) -> Bytes {
     encode(OP_TEXT, payload.as_bytes())
 }
 
+/// An empty ping (static: every connection sends one per interval).
 pub fn ping() -> Bytes {
-    encode(OP_PING, b"")
+    Bytes::from_static(&[0x80 | OP_PING, 0])
 }
 
 pub fn pong(payload: &[u8]) -> Bytes {
@@ -394,6 +395,7 @@ mod tests {
     #[test]
     fn server_frames_have_the_shortest_length_encoding() {
         assert_eq!(&text("hi")[..], b"\x81\x02hi");
+        assert_eq!(ping(), encode(OP_PING, b""));
         let medium = text(&"x".repeat(300));
         assert_eq!(&medium[..4], &[0x81, 126, 0x01, 0x2C]);
         let long = text(&"x".repeat(70_000));

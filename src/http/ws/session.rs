@@ -260,13 +260,15 @@ pub async fn run(socket: WsSocket, setup: SessionSetup) {
     let end = session.serve().await;
     let (mut socket, metrics) = session.into_socket();
     metrics.ws_disconnects.with_label_values(&[end.reason]).inc();
-    drop(open);
     if let Some((code, text)) = end.close {
         // A close waits behind nothing but a frame already begun.
         socket.discard_unsent();
         socket.send(websocket::close(code, text));
-        socket.finish(Instant::now() + CLOSE_GRACE).await;
+        // Boxed: only a closing connection needs room for its goodbye.
+        Box::pin(socket.finish(Instant::now() + CLOSE_GRACE)).await;
     }
+    // Counted as open until its goodbye is said, so shutdown can wait for every goodbye.
+    drop(open);
 }
 
 impl LiveSession {
@@ -328,20 +330,21 @@ impl LiveSession {
             let step = tokio::select! {
                 biased;
                 step = poll_fn(|cx| {
-                    match socket.poll_flush(cx) {
-                        Poll::Ready(Err(_)) => return Poll::Ready(Step::WriteFailed),
-                        Poll::Ready(Ok(())) | Poll::Pending => {}
+                    if let Poll::Ready(Err(_)) = socket.poll_flush(cx) {
+                        return Poll::Ready(Step::WriteFailed);
+                    }
+                    if reads {
+                        if let Poll::Ready(read) = socket.poll_message(cx) {
+                            return Poll::Ready(match read {
+                                Ok(message) => Step::Message(message),
+                                Err(end) => Step::ReadEnded(end),
+                            });
+                        }
                     }
                     if room_below.is_some_and(|room| socket.queued() <= room) {
                         return Poll::Ready(Step::Room);
                     }
-                    if !reads {
-                        return Poll::Pending;
-                    }
-                    socket.poll_message(cx).map(|read| match read {
-                        Ok(message) => Step::Message(message),
-                        Err(end) => Step::ReadEnded(end),
-                    })
+                    Poll::Pending
                 }) => step,
                 outbound = self.queue.recv(), if takes_live => Step::Outbound(outbound),
                 _ = self.kick.fired(), if !takes_live && !self.detached => Step::Kicked,

@@ -69,6 +69,10 @@ impl WsSocket {
         socket
     }
 
+    pub fn tcp(&self) -> &TcpStream {
+        &self.io
+    }
+
     /// Bytes waiting to be written.
     pub fn queued(&self) -> usize {
         self.queued
@@ -210,13 +214,12 @@ impl WsSocket {
 
     /// Reads and drops what the client still sends, until it closes or sent too much.
     async fn read_until_closed(&mut self) {
-        let mut sink = [0u8; 1024];
         let mut left = LINGER_READ_LIMIT;
         while left > 0 {
             if self.io.readable().await.is_err() {
                 return;
             }
-            match self.io.try_read(&mut sink) {
+            match drop_available(&self.io) {
                 Ok(0) => return,
                 Ok(read) => left = left.saturating_sub(read),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
@@ -224,6 +227,12 @@ impl WsSocket {
             }
         }
     }
+}
+
+/// Reads and drops what the socket holds now (its buffer on the stack of this call only).
+fn drop_available(io: &TcpStream) -> io::Result<usize> {
+    let mut sink = [0u8; 1024];
+    io.try_read(&mut sink)
 }
 
 impl Drop for WsSocket {

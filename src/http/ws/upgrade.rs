@@ -3,9 +3,9 @@
 //! together with the connection itself. This one asks the application, through the usual
 //! routes and middleware, what to answer: the `/api/v1/ws` handler decides every refusal
 //! there (token, Origin, limits, rate limits) and grants an upgrade by leaving a `Grant` in
-//! its 101 response. A granted connection is then served by its session over the raw
-//! socket, without the dispatcher's two 8 KiB buffers; any other answer is written out and
-//! the connection closed.
+//! its 101 response. A granted connection is then served by its session, a task of its
+//! own, over the raw socket: the dispatcher, its two 8 KiB buffers and its task are gone.
+//! Any other answer is written out and the connection closed.
 
 use std::{cell::OnceCell, future::poll_fn, io, pin::Pin, rc::Rc, time::Duration};
 
@@ -174,7 +174,8 @@ where
             // The dispatcher builds the application before it serves a connection.
             let Some(app) = app else { return Err(io::Error::other("the application is not built yet").into()) };
             request.extensions_mut().insert(Upgradable);
-            let mut response: Response<BoxBody> = match app.call(request).await {
+            // Boxed: held only for the handshake, not for the connection's whole life.
+            let mut response: Response<BoxBody> = match Box::pin(app.call(request)).await {
                 Ok(response) => response.into(),
                 Err(error) => error.into(),
             };
@@ -206,14 +207,19 @@ async fn serve(
         hub.do_send(Detach(id));
         return Ok(());
     }
-    let parts = framed.into_parts();
-    // Whatever the client sent after its handshake (a subscribe, say) is the session's.
-    let io = parts.io;
+    // The dispatcher's buffers (8 KiB each) go here; only the socket and whatever the
+    // client sent after its handshake (a subscribe, say) stay with the connection.
+    let socket = {
+        let parts = framed.into_parts();
+        WsSocket::new(parts.io, &parts.read_buf, buffered)
+    };
+    let io = socket.tcp();
     io.set_nodelay(true)?;
     // The kernel's share of a connection that stops reading is bounded too (left alone,
     // Linux grows a send buffer to 4 MiB).
-    socket2::SockRef::from(&io).set_send_buffer_size(SOCKET_SEND_BUFFER)?;
-    session::run(WsSocket::new(io, &parts.read_buf, buffered), setup).await;
+    socket2::SockRef::from(io).set_send_buffer_size(SOCKET_SEND_BUFFER)?;
+    // A task of its own: the dispatcher's task (and all it holds for HTTP) then ends.
+    actix_rt::spawn(session::run(socket, setup));
     Ok(())
 }
 
