@@ -6,10 +6,16 @@
 //! ```text
 //! ws_load --subscribe-url http://127.0.0.1:18100 [--write-url URL] --token ADMIN_JWT
 //!         --product ID --subscribers N --rate PER_SECOND --seconds S [--idle]
+//!         [--prefill EVENTS] [--hostile N]
 //! ```
 //! `--write-url` defaults to the subscribe URL; pointing it at another replica measures
 //! cross-replica delivery. With `--idle` the subscribers connect, print `ready` and hold
 //! their connections for `--seconds` (the script reads the server's RSS meanwhile).
+//! `--prefill` first commits that many product updates as fast as the server takes them
+//! (an outbox to replay); `--hostile` adds that many clients that subscribe with
+//! `"since": 0`, never read a byte, and reconnect whenever the server closes them, for the
+//! whole run (the readers' figures are then taken under that abuse). The report counts how
+//! often the hostile clients were closed.
 //!
 //! It shares the machine with the server it measures, so it keeps its own cost small: one
 //! thread, a 4 KiB read buffer per socket, and per message only the `at` field is read
@@ -35,12 +41,15 @@ struct Args {
     rate: f64,
     seconds: u64,
     idle: bool,
+    prefill: u64,
+    hostile: usize,
 }
 
 fn parse_args() -> Args {
     let mut args = std::env::args().skip(1);
     let (mut subscribe_url, mut write_url, mut token, mut product) = (None, None, None, None);
     let (mut subscribers, mut rate, mut seconds, mut idle) = (1000, 10.0, 10, false);
+    let (mut prefill, mut hostile) = (0, 0);
     while let Some(flag) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
@@ -52,6 +61,8 @@ fn parse_args() -> Args {
             "--rate" => rate = value().parse().expect("events per second"),
             "--seconds" => seconds = value().parse().expect("seconds"),
             "--idle" => idle = true,
+            "--prefill" => prefill = value().parse().expect("a count"),
+            "--hostile" => hostile = value().parse().expect("a count"),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -65,6 +76,8 @@ fn parse_args() -> Args {
         rate,
         seconds,
         idle,
+        prefill,
+        hostile,
     }
 }
 
@@ -139,9 +152,93 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[rank]) / 1000.0
 }
 
+/// Commits `count` product updates, a few at a time, as fast as the server takes them.
+async fn prefill(client: &reqwest::Client, args: &Args, count: u64) {
+    let started = Instant::now();
+    let writes = (0..count).map(|stock| {
+        client
+            .patch(format!("{}/api/v1/products/{}", args.write_url, args.product))
+            .bearer_auth(&args.token)
+            .json(&json!({"stock": stock, "description": "x".repeat(400)}))
+            .send()
+    });
+    let mut pending = futures_util::stream::iter(writes).buffer_unordered(8);
+    let mut failed = 0;
+    while let Some(response) = pending.next().await {
+        if !response.map(|r| r.status().is_success()).unwrap_or(false) {
+            failed += 1;
+        }
+    }
+    eprintln!("prefilled {count} events ({failed} failed) in {:.1}s", started.elapsed().as_secs_f64());
+}
+
+/// How long a hostile client leaves its socket unread: longer than the server's promise
+/// to close a client that does not read (5 s, plus 2 s to say goodbye).
+const UNREAD_FOR: Duration = Duration::from_secs(8);
+
+/// What the hostile clients saw: connections the server closed while they did not read,
+/// and ones it had not closed by then (a broken promise).
+#[derive(Default)]
+struct Abuse {
+    closed: u64,
+    survived: u64,
+}
+
+/// A client that asks for the whole outbox and never reads: a 4 KiB receive buffer, a
+/// subscribe with `"since": 0`, then nothing for `UNREAD_FOR`; then it checks that the
+/// server let it go (reading what is left must end in EOF) and starts again.
+async fn never_read(address: std::net::SocketAddr, stop: tokio::sync::watch::Receiver<bool>) -> Abuse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut abuse = Abuse::default();
+    let subscribe = br#"{"op":"subscribe","topics":["products"],"since":0}"#;
+    let mut frame = vec![0x81, 0x80 | subscribe.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(subscribe);
+    let handshake = format!(
+        "GET /api/v1/ws HTTP/1.1\r\nHost: {address}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    while !*stop.borrow() {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let Ok(mut stream) = socket.connect(address).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        if stream.write_all(handshake.as_bytes()).await.is_err() || stream.write_all(&frame).await.is_err() {
+            continue;
+        }
+        let mut stop = stop.clone();
+        tokio::select! {
+            _ = stop.changed() => return abuse,
+            () = tokio::time::sleep(UNREAD_FOR) => {}
+        }
+        let mut sink = vec![0u8; 16384];
+        let drained = tokio::time::timeout(Duration::from_secs(2), async {
+            while matches!(stream.read(&mut sink).await, Ok(read) if read > 0) {}
+        });
+        match drained.await {
+            Ok(()) => abuse.closed += 1,
+            Err(_) => abuse.survived += 1,
+        }
+    }
+    abuse
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = parse_args();
+    let client = reqwest::Client::new();
+    if args.prefill > 0 {
+        prefill(&client, &args, args.prefill).await;
+    }
+    let (stop_hostile, hostile_stop) = tokio::sync::watch::channel(false);
+    let hostile: Vec<_> = if args.hostile > 0 {
+        let address: std::net::SocketAddr =
+            args.subscribe_url.trim_start_matches("http://").parse().expect("an http://IP:PORT url");
+        (0..args.hostile).map(|_| tokio::spawn(never_read(address, hostile_stop.clone()))).collect()
+    } else {
+        Vec::new()
+    };
     let started = Instant::now();
     // Connect in waves so the listen backlog never overflows.
     let mut sockets = Vec::with_capacity(args.subscribers);
@@ -165,7 +262,6 @@ async fn main() {
         })
         .unzip();
 
-    let client = reqwest::Client::new();
     let interval = Duration::from_secs_f64(1.0 / args.rate);
     let mut ticker = tokio::time::interval(interval);
     let mut failed_writes = 0;
@@ -196,8 +292,18 @@ async fn main() {
         }
         all.extend(latencies);
     }
+    let _ = stop_hostile.send(true);
+    let mut abuse = Abuse::default();
+    for client in hostile {
+        let seen = client.await.unwrap_or_default();
+        abuse.closed += seen.closed;
+        abuse.survived += seen.survived;
+    }
     all.sort_unstable();
     let report = json!({
+        "hostile": args.hostile,
+        "hostile_closed": abuse.closed,
+        "hostile_not_closed": abuse.survived,
         "subscribers": args.subscribers,
         "events_written": expected,
         "failed_writes": failed_writes,

@@ -1,11 +1,18 @@
 //! Building and running the service from a `Config`: the binary and the tests start it
 //! the same way.
 
-use std::{io, net::TcpListener, sync::Arc, time::Duration};
+use std::{cell::OnceCell, io, net::TcpListener, rc::Rc, sync::Arc, time::Duration};
 
 use actix::{Addr, Supervisor};
 use actix_cors::Cors;
-use actix_web::{dev::ServerHandle, http::header, middleware::from_fn, web, App, HttpServer};
+use actix_http::HttpService;
+use actix_service::{map_config, ServiceFactoryExt};
+use actix_web::{
+    dev::{AppConfig, ServerHandle},
+    http::header,
+    middleware::from_fn,
+    web, App,
+};
 use tokio::sync::watch;
 
 use crate::state::AppState;
@@ -22,7 +29,7 @@ use crate::{
     actors::{
         cache::{CacheClient, CacheTiers, CacheTimeouts},
         db_executor::DbGatewaySettings,
-        event_hub::{EventHub, HubLimits},
+        event_hub::{EventHub, HubLimits, ShutDown},
         event_position::EventPosition,
         event_relay::{EventRelay, RelaySettings},
         health::{BeginShutdown, Health, WatchDatabase, WatchOps},
@@ -35,6 +42,7 @@ use crate::{
     auth::tokens::TokenKeys,
     config::{Config, DatabaseUrl},
     db::{self, events::StartingPoint, migrations, outbox::OutboxSignals, outbox_horizon::Horizon},
+    descriptors::{self, DescriptorBudget},
     http::{
         self, extract,
         middleware::{
@@ -44,6 +52,7 @@ use crate::{
             rate_limit::{limit_rate, FailOpenGate, PolicyFields},
             request_id::RequestIds,
         },
+        ws::upgrade::{LiveUpgrade, SharedApp},
     },
     metrics::Metrics,
 };
@@ -66,7 +75,8 @@ pub struct Application {
     shutdown_drain: Duration,
     draining: Draining,
     health: Addr<Health>,
-    shutdown: watch::Sender<bool>,
+    hub: Addr<EventHub>,
+    metrics: Arc<Metrics>,
     /// Held so these live as long as the server.
     _janitor: Addr<Janitor>,
     nats_publisher: Option<Addr<NatsPublisher>>,
@@ -84,6 +94,7 @@ impl Application {
         let port =
             listener.local_addr().map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?.port();
         let (newest_event, horizon) = prepare_database(&config)?;
+        let descriptors = plan_descriptors(&config);
         let (horizon_watch, horizon_feed) = watch::channel(horizon.settled_through());
 
         let metrics = Arc::new(Metrics::new());
@@ -149,8 +160,10 @@ impl Application {
         let cache = CacheClient::new(cache_tiers, db.clone(), Arc::clone(&metrics), timeouts);
         let hub = {
             let limits = HubLimits {
-                max_connections: config.live_updates.max_connections,
+                max_connections: descriptors.live_connections,
+                limited_by_descriptors: descriptors.lowers(config.live_updates.max_connections),
                 max_connections_per_user: config.live_updates.max_connections_per_user,
+                max_anonymous_per_address: config.live_updates.max_anonymous_per_address,
                 max_pending: config.live_updates.max_pending,
             };
             let (db, reporter) = (db.clone(), reporter.clone());
@@ -180,7 +193,6 @@ impl Application {
             let (metrics, reporter) = (Arc::clone(&metrics), reporter.clone());
             RateLimiterClient::new(http_workers, quotas, max_keys, metrics, reporter)
         };
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let nats_publisher = config.nats.clone().map(|settings| {
             let (metrics, recipient) = (Arc::clone(&metrics), health.clone().recipient());
             NatsPublisher::start(
@@ -240,9 +252,8 @@ impl Application {
             tokens: Arc::new(TokenKeys::new(&config.jwt_secret, config.jwt_ttl)),
             cache,
             rate_limiter,
-            hub,
+            hub: hub.clone(),
             event_relay,
-            shutdown: shutdown_rx,
             actors,
             janitor: janitor.clone(),
             nats_publisher: nats_publisher.clone(),
@@ -251,37 +262,58 @@ impl Application {
         let fail_open = web::Data::new(FailOpenGate::default());
         let drain_flag = draining.clone();
 
-        let server = HttpServer::new(move || {
-            // This factory runs on each worker's own thread: its shards start on that
-            // worker's arbiter, so the hot path's sends stay on the thread.
-            let worker_state = AppState {
-                cache: state.cache.on_this_worker(shard_reporter.clone()),
-                rate_limiter: state.rate_limiter.on_this_worker(),
-                ..state.clone()
-            };
-            App::new()
-                .app_data(web::Data::new(worker_state))
-                .app_data(web::Data::new(RequestMetrics::new(Arc::clone(&state.metrics))))
-                .app_data(RequestIds::default())
-                .app_data(web::Data::new(drain_flag.clone()))
-                .app_data(fail_open.clone())
-                .app_data(web::Data::new(PolicyFields::new(&state.config.rate_limits)))
-                .app_data(extract::json_config())
-                .app_data(extract::payload_config())
-                .app_data(extract::path_config())
-                .app_data(extract::query_config())
-                .configure(|cfg| http::routes(cfg, &state.config))
-                .default_service(web::to(http::unknown_route))
-                .wrap(from_fn(limit_rate))
-                .wrap(cors(&state.config))
-                .wrap(from_fn(envelope))
-        })
-        .workers(http_workers)
-        .listen(listener)
-        .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?
-        .disable_signals()
-        .shutdown_timeout(config.shutdown_timeout.as_secs())
-        .run();
+        let local_addr =
+            listener.local_addr().map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;
+        let buffered = state.metrics.ws_buffered_bytes.clone();
+        // actix-web's HttpServer, spelled out so that live-updates connections can leave
+        // the HTTP/1 dispatcher after their handshake (see http/ws/upgrade.rs).
+        let server = actix_server::Server::build()
+            .workers(http_workers)
+            // HTTP connections beyond this wait in the listen backlog instead of failing on
+            // the open-file limit (live-updates ones leave this count after their handshake
+            // and are capped by the hub).
+            .max_concurrent_connections(descriptors.http_connections.div_ceil(http_workers))
+            .disable_signals()
+            .shutdown_timeout(config.shutdown_timeout.as_secs())
+            .listen("storefront", listener, move || {
+                // This factory runs on each worker's own thread: its shards start on that
+                // worker's arbiter, so the hot path's sends stay on the thread.
+                let worker_state = AppState {
+                    cache: state.cache.on_this_worker(shard_reporter.clone()),
+                    rate_limiter: state.rate_limiter.on_this_worker(),
+                    ..state.clone()
+                };
+                let app = App::new()
+                    .app_data(web::Data::new(worker_state))
+                    .app_data(web::Data::new(RequestMetrics::new(Arc::clone(&state.metrics))))
+                    .app_data(RequestIds::default())
+                    .app_data(web::Data::new(drain_flag.clone()))
+                    .app_data(fail_open.clone())
+                    .app_data(web::Data::new(PolicyFields::new(&state.config.rate_limits)))
+                    .app_data(extract::json_config())
+                    .app_data(extract::payload_config())
+                    .app_data(extract::path_config())
+                    .app_data(extract::query_config())
+                    .configure(|cfg| http::routes(cfg, &state.config))
+                    .default_service(web::to(http::unknown_route))
+                    .wrap(from_fn(limit_rate))
+                    .wrap(cors(&state.config))
+                    .wrap(from_fn(envelope));
+                let app = map_config(app, |_| AppConfig::default())
+                    .map(|response| response.map_into_boxed_body())
+                    .map_err(|error: actix_web::Error| error.as_response_error().error_response());
+                let slot = Rc::new(OnceCell::new());
+                HttpService::build()
+                    .client_request_timeout(Duration::from_secs(5))
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    .h1_allow_half_closed(true)
+                    .local_addr(local_addr)
+                    .upgrade(LiveUpgrade::new(Rc::clone(&slot), buffered.clone()))
+                    .finish(SharedApp::new(app, slot))
+                    .tcp()
+            })
+            .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?
+            .run();
 
         tracing::info!(
             address = %config.bind_addr, port, database = ?config.database.url, workers = config.db_workers,
@@ -293,7 +325,8 @@ impl Application {
             shutdown_drain: config.shutdown_drain,
             draining,
             health,
-            shutdown,
+            hub,
+            metrics,
             _janitor: janitor,
             nats_publisher,
         })
@@ -314,7 +347,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> io::Result<()> {
         let handle = self.server.handle();
         let (health, drain, draining) = (self.health.clone(), self.shutdown_drain, self.draining.clone());
-        let live_updates = self.shutdown;
+        let (hub, metrics) = (self.hub.clone(), Arc::clone(&self.metrics));
         actix_rt::spawn(async move {
             wait_for_stop_signal().await;
             health.do_send(BeginShutdown);
@@ -323,7 +356,10 @@ impl Application {
             let drained = first_of(actix_rt::time::sleep(drain), wait_for_stop_signal()).await;
             // Live-updates sessions say goodbye (1001) and end, so the graceful stop that
             // follows is not held up by connections that never finish on their own.
-            live_updates.send_replace(true);
+            hub.do_send(ShutDown);
+            // Live-updates connections are tasks of their own, not the server's: wait for
+            // their goodbyes (each takes at most a couple of seconds) before it stops.
+            first_of(all_closed(metrics), wait_for_stop_signal()).await;
             if drained && first_of(handle.stop(true), wait_for_stop_signal()).await {
                 return;
             }
@@ -337,6 +373,14 @@ impl Application {
             let _ = publisher.send(Retire).timeout(Duration::from_secs(2)).await;
         }
         Ok(())
+    }
+}
+
+/// Resolves once no live-updates connection is open, or after the longest goodbye.
+async fn all_closed(metrics: Arc<Metrics>) {
+    let deadline = actix_rt::time::Instant::now() + Duration::from_secs(5);
+    while metrics.ws_connections.get() > 0 && actix_rt::time::Instant::now() < deadline {
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -362,6 +406,25 @@ fn prepare_database(config: &Config) -> Result<(i64, Horizon), StartupError> {
         tracing::info!(%version, "migration applied");
     }
     StartingPoint::find(&mut conn).map_err(|error| StartupError::Database(error.to_string()))
+}
+
+/// Raises the open-file limit as far as allowed and splits it: live-updates connections get
+/// what is left after the database, the listener and a headroom for plain HTTP.
+fn plan_descriptors(config: &Config) -> DescriptorBudget {
+    let limit = descriptors::raise_open_file_limit();
+    let configured = config.live_updates.max_connections;
+    let budget = DescriptorBudget::plan(limit, config.database.pool_size as usize, configured);
+    if budget.lowers(configured) {
+        tracing::warn!(
+            ws_max_connections = configured,
+            open_file_limit = limit,
+            live_connections = budget.live_connections,
+            "WS_MAX_CONNECTIONS is more than the open-file limit leaves room for: live-updates connections are \
+             capped at {} (raise the open-file limit, e.g. LimitNOFILE or ulimit -n, to allow more)",
+            budget.live_connections
+        );
+    }
+    budget
 }
 
 fn cors(config: &Config) -> Cors {

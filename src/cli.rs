@@ -215,6 +215,10 @@ pub struct ServeArgs {
     /// Live-updates connections one user may hold; more are refused with 429.
     #[arg(long, env = "WS_MAX_CONNECTIONS_PER_USER", default_value = "16")]
     pub ws_max_connections_per_user: String,
+    /// Live-updates connections without a token from one client address (as the rate limiter
+    /// sees it); more are refused with 429.
+    #[arg(long, env = "WS_MAX_ANONYMOUS_PER_ADDRESS", default_value = "32")]
+    pub ws_max_anonymous_per_address: String,
     /// When set, /metrics requires this bearer token.
     #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,

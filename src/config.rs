@@ -149,6 +149,7 @@ pub struct LiveUpdatesConfig {
     pub ping_interval: Duration,
     pub max_connections: usize,
     pub max_connections_per_user: usize,
+    pub max_anonymous_per_address: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, derive_more::Display, derive_more::Error)]
@@ -359,6 +360,12 @@ impl Config {
                     &args.ws_max_connections_per_user,
                     1,
                     1_000_000,
+                )?,
+                max_anonymous_per_address: parse_number(
+                    "WS_MAX_ANONYMOUS_PER_ADDRESS",
+                    &args.ws_max_anonymous_per_address,
+                    1,
+                    10_000_000,
                 )?,
             },
             db_breaker_failures: parse_number("DB_BREAKER_FAILURES", &args.db_breaker_failures, 1, 1_000_000)?,

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod descriptors;
 pub mod domain;
 pub mod error;
 pub mod http;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod request_context;
 pub mod state;
 pub mod telemetry;
+pub mod websocket;
 
 pub use app::Application;
 pub use config::Config;

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub ws_connections: IntGauge,
     pub ws_events_sent: IntCounterVec,
     pub ws_disconnects: IntCounterVec,
+    pub ws_refused: IntCounterVec,
+    pub ws_buffered_bytes: IntGauge,
     pub event_delivery: Histogram,
     pub nats_published: IntCounter,
     pub nats_publish_lag: IntGauge,
@@ -55,7 +57,34 @@ pub mod disconnect_reason {
     pub const HEARTBEAT: &str = "heartbeat";
     pub const SHUTDOWN: &str = "shutdown";
     pub const PROTOCOL: &str = "protocol";
-    pub const ALL: [&str; 7] = [CLIENT, SLOW_CONSUMER, TOKEN_EXPIRED, USER_DELETED, HEARTBEAT, SHUTDOWN, PROTOCOL];
+    pub const FRAME_TOO_BIG: &str = "frame_too_big";
+    pub const TOKEN_REVOKED: &str = "token_revoked";
+    pub const RATE_LIMITED: &str = "rate_limited";
+    pub const ALL: [&str; 10] = [
+        CLIENT,
+        SLOW_CONSUMER,
+        TOKEN_EXPIRED,
+        USER_DELETED,
+        HEARTBEAT,
+        SHUTDOWN,
+        PROTOCOL,
+        FRAME_TOO_BIG,
+        TOKEN_REVOKED,
+        RATE_LIMITED,
+    ];
+}
+
+/// Why a live-updates handshake was refused: the `reason` label of `ws_refused_total`.
+pub mod refusal_reason {
+    /// `WS_MAX_ANONYMOUS_PER_ADDRESS` connections without a token from that address.
+    pub const PER_ADDRESS: &str = "per_address";
+    /// `WS_MAX_CONNECTIONS_PER_USER` connections of that user.
+    pub const PER_USER: &str = "per_user";
+    /// `WS_MAX_CONNECTIONS` on this replica (or it is shutting down).
+    pub const TOTAL: &str = "total";
+    /// The lower cap the open-file limit leaves.
+    pub const DESCRIPTORS: &str = "descriptors";
+    pub const ALL: [&str; 4] = [PER_ADDRESS, PER_USER, TOTAL, DESCRIPTORS];
 }
 
 /// Registration only fails for a duplicate or malformed name; the names below are fixed
@@ -168,6 +197,22 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let ws_refused = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("ws_refused_total", "WebSocket handshakes refused for a connection limit, by limit"),
+                &["reason"],
+            )
+            .expect("valid metric"),
+        );
+        let ws_buffered_bytes = register(
+            &registry,
+            IntGauge::new(
+                "ws_buffered_bytes",
+                "Bytes held for WebSocket connections now: frames queued to send and client frames arriving",
+            )
+            .expect("valid metric"),
+        );
         let event_delivery = register(
             &registry,
             Histogram::with_opts(
@@ -182,6 +227,9 @@ impl Metrics {
         }
         for reason in disconnect_reason::ALL {
             ws_disconnects.with_label_values(&[reason]);
+        }
+        for reason in refusal_reason::ALL {
+            ws_refused.with_label_values(&[reason]);
         }
         let ops = OpsMetrics::register(&registry);
         let nats_published = register(
@@ -198,6 +246,8 @@ impl Metrics {
             ws_connections,
             ws_events_sent,
             ws_disconnects,
+            ws_refused,
+            ws_buffered_bytes,
             event_delivery,
             registry,
             ops,

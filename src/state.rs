@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use actix::Addr;
-use tokio::sync::watch;
 
 use crate::{
     actors::{
@@ -32,8 +31,6 @@ pub struct AppState {
     pub rate_limiter: RateLimiterClient,
     pub hub: Addr<EventHub>,
     pub event_relay: Addr<EventRelay>,
-    /// Turns true when shutdown begins: live-updates sessions close with 1001.
-    pub shutdown: watch::Receiver<bool>,
     /// Every actor's row for `GET /api/v1/ops/actors`.
     pub actors: ActorDirectory,
     /// For fault injection into the background actors.

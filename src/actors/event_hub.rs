@@ -11,6 +11,7 @@
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{
         atomic::{AtomicU8, Ordering},
         Arc,
@@ -20,7 +21,7 @@ use std::{
 use actix::{
     fut::wrap_future, Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, Supervised,
 };
-use bytestring::ByteString;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
@@ -40,6 +41,7 @@ use crate::{
         user::User,
     },
     error::AppError,
+    websocket,
 };
 
 const ACTOR: &str = "event_hub";
@@ -52,8 +54,9 @@ pub struct Delivery {
     /// The outbox id; for `ops` events, this replica's own ops sequence.
     pub id: i64,
     pub topic: Topic,
-    /// The message as sent; every session writes this same buffer (a clone is a reference).
-    pub text: ByteString,
+    /// The whole WebSocket frame as sent; every session writes this same buffer (a clone
+    /// is a reference).
+    pub frame: Bytes,
     /// When the change committed (appended), for the delivery-latency histogram.
     pub committed_at: DateTime<Utc>,
 }
@@ -74,6 +77,10 @@ pub enum Detached {
     /// The hub restarted or may have missed events: re-attach and replay.
     Resync,
     UserDeleted,
+    /// The user's password or role changed after the session's token was issued.
+    TokenRevoked,
+    /// The replica is shutting down.
+    Shutdown,
 }
 
 /// The hub's word to one session, readable without a queue slot (the queue may be full).
@@ -89,6 +96,8 @@ impl Kick {
             Detached::SlowConsumer => 1,
             Detached::Resync => 2,
             Detached::UserDeleted => 3,
+            Detached::TokenRevoked => 4,
+            Detached::Shutdown => 5,
         };
         self.reason.store(code, Ordering::Release);
         self.notify.notify_one();
@@ -99,6 +108,8 @@ impl Kick {
             1 => Some(Detached::SlowConsumer),
             2 => Some(Detached::Resync),
             3 => Some(Detached::UserDeleted),
+            4 => Some(Detached::TokenRevoked),
+            5 => Some(Detached::Shutdown),
             _ => None,
         }
     }
@@ -117,13 +128,22 @@ impl Kick {
 #[derive(Debug, Clone, Copy)]
 pub struct HubLimits {
     pub max_connections: usize,
+    /// `max_connections` was lowered to what the open-file limit leaves: refusals at it
+    /// are for want of descriptors.
+    pub limited_by_descriptors: bool,
     pub max_connections_per_user: usize,
+    /// Connections without a token from one client address.
+    pub max_anonymous_per_address: usize,
     /// Messages a session's queue holds before its subscriber counts as slow.
     pub max_pending: usize,
 }
 
 struct Subscriber {
     viewer: Viewer,
+    /// The token generation the session was opened with (signed-in viewers only).
+    generation: Option<i64>,
+    /// The client address of an anonymous session, for the per-address limit.
+    anonymous_from: Option<IpAddr>,
     topics: TopicSet,
     queue: mpsc::Sender<Outbound>,
     kick: Arc<Kick>,
@@ -134,6 +154,7 @@ pub struct EventHub {
     /// The sessions of each signed-in user, for the per-user limit and for user changes
     /// (without a scan over every session).
     by_user: HashMap<Uuid, Vec<SessionId>>,
+    anonymous_by_address: HashMap<IpAddr, usize>,
     next_id: SessionId,
     /// The newest outbox id handed to sessions: a session attaching now replays up to it
     /// and receives everything after it live. Kept across restarts (it only grows).
@@ -143,6 +164,7 @@ pub struct EventHub {
     pending_through: i64,
     ops_sequence: i64,
     limits: HubLimits,
+    shutting_down: bool,
     db: DbGateway,
     reporter: RestartReporter,
 }
@@ -152,11 +174,13 @@ impl EventHub {
         Self {
             sessions: HashMap::new(),
             by_user: HashMap::new(),
+            anonymous_by_address: HashMap::new(),
             next_id: 1,
             position: start_position,
             pending_through: start_position,
             ops_sequence: 0,
             limits,
+            shutting_down: false,
             db,
             reporter,
         }
@@ -174,6 +198,9 @@ impl EventHub {
         if let Some(user) = subscriber.viewer.user_id() {
             self.by_user.entry(user).or_default().push(id);
         }
+        if let Some(address) = subscriber.anonymous_from {
+            *self.anonymous_by_address.entry(address).or_default() += 1;
+        }
         self.sessions.insert(id, subscriber);
     }
 
@@ -187,10 +214,18 @@ impl EventHub {
                 }
             }
         }
+        if let Some(address) = subscriber.anonymous_from {
+            if let Some(count) = self.anonymous_by_address.get_mut(&address) {
+                *count -= 1;
+                if *count == 0 {
+                    self.anonymous_by_address.remove(&address);
+                }
+            }
+        }
         Some(subscriber)
     }
 
-    fn admit(&mut self, viewer: Viewer) -> Result<(), AttachRefused> {
+    fn admit(&mut self, viewer: Viewer, address: Option<IpAddr>) -> Result<(), AttachRefused> {
         if self.sessions.len() >= self.limits.max_connections {
             // A session whose task is gone no longer counts, even if its Detach went astray.
             let gone: Vec<SessionId> =
@@ -200,11 +235,21 @@ impl EventHub {
             }
         }
         if self.sessions.len() >= self.limits.max_connections {
-            return Err(AttachRefused::TooManyConnections);
+            return Err(if self.limits.limited_by_descriptors {
+                AttachRefused::OutOfDescriptors
+            } else {
+                AttachRefused::TooManyConnections
+            });
         }
-        match viewer.user_id() {
-            Some(user) if self.connections_of(user) >= self.limits.max_connections_per_user => {
+        match (viewer.user_id(), address) {
+            (Some(user), _) if self.connections_of(user) >= self.limits.max_connections_per_user => {
                 Err(AttachRefused::TooManyForUser)
+            }
+            (None, Some(address))
+                if self.anonymous_by_address.get(&address).copied().unwrap_or(0)
+                    >= self.limits.max_anonymous_per_address =>
+            {
+                Err(AttachRefused::TooManyForAddress)
             }
             _ => Ok(()),
         }
@@ -219,6 +264,7 @@ impl EventHub {
 
     fn detach_all(&mut self, reason: Detached) {
         self.by_user.clear();
+        self.anonymous_by_address.clear();
         for (_, subscriber) in self.sessions.drain() {
             subscriber.kick.fire(reason);
         }
@@ -271,8 +317,8 @@ impl EventHub {
             }
             let Some(topic) = Topic::parse(&event.topic) else { continue };
             let committed_at = clock::to_utc(event.created_at);
-            let text = event_message(event.id, topic, &event.kind, &event.payload, committed_at).into();
-            self.fan_out(Arc::new(Delivery { id: event.id, topic, text, committed_at }), owner);
+            let frame = websocket::text(&event_message(event.id, topic, &event.kind, &event.payload, committed_at));
+            self.fan_out(Arc::new(Delivery { id: event.id, topic, frame, committed_at }), owner);
         }
     }
 
@@ -307,6 +353,10 @@ impl EventHub {
         let mut slow = Vec::new();
         for id in self.sessions_of(user) {
             let Some(subscriber) = self.sessions.get_mut(&id) else { continue };
+            if subscriber.generation.is_some_and(|generation| generation != found.token_generation) {
+                self.detach(id, Detached::TokenRevoked);
+                continue;
+            }
             if subscriber.viewer == viewer {
                 continue;
             }
@@ -353,13 +403,22 @@ impl Supervised for EventHub {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachRefused {
+    /// `WS_MAX_CONNECTIONS` reached.
     TooManyConnections,
+    /// The cap the open-file limit left reached.
+    OutOfDescriptors,
     TooManyForUser,
+    TooManyForAddress,
+    ShuttingDown,
 }
 
 /// A session joins (or re-joins after the hub let it go) with the topics it holds.
 pub struct Attach {
     pub viewer: Viewer,
+    /// The generation of the token that opened the session (signed-in viewers).
+    pub generation: Option<i64>,
+    /// The client's address, as the rate limiter sees it.
+    pub address: Option<IpAddr>,
     pub topics: TopicSet,
     /// A session that was already admitted once is not counted against the limits again.
     pub rejoining: bool,
@@ -381,17 +440,26 @@ impl Handler<Attach> for EventHub {
     type Result = MessageResult<Attach>;
     fn handle(&mut self, msg: Attach, ctx: &mut Context<Self>) -> Self::Result {
         let attached = guarded(self, ctx, |act, _| {
+            if act.shutting_down {
+                return Err(AttachRefused::ShuttingDown);
+            }
             if !msg.rejoining {
-                act.admit(msg.viewer)?;
+                act.admit(msg.viewer, msg.address)?;
             }
             let (sender, queue) = mpsc::channel(act.limits.max_pending);
             let kick = Arc::new(Kick::default());
             let id = act.next_id;
             act.next_id += 1;
-            act.add_session(
-                id,
-                Subscriber { viewer: msg.viewer, topics: msg.topics, queue: sender, kick: Arc::clone(&kick) },
-            );
+            let anonymous_from = if msg.viewer.user_id().is_none() { msg.address } else { None };
+            let subscriber = Subscriber {
+                viewer: msg.viewer,
+                generation: msg.generation,
+                anonymous_from,
+                topics: msg.topics,
+                queue: sender,
+                kick: Arc::clone(&kick),
+            };
+            act.add_session(id, subscriber);
             Ok(Attached { id, queue, kick, position: act.position })
         });
         // A panic here already restarted the hub; the caller tries again.
@@ -416,6 +484,21 @@ impl Handler<SetTopics> for EventHub {
             Some(act.position)
         })
         .flatten()
+    }
+}
+
+/// The replica is stopping: every session closes (1001) and no new one is admitted.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ShutDown;
+
+impl Handler<ShutDown> for EventHub {
+    type Result = ();
+    fn handle(&mut self, _msg: ShutDown, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, _| {
+            act.shutting_down = true;
+            act.detach_all(Detached::Shutdown);
+        });
     }
 }
 
@@ -462,8 +545,9 @@ impl Handler<OpsEvent> for EventHub {
         guarded(self, ctx, |act, _| {
             act.ops_sequence += 1;
             let at = Utc::now();
-            let text = event_message(act.ops_sequence, Topic::Ops, msg.kind, &msg.data.to_string(), at).into();
-            act.fan_out(Arc::new(Delivery { id: act.ops_sequence, topic: Topic::Ops, text, committed_at: at }), None);
+            let frame =
+                websocket::text(&event_message(act.ops_sequence, Topic::Ops, msg.kind, &msg.data.to_string(), at));
+            act.fan_out(Arc::new(Delivery { id: act.ops_sequence, topic: Topic::Ops, frame, committed_at: at }), None);
         });
     }
 }
@@ -480,6 +564,7 @@ impl Handler<GetActorReport> for EventHub {
             let state = serde_json::json!({
                 "connections": act.sessions.len(),
                 "max_connections": act.limits.max_connections,
+                "anonymous_addresses": act.anonymous_by_address.len(),
                 "subscriptions": by_topic,
                 "last_event_id": act.position,
                 "ops_events": act.ops_sequence,

@@ -87,7 +87,9 @@ impl UseCase for EventsAfter {
     }
 }
 
-/// One page of a replay: events on `topics` with `after < id <= through`, oldest first.
+/// One page of a replay: events on `topics` with `after < id <= through`, oldest first,
+/// bounded in rows and in payload bytes (a page holds at least one event, however large),
+/// so a subscriber's replay never holds more than a page in memory.
 pub struct ReplayPage {
     pub after: i64,
     pub through: i64,
@@ -96,33 +98,65 @@ pub struct ReplayPage {
     /// `None` public ones only; `all_private` (a role that sees every order) reads all.
     pub owner: Option<String>,
     pub all_private: bool,
-    pub limit: i64,
+    pub max_rows: i64,
+    pub max_bytes: usize,
 }
 
 #[derive(Debug)]
 pub enum Replay {
-    Events(Vec<StoredEvent>),
+    /// The next events, and whether more may follow up to `through`.
+    Events { events: Vec<StoredEvent>, more: bool },
     /// Retention already pruned events after `after`: a gap-free replay is impossible.
-    Expired {
-        pruned_through: i64,
-    },
+    Expired { pruned_through: i64 },
+}
+
+diesel::define_sql_function! {
+    /// Bytes, not characters (PostgreSQL; SQLite since 3.43).
+    fn octet_length(text: diesel::sql_types::Text) -> diesel::sql_types::Integer;
+}
+
+impl ReplayPage {
+    /// The events this page may read, up to `through`, as a boxed query to narrow further.
+    fn visible(&self, through: i64) -> events::BoxedQuery<'static, <DbConnection as diesel::Connection>::Backend> {
+        let mut query = events::table
+            .filter(events::id.gt(self.after))
+            .filter(events::id.le(through))
+            .filter(events::topic.eq_any(self.topics.clone()))
+            .into_boxed();
+        if !self.all_private {
+            query = match self.owner.clone() {
+                Some(owner) => query.filter(events::user_id.is_null().or(events::user_id.eq(owner))),
+                None => query.filter(events::user_id.is_null()),
+            };
+        }
+        query
+    }
 }
 
 impl UseCase for ReplayPage {
     type Output = Replay;
     fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Replay, AppError> {
-        let mut query = events::table
-            .filter(events::id.gt(self.after))
-            .filter(events::id.le(self.through))
-            .filter(events::topic.eq_any(self.topics))
-            .into_boxed();
-        if !self.all_private {
-            query = match self.owner {
-                Some(owner) => query.filter(events::user_id.is_null().or(events::user_id.eq(owner))),
-                None => query.filter(events::user_id.is_null()),
-            };
+        // First only the sizes, to find where the page ends in bytes; then exactly those rows.
+        let sizes: Vec<(i64, i32)> = self
+            .visible(self.through)
+            .order(events::id.asc())
+            .limit(self.max_rows)
+            .select((events::id, octet_length(events::payload)))
+            .load(conn)?;
+        let mut last = None;
+        let mut bytes = 0usize;
+        for (id, size) in &sizes {
+            bytes += usize::try_from(*size).unwrap_or(0);
+            if last.is_some() && bytes > self.max_bytes {
+                break;
+            }
+            last = Some(*id);
         }
-        let events = query.order(events::id.asc()).limit(self.limit).select(StoredEvent::as_select()).load(conn)?;
+        let events = match last {
+            Some(last) => self.visible(last).order(events::id.asc()).select(StoredEvent::as_select()).load(conn)?,
+            None => Vec::new(),
+        };
+        let more = sizes.len() as i64 == self.max_rows || last != sizes.last().map(|(id, _)| *id);
         // Read after the events: a prune that committed in between is then seen here, so
         // a page it emptied is reported as expired rather than passed off as complete.
         let pruned_through: i64 = outbox_watermark::table
@@ -133,6 +167,6 @@ impl UseCase for ReplayPage {
         if self.after < pruned_through {
             return Ok(Replay::Expired { pruned_through });
         }
-        Ok(Replay::Events(events))
+        Ok(Replay::Events { events, more })
     }
 }

@@ -184,6 +184,42 @@ pub mod error_code {
     pub const BAD_REQUEST: &str = "bad_request";
     pub const FORBIDDEN: &str = "forbidden";
     pub const SINCE_EXPIRED: &str = "since_expired";
+    pub const RATE_LIMITED: &str = "rate_limited";
+}
+
+/// What one connection may ask of the server: `COMMANDS_PER_SECOND` commands with a burst
+/// of `COMMAND_BURST`, where every `EVENTS_PER_COMMAND` events a `since` replay sends count
+/// as one more command. A replay is never cut short for it; its cost is debt that later
+/// commands wait out. A GCRA bucket (one theoretical arrival time) on the session's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommandBudget {
+    /// Nanoseconds since the session began at which the bucket is empty again.
+    tat_ns: u64,
+}
+
+impl CommandBudget {
+    pub const COMMANDS_PER_SECOND: u64 = 10;
+    pub const COMMAND_BURST: u64 = 20;
+    pub const EVENTS_PER_COMMAND: u64 = 100;
+    const INTERVAL_NS: u64 = 1_000_000_000 / Self::COMMANDS_PER_SECOND;
+    const TOLERANCE_NS: u64 = Self::INTERVAL_NS * (Self::COMMAND_BURST - 1);
+
+    /// Admits one command at `now_ns`, or says how long until one would be.
+    pub fn try_command(&mut self, now_ns: u64) -> Result<(), std::time::Duration> {
+        let tat = self.tat_ns.max(now_ns);
+        let ahead = tat - now_ns;
+        if ahead > Self::TOLERANCE_NS {
+            return Err(std::time::Duration::from_nanos(ahead - Self::TOLERANCE_NS));
+        }
+        self.tat_ns = tat + Self::INTERVAL_NS;
+        Ok(())
+    }
+
+    /// Charges `events` replayed events.
+    pub fn charge_events(&mut self, now_ns: u64, events: u64) {
+        let cost = events.saturating_mul(Self::INTERVAL_NS) / Self::EVENTS_PER_COMMAND;
+        self.tat_ns = self.tat_ns.max(now_ns).saturating_add(cost);
+    }
 }
 
 /// `{"type":"subscribed","topics":[...],"last_event_id":N}`
@@ -292,6 +328,26 @@ mod tests {
         ] {
             assert!(parse_command(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn commands_pass_at_the_configured_rate_and_replays_count_by_their_events() {
+        let second = 1_000_000_000;
+        let mut budget = CommandBudget::default();
+        let burst = (0..100).take_while(|_| budget.try_command(0).is_ok()).count() as u64;
+        assert_eq!(burst, CommandBudget::COMMAND_BURST);
+        let wait = budget.try_command(0).expect_err("over the burst");
+        assert_eq!(wait, std::time::Duration::from_millis(100));
+        // Over ten seconds, the rate admits ten a second and no more.
+        let admitted = (1..=1000).filter(|tick| budget.try_command(tick * second / 100).is_ok()).count();
+        assert_eq!(admitted, 100);
+
+        let mut replayed = CommandBudget::default();
+        replayed.charge_events(0, 10_000);
+        assert!(replayed.try_command(0).is_err(), "a 10,000-event replay costs 100 commands");
+        // 10 s of debt, less the burst's 1.9 s of tolerance.
+        assert!(replayed.try_command(8 * second).is_err());
+        assert!(replayed.try_command(8 * second + second / 10).is_ok());
     }
 
     #[test]

@@ -361,9 +361,15 @@ async fn permissions_follow_the_user_deleted_and_demoted(backend: Backend) {
     let demoted =
         app.send_json(Method::PATCH, &format!("/api/v1/users/{deputy_id}"), &root, &json!({"role": "user"})).await;
     assert_eq!(demoted.status(), 200);
-    let lost = deputys.next_json().await;
-    assert_eq!((lost["type"].as_str(), lost["code"].as_str()), (Some("error"), Some("forbidden")), "{lost}");
-    assert!(lost["message"].as_str().unwrap().contains("ops"));
+    // A role change voids the user's tokens, and with them the connections they opened.
+    assert_eq!(deputys.closed().await, (1008, "token revoked".to_owned()));
+    let deputy = app.token_for("deputy@example.com").await;
+    let mut deputys = WsClient::connect(&app, Some(&deputy)).await;
+    deputys.send_json(json!({"op": "subscribe", "topics": ["ops", "orders", "account"]})).await;
+    let refused = deputys.next_json().await;
+    assert_eq!((refused["type"].as_str(), refused["code"].as_str()), (Some("error"), Some("forbidden")), "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("ops"));
+    assert_eq!(deputys.next_json().await["type"], "subscribed");
     place_order(&app, &alice, &product, 1).await;
     deposit(&app, &root, &deputy_id, 50).await;
     let next = deputys.next_event().await;

@@ -16,6 +16,7 @@ mod foundation;
 mod hardening;
 mod housekeeping;
 mod idempotency;
+mod live_abuse;
 mod live_updates;
 mod nats;
 mod ops;

@@ -1,29 +1,25 @@
-//! One live-updates connection: a task that owns its subscriptions, its position (the
-//! last event id it delivered on each topic) and the receiving end of its bounded queue.
+//! One live-updates connection after its handshake: a single task that owns the socket,
+//! its subscriptions, its position (the last event id it delivered on each topic) and the
+//! receiving end of its bounded queue.
 //!
 //! Everything a session sends is in id order per topic and never twice: replayed events
 //! come from the database up to the hub's position at the moment of (re)subscribing, live
 //! ones from the queue, and anything at or below the session's position is skipped.
+//!
+//! What a connection holds is bounded whatever the client does: frames queued for the
+//! socket stop being added at `LIVE_HIGH_WATER` (the hub's queue then fills and the hub
+//! cuts the subscriber loose), a replay reads its next page only once the socket has taken
+//! the last one down to `REPLAY_ROOM`, and pages are bounded in bytes. A client whose socket
+//! takes nothing for `STALL_LIMIT` while bytes wait is a slow consumer, replaying or not.
 
-use std::{
-    future::{pending, poll_fn, Future},
-    pin::{pin, Pin},
-    sync::Arc,
-    task::Poll,
-    time::Duration,
-};
+use std::{future::poll_fn, net::IpAddr, sync::Arc, task::Poll, time::Duration};
 
 use actix::Addr;
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Message, ProtocolError, Session};
-use bytestring::ByteString;
 use chrono::{DateTime, Utc};
-use futures_sink::Sink;
 use prometheus::IntCounter;
-use tokio::{
-    sync::{mpsc, watch},
-    time::{timeout, Instant},
-};
+use tokio::{sync::mpsc, time::Instant};
 
+use super::socket::{ReadEnd, WsSocket};
 use crate::{
     actors::{
         event_hub::{Attach, Attached, Delivery, Detach, Detached, EventHub, Kick, Outbound, SessionId, SetTopics},
@@ -36,51 +32,92 @@ use crate::{
     domain::{
         clock,
         live::{
-            error_code, error_message, event_message, parse_command, subscribed_message, Command, Topic, TopicSet,
-            Viewer,
+            error_code, error_message, event_message, parse_command, subscribed_message, Command, CommandBudget, Topic,
+            TopicSet, Viewer,
         },
     },
     metrics::{disconnect_reason, Metrics},
+    websocket::{self, close_code, Incoming, Violation},
 };
 
-/// Largest frame (and message) a client may send; subscribe commands are tiny.
-pub const MAX_FRAME_BYTES: usize = 4 * 1024;
 const HUB_TIMEOUT: Duration = Duration::from_secs(2);
-const REPLAY_PAGE: i64 = 500;
 /// How often a session that cannot re-attach (the hub restarting) tries again.
 const REJOIN_ATTEMPTS: u32 = 20;
-/// How long a write may still take, once the queue overflowed, before the client counts
-/// as not reading.
-const SLOW_CONSUMER_GRACE: Duration = Duration::from_secs(2);
-/// How long a close frame may wait behind unread messages before the socket is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Queued bytes at which a session stops taking live events until the socket catches up.
+pub const LIVE_HIGH_WATER: usize = 32 * 1024;
+/// A replay reads its next page once no more than this is still queued.
+pub const REPLAY_ROOM: usize = 16 * 1024;
+/// A replay page's payloads in bytes (at least one event, however large).
+pub const REPLAY_PAGE_BYTES: usize = 32 * 1024;
+const REPLAY_PAGE_ROWS: i64 = 256;
+/// How long the socket may take nothing while bytes wait before the client counts as not
+/// reading.
+pub const STALL_LIMIT: Duration = Duration::from_secs(5);
+/// How long the closing handshake may take before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Refused commands in a row after which the connection is closed.
+const REFUSALS_TOLERATED: u32 = 10;
 
+/// Everything a granted handshake hands to the connection.
 pub struct SessionSetup {
     pub hub: Addr<EventHub>,
     pub db: DbGateway,
     pub metrics: Arc<Metrics>,
     pub viewer: Viewer,
+    /// The generation of the token that opened the connection (signed-in viewers).
+    pub generation: Option<i64>,
+    /// The client's address, as the rate limiter sees it.
+    pub address: Option<IpAddr>,
     /// When the token that opened the connection expires.
     pub token_expires_at: Option<DateTime<Utc>>,
     pub attached: Attached,
     pub ping_interval: Duration,
-    pub shutdown: watch::Receiver<bool>,
 }
 
 /// How and why the connection ends.
 struct End {
     reason: &'static str,
-    close: Option<CloseReason>,
+    close: Option<(u16, &'static str)>,
 }
 
 impl End {
-    fn with(reason: &'static str, code: CloseCode, text: &str) -> Self {
-        Self { reason, close: Some(CloseReason { code, description: Some(text.to_owned()) }) }
+    fn with(reason: &'static str, code: u16, text: &'static str) -> Self {
+        Self { reason, close: Some((code, text)) }
     }
 
     /// The socket is gone or unwritable: nothing more can be said.
     fn gone(reason: &'static str) -> Self {
         Self { reason, close: None }
+    }
+}
+
+fn slow_consumer() -> End {
+    End::with(disconnect_reason::SLOW_CONSUMER, close_code::POLICY_VIOLATION, "slow consumer")
+}
+
+fn unavailable() -> End {
+    End::with(disconnect_reason::PROTOCOL, close_code::INTERNAL_ERROR, "live updates unavailable; reconnect")
+}
+
+fn violation(violation: Violation) -> End {
+    let reason = match violation {
+        Violation::TooBig => disconnect_reason::FRAME_TOO_BIG,
+        _ => disconnect_reason::PROTOCOL,
+    };
+    End::with(reason, violation.close_code(), violation.reason())
+}
+
+/// Why the hub let go, as the client is told.
+fn kicked(reason: Detached) -> End {
+    match reason {
+        Detached::UserDeleted => {
+            End::with(disconnect_reason::USER_DELETED, close_code::POLICY_VIOLATION, "user deleted")
+        }
+        Detached::TokenRevoked => {
+            End::with(disconnect_reason::TOKEN_REVOKED, close_code::POLICY_VIOLATION, "token revoked")
+        }
+        Detached::Shutdown => End::with(disconnect_reason::SHUTDOWN, close_code::GOING_AWAY, "server shutting down"),
+        Detached::SlowConsumer | Detached::Resync => slow_consumer(),
     }
 }
 
@@ -96,24 +133,20 @@ impl Drop for Membership {
     }
 }
 
-struct LiveSession {
-    ws: Session,
-    db: DbGateway,
-    metrics: Arc<Metrics>,
-    /// `ws_events_sent_total` per topic (indexed by `Topic as usize`), looked up once
-    /// rather than per event.
-    sent: [IntCounter; 4],
-    viewer: Viewer,
-    membership: Membership,
-    queue: mpsc::Receiver<Outbound>,
-    kick: Arc<Kick>,
-    topics: TopicSet,
-    /// The last event id delivered per topic (indexed by `Topic as usize`).
-    delivered: [i64; 4],
-    write_timeout: Duration,
-    /// Sending from the database rather than the queue (which then fills up meanwhile).
-    replaying: bool,
-    overflows: Overflows,
+/// Counts the connection as open for as long as it lives, however its task ends.
+struct OpenConnection(Arc<Metrics>);
+
+impl OpenConnection {
+    fn new(metrics: &Arc<Metrics>) -> Self {
+        metrics.ws_connections.inc();
+        Self(Arc::clone(metrics))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.ws_connections.dec();
+    }
 }
 
 /// Bursts that overflowed the queue while the client kept reading: each is caught up
@@ -137,264 +170,315 @@ impl Overflows {
     }
 }
 
-/// Counts the connection as open for as long as it lives, however its task ends.
-struct OpenConnection(Arc<Metrics>);
-
-impl OpenConnection {
-    fn new(metrics: &Arc<Metrics>) -> Self {
-        metrics.ws_connections.inc();
-        Self(Arc::clone(metrics))
-    }
+/// Where a replay stands: events on `topics` after `after`, through `through`.
+struct ReplayCursor {
+    topics: TopicSet,
+    after: i64,
+    through: i64,
 }
 
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.ws_connections.dec();
-    }
+/// What woke the session.
+enum Step {
+    Message(Incoming),
+    ReadEnded(ReadEnd),
+    WriteFailed,
+    /// The socket took enough of what was queued.
+    Room,
+    Outbound(Option<Outbound>),
+    Kicked,
+    Deadline,
 }
 
-/// Serves one connection until it ends. Built before the task starts, so the task holds
-/// the session and its streams once (an `async fn` would also keep its arguments).
-pub fn run(ws: Session, stream: actix_ws::MessageStream, setup: SessionSetup) -> impl Future<Output = ()> {
-    let SessionSetup { hub, db, metrics, viewer, token_expires_at, attached, ping_interval, shutdown } = setup;
+struct LiveSession {
+    socket: WsSocket,
+    db: DbGateway,
+    metrics: Arc<Metrics>,
+    /// `ws_events_sent_total` per topic (indexed by `Topic as usize`), looked up once
+    /// rather than per event.
+    sent: [IntCounter; 4],
+    viewer: Viewer,
+    generation: Option<i64>,
+    address: Option<IpAddr>,
+    membership: Membership,
+    queue: mpsc::Receiver<Outbound>,
+    kick: Arc<Kick>,
+    /// The hub let go of this session (its queue is closed) and it has not re-joined yet.
+    detached: bool,
+    topics: TopicSet,
+    /// The last event id delivered per topic (indexed by `Topic as usize`).
+    delivered: [i64; 4],
+    replay: Option<ReplayCursor>,
+    /// The hub let go while a replay ran: re-join once it is done.
+    rejoin_after_replay: bool,
+    /// A command that arrived during a replay, handled once the replay is done.
+    deferred: Option<String>,
+    overflows: Overflows,
+    budget: CommandBudget,
+    refusals: u32,
+    started: Instant,
+    ping_interval: Duration,
+    next_ping: Instant,
+    last_heard: Instant,
+    token_deadline: Option<Instant>,
+}
+
+/// Serves one connection until it ends, then says goodbye as the end requires.
+pub async fn run(socket: WsSocket, setup: SessionSetup) {
+    let SessionSetup { hub, db, metrics, viewer, generation, address, token_expires_at, attached, ping_interval } =
+        setup;
     let open = OpenConnection::new(&metrics);
     let Attached { id, queue, kick, position } = attached;
     let sent = Topic::ALL.map(|topic| metrics.ws_events_sent.with_label_values(&[topic.name()]));
+    let now = Instant::now();
     let mut session = LiveSession {
-        ws,
+        socket,
         db,
         metrics,
         sent,
         viewer,
+        generation,
+        address,
         membership: Membership { hub, id },
         queue,
         kick,
+        detached: false,
         topics: TopicSet::default(),
         delivered: [position; 4],
-        // A client that cannot take one message in this long is not reading.
-        write_timeout: (ping_interval * 2).max(Duration::from_secs(5)),
-        replaying: false,
-        overflows: Overflows { window_started: Instant::now(), count: 0 },
+        replay: None,
+        rejoin_after_replay: false,
+        deferred: None,
+        overflows: Overflows { window_started: now, count: 0 },
+        budget: CommandBudget::default(),
+        refusals: 0,
+        started: now,
+        ping_interval,
+        next_ping: now + ping_interval,
+        last_heard: now,
+        token_deadline: token_expires_at
+            .map(|expires_at| now + (expires_at - Utc::now()).to_std().unwrap_or(Duration::ZERO)),
     };
-    let stream =
-        stream.max_frame_size(MAX_FRAME_BYTES).aggregate_continuations().max_continuation_size(MAX_FRAME_BYTES);
-    async move {
-        let end = session.serve(stream, ping_interval, token_expires_at, shutdown).await;
-        let metrics = Arc::clone(&session.metrics);
-        let ws = session.into_socket();
-        metrics.ws_disconnects.with_label_values(&[end.reason]).inc();
-        drop(open);
-        if let Some(reason) = end.close {
-            // Queued behind what the client has not read yet; a client that never reads
-            // does not hold the task beyond this.
-            let _ = timeout(CLOSE_TIMEOUT, ws.close(Some(reason))).await;
-        }
+    let end = session.serve().await;
+    let (mut socket, metrics) = session.into_socket();
+    metrics.ws_disconnects.with_label_values(&[end.reason]).inc();
+    if let Some((code, text)) = end.close {
+        // A close waits behind nothing but a frame already begun.
+        socket.discard_unsent();
+        socket.send(websocket::close(code, text));
+        // Boxed: only a closing connection needs room for its goodbye.
+        Box::pin(socket.finish(Instant::now() + CLOSE_GRACE)).await;
     }
-}
-
-fn slow_consumer() -> End {
-    End::with(disconnect_reason::SLOW_CONSUMER, CloseCode::Policy, "slow consumer")
-}
-
-fn user_deleted() -> End {
-    End::with(disconnect_reason::USER_DELETED, CloseCode::Policy, "user deleted")
-}
-
-fn deadline_of(expires_at: Option<DateTime<Utc>>) -> Option<Instant> {
-    let expires_at = expires_at?;
-    let left = (expires_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-    Some(Instant::now() + left)
-}
-
-/// Resolves once the application shuts down (or is gone, so nobody would announce it).
-async fn shutting_down(mut shutdown: watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|down| *down).await;
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => pending().await,
-    }
+    // Counted as open until its goodbye is said, so shutdown can wait for every goodbye.
+    drop(open);
 }
 
 impl LiveSession {
-    /// Ends the session (leaving the hub) and keeps only the socket, for the close frame.
-    fn into_socket(self) -> Session {
-        self.ws
+    /// Leaves the hub and lets go of everything but the socket, which says goodbye.
+    fn into_socket(self) -> (WsSocket, Arc<Metrics>) {
+        (self.socket, self.metrics)
     }
 
-    async fn serve(
-        &mut self,
-        mut stream: AggregatedMessageStream,
-        ping_interval: Duration,
-        token_expires_at: Option<DateTime<Utc>>,
-        shutdown: watch::Receiver<bool>,
-    ) -> End {
-        // Built once and kept across iterations: arming a timer or a watch again on every
-        // event would cost a lock per event per subscriber.
-        let mut token_expiry = pin!(sleep_until(deadline_of(token_expires_at)));
-        let mut shutting_down = pin!(shutting_down(shutdown.clone()));
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-        let mut last_heard = Instant::now();
+    async fn serve(&mut self) -> End {
+        let mut armed = self.next_deadline();
+        let timer = tokio::time::sleep_until(armed);
+        tokio::pin!(timer);
         loop {
-            if *shutdown.borrow() {
-                return End::with(disconnect_reason::SHUTDOWN, CloseCode::Away, "server shutting down");
+            if !self.detached {
+                if let Some(reason) = self.kick.reason() {
+                    self.detached = true;
+                    if let Err(end) = Box::pin(self.after_kick(reason)).await {
+                        return end;
+                    }
+                    continue;
+                }
             }
-            if let Some(reason) = self.kick.reason() {
-                if let Err(end) = Box::pin(self.after_kick(reason)).await {
+            if self.replay.is_some() && self.socket.queued() <= REPLAY_ROOM {
+                if let Err(end) = Box::pin(self.replay_next_page()).await {
                     return end;
                 }
                 continue;
             }
-            // In this order: what the client sent and the deadlines first (each a cheap
-            // check, and never starved by a steady flow of events), then the queue, and the
-            // shutdown watch last (the check above reads it on every turn). The timers and the
-            // watch are kept across turns, so nothing is armed again per event. The hub's kick needs
-            // no branch of its own: letting go of a session closes its queue, which ends
-            // `recv` here (and the check above reads why).
+            if self.replay.is_none() {
+                if let Some(command) = self.deferred.take() {
+                    if let Err(end) = Box::pin(self.on_command(&command)).await {
+                        return end;
+                    }
+                    continue;
+                }
+            }
+            // Hand the socket what was queued since the last turn, so that in the common case
+            // nothing waits and no timer needs arming.
+            if self.socket.try_flush().is_err() {
+                return End::gone(disconnect_reason::CLIENT);
+            }
+            let deadline = self.next_deadline();
+            if deadline != armed {
+                timer.as_mut().reset(deadline);
+                armed = deadline;
+            }
+            let takes_live = !self.detached && self.replay.is_none() && self.socket.queued() < LIVE_HIGH_WATER;
+            let room_below = match () {
+                () if self.replay.is_some() => Some(REPLAY_ROOM),
+                () if self.socket.queued() >= LIVE_HIGH_WATER => Some(LIVE_HIGH_WATER / 2),
+                () => None,
+            };
+            // During a replay one command may wait; more are not read until it is done.
+            let reads = self.deferred.is_none();
+            // In this order: the socket (what the client sent, and writing what is queued),
+            // then the queue, then the hub's kick (only while the queue is not read, which
+            // otherwise ends when the hub lets go), then the one timer.
+            let socket = &mut self.socket;
             let step = tokio::select! {
                 biased;
-                frame = stream.recv() => {
-                    // Boxed: commands are rare, and inline their replay and hub round trips
-                    // would make every idle connection's task as large as the largest of them.
-                    let handled = Box::pin(self.on_frame(frame)).await;
-                    // Counted from when handling ends: a long replay is not the client's silence.
-                    last_heard = Instant::now();
-                    handled
-                }
-                () = &mut token_expiry => {
-                    return End::with(disconnect_reason::TOKEN_EXPIRED, CloseCode::Policy, "token expired")
-                }
-                _ = heartbeat.tick() => {
-                    if last_heard.elapsed() > ping_interval * 2 {
-                        // The peer is not answering: there is nobody to read a close frame.
-                        return End::gone(disconnect_reason::HEARTBEAT);
+                step = poll_fn(|cx| {
+                    if let Poll::Ready(Err(_)) = socket.poll_flush(cx) {
+                        return Poll::Ready(Step::WriteFailed);
                     }
-                    Box::pin(self.control(|mut ws| async move { ws.ping(b"").await })).await
-                }
-                outbound = self.queue.recv() => match outbound {
-                    Some(outbound) => self.on_outbound(outbound).await,
-                    // The hub let go: the kick says why (checked at the top of the loop);
-                    // without one (the hub itself went away), join it again.
-                    None if self.kick.reason().is_some() => continue,
-                    None => Box::pin(self.rejoin()).await,
-                },
-                () = &mut shutting_down => {
-                    return End::with(disconnect_reason::SHUTDOWN, CloseCode::Away, "server shutting down")
-                }
+                    if reads {
+                        if let Poll::Ready(read) = socket.poll_message(cx) {
+                            return Poll::Ready(match read {
+                                Ok(message) => Step::Message(message),
+                                Err(end) => Step::ReadEnded(end),
+                            });
+                        }
+                    }
+                    if room_below.is_some_and(|room| socket.queued() <= room) {
+                        return Poll::Ready(Step::Room);
+                    }
+                    Poll::Pending
+                }) => step,
+                outbound = self.queue.recv(), if takes_live => Step::Outbound(outbound),
+                _ = self.kick.fired(), if !takes_live && !self.detached => Step::Kicked,
+                () = &mut timer => Step::Deadline,
             };
-            if let Err(end) = step {
+            let handled = match step {
+                Step::Message(message) => self.on_message(message).await,
+                Step::ReadEnded(ReadEnd::Violation(refused)) => Err(violation(refused)),
+                Step::ReadEnded(ReadEnd::Eof | ReadEnd::Io(_)) | Step::WriteFailed => {
+                    Err(End::gone(disconnect_reason::CLIENT))
+                }
+                Step::Room | Step::Kicked => Ok(()),
+                Step::Outbound(Some(outbound)) => self.on_outbound(outbound),
+                // The hub let go: the kick says why (read at the top of the loop); without
+                // one (the hub itself went away), join it again.
+                Step::Outbound(None) if self.kick.reason().is_some() => Ok(()),
+                Step::Outbound(None) => Box::pin(self.rejoin()).await,
+                Step::Deadline => self.on_deadline(),
+            };
+            if let Err(end) = handled {
                 return end;
             }
         }
     }
 
+    /// The earliest of: the next ping, the token's expiry, and, while the socket takes
+    /// nothing, when its client counts as not reading.
+    fn next_deadline(&self) -> Instant {
+        let mut deadline = self.next_ping;
+        if let Some(expiry) = self.token_deadline {
+            deadline = deadline.min(expiry);
+        }
+        if let Some(since) = self.socket.blocked_since() {
+            deadline = deadline.min(since + STALL_LIMIT);
+        }
+        deadline
+    }
+
+    fn on_deadline(&mut self) -> Result<(), End> {
+        let now = Instant::now();
+        if self.token_deadline.is_some_and(|expiry| expiry <= now) {
+            return Err(End::with(disconnect_reason::TOKEN_EXPIRED, close_code::POLICY_VIOLATION, "token expired"));
+        }
+        if self.socket.blocked_since().is_some_and(|since| since + STALL_LIMIT <= now) {
+            return Err(slow_consumer());
+        }
+        if self.next_ping <= now {
+            // While a command waits out a replay nothing is read, pongs included: silence
+            // then says nothing about the client.
+            let silent = self.deferred.is_none() && now.duration_since(self.last_heard) > self.ping_interval * 2;
+            if silent {
+                // The peer answers nothing, not even pings: there is nobody to read a close.
+                return Err(End::gone(disconnect_reason::HEARTBEAT));
+            }
+            self.socket.send(websocket::ping());
+            self.next_ping = now + self.ping_interval;
+        }
+        Ok(())
+    }
+
+    async fn on_message(&mut self, message: Incoming) -> Result<(), End> {
+        self.last_heard = Instant::now();
+        match message {
+            Incoming::Text(text) if self.replay.is_some() => {
+                self.deferred = Some(text);
+                Ok(())
+            }
+            // Boxed: commands are rare, and inline their replay and hub round trips would
+            // make every idle connection's task as large as the largest of them.
+            Incoming::Text(text) => Box::pin(self.on_command(&text)).await,
+            Incoming::Ping(payload) => {
+                self.socket.send(websocket::pong(&payload));
+                Ok(())
+            }
+            Incoming::Pong => Ok(()),
+            // RFC 6455 §5.5.1: answer a close with a close, echoing its code.
+            Incoming::Close(code) => {
+                Err(End { reason: disconnect_reason::CLIENT, close: Some((code.unwrap_or(close_code::NORMAL), "")) })
+            }
+        }
+    }
+
     async fn after_kick(&mut self, reason: Detached) -> Result<(), End> {
+        let backed_up = self.socket.queued() >= LIVE_HIGH_WATER;
         match reason {
-            // The queue overflowed while this session was not waiting on the client (it
-            // was draining a burst): catch up from the database, unless it keeps happening.
+            // The queue filled because the client is not taking what it is sent.
+            Detached::SlowConsumer if backed_up => Err(slow_consumer()),
+            // The queue filled while a replay ran, which was this session's doing: catch up
+            // from the database once the replay is done.
+            Detached::SlowConsumer | Detached::Resync if self.replay.is_some() => {
+                self.rejoin_after_replay = true;
+                Ok(())
+            }
+            // A burst bigger than the queue reached a reading client: catch up from the
+            // database, unless it keeps happening.
             Detached::SlowConsumer if self.overflows.record() => self.rejoin().await,
-            Detached::SlowConsumer => Err(slow_consumer()),
-            Detached::UserDeleted => Err(user_deleted()),
             Detached::Resync => self.rejoin().await,
+            other => Err(kicked(other)),
         }
     }
 
-    async fn on_frame(&mut self, frame: Option<Result<AggregatedMessage, ProtocolError>>) -> Result<(), End> {
-        match frame {
-            None | Some(Ok(AggregatedMessage::Close(_))) => Err(End::gone(disconnect_reason::CLIENT)),
-            Some(Ok(AggregatedMessage::Text(text))) => self.on_command(&text).await,
-            Some(Ok(AggregatedMessage::Binary(_))) => {
-                Err(End::with(disconnect_reason::PROTOCOL, CloseCode::Unsupported, "binary frames are not supported"))
-            }
-            Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                self.control(|mut ws| async move { ws.pong(&bytes).await }).await
-            }
-            Some(Ok(AggregatedMessage::Pong(_))) => Ok(()),
-            Some(Err(ProtocolError::Overflow)) => {
-                Err(End::with(disconnect_reason::PROTOCOL, CloseCode::Size, "frame larger than 4 KiB"))
-            }
-            // The aggregator's own limit on a message split into continuation frames.
-            Some(Err(ProtocolError::Io(_))) => {
-                Err(End::with(disconnect_reason::PROTOCOL, CloseCode::Size, "message larger than 4 KiB"))
-            }
-            Some(Err(_)) => Err(End::with(disconnect_reason::PROTOCOL, CloseCode::Protocol, "protocol error")),
-        }
+    fn send_text(&mut self, text: &str) {
+        self.socket.send(websocket::text(text));
     }
 
-    /// Sends a ping or pong: like any write, it waits while the client does not read, but
-    /// not forever — a client that cannot take a control frame is gone.
-    async fn control<F, Fut>(&self, send: F) -> Result<(), End>
-    where
-        F: FnOnce(Session) -> Fut,
-        Fut: std::future::Future<Output = Result<(), actix_ws::Closed>>,
-    {
-        match timeout(self.write_timeout, send(self.ws.clone())).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::gone(disconnect_reason::CLIENT)),
-            Err(_) => Err(End::gone(disconnect_reason::HEARTBEAT)),
-        }
+    fn send_error(&mut self, code: &str, message: &str) {
+        self.send_text(&error_message(code, message));
     }
 
-    /// Writes one message. The common case, a connection with room, hands the frame over
-    /// at once, without arming a timer. Otherwise see `write_when_room`.
-    async fn write(&mut self, text: impl Into<ByteString>) -> Result<(), End> {
-        let text = text.into();
-        let ws = &mut self.ws;
-        let room = poll_fn(|cx| {
-            Poll::Ready(match Pin::new(&mut *ws).poll_ready(cx) {
-                Poll::Ready(ready) => Some(ready),
-                Poll::Pending => None,
-            })
-        })
-        .await;
-        match room {
-            // The frame joins the connection's outbound buffer (its flush is a no-op).
-            Some(Ok(())) => {
-                Pin::new(&mut self.ws).start_send(Message::Text(text)).map_err(|_| End::gone(disconnect_reason::CLIENT))
-            }
-            Some(Err(_)) => Err(End::gone(disconnect_reason::CLIENT)),
-            None => Box::pin(self.write_when_room(text)).await,
-        }
-    }
-
-    /// Waits for room to write one message. A client that does not read makes this wait
-    /// (the socket is full); if meanwhile its queue overflows, the hub's verdict ends the
-    /// wait — unless this session is replaying, when the overflow is the replay's doing,
-    /// not the client's.
-    async fn write_when_room(&mut self, text: ByteString) -> Result<(), End> {
-        let finished = |sent: Result<Result<(), actix_ws::Closed>, _>| match sent {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::gone(disconnect_reason::CLIENT)),
-            Err(_) => Err(End::gone(disconnect_reason::SLOW_CONSUMER)),
-        };
-        let kick = Arc::clone(&self.kick);
-        let send = timeout(self.write_timeout, self.ws.text(text));
-        tokio::pin!(send);
-        tokio::select! {
-            sent = &mut send => finished(sent),
-            reason = kick.fired() => match reason {
-                // Waiting on this write may only mean the frames ahead of it are still being
-                // flushed; a client that reads gets it out within the grace, one that does
-                // not is the slow consumer the overflow says it is.
-                Detached::SlowConsumer if !self.replaying => match timeout(SLOW_CONSUMER_GRACE, &mut send).await {
-                    Ok(sent) => finished(sent),
-                    Err(_) => Err(slow_consumer()),
-                },
-                Detached::UserDeleted => Err(user_deleted()),
-                _ => finished(send.await),
-            },
-        }
-    }
-
-    async fn send_error(&mut self, code: &str, message: &str) -> Result<(), End> {
-        self.write(error_message(code, message)).await
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     async fn on_command(&mut self, text: &str) -> Result<(), End> {
+        if let Err(wait) = self.budget.try_command(self.now_ns()) {
+            self.refusals += 1;
+            if self.refusals >= REFUSALS_TOLERATED {
+                return Err(End::with(disconnect_reason::RATE_LIMITED, close_code::POLICY_VIOLATION, "rate limited"));
+            }
+            let message = format!(
+                "Too many commands: at most {} a second (a replay counts one per {} events); retry in {} ms.",
+                CommandBudget::COMMANDS_PER_SECOND,
+                CommandBudget::EVENTS_PER_COMMAND,
+                wait.as_millis().max(1)
+            );
+            self.send_error(error_code::RATE_LIMITED, &message);
+            return Ok(());
+        }
+        self.refusals = 0;
         match parse_command(text) {
-            Err(bad) => self.send_error(error_code::BAD_REQUEST, &bad.0).await,
+            Err(bad) => {
+                self.send_error(error_code::BAD_REQUEST, &bad.0);
+                Ok(())
+            }
             Ok(Command::Subscribe { topics, since }) => self.subscribe(topics, since).await,
             Ok(Command::Unsubscribe { topics }) => {
                 let mut remaining = self.topics;
@@ -402,7 +486,8 @@ impl LiveSession {
                     remaining.remove(topic);
                 }
                 let position = self.set_topics(remaining).await?;
-                self.write(subscribed_message(self.topics, position)).await
+                self.send_text(&subscribed_message(self.topics, position));
+                Ok(())
             }
         }
     }
@@ -412,8 +497,7 @@ impl LiveSession {
             requested.into_iter().partition(|topic| self.viewer.may_subscribe(*topic));
         if !denied.is_empty() {
             let names: Vec<&str> = denied.iter().map(|topic| topic.name()).collect();
-            let message = format!("Not allowed for this connection: {}.", names.join(", "));
-            self.send_error(error_code::FORBIDDEN, &message).await?;
+            self.send_error(error_code::FORBIDDEN, &format!("Not allowed for this connection: {}.", names.join(", ")));
         }
         if allowed.is_empty() {
             return Ok(());
@@ -427,13 +511,9 @@ impl LiveSession {
         for topic in added.iter() {
             self.delivered[topic as usize] = since.unwrap_or(position);
         }
-        self.write(subscribed_message(self.topics, position)).await?;
+        self.send_text(&subscribed_message(self.topics, position));
         if since.is_some() {
-            self.replay(added, position).await?;
-            if matches!(self.kick.reason(), Some(Detached::SlowConsumer | Detached::Resync)) {
-                // The queue filled while this session replayed: that was not the client's doing.
-                self.rejoin().await?;
-            }
+            self.start_replay(added, position);
         }
         Ok(())
     }
@@ -441,141 +521,171 @@ impl LiveSession {
     /// Tells the hub which topics to offer; answers the position it took effect at.
     async fn set_topics(&mut self, topics: TopicSet) -> Result<i64, End> {
         for _ in 0..REJOIN_ATTEMPTS {
-            let answer =
-                self.membership.hub.send(SetTopics { id: self.membership.id, topics }).timeout(HUB_TIMEOUT).await;
-            if let Ok(Some(position)) = answer {
-                self.topics = topics;
-                return Ok(position);
+            if !self.detached {
+                let change = SetTopics { id: self.membership.id, topics };
+                if let Ok(Some(position)) = self.membership.hub.send(change).timeout(HUB_TIMEOUT).await {
+                    self.topics = topics;
+                    return Ok(position);
+                }
             }
             // The hub let go of this session (or is restarting): join again, then retry.
             self.rejoin().await?;
         }
-        Err(End::with(disconnect_reason::PROTOCOL, CloseCode::Error, "live updates unavailable; reconnect"))
+        Err(unavailable())
     }
 
-    async fn on_outbound(&mut self, outbound: Outbound) -> Result<(), End> {
+    fn on_outbound(&mut self, outbound: Outbound) -> Result<(), End> {
         match outbound {
-            Outbound::Event(delivery) => self.deliver(&delivery).await,
+            Outbound::Event(delivery) => {
+                self.deliver(&delivery);
+                Ok(())
+            }
             Outbound::ViewerChanged(viewer) => {
                 self.viewer = viewer;
                 let lost: Vec<Topic> = self.topics.iter().filter(|topic| !viewer.may_subscribe(*topic)).collect();
-                if lost.is_empty() {
-                    return Ok(());
+                if !lost.is_empty() {
+                    for topic in &lost {
+                        self.topics.remove(*topic);
+                    }
+                    let names: Vec<&str> = lost.iter().map(|topic| topic.name()).collect();
+                    self.send_error(
+                        error_code::FORBIDDEN,
+                        &format!("Your role no longer allows: {}.", names.join(", ")),
+                    );
                 }
-                for topic in &lost {
-                    self.topics.remove(*topic);
-                }
-                let names: Vec<&str> = lost.iter().map(|topic| topic.name()).collect();
-                let message = format!("Your role no longer allows: {}.", names.join(", "));
-                self.send_error(error_code::FORBIDDEN, &message).await
+                Ok(())
             }
         }
     }
 
-    async fn deliver(&mut self, delivery: &Delivery) -> Result<(), End> {
+    fn deliver(&mut self, delivery: &Delivery) {
         let topic = delivery.topic;
         if !self.topics.contains(topic) {
-            return Ok(());
+            return;
         }
         if topic.is_replayable() {
             if delivery.id <= self.delivered[topic as usize] {
-                return Ok(());
+                return;
             }
             self.delivered[topic as usize] = delivery.id;
         }
-        // The frame's text is shared by every subscriber: this clones a reference.
-        self.write(delivery.text.clone()).await?;
+        // The frame is shared by every subscriber: this clones a reference.
+        self.socket.send(delivery.frame.clone());
         self.sent[topic as usize].inc();
         // Live deliveries only: a replayed event's age says nothing about delivery speed.
         let latency = (Utc::now() - delivery.committed_at).to_std().unwrap_or(Duration::ZERO);
         self.metrics.event_delivery.observe(latency.as_secs_f64());
-        Ok(())
     }
 
-    /// Sends every retained event on `topics` after what this session delivered, up to
-    /// `through`. Events already pruned make a gap-free replay impossible: the client is
-    /// told `since_expired` and continues from `through`.
-    async fn replay(&mut self, topics: TopicSet, through: i64) -> Result<(), End> {
-        self.replaying = true;
-        let replayed = self.replay_from_database(topics, through).await;
-        self.replaying = false;
-        replayed
-    }
-
-    async fn replay_from_database(&mut self, topics: TopicSet, through: i64) -> Result<(), End> {
+    /// Begins sending every retained event on `topics` after what this session delivered,
+    /// up to `through`, a page at a time as the socket takes them.
+    fn start_replay(&mut self, topics: TopicSet, through: i64) {
         let replayable: TopicSet = topics.iter().filter(|topic| topic.is_replayable()).collect();
-        let Some(mut after) = replayable.iter().map(|topic| self.delivered[topic as usize]).min() else {
-            return Ok(());
-        };
-        let names = replayable.names();
-        while after < through {
-            let page = ReplayPage {
-                after,
-                through,
-                topics: names.clone(),
-                owner: self.viewer.user_id().map(|id| id.to_string()),
-                all_private: self.viewer.sees(Topic::Orders, None),
-                limit: REPLAY_PAGE,
-            };
-            let events = match self.db.run(page).await {
-                Ok(Replay::Events(events)) => events,
-                Ok(Replay::Expired { pruned_through }) => {
-                    let message = format!(
-                        "Events after {after} up to {pruned_through} were pruned; re-read over HTTP. \
-                         Live events continue after {through}."
-                    );
-                    self.send_error(error_code::SINCE_EXPIRED, &message).await?;
-                    break;
+        let Some(after) = replayable.iter().map(|topic| self.delivered[topic as usize]).min() else { return };
+        match &mut self.replay {
+            // Topics added while a replay runs join it: it starts again from the lowest position.
+            Some(cursor) => {
+                for topic in replayable.iter() {
+                    cursor.topics.insert(topic);
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "live-updates replay failed; the client must reconnect");
-                    return Err(End::with(
-                        disconnect_reason::PROTOCOL,
-                        CloseCode::Error,
-                        "replay unavailable; reconnect with since",
-                    ));
-                }
-            };
-            let full = events.len() as i64 == REPLAY_PAGE;
-            for event in events {
-                after = event.id;
-                let Some(topic) = Topic::parse(&event.topic) else { continue };
-                let owner = event.user_id.as_deref().and_then(|id| uuid::Uuid::parse_str(id).ok());
-                if event.id <= self.delivered[topic as usize] || !self.viewer.sees(topic, owner) {
-                    continue;
-                }
-                self.delivered[topic as usize] = event.id;
-                let committed_at = clock::to_utc(event.created_at);
-                self.write(event_message(event.id, topic, &event.kind, &event.payload, committed_at)).await?;
-                self.sent[topic as usize].inc();
+                cursor.after = cursor.after.min(after);
+                cursor.through = cursor.through.max(through);
             }
-            if !full {
-                break;
-            }
+            None => self.replay = Some(ReplayCursor { topics: replayable, after, through }),
         }
-        for topic in replayable.iter() {
+    }
+
+    /// Sends the next page of the replay; ends it when the page was its last.
+    async fn replay_next_page(&mut self) -> Result<(), End> {
+        let Some(cursor) = &self.replay else { return Ok(()) };
+        let (topics, after, through) = (cursor.topics, cursor.after, cursor.through);
+        let page = ReplayPage {
+            after,
+            through,
+            topics: topics.names(),
+            owner: self.viewer.user_id().map(|id| id.to_string()),
+            all_private: self.viewer.sees(Topic::Orders, None),
+            max_rows: REPLAY_PAGE_ROWS,
+            max_bytes: REPLAY_PAGE_BYTES,
+        };
+        let (events, more) = match self.db.run(page).await {
+            Ok(Replay::Events { events, more }) => (events, more),
+            Ok(Replay::Expired { pruned_through }) => {
+                let message = format!(
+                    "Events after {after} up to {pruned_through} were pruned; re-read over HTTP. \
+                     Live events continue after {through}."
+                );
+                self.send_error(error_code::SINCE_EXPIRED, &message);
+                return self.end_replay(topics, through).await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "live-updates replay failed; the client must reconnect");
+                return Err(End::with(
+                    disconnect_reason::PROTOCOL,
+                    close_code::INTERNAL_ERROR,
+                    "replay unavailable; reconnect with since",
+                ));
+            }
+        };
+        let mut last = after;
+        let count = events.len() as u64;
+        for event in events {
+            last = event.id;
+            let Some(topic) = Topic::parse(&event.topic) else { continue };
+            let owner = event.user_id.as_deref().and_then(|id| uuid::Uuid::parse_str(id).ok());
+            if event.id <= self.delivered[topic as usize] || !self.viewer.sees(topic, owner) {
+                continue;
+            }
+            self.delivered[topic as usize] = event.id;
+            let committed_at = clock::to_utc(event.created_at);
+            self.send_text(&event_message(event.id, topic, &event.kind, &event.payload, committed_at));
+            self.sent[topic as usize].inc();
+        }
+        self.budget.charge_events(self.now_ns(), count);
+        if more && last < through {
+            if let Some(cursor) = &mut self.replay {
+                cursor.after = last;
+            }
+            return Ok(());
+        }
+        self.end_replay(topics, through).await
+    }
+
+    async fn end_replay(&mut self, topics: TopicSet, through: i64) -> Result<(), End> {
+        self.replay = None;
+        for topic in topics.iter() {
             let delivered = &mut self.delivered[topic as usize];
             *delivered = (*delivered).max(through);
+        }
+        if std::mem::take(&mut self.rejoin_after_replay) {
+            return self.rejoin().await;
         }
         Ok(())
     }
 
     /// Looks the user up again, so a session never re-attaches with a role the user no
-    /// longer has (or at all, once the user is deleted).
+    /// longer has, with a token a password change voided, or at all once the user is gone.
     async fn reauthorize(&mut self) -> Result<(), End> {
         let Some(id) = self.viewer.user_id() else { return Ok(()) };
         match self.db.run(FindActiveUser { id }).await {
+            Ok(Some(user)) if self.generation.is_some_and(|generation| generation != user.token_generation) => {
+                Err(kicked(Detached::TokenRevoked))
+            }
             Ok(Some(user)) => {
                 let viewer = Viewer::User { id, role: user.role };
                 if viewer != self.viewer {
-                    self.on_outbound(Outbound::ViewerChanged(viewer)).await?;
+                    self.on_outbound(Outbound::ViewerChanged(viewer))?;
                 }
                 Ok(())
             }
-            Ok(None) => Err(user_deleted()),
+            Ok(None) => Err(kicked(Detached::UserDeleted)),
             Err(error) => {
                 tracing::warn!(%error, "cannot confirm a live subscriber's permissions; closing");
-                Err(End::with(disconnect_reason::PROTOCOL, CloseCode::Error, "permissions unavailable; reconnect"))
+                Err(End::with(
+                    disconnect_reason::PROTOCOL,
+                    close_code::INTERNAL_ERROR,
+                    "permissions unavailable; reconnect",
+                ))
             }
         }
     }
@@ -585,25 +695,35 @@ impl LiveSession {
     async fn rejoin(&mut self) -> Result<(), End> {
         // The hub let go of this session; it may have been just when the user changed.
         self.membership.hub.do_send(Detach(self.membership.id));
+        self.detached = true;
         self.reauthorize().await?;
         for attempt in 0..REJOIN_ATTEMPTS {
-            let attach = Attach { viewer: self.viewer, topics: self.topics, rejoining: true };
+            let attach = Attach {
+                viewer: self.viewer,
+                generation: self.generation,
+                address: self.address,
+                topics: self.topics,
+                rejoining: true,
+            };
             match self.membership.hub.send(attach).timeout(HUB_TIMEOUT).await {
                 Ok(Ok(Attached { id, queue, kick, position })) => {
                     self.membership.id = id;
                     self.queue = queue;
                     self.kick = kick;
-                    self.replay(self.topics, position).await?;
-                    match self.kick.reason() {
-                        // The queue filled during the replay: that was our doing, not the client's.
-                        Some(Detached::SlowConsumer | Detached::Resync) => continue,
-                        Some(Detached::UserDeleted) => return Err(user_deleted()),
-                        None => return Ok(()),
+                    self.detached = false;
+                    self.start_replay(self.topics, position);
+                    return Ok(());
+                }
+                Ok(Err(refused)) => {
+                    tracing::debug!(?refused, "live-updates session could not re-attach");
+                    if refused == crate::actors::event_hub::AttachRefused::ShuttingDown {
+                        return Err(kicked(Detached::Shutdown));
                     }
                 }
-                _ => tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt + 1))).await,
+                Err(_) => {}
             }
+            tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt + 1))).await;
         }
-        Err(End::with(disconnect_reason::PROTOCOL, CloseCode::Error, "live updates unavailable; reconnect"))
+        Err(unavailable())
     }
 }

@@ -8,9 +8,11 @@
 //! PostgreSQL into a failure.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod child_server;
 pub mod db_lock;
 pub mod events;
 pub mod postgres_server;
+pub mod raw_ws;
 pub mod shop;
 pub mod ws;
 
