@@ -27,7 +27,7 @@ use crate::{
         health::{BeginShutdown, Health, WatchDatabase, WatchOps},
         janitor::{Janitor, Retention},
         nats_publisher::{NatsPublisher, OutboxFeed, Retire},
-        rate_limiter::RateLimiterClient,
+        rate_limiter::{RateLimiterClient, RedisTarget},
         supervision::RestartReporter,
         DbGateway,
     },
@@ -46,6 +46,9 @@ use crate::{
     },
     metrics::Metrics,
 };
+
+/// The rate limiter's per-shard counts, summed on the actors page.
+const RATE_LIMITER_SUMMED: &[&str] = &["keys_tracked", "leases_held", "max_keys", "requests_waiting"];
 
 #[derive(Debug, derive_more::Display)]
 pub enum StartupError {
@@ -173,8 +176,13 @@ impl Application {
         };
         let rate_limiter = {
             let (quotas, max_keys) = (config.rate_limits, config.rate_limit_max_keys);
+            let redis = config.rate_limit_redis.as_ref().map(|redis| RedisTarget {
+                url: redis.url.expose().to_owned(),
+                timeout: redis.timeout,
+                replica: origin.simple().to_string(),
+            });
             let (metrics, reporter) = (Arc::clone(&metrics), reporter.clone());
-            RateLimiterClient::new(http_workers, quotas, max_keys, metrics, reporter)
+            RateLimiterClient::new(http_workers, quotas, max_keys, redis, metrics, reporter)
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let nats_publisher = config.nats.clone().map(|settings| {
@@ -203,7 +211,7 @@ impl Application {
                 .describe(move || probe_thread.report())
                 .describe(move || passwords.report())
                 .ask("health", health.clone().recipient())
-                .ask_shards("rate_limiter", None, http_workers, &["keys_tracked", "max_keys"], {
+                .ask_shards("rate_limiter", None, http_workers, RATE_LIMITER_SUMMED, {
                     let shards = rate_limiter.shards().clone();
                     move || shards.each().map(|shard| shard.clone().recipient()).collect()
                 })
