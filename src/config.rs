@@ -566,6 +566,23 @@ mod tests {
     }
 
     #[test]
+    fn shared_rate_limits_need_a_redis_url_and_a_timeout_of_at_most_100_ms() {
+        assert!(RateLimitRedis::from_args(None, "50").unwrap().is_none());
+        assert!(RateLimitRedis::from_args(Some(" "), "50").unwrap().is_none());
+        let redis = RateLimitRedis::from_args(Some("redis://:s3cret@cache:6380/2"), "80").unwrap().unwrap();
+        assert_eq!(redis.timeout, Duration::from_millis(80));
+        assert!(!format!("{redis:?}").contains("s3cret"), "the URL may hold a password and is never printed");
+        for bad in ["cache:6379", "http://cache", "rediss://cache", "redis://", "redis:///0"] {
+            let error = RateLimitRedis::from_args(Some(bad), "50").unwrap_err();
+            assert_eq!(error.setting, "RATE_LIMIT_REDIS_URL", "{bad:?}");
+        }
+        for bad in ["0", "101", "fast"] {
+            let error = RateLimitRedis::from_args(Some("redis://cache"), bad).unwrap_err();
+            assert_eq!(error.setting, "RATE_LIMIT_REDIS_TIMEOUT_MS", "{bad:?}");
+        }
+    }
+
+    #[test]
     fn postgres_url_debug_hides_the_password() {
         let url = DatabaseUrl::parse("postgres://admin:hunter2@db.internal:5433/shop").unwrap();
         let shown = format!("{url:?}");

@@ -74,7 +74,7 @@ pub const REDIS_LEASE_IDLE: Nanos = 1_000 * MILLI;
 /// owner's worst-case conversion).
 pub const SETTLE_BEFORE_EXPIRY: Nanos = 500 * MILLI;
 /// The longest an owner holds a request while the holders it recalled settle.
-pub const RECALL_WAIT: Nanos = 20 * MILLI;
+pub const RECALL_WAIT: Nanos = 40 * MILLI;
 /// Grants one ledger keeps out at once; past it, asks are answered without a grant.
 pub const MAX_GRANTS_PER_KEY: usize = 64;
 /// Requests of one key that wait on one holder for its ask to be answered.

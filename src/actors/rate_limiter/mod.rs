@@ -66,7 +66,7 @@ use crate::{
 const ACTOR: &str = "rate_limiter";
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// How long a holder waits for its owner (who may hold the ask up to `RECALL_WAIT`).
-const ASK_TIMEOUT: Duration = Duration::from_millis(50);
+const ASK_TIMEOUT: Duration = Duration::from_millis(80);
 /// How often a replica that fell back checks whether Redis answers again.
 const REDIS_PROBE_INTERVAL: Nanos = 250_000_000;
 
@@ -621,10 +621,11 @@ impl RateLimiterClient {
         shard.send(Check { policy, key }).timeout(timeout).await
     }
 
-    /// How long a decision may take at most: a Redis call, then a local one if it failed.
+    /// How long a decision may take at most: a Redis call, then a local one if it failed
+    /// (an ask to the owner, which may hold it while it recalls).
     pub fn decision_timeout(&self) -> Duration {
         let redis = self.shared.redis.as_ref().map_or(Duration::ZERO, |redis| redis.timeout);
-        Duration::from_millis(100) + redis
+        ASK_TIMEOUT + Duration::from_millis(20) + redis
     }
 
     /// `local`, `redis` or `fallback`.
