@@ -828,9 +828,9 @@ impl<R> ShardCore<R> {
         }
     }
 
-    /// Housekeeping: grants that ended count as spent; full, idle ledgers and stale leases
-    /// are forgotten; grants about to expire, and Redis grants left unused, are settled.
-    pub fn sweep(&mut self, now: Nanos, fx: &mut Vec<Effect<R>>) {
+    /// Owner housekeeping: grants that ended count as spent; full ledgers with nothing on
+    /// lease are forgotten (they would decide nothing differently).
+    pub fn sweep_ledgers(&mut self, now: Nanos) {
         let quotas = self.quotas;
         for (key, owned) in self.owned.iter_mut() {
             self.stats.expired += owned.ledger.expire(quotas.of(key.0), now);
@@ -844,6 +844,11 @@ impl<R> ShardCore<R> {
         for key in idle {
             self.owned.pop(&key);
         }
+    }
+
+    /// Holder housekeeping: grants about to expire, and Redis grants left unused, are
+    /// settled; leases with nothing left to tell are forgotten.
+    pub fn sweep_leases(&mut self, now: Nanos, fx: &mut Vec<Effect<R>>) {
         let workers = self.workers;
         for (key, held) in self.held.iter_mut() {
             for backend in [Backend::Local, Backend::Redis] {
@@ -1154,7 +1159,8 @@ mod tests {
 
         fn sweep(&mut self, shard: usize) {
             let mut fx = Vec::new();
-            self.shards[shard].sweep(self.now, &mut fx);
+            self.shards[shard].sweep_ledgers(self.now);
+            self.shards[shard].sweep_leases(self.now, &mut fx);
             self.apply(shard, fx);
         }
 

@@ -64,7 +64,10 @@ use crate::{
 };
 
 const ACTOR: &str = "rate_limiter";
-const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// How often leases are settled before they expire (and Redis probed while it is down).
+const LEASE_SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// How often full, idle ledgers are forgotten.
+const LEDGER_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a holder waits for its owner (who may hold the ask up to `RECALL_WAIT`).
 const ASK_TIMEOUT: Duration = Duration::from_millis(80);
 /// How often a replica that fell back checks whether Redis answers again.
@@ -313,8 +316,8 @@ impl RateLimiter {
         }));
     }
 
-    fn sweep(&mut self, ctx: &mut Context<Self>) {
-        self.step(ctx, |core, now, fx| core.sweep(now, fx));
+    fn sweep_leases(&mut self, ctx: &mut Context<Self>) {
+        self.step(ctx, |core, now, fx| core.sweep_leases(now, fx));
         self.report_counts();
         let now = self.shared.now();
         if let Some(redis) = self.redis.clone().filter(|_| self.shared.mode.claim_probe(now)) {
@@ -367,7 +370,10 @@ impl Actor for RateLimiter {
                     }
                 }
             }
-            ctx.run_interval(SWEEP_INTERVAL, |act, ctx| act.sweep(ctx));
+            ctx.run_interval(LEASE_SWEEP_INTERVAL, |act, ctx| act.sweep_leases(ctx));
+            ctx.run_interval(LEDGER_SWEEP_INTERVAL, |act, ctx| {
+                act.step(ctx, |core, now, _| core.sweep_ledgers(now));
+            });
         });
     }
 }
