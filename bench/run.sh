@@ -13,13 +13,17 @@
 # Usage: bench/run.sh        (from anywhere; needs cargo, curl, python3; installs wrk if missing)
 #        SKIP_WS=1 bench/run.sh   skips bench/ws.sh (and keeps its last report out)
 #        SKIP_REDIS=1 bench/run.sh   skips the Redis-limiter run (f)
-#        WARMUP=1s DURATION=2s bench/run.sh   shorter runs (to check the script, not to measure)
+#        PROFILE=debug WARMUP=1s DURATION=2s SKIP_ORDERS=1 SKIP_WS=1 REPORT=/tmp/check.md bench/run.sh
+#            checks the script in minutes, without a release build (the figures mean nothing)
 #        BARE_ADDR, CACHED_ADDR, UNCACHED_ADDR, DBREAD_ADDR, FRESH_ADDR, REDIS_ADDR, SHARED_ADDR (and bench/orders.sh's
 #        ORDERS_ADDR, bench/ws.sh's ADDR_A/ADDR_B) move the servers when the ports are taken.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-REPORT="$ROOT/docs/BENCHMARKS.md"
+REPORT=${REPORT:-"$ROOT/docs/BENCHMARKS.md"}
+# PROFILE=debug runs debug builds: to check the script quickly, never to measure.
+PROFILE=${PROFILE:-release}
+BIN="target/$PROFILE"
 
 CONNECTIONS=64
 THREADS=2
@@ -341,7 +345,7 @@ run_storefront() {
     require_free "$addr"
     log "$name: starting storefront on $addr $*"
     start_bg "$TMP/$name.log" env -i PATH="$PATH" DATABASE_URL="sqlite://$TMP/bench.db" BIND_ADDR="$addr" \
-        "${SERVER_SETTINGS[@]}" JWT_SECRET="$BENCH_JWT_SECRET" "$@" target/release/storefront serve
+        "${SERVER_SETTINGS[@]}" JWT_SECRET="$BENCH_JWT_SECRET" "$@" "$BIN/storefront" serve
     wait_ready "http://$addr/readyz" "$STARTED_PID" "$TMP/$name.log"
 }
 
@@ -376,7 +380,7 @@ measure_start_and_rss() {
     local started ready pid i
     started=$(date +%s.%N)
     start_bg "$TMP/fresh.log" env -i PATH="$PATH" DATABASE_URL="sqlite://$TMP/fresh.db" BIND_ADDR="$FRESH_ADDR" \
-        "${SERVER_SETTINGS[@]}" JWT_SECRET="$BENCH_JWT_SECRET" target/release/storefront serve
+        "${SERVER_SETTINGS[@]}" JWT_SECRET="$BENCH_JWT_SECRET" "$BIN/storefront" serve
     pid=$STARTED_PID
     for ((i = 0; i < READY_TIMEOUT_S * 100; i++)); do
         if curl -fs -o /dev/null --max-time 1 "http://$FRESH_ADDR/readyz"; then break; fi
@@ -429,12 +433,15 @@ main() {
     WRK_VERSION=$({ wrk -v 2>&1 || true; } | head -n1 | cut -d' ' -f1-2)
 
     log "building (release)"
-    cargo build --release --bin storefront --example bare --example db_read
+    local profile_flag=--release
+    [[ $PROFILE == release ]] || profile_flag=--profile=dev
+    [[ $PROFILE == release || $PROFILE == debug ]] || die "PROFILE is release or debug"
+    cargo build "$profile_flag" --bin storefront --example bare --example db_read
     LOAD_BEFORE=$(uptime | sed 's/.*load/load/')
 
     TMP=$(mktemp -d "${TMPDIR:-/tmp}/storefront-bench.XXXXXX")
     log "database in $TMP"
-    env -i PATH="$PATH" DATABASE_URL="sqlite://$TMP/bench.db" target/release/storefront user create \
+    env -i PATH="$PATH" DATABASE_URL="sqlite://$TMP/bench.db" "$BIN/storefront" user create \
         --email "$ADMIN_EMAIL" --password "$ADMIN_PASSWORD" --role admin >"$TMP/user.log" 2>&1 ||
         {
             cat "$TMP/user.log" >&2
@@ -444,7 +451,7 @@ main() {
     # (a) the HTTP ceiling
     require_free "$BARE_ADDR"
     log "bare: starting on $BARE_ADDR"
-    start_bg "$TMP/bare.log" target/release/examples/bare "$BARE_ADDR"
+    start_bg "$TMP/bare.log" "$BIN/examples/bare" "$BARE_ADDR"
     local bare_pid=$STARTED_PID
     wait_ready "http://$BARE_ADDR/bare" "$bare_pid" "$TMP/bare.log"
     measure bare "http://$BARE_ADDR/bare"
@@ -489,7 +496,7 @@ main() {
     # (d), (e): the same product read two ways, one process, the same SQLite file
     require_free "$DBREAD_ADDR"
     log "db_read: starting on $DBREAD_ADDR"
-    start_bg "$TMP/dbread.log" target/release/examples/db_read "sqlite://$TMP/bench.db" "$DBREAD_ADDR"
+    start_bg "$TMP/dbread.log" "$BIN/examples/db_read" "sqlite://$TMP/bench.db" "$DBREAD_ADDR"
     local dbread_pid=$STARTED_PID
     wait_ready "http://$DBREAD_ADDR/actor/$PRODUCT_ID" "$dbread_pid" "$TMP/dbread.log"
     measure block "http://$DBREAD_ADDR/block/$PRODUCT_ID"

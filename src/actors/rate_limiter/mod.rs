@@ -363,7 +363,15 @@ impl Actor for RateLimiter {
                 if let Some(target) = act.shared.redis.clone() {
                     let holder = format!("{}:{}", target.replica, act.core_holder());
                     match RedisLedgers::connect(&target.url, holder, target.timeout) {
-                        Ok(redis) => act.redis = Some(redis),
+                        Ok(redis) => {
+                            // Redis not there at start-up: fall back at once, not at the first request.
+                            ctx.spawn(redis.clone().warm_up().into_actor(act).map(|warmed, act, _| {
+                                if let Err(failure) = warmed {
+                                    act.shared.mode.fall_back(&failure, act.shared.now());
+                                }
+                            }));
+                            act.redis = Some(redis);
+                        }
                         Err(error) => {
                             act.shared.mode.fall_back(&RedisFailure::Redis(error), act.shared.now());
                         }

@@ -13,6 +13,7 @@ use crate::domain::{
 };
 
 const KEY_PREFIX: &str = "storefront:ratelimit:v1";
+const WARM_UP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a call did not give an answer: the replica falls back to its own limiter.
 #[derive(Debug, derive_more::Display)]
@@ -101,6 +102,18 @@ impl RedisLedgers {
                 retry_at: sent_at.saturating_add(micros(retry_us)),
             },
         })
+    }
+
+    /// Connects and loads the script, so the first request that needs Redis pays neither.
+    /// No request waits on it, so it may take longer than a request's call.
+    pub async fn warm_up(mut self) -> Result<(), RedisFailure> {
+        let allowed = self.timeout.max(WARM_UP_TIMEOUT);
+        let load = self.script.load_async(&mut self.connection);
+        tokio::time::timeout(allowed, load)
+            .await
+            .map_err(|_| RedisFailure::Timeout(allowed))?
+            .map(drop)
+            .map_err(RedisFailure::Redis)
     }
 
     /// Whether Redis answers (within the timeout): how a replica that fell back learns it
