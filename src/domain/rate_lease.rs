@@ -81,6 +81,8 @@ pub const MAX_GRANTS_PER_KEY: usize = 64;
 pub const MAX_WAITING_PER_KEY: usize = 256;
 /// Requests one owner holds while it recalls.
 pub const MAX_PARKED: usize = 4096;
+/// A holder's first lease for a key: a few tokens, so a steady client is not a message per request.
+const FIRST_WANT: u32 = 4;
 
 /// Tokens leased to one holder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -418,8 +420,11 @@ impl<R> Default for Owned<R> {
 struct Held<R> {
     local: Option<Lease>,
     redis: Option<Lease>,
-    /// Tokens to ask for next: doubles while leases are used up, halves when one comes back unused.
+    /// Tokens to ask for next: doubles while leases are used up, halves when one comes back
+    /// unused, and covers the requests already waiting.
     want: u32,
+    /// Requests that waited for the last answer and still need a token.
+    backlog: usize,
     asking: Option<Backend>,
     waiting: VecDeque<R>,
     /// Grants an owner recalled before they arrived (a recall can overtake the answer that
@@ -429,7 +434,15 @@ struct Held<R> {
 
 impl<R> Default for Held<R> {
     fn default() -> Self {
-        Self { local: None, redis: None, want: 1, asking: None, waiting: VecDeque::new(), recalled: Vec::new() }
+        Self {
+            local: None,
+            redis: None,
+            want: FIRST_WANT,
+            backlog: 0,
+            asking: None,
+            waiting: VecDeque::new(),
+            recalled: Vec::new(),
+        }
     }
 }
 
@@ -651,7 +664,8 @@ impl<R> ShardCore<R> {
             _ => held.want,
         };
         held.asking = Some(backend);
-        let ask = LeaseAsk { key, from, settle, want: held.want };
+        let backlog = u32::try_from(std::mem::take(&mut held.backlog)).unwrap_or(u32::MAX);
+        let ask = LeaseAsk { key, from, settle, want: held.want.max(backlog.saturating_add(1)) };
         match backend {
             Backend::Local => {
                 self.stats.asks += 1;
@@ -774,6 +788,8 @@ impl<R> ShardCore<R> {
                 if let Some(first) = waiting.pop_front() {
                     fx.push(Effect::Decide(first, Some(lease.decision(quota, now, answer.allowed))));
                 }
+                // If these outnumber the grant, the next ask asks for all of them at once.
+                held.backlog = waiting.len();
                 let recalled = lease.grant.and_then(|grant| held.recalled.iter().position(|id| *id == grant.id));
                 if let Some(at) = recalled {
                     held.recalled.swap_remove(at);
@@ -784,6 +800,9 @@ impl<R> ShardCore<R> {
                 *held.lease(backend) = Some(lease);
                 for responder in waiting {
                     self.recheck(key, now, backend, responder, fx);
+                }
+                if let Some(held) = self.held.peek_mut(&key) {
+                    held.backlog = 0;
                 }
             }
             Err(NoAnswer { fall_back: true }) => {

@@ -68,8 +68,9 @@ const ACTOR: &str = "rate_limiter";
 const LEASE_SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// How often full, idle ledgers are forgotten.
 const LEDGER_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
-/// How long a holder waits for its owner (who may hold the ask up to `RECALL_WAIT`).
-const ASK_TIMEOUT: Duration = Duration::from_millis(80);
+/// How long a holder waits for its owner (who may hold the ask up to `RECALL_WAIT`): a
+/// cross-thread round trip, generous for a machine so busy its threads wait to be scheduled.
+const ASK_TIMEOUT: Duration = Duration::from_millis(250);
 /// How often a replica that fell back checks whether Redis answers again.
 const REDIS_PROBE_INTERVAL: Nanos = 250_000_000;
 
@@ -639,7 +640,7 @@ impl RateLimiterClient {
     /// (an ask to the owner, which may hold it while it recalls).
     pub fn decision_timeout(&self) -> Duration {
         let redis = self.shared.redis.as_ref().map_or(Duration::ZERO, |redis| redis.timeout);
-        ASK_TIMEOUT + Duration::from_millis(20) + redis
+        ASK_TIMEOUT + Duration::from_millis(50) + redis
     }
 
     /// `local`, `redis` or `fallback`.
