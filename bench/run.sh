@@ -5,27 +5,37 @@
 # - one product read by id through the DbExecutor pool against the idiomatic
 #   `web::block` + r2d2 in the handler (examples/db_read.rs, same database, same run);
 # - start to ready on a fresh SQLite file, and idle RSS after it;
-# - the WebSocket fan-out (bench/ws.sh, folded in unless SKIP_WS=1).
+# - the WebSocket fan-out (bench/ws.sh, folded in unless SKIP_WS=1);
+# - the cached GET again with the rate limits shared through Redis (RATE_LIMIT_REDIS_URL at a
+#   redis-server this script starts on REDIS_ADDR; skipped with SKIP_REDIS=1).
 # Writes docs/BENCHMARKS.md (overwritten).
 #
 # Usage: bench/run.sh        (from anywhere; needs cargo, curl, python3; installs wrk if missing)
 #        SKIP_WS=1 bench/run.sh   skips bench/ws.sh (and keeps its last report out)
-#        BARE_ADDR, CACHED_ADDR, UNCACHED_ADDR, DBREAD_ADDR, FRESH_ADDR (and bench/orders.sh's
+#        SKIP_REDIS=1 bench/run.sh   skips the Redis-limiter run (f)
+#        PROFILE=debug WARMUP=1s DURATION=2s SKIP_ORDERS=1 SKIP_WS=1 REPORT=/tmp/check.md bench/run.sh
+#            checks the script in minutes, without a release build (the figures mean nothing)
+#        BARE_ADDR, CACHED_ADDR, UNCACHED_ADDR, DBREAD_ADDR, FRESH_ADDR, REDIS_ADDR, SHARED_ADDR (and bench/orders.sh's
 #        ORDERS_ADDR, bench/ws.sh's ADDR_A/ADDR_B) move the servers when the ports are taken.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-REPORT="$ROOT/docs/BENCHMARKS.md"
+REPORT=${REPORT:-"$ROOT/docs/BENCHMARKS.md"}
+# PROFILE=debug runs debug builds: to check the script quickly, never to measure.
+PROFILE=${PROFILE:-release}
+BIN="target/$PROFILE"
 
 CONNECTIONS=64
 THREADS=2
-WARMUP=3s
-DURATION=15s
+WARMUP=${WARMUP:-3s}
+DURATION=${DURATION:-15s}
 BARE_ADDR=${BARE_ADDR:-127.0.0.1:18090}
 CACHED_ADDR=${CACHED_ADDR:-127.0.0.1:18091}
 UNCACHED_ADDR=${UNCACHED_ADDR:-127.0.0.1:18092}
 DBREAD_ADDR=${DBREAD_ADDR:-127.0.0.1:18093}
 FRESH_ADDR=${FRESH_ADDR:-127.0.0.1:18094}
+REDIS_ADDR=${REDIS_ADDR:-127.0.0.1:18095}
+SHARED_ADDR=${SHARED_ADDR:-127.0.0.1:18096}
 READY_TIMEOUT_S=30
 STOP_TIMEOUT_S=15
 
@@ -130,6 +140,18 @@ write_report() {
     a_pct=$(percent "$a_rps" "$k_rps")
     met() { if python3 -c "import sys; sys.exit(0 if ($1) else 1)"; then echo met; else echo "**not met**"; fi; }
     c_met=$(met "$c_rps >= 0.5 * $b_rps and $c_p99 < 10 and $c_non == 0")
+    # (f): the cached GET with the limits shared through Redis, when it ran.
+    local r_row r_target r_rps r_p50 r_p99 r_non r_sock r_req r_pct r_met
+    if [[ -s $TMP/shared.wrk ]]; then
+        IFS=$'\t' read -r r_rps r_p50 r_p99 r_non r_sock r_req <<<"$(parse_wrk "$TMP/shared.wrk")"
+        r_pct=$(percent "$r_rps" "$b_rps")
+        r_met=$(met "$r_rps >= 0.4 * $b_rps and $r_non == 0 and '$SHARED_MODE' == 'redis'")
+        r_row="| (f) storefront \`GET /api/v1/products/{id}\`, cache on, limits shared through Redis (\`RATE_LIMIT_REDIS_URL\`) | $r_rps | $r_p50 | $r_p99 | $r_pct | $r_non | $r_sock |"
+        r_target="| cached GET with the Redis limiter ≥ 40% of bare (limiter still on Redis at the end: $SHARED_MODE) | ${r_pct}%, p99 ${r_p99} ms | $r_met |"
+    else
+        r_row="| (f) storefront \`GET /api/v1/products/{id}\`, limits shared through Redis | not run (SKIP_REDIS=1) | | | | | |"
+        r_target="| cached GET with the Redis limiter ≥ 40% of bare | not run | not measured |"
+    fi
     a_met=$(met "$a_rps >= 0.9 * $k_rps and $a_non == 0")
     rss_met=$(met "$IDLE_RSS_MB <= 30")
     ready_met=$(met "$READY_S <= 1")
@@ -177,6 +199,7 @@ never at the same time.
 | (a) bare actix-web \`GET /bare\` | $b_rps | $b_p50 | $b_p99 | 100.0 | $b_non | $b_sock |
 | (b) storefront \`GET /api/v1/products/{id}\`, cache on | $c_rps | $c_p50 | $c_p99 | $c_pct | $c_non | $c_sock |
 | (c) storefront \`GET /api/v1/products/{id}\`, cache off (\`CACHE_CAPACITY=0\`) | $u_rps | $u_p50 | $u_p99 | $u_pct | $u_non | $u_sock |
+$r_row
 
 | Database read (one product by id, \`examples/db_read.rs\`) | Requests/s | p50 (ms) | p99 (ms) | % of web::block | Non-2xx | Socket errors |
 |---|---:|---:|---:|---:|---:|---:|
@@ -188,6 +211,7 @@ never at the same time.
 | Target | Measured | |
 |---|---|---|
 | cached GET ≥ 50% of bare, p99 < 10 ms at $CONNECTIONS connections | ${c_pct}%, p99 ${c_p99} ms | $c_met |
+$r_target
 | DbExecutor read ≥ 90% of web::block read | ${a_pct}% | $a_met |
 | idle RSS ≤ 30 MB | $IDLE_RSS_MB MB | $rss_met |
 | start to ready (SQLite, fresh file) ≤ 1 s | $READY_S s | $ready_met |
@@ -234,13 +258,23 @@ env -i PATH="\$PATH" DATABASE_URL=$db_url BIND_ADDR=$CACHED_ADDR $settings JWT_S
 # (c) cache off
 env -i PATH="\$PATH" DATABASE_URL=$db_url BIND_ADDR=$UNCACHED_ADDR $settings JWT_SECRET=... CACHE_CAPACITY=0 \\
   target/release/storefront serve
+# (f) limits shared through Redis (a private server, nothing persisted)
+redis-server --bind 127.0.0.1 --port ${REDIS_ADDR##*:} --save '' --appendonly no --dir \$TMP
+env -i PATH="\$PATH" DATABASE_URL=$db_url BIND_ADDR=$SHARED_ADDR $settings JWT_SECRET=... \\
+  RATE_LIMIT_REDIS_URL=redis://$REDIS_ADDR target/release/storefront serve
 \`\`\`
+
+All the load of one run comes from one address, so every request of (b) and (f) draws on one
+client's bucket (generous, never refusing): on the worker that owns it the decision is local,
+the other worker spends leases of up to 1,024 tokens (one message to the owner per lease), and in
+(f) each worker holds leases from Redis (one Redis call per lease). The rate-limiter counters
+after each run show how many leases and Redis calls that took.
 
 Before (b): \`POST /api/v1/auth/login\` as the admin, then \`POST /api/v1/products\` with
 \`$PRODUCT_BODY\`; both storefront runs read product \`$PRODUCT_ID\`.
 
 Load, for each URL (\`http://$BARE_ADDR/bare\`, \`http://$CACHED_ADDR/api/v1/products/$PRODUCT_ID\`,
-\`http://$UNCACHED_ADDR/api/v1/products/$PRODUCT_ID\`):
+\`http://$UNCACHED_ADDR/api/v1/products/$PRODUCT_ID\`, \`http://$SHARED_ADDR/api/v1/products/$PRODUCT_ID\`):
 
 \`\`\`sh
 $wrk_warm                # warm-up, not recorded
@@ -256,13 +290,15 @@ file at $FRESH_ADDR, polled with \`curl http://$FRESH_ADDR/readyz\` every 10 ms.
 
 EOF
         local name title addr
-        for name in bare cached uncached block actor; do
+        for name in bare cached uncached shared block actor; do
+            [[ -s $TMP/$name.wrk ]] || continue
             case $name in
             bare) title="(a) bare" addr=$BARE_ADDR ;;
             block) title="(d) web::block read" addr="" ;;
             actor) title="(e) DbExecutor read" addr="" ;;
             cached) title="(b) cache on" addr=$CACHED_ADDR ;;
             uncached) title="(c) cache off" addr=$UNCACHED_ADDR ;;
+            shared) title="(f) limits shared through Redis" addr=$SHARED_ADDR ;;
             esac
             printf '<details><summary>%s: wrk output</summary>\n\n' "$title"
             fence "$TMP/$name.wrk"
@@ -296,7 +332,7 @@ EOF
         fi
     } >"$out"
 
-    log "results: bare $b_rps req/s (p99 $b_p99 ms); cache on $c_rps req/s = ${c_pct}% (p99 $c_p99 ms); cache off $u_rps req/s = ${u_pct}% (p99 $u_p99 ms)"
+    log "results: bare $b_rps req/s (p99 $b_p99 ms); cache on $c_rps req/s = ${c_pct}% (p99 $c_p99 ms); cache off $u_rps req/s = ${u_pct}% (p99 $u_p99 ms)${r_pct:+; Redis limiter $r_rps req/s = ${r_pct}% (p99 $r_p99 ms, mode $SHARED_MODE)}"
     log "target: ${verdict//\*/}"
 }
 
@@ -309,8 +345,33 @@ run_storefront() {
     require_free "$addr"
     log "$name: starting storefront on $addr $*"
     start_bg "$TMP/$name.log" env -i PATH="$PATH" DATABASE_URL="sqlite://$TMP/bench.db" BIND_ADDR="$addr" \
-        "${SERVER_SETTINGS[@]}" JWT_SECRET="$BENCH_JWT_SECRET" "$@" target/release/storefront serve
+        "${SERVER_SETTINGS[@]}" JWT_SECRET="$BENCH_JWT_SECRET" "$@" "$BIN/storefront" serve
     wait_ready "http://$addr/readyz" "$STARTED_PID" "$TMP/$name.log"
+}
+
+# start_redis: a private redis-server on REDIS_ADDR (nothing persisted), ready to answer PING.
+start_redis() {
+    require_free "$REDIS_ADDR"
+    log "redis: starting redis-server on $REDIS_ADDR"
+    start_bg "$TMP/redis-server.log" redis-server --bind "${REDIS_ADDR%:*}" --port "${REDIS_ADDR##*:}" \
+        --save '' --appendonly no --dir "$TMP"
+    local i
+    for ((i = 0; i < READY_TIMEOUT_S * 10; i++)); do
+        if [[ $(redis-cli -h "${REDIS_ADDR%:*}" -p "${REDIS_ADDR##*:}" ping 2>/dev/null) == PONG ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "redis-server did not answer on $REDIS_ADDR within ${READY_TIMEOUT_S}s: $(tail -n 5 "$TMP/redis-server.log")"
+}
+
+# The limiter's backend as /metrics says (redis or local).
+limiter_backend() {
+    if curl -fsS --max-time 5 "http://$1/metrics" | grep -q '^storefront_rate_limiter_backend{backend="redis"} 1'; then
+        echo redis
+    else
+        echo "local (fell back: not a valid run)"
+    fi
 }
 
 # Start to ready on a fresh SQLite file (READY_S), then idle RSS (IDLE_RSS_MB).
@@ -319,7 +380,7 @@ measure_start_and_rss() {
     local started ready pid i
     started=$(date +%s.%N)
     start_bg "$TMP/fresh.log" env -i PATH="$PATH" DATABASE_URL="sqlite://$TMP/fresh.db" BIND_ADDR="$FRESH_ADDR" \
-        "${SERVER_SETTINGS[@]}" JWT_SECRET="$BENCH_JWT_SECRET" target/release/storefront serve
+        "${SERVER_SETTINGS[@]}" JWT_SECRET="$BENCH_JWT_SECRET" "$BIN/storefront" serve
     pid=$STARTED_PID
     for ((i = 0; i < READY_TIMEOUT_S * 100; i++)); do
         if curl -fs -o /dev/null --max-time 1 "http://$FRESH_ADDR/readyz"; then break; fi
@@ -344,12 +405,17 @@ main() {
     for tool in cargo curl python3 git; do
         command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
     done
-    if ! command -v wrk >/dev/null 2>&1; then
-        log "installing wrk"
+    local packages=()
+    command -v wrk >/dev/null 2>&1 || packages+=(wrk)
+    if [[ ${SKIP_REDIS:-0} != 1 ]] && ! command -v redis-server >/dev/null 2>&1; then
+        packages+=(redis-server)
+    fi
+    if ((${#packages[@]})); then
+        log "installing ${packages[*]}"
         local sudo=()
         if [[ $EUID -ne 0 ]]; then sudo=(sudo); fi
         "${sudo[@]}" apt-get update
-        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y wrk
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${packages[@]}"
     fi
     ((${#BENCH_JWT_SECRET} == 40)) || die "BENCH_JWT_SECRET must be 40 characters"
 
@@ -367,12 +433,15 @@ main() {
     WRK_VERSION=$({ wrk -v 2>&1 || true; } | head -n1 | cut -d' ' -f1-2)
 
     log "building (release)"
-    cargo build --release --bin storefront --example bare --example db_read
+    local profile_flag=--release
+    [[ $PROFILE == release ]] || profile_flag=--profile=dev
+    [[ $PROFILE == release || $PROFILE == debug ]] || die "PROFILE is release or debug"
+    cargo build "$profile_flag" --bin storefront --example bare --example db_read
     LOAD_BEFORE=$(uptime | sed 's/.*load/load/')
 
     TMP=$(mktemp -d "${TMPDIR:-/tmp}/storefront-bench.XXXXXX")
     log "database in $TMP"
-    env -i PATH="$PATH" DATABASE_URL="sqlite://$TMP/bench.db" target/release/storefront user create \
+    env -i PATH="$PATH" DATABASE_URL="sqlite://$TMP/bench.db" "$BIN/storefront" user create \
         --email "$ADMIN_EMAIL" --password "$ADMIN_PASSWORD" --role admin >"$TMP/user.log" 2>&1 ||
         {
             cat "$TMP/user.log" >&2
@@ -382,7 +451,7 @@ main() {
     # (a) the HTTP ceiling
     require_free "$BARE_ADDR"
     log "bare: starting on $BARE_ADDR"
-    start_bg "$TMP/bare.log" target/release/examples/bare "$BARE_ADDR"
+    start_bg "$TMP/bare.log" "$BIN/examples/bare" "$BARE_ADDR"
     local bare_pid=$STARTED_PID
     wait_ready "http://$BARE_ADDR/bare" "$bare_pid" "$TMP/bare.log"
     measure bare "http://$BARE_ADDR/bare"
@@ -403,6 +472,20 @@ main() {
     scrape_counters "$CACHED_ADDR" >"$TMP/cached.counters"
     stop_pid "$cached_pid"
 
+    # (f) cache on, limits shared through Redis
+    SHARED_MODE="not run"
+    if [[ ${SKIP_REDIS:-0} != 1 ]]; then
+        start_redis
+        local redis_pid=$STARTED_PID
+        run_storefront shared "$SHARED_ADDR" RATE_LIMIT_REDIS_URL="redis://$REDIS_ADDR"
+        local shared_pid=$STARTED_PID
+        measure shared "http://$SHARED_ADDR/api/v1/products/$PRODUCT_ID"
+        SHARED_MODE=$(limiter_backend "$SHARED_ADDR")
+        scrape_counters "$SHARED_ADDR" >"$TMP/shared.counters"
+        stop_pid "$shared_pid"
+        stop_pid "$redis_pid"
+    fi
+
     # (c) cache off
     run_storefront uncached "$UNCACHED_ADDR" CACHE_CAPACITY=0
     local uncached_pid=$STARTED_PID
@@ -413,7 +496,7 @@ main() {
     # (d), (e): the same product read two ways, one process, the same SQLite file
     require_free "$DBREAD_ADDR"
     log "db_read: starting on $DBREAD_ADDR"
-    start_bg "$TMP/dbread.log" target/release/examples/db_read "sqlite://$TMP/bench.db" "$DBREAD_ADDR"
+    start_bg "$TMP/dbread.log" "$BIN/examples/db_read" "sqlite://$TMP/bench.db" "$DBREAD_ADDR"
     local dbread_pid=$STARTED_PID
     wait_ready "http://$DBREAD_ADDR/actor/$PRODUCT_ID" "$dbread_pid" "$TMP/dbread.log"
     measure block "http://$DBREAD_ADDR/block/$PRODUCT_ID"

@@ -22,7 +22,7 @@ def read_report(path):
     for line in text.splitlines():
         if line.startswith("| ("):
             row = cells(line)
-            rows[row[0][:3]] = row  # "(a)" … "(e)"
+            rows[row[0][:3]] = row  # "(a)" … "(f)"
     targets = {}
     for line in text.splitlines():
         if line.startswith("| ") and not line.startswith("| ("):
@@ -104,6 +104,8 @@ def main(paths):
     result_row("cached GET p99 ms", "(b)", 3, " ms", "< 10 ms")
     target_row("cached GET / bare %", "cached GET", "≥ 50%, p99 < 10 ms")
     result_row("uncached GET / bare %", "(c)", 4, "%")
+    result_row("cached GET, Redis limiter req/s", "(f)", 1)
+    target_row("cached GET, Redis limiter / bare %", "cached GET with the Redis limiter", "≥ 40%")
     result_row("web::block read req/s", "(d)", 1)
     result_row("DbExecutor read req/s", "(e)", 1)
     target_row("DbExecutor / web::block %", "DbExecutor read", "≥ 90%")

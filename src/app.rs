@@ -35,7 +35,7 @@ use crate::{
         health::{BeginShutdown, Health, WatchDatabase, WatchOps},
         janitor::{Janitor, Retention},
         nats_publisher::{NatsPublisher, OutboxFeed, Retire},
-        rate_limiter::RateLimiterClient,
+        rate_limiter::{RateLimiterClient, RedisTarget},
         supervision::RestartReporter,
         DbGateway,
     },
@@ -56,6 +56,9 @@ use crate::{
     },
     metrics::Metrics,
 };
+
+/// The rate limiter's per-shard counts, summed on the actors page.
+const RATE_LIMITER_SUMMED: &[&str] = &["keys_tracked", "leases_held", "max_keys", "requests_waiting"];
 
 #[derive(Debug, derive_more::Display)]
 pub enum StartupError {
@@ -190,8 +193,13 @@ impl Application {
         };
         let rate_limiter = {
             let (quotas, max_keys) = (config.rate_limits, config.rate_limit_max_keys);
+            let redis = config.rate_limit_redis.as_ref().map(|redis| RedisTarget {
+                url: redis.url.expose().to_owned(),
+                timeout: redis.timeout,
+                replica: origin.simple().to_string(),
+            });
             let (metrics, reporter) = (Arc::clone(&metrics), reporter.clone());
-            RateLimiterClient::new(http_workers, quotas, max_keys, metrics, reporter)
+            RateLimiterClient::new(http_workers, quotas, max_keys, redis, metrics, reporter)
         };
         let nats_publisher = config.nats.clone().map(|settings| {
             let (metrics, recipient) = (Arc::clone(&metrics), health.clone().recipient());
@@ -219,7 +227,7 @@ impl Application {
                 .describe(move || probe_thread.report())
                 .describe(move || passwords.report())
                 .ask("health", health.clone().recipient())
-                .ask_shards("rate_limiter", None, http_workers, &["keys_tracked", "max_keys"], {
+                .ask_shards("rate_limiter", None, http_workers, RATE_LIMITER_SUMMED, {
                     let shards = rate_limiter.shards().clone();
                     move || shards.each().map(|shard| shard.clone().recipient()).collect()
                 })

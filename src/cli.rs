@@ -181,6 +181,14 @@ pub struct ServeArgs {
     /// Most rate-limit buckets tracked; the least recently used is evicted.
     #[arg(long, env = "RATE_LIMIT_MAX_KEYS", default_value = "100000")]
     pub rate_limit_max_keys: String,
+    /// Share the default and auth limits with every replica through this Redis
+    /// (redis://[user:password@]HOST[:PORT][/DB]); each replica limits on its own when unset.
+    #[arg(long, env = "RATE_LIMIT_REDIS_URL", hide_env_values = true)]
+    pub rate_limit_redis_url: Option<String>,
+    /// The longest a request waits on Redis (1-100 ms); past it the replica falls back to
+    /// its own limiter until Redis answers again.
+    #[arg(long, env = "RATE_LIMIT_REDIS_TIMEOUT_MS", default_value = "50")]
+    pub rate_limit_redis_timeout_ms: String,
     /// Entries in the product/user cache; 0 turns the cache off.
     #[arg(long, env = "CACHE_CAPACITY", default_value = "10000")]
     pub cache_capacity: String,

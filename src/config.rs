@@ -6,9 +6,8 @@ use std::{fmt, net::SocketAddr, num::NonZeroUsize, path::PathBuf, sync::Arc, tim
 use rand::Rng;
 
 use crate::{
-    actors::rate_limiter::Quotas,
     cli::{DatabaseArgs, NatsArgs, ServeArgs},
-    domain::rate_limit::Quota,
+    domain::rate_limit::{Quota, Quotas},
 };
 
 /// Where the data lives; the backend is chosen by the URL scheme, never guessed.
@@ -120,6 +119,9 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub rate_limits: Quotas,
     pub rate_limit_max_keys: NonZeroUsize,
+    /// Rate limits shared by every replica through Redis; `None` (no RATE_LIMIT_REDIS_URL):
+    /// each replica limits on its own.
+    pub rate_limit_redis: Option<RateLimitRedis>,
     /// Entries the cache may hold; `None` (CACHE_CAPACITY=0) turns the cache off.
     pub cache_capacity: Option<NonZeroUsize>,
     pub cache_ttl: Duration,
@@ -139,6 +141,28 @@ pub struct Config {
     /// Publishing the outbox to NATS JetStream; `None` (no NATS_URL) turns it off.
     pub nats: Option<NatsSettings>,
     pub live_updates: LiveUpdatesConfig,
+}
+
+/// Where the shared rate-limit ledgers live, and how long a request may wait on them.
+#[derive(Debug, Clone)]
+pub struct RateLimitRedis {
+    /// `redis://[user:password@]HOST[:PORT][/DB]`; may carry credentials.
+    pub url: Secret,
+    /// The longest a request waits on Redis; past it the replica falls back to its own limiter.
+    pub timeout: Duration,
+}
+
+impl RateLimitRedis {
+    fn from_args(url: Option<&str>, timeout_ms: &str) -> Result<Option<Self>, ConfigError> {
+        let timeout = Duration::from_millis(parse_number("RATE_LIMIT_REDIS_TIMEOUT_MS", timeout_ms, 1, 100)?);
+        let Some(url) = url.map(str::trim).filter(|url| !url.is_empty()) else { return Ok(None) };
+        let valid = url::Url::parse(url)
+            .is_ok_and(|parsed| parsed.scheme() == "redis" && parsed.host_str().is_some_and(|host| !host.is_empty()));
+        if !valid {
+            return Err(ConfigError::new("RATE_LIMIT_REDIS_URL", "expected redis://[user:password@]HOST[:PORT][/DB]"));
+        }
+        Ok(Some(Self { url: Secret::new(url), timeout }))
+    }
 }
 
 /// Limits of the WebSocket live updates.
@@ -310,6 +334,10 @@ impl Config {
                 100_000_000,
             )?)
             .unwrap_or(NonZeroUsize::MIN),
+            rate_limit_redis: RateLimitRedis::from_args(
+                args.rate_limit_redis_url.as_deref(),
+                &args.rate_limit_redis_timeout_ms,
+            )?,
             cache_capacity: NonZeroUsize::new(parse_number("CACHE_CAPACITY", &args.cache_capacity, 0, 100_000_000)?),
             cache_ttl: Duration::from_secs(parse_number("CACHE_TTL_SECONDS", &args.cache_ttl_seconds, 1, 86_400)?),
             cache_ask_timeout: Duration::from_millis(parse_number(
@@ -542,6 +570,23 @@ mod tests {
         }
         let args = NatsArgs { nats_lease_seconds: "0".into(), ..nats_args(Some("nats://a:4222")) };
         assert_eq!(NatsSettings::from_args(&args).unwrap_err().setting, "NATS_LEASE_SECONDS");
+    }
+
+    #[test]
+    fn shared_rate_limits_need_a_redis_url_and_a_timeout_of_at_most_100_ms() {
+        assert!(RateLimitRedis::from_args(None, "50").unwrap().is_none());
+        assert!(RateLimitRedis::from_args(Some(" "), "50").unwrap().is_none());
+        let redis = RateLimitRedis::from_args(Some("redis://:s3cret@cache:6380/2"), "80").unwrap().unwrap();
+        assert_eq!(redis.timeout, Duration::from_millis(80));
+        assert!(!format!("{redis:?}").contains("s3cret"), "the URL may hold a password and is never printed");
+        for bad in ["cache:6379", "http://cache", "rediss://cache", "redis://", "redis:///0"] {
+            let error = RateLimitRedis::from_args(Some(bad), "50").unwrap_err();
+            assert_eq!(error.setting, "RATE_LIMIT_REDIS_URL", "{bad:?}");
+        }
+        for bad in ["0", "101", "fast"] {
+            let error = RateLimitRedis::from_args(Some("redis://cache"), bad).unwrap_err();
+            assert_eq!(error.setting, "RATE_LIMIT_REDIS_TIMEOUT_MS", "{bad:?}");
+        }
     }
 
     #[test]

@@ -36,6 +36,12 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub rate_limit_keys: IntGauge,
     pub rate_limiter_fail_open: IntCounter,
+    /// 1 for the backend deciding now: `redis`, or `local` (also while Redis is down).
+    pub rate_limiter_backend: IntGaugeVec,
+    pub rate_limiter_fallbacks: IntCounter,
+    /// Lease traffic between limiter shards, by event.
+    pub rate_limiter_leases: IntCounterVec,
+    pub rate_limiter_redis_calls: IntCounterVec,
     pub ws_connections: IntGauge,
     pub ws_events_sent: IntCounterVec,
     pub ws_disconnects: IntCounterVec,
@@ -177,6 +183,38 @@ impl Metrics {
             IntCounter::new("rate_limiter_fail_open_total", "Requests let through because the limiter did not answer")
                 .expect("valid metric"),
         );
+        let rate_limiter_backend = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("rate_limiter_backend", "1 for the rate limiter's backend in force (redis or local)"),
+                &["backend"],
+            )
+            .expect("valid metric"),
+        );
+        let rate_limiter_fallbacks = register(
+            &registry,
+            IntCounter::new(
+                "rate_limiter_fallbacks_total",
+                "Times Redis failed and this replica's rate limiter fell back to its own ledgers",
+            )
+            .expect("valid metric"),
+        );
+        let rate_limiter_leases = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("rate_limiter_leases_total", "Rate-limit lease traffic between this replica's shards"),
+                &["event"],
+            )
+            .expect("valid metric"),
+        );
+        let rate_limiter_redis_calls = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("rate_limiter_redis_calls_total", "Calls of the rate limiter to Redis, by outcome"),
+                &["result"],
+            )
+            .expect("valid metric"),
+        );
         let ws_connections = register(
             &registry,
             IntGauge::new("ws_connections", "Open live-updates WebSocket connections").expect("valid metric"),
@@ -260,6 +298,10 @@ impl Metrics {
             rate_limited,
             rate_limit_keys,
             rate_limiter_fail_open,
+            rate_limiter_backend,
+            rate_limiter_fallbacks,
+            rate_limiter_leases,
+            rate_limiter_redis_calls,
             http_requests,
             http_duration,
             actor_restarts,
@@ -280,6 +322,15 @@ impl Metrics {
         }
         for policy in ["default", "auth"] {
             self.rate_limited.with_label_values(&[policy]);
+        }
+        for backend in ["redis", "local"] {
+            self.rate_limiter_backend.with_label_values(&[backend]);
+        }
+        for event in ["asked", "granted", "tokens_granted", "settled", "recalled", "expired", "refused_locally"] {
+            self.rate_limiter_leases.with_label_values(&[event]);
+        }
+        for result in ["ok", "failed"] {
+            self.rate_limiter_redis_calls.with_label_values(&[result]);
         }
         for cache in ["products", "users"] {
             for result in ["hit", "miss", "coalesced"] {

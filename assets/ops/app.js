@@ -203,8 +203,19 @@ function facts(actor) {
       return [fact("entries", `${s.entries}/${s.capacity}`), fact("product hits", percent(products.hit_ratio)),
         fact("user hits", percent(users.hit_ratio)), fact("loading", s.loads_in_flight)];
     }
-    case "rate_limiter":
-      return [fact("keys", `${s.keys_tracked}/${s.max_keys}`), fact("limited", s.limited && (s.limited.default + s.limited.auth))];
+    case "rate_limiter": {
+      // Mode: local (no Redis), redis (limits shared by every replica), fallback (Redis failing).
+      const leases = s.leases || {};
+      const redis = s.redis || {};
+      const mode = fact("mode", s.mode);
+      if (mode && s.mode === "fallback") mode.dataset.status = "warn";
+      return [mode, fact("keys", `${s.keys_tracked}/${s.max_keys}`),
+        fact("limited", s.limited && (s.limited.default + s.limited.auth)),
+        fact("leases", leases.granted === undefined ? null : `${leases.granted} granted, ${leases.settled} back, ${leases.recalled} recalled`),
+        fact("waiting", s.requests_waiting || null),
+        redis.configured ? fact("redis calls", `${redis.calls_ok} ok, ${redis.calls_failed} failed`) : null,
+        redis.configured ? fact("fallbacks", redis.fallbacks) : null];
+    }
     case "health":
       return [fact("probe", s.probe && s.probe.status), fact("latency", s.probe && s.probe.latency_ms !== undefined ? `${s.probe.latency_ms.toFixed(1)} ms` : null)];
     case "event_relay":

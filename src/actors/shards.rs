@@ -38,8 +38,24 @@ impl<A: Actor> Shards<A> {
     /// actix restarted after it died. Such a worker's shard is not in the fan-out, so the
     /// caller must not rely on it for anything that has to be invalidated.
     pub fn publish(&self, addr: Addr<A>) -> bool {
+        self.claim().is_some_and(|slot| self.fill(slot, addr))
+    }
+
+    /// Reserves the next slot for a shard that must know its slot before it starts;
+    /// `None` when every slot is taken (see `publish`).
+    pub fn claim(&self) -> Option<usize> {
         let slot = self.claimed.fetch_add(1, Ordering::AcqRel);
+        (slot < self.slots.len()).then_some(slot)
+    }
+
+    /// Publishes the shard of a claimed slot.
+    pub fn fill(&self, slot: usize, addr: Addr<A>) -> bool {
         self.slots.get(slot).is_some_and(|slot| slot.set(addr).is_ok())
+    }
+
+    /// The shard of one slot, once published.
+    pub fn get(&self, slot: usize) -> Option<&Addr<A>> {
+        self.slots.get(slot).and_then(OnceLock::get)
     }
 
     /// Every published shard, in slot order.

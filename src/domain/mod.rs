@@ -6,6 +6,7 @@ pub mod clock;
 pub mod live;
 pub mod money;
 pub mod paging;
+pub mod rate_lease;
 pub mod rate_limit;
 pub mod shop;
 pub mod user;

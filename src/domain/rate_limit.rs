@@ -1,9 +1,65 @@
 //! GCRA (the generic cell rate algorithm) in integer nanoseconds. A bucket is one number,
 //! its theoretical arrival time (TAT); a request is admitted when the TAT is no more than
 //! the burst tolerance ahead of now. Over any window of length `e` at most
-//! `burst + rate × e` requests are admitted.
+//! `burst + rate × e` requests are admitted. How one client's bucket is shared by many
+//! deciders (HTTP workers, replicas) without multiplying it is `rate_lease`.
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
+
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Policy {
+    Default,
+    Auth,
+}
+
+impl Policy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Auth => "auth",
+        }
+    }
+}
+
+/// Whose bucket a request draws from: the user behind a valid token, else the client
+/// address. A plain value, so deciding a request copies it instead of allocating a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    User(Uuid),
+    Ip(IpAddr),
+    /// No peer address (not seen over TCP): all such requests share one bucket.
+    UnknownIp,
+}
+
+impl std::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::User(id) => write!(f, "user:{id}"),
+            Self::Ip(ip) => write!(f, "ip:{ip}"),
+            Self::UnknownIp => f.write_str("ip:unknown"),
+        }
+    }
+}
+
+/// One bucket: a policy and a client.
+pub type BucketKey = (Policy, ClientKey);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    pub default: Quota,
+    pub auth: Quota,
+}
+
+impl Quotas {
+    pub fn of(&self, policy: Policy) -> Quota {
+        match policy {
+            Policy::Default => self.default,
+            Policy::Auth => self.auth,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
@@ -14,13 +70,27 @@ pub struct Quota {
 }
 
 impl Quota {
+    /// The interval is rounded up to a whole nanosecond, so the rate enforced is never
+    /// above the one configured (at most one part in 10^9 / rate below it).
     pub fn per_second(rate: u32, burst: u32) -> Self {
-        Self { burst: burst.max(1), interval_ns: 1_000_000_000 / u64::from(rate.max(1)) }
+        Self { burst: burst.max(1), interval_ns: 1_000_000_000_u64.div_ceil(u64::from(rate.max(1))) }
     }
 
     pub fn per_minute(count: u32) -> Self {
         let count = count.max(1);
-        Self { burst: count, interval_ns: 60_000_000_000 / u64::from(count) }
+        Self { burst: count, interval_ns: 60_000_000_000_u64.div_ceil(u64::from(count)) }
+    }
+
+    /// The same quota with its interval rounded up to a whole microsecond, the unit the
+    /// Redis ledger counts in (a rate above 1,000/s may be enforced slightly below its
+    /// setting there, never above it).
+    pub fn in_whole_micros(self) -> Self {
+        Self { interval_ns: self.interval_ns.div_ceil(1_000).saturating_mul(1_000), ..self }
+    }
+
+    /// All of the burst, in nanoseconds of debt.
+    pub fn capacity_ns(&self) -> u64 {
+        self.interval_ns.saturating_mul(u64::from(self.burst))
     }
 
     /// The window in which `burst` requests refill, as the RateLimit-Policy `w`.

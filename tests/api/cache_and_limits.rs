@@ -225,9 +225,8 @@ async fn client_keys_do_not_share_a_bucket_and_untrusted_forwarding_is_ignored()
     assert!(alice_admitted >= 10, "alice spends her own bucket");
     let (bob_admitted, _) = spend(&app, || products().bearer_auth(&bob)).await;
     assert!(bob_admitted >= 10, "bob has one of his own");
-    // Buckets are per HTTP worker (W × burst per client, see the README). A pooling client
-    // may open a second connection when the first is not back in its pool yet, and the
-    // other worker would answer it from a full bucket; one hand-held connection cannot.
+    // One hand-held connection, so each request carries the spoofed header exactly as
+    // written and the remaining counts below come from one worker's view.
     let mut connection = OneConnection::open(&app).await;
     let mut anonymous = 0;
     loop {

@@ -25,5 +25,6 @@ mod orders;
 mod outbox;
 mod process;
 mod products;
+mod rate_limits;
 mod replicas;
 mod users;

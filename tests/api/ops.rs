@@ -84,7 +84,13 @@ async fn actors_api_shows_every_actor_alive_with_its_queue_and_own_state(backend
     assert_eq!(row(&report, "health")["state"]["probe"]["status"], "pass");
     assert!(row(&report, "event_relay")["state"]["last_event_id"].is_i64());
     assert!(row(&report, "janitor")["state"]["runs"].as_u64().unwrap() >= 1);
-    assert!(row(&report, "rate_limiter")["state"]["keys_tracked"].as_u64().unwrap() >= 1, "this very request");
+    let limiter = &row(&report, "rate_limiter")["state"];
+    assert!(limiter["keys_tracked"].as_u64().unwrap() >= 1, "this very request");
+    assert_eq!(limiter["mode"], "local", "no RATE_LIMIT_REDIS_URL");
+    assert_eq!(limiter["redis"]["configured"], false);
+    for event in ["asked", "granted", "settled", "recalled", "expired", "refused_locally"] {
+        assert!(limiter["leases"][event].is_u64(), "lease traffic: {limiter}");
+    }
 
     let metrics = app.get("/metrics").await.text().await.unwrap();
     for sample in

@@ -186,6 +186,8 @@ async fn an_admin_watches_a_panicked_actor_restart_on_the_live_page() {
     .await;
     let other = text_of(&browser, r#"#actors-body tr[data-actor="rate_limiter"] .restart-count"#).await;
     assert_eq!(other.as_deref(), Some("0"), "only the crashed actor's count moved");
+    let limiter = text_of(&browser, r#"#actors-body tr[data-actor="rate_limiter"] td.facts"#).await.unwrap_or_default();
+    assert!(limiter.contains("mode local") && limiter.contains("granted"), "the limiter's mode and leases: {limiter}");
     let violations: serde_json::Value =
         browser.execute("return document.body.dataset.cspViolations || '0'", vec![]).await.unwrap();
     assert_eq!(violations, "0", "the page runs under its policy without violations");

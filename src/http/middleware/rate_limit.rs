@@ -1,9 +1,11 @@
 //! Asks this worker's RateLimiter shard about every `/api/v1` request: `auth` policy per client
 //! address for `/api/v1/auth/*`, `default` per user (valid token) or address elsewhere.
-//! Answers carry the IETF `RateLimit-Policy` and `RateLimit` fields; refusals are 429 with
-//! `Retry-After`. If the limiter does not answer in time the request passes (fail open).
+//! Answers carry the IETF `RateLimit-Policy` and `RateLimit` fields, taken from the decision
+//! itself (the remaining count is what the deciding ledger has left for the client);
+//! refusals are 429 with `Retry-After`. If the limiter does not answer in time the request
+//! passes within a small replica-wide budget (fail open).
 
-use std::{fmt::Write, net::IpAddr, time::Duration};
+use std::{fmt::Write, net::IpAddr};
 
 use actix_web::{
     body::{BoxBody, MessageBody},
@@ -15,9 +17,8 @@ use actix_web::{
 };
 
 use crate::{
-    actors::rate_limiter::{ClientKey, Policy, Quotas},
     auth::tokens::VerifiedClaims,
-    domain::rate_limit::{whole_seconds_up, Decision, FailOpenBudget},
+    domain::rate_limit::{whole_seconds_up, ClientKey, Decision, FailOpenBudget, Policy, Quotas},
     error::AppError,
     http::auth_header::bearer_token,
     state::AppState,
@@ -46,7 +47,6 @@ impl FailOpenGate {
 #[derive(Debug, Clone, Copy)]
 pub struct VerifiedToken(pub VerifiedClaims);
 
-const LIMITER_TIMEOUT: Duration = Duration::from_millis(100);
 static POLICY_HEADER: HeaderName = HeaderName::from_static("ratelimit-policy");
 static STATE_HEADER: HeaderName = HeaderName::from_static("ratelimit");
 
@@ -92,7 +92,8 @@ pub async fn limit_rate(
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
     let key = client_key(&req, &state, policy);
-    let decision = match state.rate_limiter.check(policy, key, LIMITER_TIMEOUT).await {
+    let timeout = state.rate_limiter.decision_timeout();
+    let decision = match state.rate_limiter.check(policy, key, timeout).await {
         Ok(Some(decision)) => decision,
         outcome => {
             // Fail open, but only within a small budget shared by all clients.
@@ -111,6 +112,7 @@ pub async fn limit_rate(
     let fields = req.app_data::<web::Data<PolicyFields>>().cloned();
     let fields = fields.as_ref().map(|fields| fields.get_ref());
     if !decision.allowed {
+        state.metrics.rate_limited.with_label_values(&[policy.name()]).inc();
         let error = AppError::TooManyRequests {
             retry_after_secs: whole_seconds_up(decision.retry_after).max(1),
             detail: format!("Rate limit \"{}\" exceeded; retry after the time in Retry-After.", policy.name()),

@@ -13,6 +13,7 @@ pub mod db_lock;
 pub mod events;
 pub mod postgres_server;
 pub mod raw_ws;
+pub mod redis_server;
 pub mod shop;
 pub mod ws;
 

@@ -1,0 +1,666 @@
+//! The RateLimiter actor: one shard per HTTP worker, on that worker's arbiter, running the
+//! lease protocol of `domain::rate_lease` (read the bound and its proof there).
+//!
+//! Locally, each client key is owned by the shard it hashes to, which keeps its GCRA
+//! ledger; a request that lands on another worker is decided by that worker's shard from
+//! tokens the owner leased it. So the common case is a same-thread send: the owner deciding
+//! its own key, or a holder spending a token it already has. A holder asks its owner (one
+//! cross-thread message) only when its lease is used up, and refuses on its own, with no
+//! message, while the owner's last answer says nothing is left. Per client, over any t
+//! seconds, one replica admits at most
+//!
+//! ```text
+//! burst + rate × t            (S = 0, whatever the number of workers or connections)
+//! ```
+//!
+//! With `RATE_LIMIT_REDIS_URL` every shard of every replica is a holder of leases on one
+//! ledger per client kept in Redis (`redis.rs`), so the cluster admits at most
+//! `burst + rate × t` per client (S' = 0), and Redis is called when a lease is used up, not
+//! per request. If a call to Redis fails or takes longer than `RATE_LIMIT_REDIS_TIMEOUT_MS`,
+//! the whole replica falls back to its own ledgers at once (the one-replica bound, so the
+//! cluster admits at most replicas × that while it lasts) and probes Redis every 250 ms,
+//! returning to it when it answers.
+//!
+//! Beyond the ledgers: an owner's ledger evicted by the `RATE_LIMIT_MAX_KEYS` cap, or
+//! dropped because a panic struck while it was being changed, starts afresh (that one
+//! client gets a new burst); and while a shard does not answer, the replica-wide fail-open
+//! budget applies (`http::middleware::rate_limit`).
+
+pub mod redis;
+
+use std::{
+    num::NonZeroUsize,
+    sync::{
+        atomic::{AtomicU64, AtomicU8, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use actix::{
+    dev::{MessageResponse, OneshotSender},
+    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, MailboxError, Message, Supervised, Supervisor,
+    WrapFuture,
+};
+use tokio::sync::oneshot;
+
+use self::redis::{RedisFailure, RedisLedgers};
+use super::{
+    chaos::crashed,
+    report::{ActorReport, GetActorReport},
+    shards::Shards,
+    supervision::{guarded, Guarded, PanicPayload, RestartReporter},
+    Crash,
+};
+use crate::{
+    domain::{
+        rate_lease::{
+            Backend, Effect, LeaseAnswer, LeaseAsk, LeaseStats, Nanos, NoAnswer, Settlement, ShardCore, REDIS_LEASE_TTL,
+        },
+        rate_limit::{BucketKey, ClientKey, Decision, Policy, Quotas},
+    },
+    error::AppError,
+    metrics::Metrics,
+};
+
+const ACTOR: &str = "rate_limiter";
+/// How often leases are settled before they expire (and Redis probed while it is down).
+const LEASE_SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// How often full, idle ledgers are forgotten.
+const LEDGER_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a holder waits for its owner (who may hold the ask up to `RECALL_WAIT`): a
+/// cross-thread round trip, generous for a machine so busy its threads wait to be scheduled.
+const ASK_TIMEOUT: Duration = Duration::from_millis(250);
+/// How often a replica that fell back checks whether Redis answers again.
+const REDIS_PROBE_INTERVAL: Nanos = 250_000_000;
+
+/// Where a replica's decisions are made: `local` (no Redis configured), `redis`, or
+/// `fallback` (Redis configured but failing: local ledgers until it answers again).
+/// Shared by the shards of one replica; changes are atomic swaps.
+pub struct LimiterMode {
+    state: AtomicU8,
+    next_probe: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+const LOCAL: u8 = 0;
+const REDIS: u8 = 1;
+const FALLBACK: u8 = 2;
+
+impl LimiterMode {
+    fn new(redis: bool, metrics: Arc<Metrics>) -> Self {
+        let mode =
+            Self { state: AtomicU8::new(if redis { REDIS } else { LOCAL }), next_probe: AtomicU64::new(0), metrics };
+        mode.publish();
+        mode
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self.state.load(Ordering::Acquire) {
+            REDIS => "redis",
+            FALLBACK => "fallback",
+            _ => "local",
+        }
+    }
+
+    fn backend(&self) -> Backend {
+        if self.state.load(Ordering::Relaxed) == REDIS {
+            Backend::Redis
+        } else {
+            Backend::Local
+        }
+    }
+
+    fn publish(&self) {
+        let redis = self.state.load(Ordering::Acquire) == REDIS;
+        self.metrics.rate_limiter_backend.with_label_values(&["redis"]).set(i64::from(redis));
+        self.metrics.rate_limiter_backend.with_label_values(&["local"]).set(i64::from(!redis));
+    }
+
+    /// The first failed call switches the replica to its own ledgers.
+    fn fall_back(&self, failure: &RedisFailure, now: Nanos) {
+        if self.state.compare_exchange(REDIS, FALLBACK, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.next_probe.store(now.saturating_add(REDIS_PROBE_INTERVAL), Ordering::Release);
+            self.metrics.rate_limiter_fallbacks.inc();
+            self.publish();
+            tracing::warn!(%failure, "rate limiter: Redis failed; this replica limits on its own until Redis answers");
+        }
+    }
+
+    fn recover(&self) {
+        if self.state.compare_exchange(FALLBACK, REDIS, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.publish();
+            tracing::info!("rate limiter: Redis answers again; limits are shared again");
+        }
+    }
+
+    /// True for one shard per probe interval while falling back.
+    fn claim_probe(&self, now: Nanos) -> bool {
+        if self.state.load(Ordering::Acquire) != FALLBACK {
+            return false;
+        }
+        let due = self.next_probe.load(Ordering::Acquire);
+        now >= due
+            && self
+                .next_probe
+                .compare_exchange(due, now.saturating_add(REDIS_PROBE_INTERVAL), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+}
+
+/// Where Redis is, when it is used.
+#[derive(Clone)]
+pub struct RedisTarget {
+    pub url: String,
+    /// The longest a request waits on Redis before the replica falls back.
+    pub timeout: Duration,
+    /// This replica, in the holder names Redis keeps (`<replica>:<slot>`).
+    pub replica: String,
+}
+
+/// What every shard of a replica shares: settings, the clock, the mode, the registry.
+#[derive(Clone)]
+struct Shared {
+    quotas: Quotas,
+    max_keys: NonZeroUsize,
+    /// The one clock of the replica: owners and holders compare grant expiries on it.
+    epoch: Instant,
+    mode: Arc<LimiterMode>,
+    redis: Option<RedisTarget>,
+    shards: Shards<RateLimiter>,
+    metrics: Arc<Metrics>,
+    reporter: RestartReporter,
+}
+
+impl Shared {
+    fn now(&self) -> Nanos {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// How a request or an ask that waits is answered when its turn comes.
+enum Pending {
+    Check(oneshot::Sender<Option<Decision>>),
+    Ask(oneshot::Sender<Option<LeaseAnswer>>),
+}
+
+pub struct RateLimiter {
+    core: ShardCore<Pending>,
+    slot: Option<usize>,
+    shared: Shared,
+    redis: Option<RedisLedgers>,
+    /// What this shard last added to the replica-wide gauges and counters.
+    keys_reported: i64,
+    stats_reported: LeaseStats,
+    /// Fault injection: until then the limiter decides nothing, as when it is down.
+    down_until: Option<Instant>,
+}
+
+impl RateLimiter {
+    fn new(slot: Option<usize>, shared: Shared) -> Self {
+        let workers = shared.shards.configured();
+        Self {
+            core: ShardCore::new(slot, workers, shared.quotas, shared.max_keys),
+            slot,
+            shared,
+            redis: None,
+            keys_reported: 0,
+            stats_reported: LeaseStats::default(),
+            down_until: None,
+        }
+    }
+
+    fn is_down(&self) -> bool {
+        self.down_until.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Runs one step of the protocol under the panic guard, then carries out its effects.
+    fn step<T>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        work: impl FnOnce(&mut ShardCore<Pending>, Nanos, &mut Vec<Effect<Pending>>) -> T,
+    ) -> Option<T> {
+        let mut effects = Vec::new();
+        let now = self.shared.now();
+        let outcome = guarded(self, ctx, |act, _| work(&mut act.core, now, &mut effects));
+        for effect in effects {
+            self.carry_out(ctx, effect, now);
+        }
+        outcome
+    }
+
+    fn carry_out(&mut self, ctx: &mut Context<Self>, effect: Effect<Pending>, now: Nanos) {
+        match effect {
+            Effect::Decide(Pending::Check(tx), decision) => {
+                let _ = tx.send(decision);
+            }
+            Effect::Answer(Pending::Ask(tx), answer) => {
+                let _ = tx.send(Some(answer));
+            }
+            // Each kind of waiter is answered in its own kind; anything else answers nothing.
+            Effect::Decide(Pending::Ask(tx), _) => {
+                let _ = tx.send(None);
+            }
+            Effect::Answer(Pending::Check(tx), _) => {
+                let _ = tx.send(None);
+            }
+            Effect::Ask { owner, ask } => self.ask_owner(ctx, owner, ask),
+            Effect::AskRedis { ask } => self.call_redis(ctx, ask, true),
+            Effect::SettleRedis { key, settlement } => {
+                let ask = LeaseAsk { key, from: self.core_holder(), settle: Some(settlement), want: 0 };
+                self.call_redis(ctx, ask, false);
+            }
+            Effect::Settle { owner, key, settlement } => {
+                let from = self.core_holder();
+                if let Some(owner) = self.shared.shards.get(owner) {
+                    // A lost settlement strands the tokens until the grant expires: never a wait here.
+                    let _ = owner.try_send(SettleLease { from, key, settlement });
+                }
+            }
+            Effect::Recall { holder, key, grants } => {
+                if let (Some(holder), Some(owner)) = (self.shared.shards.get(holder), self.slot) {
+                    let _ = holder.try_send(RecallLease { owner, key, grants });
+                }
+            }
+            Effect::WakeAt(at) => {
+                ctx.run_later(Duration::from_nanos(at.saturating_sub(now)), |act, ctx| {
+                    act.step(ctx, |core, now, fx| core.wake(now, fx));
+                });
+            }
+        }
+    }
+
+    fn core_holder(&self) -> usize {
+        self.slot.unwrap_or(self.shared.shards.configured())
+    }
+
+    fn ask_owner(&mut self, ctx: &mut Context<Self>, owner: usize, ask: LeaseAsk) {
+        let Some(owner) = self.shared.shards.get(owner).cloned() else {
+            self.step(ctx, |core, now, fx| core.on_answer(ask.key, Backend::Local, Err(NO_ANSWER), now, fx));
+            return;
+        };
+        let reply = owner.send(AskLease(ask)).timeout(ASK_TIMEOUT);
+        ctx.spawn(reply.into_actor(self).map(move |reply, act, ctx| {
+            let answer = reply.ok().flatten().ok_or(NO_ANSWER);
+            act.step(ctx, |core, now, fx| core.on_answer(ask.key, Backend::Local, answer, now, fx));
+        }));
+    }
+
+    fn call_redis(&mut self, ctx: &mut Context<Self>, ask: LeaseAsk, decide: bool) {
+        let Some(redis) = self.redis.clone() else {
+            if decide {
+                self.step(ctx, |core, now, fx| {
+                    core.on_answer(ask.key, Backend::Redis, Err(NoAnswer { fall_back: true }), now, fx)
+                });
+            }
+            return;
+        };
+        let quota = self.shared.quotas.of(ask.key.0).in_whole_micros();
+        let sent_at = self.shared.now();
+        let call = redis.serve(quota, ask, decide, REDIS_LEASE_TTL, sent_at);
+        ctx.spawn(call.into_actor(self).map(move |result, act, ctx| {
+            let metrics = &act.shared.metrics;
+            let answer = match result {
+                Ok(answer) => {
+                    metrics.rate_limiter_redis_calls.with_label_values(&["ok"]).inc();
+                    Ok(answer)
+                }
+                Err(failure) => {
+                    metrics.rate_limiter_redis_calls.with_label_values(&["failed"]).inc();
+                    act.shared.mode.fall_back(&failure, act.shared.now());
+                    Err(NoAnswer { fall_back: true })
+                }
+            };
+            if decide {
+                act.step(ctx, |core, now, fx| core.on_answer(ask.key, Backend::Redis, answer, now, fx));
+            }
+        }));
+    }
+
+    fn sweep_leases(&mut self, ctx: &mut Context<Self>) {
+        self.step(ctx, |core, now, fx| core.sweep_leases(now, fx));
+        self.report_counts();
+        let now = self.shared.now();
+        if let Some(redis) = self.redis.clone().filter(|_| self.shared.mode.claim_probe(now)) {
+            ctx.spawn(redis.ping().into_actor(self).map(|answer, act, _| {
+                if answer.is_ok() {
+                    act.shared.mode.recover();
+                }
+            }));
+        }
+    }
+
+    /// Adds what changed since the last report to the replica-wide metrics.
+    fn report_counts(&mut self) {
+        let metrics = &self.shared.metrics;
+        let keys = i64::try_from(self.core.owned_len()).unwrap_or(i64::MAX);
+        metrics.rate_limit_keys.add(keys - self.keys_reported);
+        self.keys_reported = keys;
+        let (now, before) = (self.core.stats, self.stats_reported);
+        for (event, current, previous) in [
+            ("asked", now.asks, before.asks),
+            ("granted", now.grants, before.grants),
+            ("tokens_granted", now.tokens_granted, before.tokens_granted),
+            ("settled", now.settlements, before.settlements),
+            ("recalled", now.recalls, before.recalls),
+            ("expired", now.expired, before.expired),
+            ("refused_locally", now.refused_locally, before.refused_locally),
+        ] {
+            metrics.rate_limiter_leases.with_label_values(&[event]).inc_by(current.saturating_sub(previous));
+        }
+        self.stats_reported = now;
+    }
+}
+
+const NO_ANSWER: NoAnswer = NoAnswer { fall_back: false };
+
+impl Actor for RateLimiter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        guarded(self, ctx, |act, ctx| {
+            ctx.set_mailbox_capacity(1024);
+            if act.redis.is_none() {
+                if let Some(target) = act.shared.redis.clone() {
+                    let holder = format!("{}:{}", target.replica, act.core_holder());
+                    match RedisLedgers::connect(&target.url, holder, target.timeout) {
+                        Ok(redis) => {
+                            // Redis not there at start-up: fall back at once, not at the first request.
+                            ctx.spawn(redis.clone().warm_up().into_actor(act).map(|warmed, act, _| {
+                                if let Err(failure) = warmed {
+                                    act.shared.mode.fall_back(&failure, act.shared.now());
+                                }
+                            }));
+                            act.redis = Some(redis);
+                        }
+                        Err(error) => {
+                            act.shared.mode.fall_back(&RedisFailure::Redis(error), act.shared.now());
+                        }
+                    }
+                }
+            }
+            ctx.run_interval(LEASE_SWEEP_INTERVAL, |act, ctx| act.sweep_leases(ctx));
+            ctx.run_interval(LEDGER_SWEEP_INTERVAL, |act, ctx| {
+                act.step(ctx, |core, now, _| core.sweep_ledgers(now));
+            });
+        });
+    }
+}
+
+impl Guarded for RateLimiter {
+    fn on_panic(&mut self, payload: &PanicPayload) {
+        self.shared.reporter.report(ACTOR, payload);
+    }
+}
+
+impl Supervised for RateLimiter {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        // The ledgers are kept: forgetting them would hand every client a fresh burst.
+        self.step(ctx, |core, now, fx| core.recover(now, fx));
+    }
+}
+
+/// An answer now, or one the shard gives when the request's turn comes (`None` when the
+/// shard stopped before it could).
+pub enum Reply<T> {
+    Now(Option<T>),
+    Later(oneshot::Receiver<Option<T>>),
+}
+
+impl<M, T> MessageResponse<RateLimiter, M> for Reply<T>
+where
+    M: Message<Result = Option<T>>,
+    T: 'static,
+{
+    fn handle(self, ctx: &mut Context<RateLimiter>, tx: Option<OneshotSender<Option<T>>>) {
+        match self {
+            Self::Now(value) => {
+                if let Some(tx) = tx {
+                    let _ = tx.send(value);
+                }
+            }
+            Self::Later(rx) => {
+                ctx.spawn(actix::fut::wrap_future::<_, RateLimiter>(async move {
+                    let value = rx.await.unwrap_or(None);
+                    if let Some(tx) = tx {
+                        let _ = tx.send(value);
+                    }
+                }));
+            }
+        }
+    }
+}
+
+/// Decides one request of `key` under `policy`.
+#[derive(Message)]
+#[rtype(result = "Option<Decision>")]
+pub struct Check {
+    pub policy: Policy,
+    pub key: ClientKey,
+}
+
+impl Handler<Check> for RateLimiter {
+    type Result = Reply<Decision>;
+    fn handle(&mut self, msg: Check, ctx: &mut Context<Self>) -> Self::Result {
+        if self.is_down() {
+            return Reply::Now(None);
+        }
+        let backend = self.shared.mode.backend();
+        let mut later = None;
+        let decided = self.step(ctx, |core, now, fx| {
+            let responder = || {
+                let (tx, rx) = oneshot::channel();
+                later = Some(rx);
+                Pending::Check(tx)
+            };
+            core.check((msg.policy, msg.key), now, backend, responder, fx)
+        });
+        match (decided.flatten(), later) {
+            (Some(decision), _) => Reply::Now(Some(decision)),
+            (None, Some(rx)) => Reply::Later(rx),
+            (None, None) => Reply::Now(None),
+        }
+    }
+}
+
+/// A holder asks the owner of `ask.key` to decide a request and lease it tokens.
+#[derive(Message)]
+#[rtype(result = "Option<LeaseAnswer>")]
+pub struct AskLease(pub LeaseAsk);
+
+impl Handler<AskLease> for RateLimiter {
+    type Result = Reply<LeaseAnswer>;
+    fn handle(&mut self, msg: AskLease, ctx: &mut Context<Self>) -> Self::Result {
+        if self.is_down() {
+            return Reply::Now(None);
+        }
+        let mut later = None;
+        let answered = self.step(ctx, |core, now, fx| {
+            let responder = || {
+                let (tx, rx) = oneshot::channel();
+                later = Some(rx);
+                Pending::Ask(tx)
+            };
+            core.on_ask(msg.0, now, responder, fx)
+        });
+        match (answered.flatten(), later) {
+            (Some(answer), _) => Reply::Now(Some(answer)),
+            (None, Some(rx)) => Reply::Later(rx),
+            (None, None) => Reply::Now(None),
+        }
+    }
+}
+
+/// A holder gives a grant back to its owner.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SettleLease {
+    pub from: usize,
+    pub key: BucketKey,
+    pub settlement: Settlement,
+}
+
+impl Handler<SettleLease> for RateLimiter {
+    type Result = ();
+    fn handle(&mut self, msg: SettleLease, ctx: &mut Context<Self>) {
+        self.step(ctx, |core, now, fx| core.on_settle(msg.from, msg.key, msg.settlement, now, fx));
+    }
+}
+
+/// An owner wants grants back.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RecallLease {
+    pub owner: usize,
+    pub key: BucketKey,
+    pub grants: Vec<u64>,
+}
+
+impl Handler<RecallLease> for RateLimiter {
+    type Result = ();
+    fn handle(&mut self, msg: RecallLease, ctx: &mut Context<Self>) {
+        self.step(ctx, |core, now, fx| core.on_recall(msg.owner, msg.key, &msg.grants, now, fx));
+    }
+}
+
+/// Fault injection: the limiter gives no decision for a while, so requests meet the
+/// fail-open path exactly as when the limiter is down.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GoDown(pub Duration);
+
+impl Handler<GoDown> for RateLimiter {
+    type Result = ();
+    fn handle(&mut self, msg: GoDown, _ctx: &mut Context<Self>) {
+        self.down_until = Instant::now().checked_add(msg.0);
+    }
+}
+
+impl Handler<Crash> for RateLimiter {
+    type Result = Result<(), AppError>;
+    fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
+        guarded(self, ctx, |_, _| msg.detonate()).ok_or_else(|| crashed(ACTOR))
+    }
+}
+
+impl Handler<GetActorReport> for RateLimiter {
+    type Result = actix::MessageResult<GetActorReport>;
+    fn handle(&mut self, _msg: GetActorReport, ctx: &mut Context<Self>) -> Self::Result {
+        self.report_counts();
+        let report = guarded(self, ctx, |act, _| {
+            let metrics = &act.shared.metrics;
+            let limited = |policy: Policy| metrics.rate_limited.with_label_values(&[policy.name()]).get();
+            let leases = |event: &str| metrics.rate_limiter_leases.with_label_values(&[event]).get();
+            let redis_calls = |result: &str| metrics.rate_limiter_redis_calls.with_label_values(&[result]).get();
+            ActorReport::running(
+                ACTOR,
+                serde_json::json!({
+                    "mode": act.shared.mode.name(),
+                    "keys_tracked": act.core.owned_len(), "leases_held": act.core.held_len(),
+                    "max_keys": act.core.cap().get(), "requests_waiting": act.core.parked_len(),
+                    "limited": {"default": limited(Policy::Default), "auth": limited(Policy::Auth)},
+                    "leases": {
+                        "asked": leases("asked"), "granted": leases("granted"),
+                        "tokens_granted": leases("tokens_granted"), "settled": leases("settled"),
+                        "recalled": leases("recalled"), "expired": leases("expired"),
+                        "refused_locally": leases("refused_locally"),
+                    },
+                    "redis": {
+                        "configured": act.shared.redis.is_some(),
+                        "calls_ok": redis_calls("ok"), "calls_failed": redis_calls("failed"),
+                        "fallbacks": metrics.rate_limiter_fallbacks.get(),
+                    },
+                }),
+            )
+        });
+        actix::MessageResult(report.unwrap_or_else(|| ActorReport::unresponsive(ACTOR, "panicked while reporting")))
+    }
+}
+
+/// How the middleware and the chaos endpoint reach the limiter: this worker's shard for
+/// checks, every shard for fault injection and reports.
+#[derive(Clone)]
+pub struct RateLimiterClient {
+    local: Option<Addr<RateLimiter>>,
+    shared: Shared,
+}
+
+impl RateLimiterClient {
+    pub fn new(
+        workers: usize,
+        quotas: Quotas,
+        max_keys: NonZeroUsize,
+        redis: Option<RedisTarget>,
+        metrics: Arc<Metrics>,
+        reporter: RestartReporter,
+    ) -> Self {
+        // RATE_LIMIT_MAX_KEYS bounds the replica: each shard keeps its share.
+        let per_shard = max_keys.get().div_ceil(workers.max(1));
+        let max_keys = NonZeroUsize::new(per_shard).unwrap_or(NonZeroUsize::MIN);
+        let mode = Arc::new(LimiterMode::new(redis.is_some(), Arc::clone(&metrics)));
+        let shared = Shared {
+            quotas,
+            max_keys,
+            epoch: Instant::now(),
+            mode,
+            redis,
+            shards: Shards::new(workers),
+            metrics,
+            reporter,
+        };
+        Self { local: None, shared }
+    }
+
+    /// Starts this worker's shard on the current arbiter (call it inside the
+    /// `HttpServer::new` factory) and returns a client that checks with it.
+    pub fn on_this_worker(&self) -> Self {
+        // A worker actix restarted after the registry filled gets no slot: it owns no key
+        // and holds leases from the others.
+        let slot = self.shared.shards.claim();
+        let shared = self.shared.clone();
+        let shard = Supervisor::start(move |_| RateLimiter::new(slot, shared));
+        if let Some(slot) = slot {
+            self.shared.shards.fill(slot, shard.clone());
+        }
+        Self { local: Some(shard), shared: self.shared.clone() }
+    }
+
+    /// The decision; `Ok(None)` when the shard is faulted or could not decide.
+    pub async fn check(
+        &self,
+        policy: Policy,
+        key: ClientKey,
+        timeout: Duration,
+    ) -> Result<Option<Decision>, MailboxError> {
+        let shard = self.local.as_ref().or_else(|| self.shared.shards.each().next()).ok_or(MailboxError::Closed)?;
+        shard.send(Check { policy, key }).timeout(timeout).await
+    }
+
+    /// How long a decision may take at most: a Redis call, then a local one if it failed
+    /// (an ask to the owner, which may hold it while it recalls).
+    pub fn decision_timeout(&self) -> Duration {
+        let redis = self.shared.redis.as_ref().map_or(Duration::ZERO, |redis| redis.timeout);
+        ASK_TIMEOUT + Duration::from_millis(50) + redis
+    }
+
+    /// `local`, `redis` or `fallback`.
+    pub fn mode(&self) -> &'static str {
+        self.shared.mode.name()
+    }
+
+    /// Crashes this worker's shard (the one that served the chaos request).
+    pub async fn crash(&self, timeout: Duration) -> Result<Result<(), AppError>, MailboxError> {
+        let shard = self.local.as_ref().or_else(|| self.shared.shards.each().next()).ok_or(MailboxError::Closed)?;
+        shard.send(Crash).timeout(timeout).await
+    }
+
+    /// Takes every shard down for a while, so every request meets the fail-open path.
+    pub async fn go_down(&self, duration: Duration, timeout: Duration) -> Result<(), MailboxError> {
+        let sends = self.shared.shards.each().map(|shard| shard.send(GoDown(duration)).timeout(timeout));
+        futures_util::future::join_all(sends).await.into_iter().collect()
+    }
+
+    pub fn shards(&self) -> &Shards<RateLimiter> {
+        &self.shared.shards
+    }
+}
