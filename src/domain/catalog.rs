@@ -119,12 +119,9 @@ pub struct ProductInput {
 impl ProductInput {
     pub fn validate(self) -> Result<ProductChanges, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let name = self.name.map(|raw| raw.trim().to_owned());
-        if let Some(name) = &name {
-            if !(1..=NAME_MAX_CHARS).contains(&name.chars().count()) {
-                errors.push(FieldError::new("name", format!("must be 1 to {NAME_MAX_CHARS} characters")));
-            }
-        }
+        let name = self.name.and_then(|raw| {
+            super::text::normalize_name("name", &raw, NAME_MAX_CHARS).map_err(|error| errors.push(error)).ok()
+        });
         if let Some(description) = &self.description {
             if description.chars().count() > DESCRIPTION_MAX_CHARS {
                 errors.push(FieldError::new(
@@ -213,11 +210,8 @@ impl ProductFilter {
                 true
             }
         };
-        if let (Some(min), Some(max)) = (min_price_cents, max_price_cents) {
-            if min > max {
-                errors.push(FieldError::new("min_price_cents", "must not exceed max_price_cents"));
-            }
-        }
+        // A minimum above the maximum is an empty range, not a mistake a schema could name:
+        // it matches nothing, like any other range no product falls in.
         for (field, value) in [("min_price_cents", min_price_cents), ("max_price_cents", max_price_cents)] {
             if value.is_some_and(|v| v < 0) {
                 errors.push(FieldError::new(field, "must be 0 or more"));

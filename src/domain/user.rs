@@ -31,22 +31,39 @@ pub const LOGIN_FAILURE_LIMIT: usize = 5;
 pub const LOGIN_FAILURE_LIMIT_PER_EMAIL: usize = 100;
 pub const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
+/// Password and email changes one account may start within the window, whoever makes
+/// them (the user, or an admin's reset): each costs up to two argon2id runs.
+pub const CREDENTIAL_CHANGE_LIMIT: usize = 5;
+pub const CREDENTIAL_CHANGE_WINDOW: Duration = Duration::from_secs(60 * 60);
+
+/// Events before this instant no longer count in a sliding `window`.
+pub fn window_start(now: NaiveDateTime, window: Duration) -> NaiveDateTime {
+    now - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX)
+}
+
 /// Failures before this instant no longer count against an email.
 pub fn login_window_start(now: NaiveDateTime) -> NaiveDateTime {
-    now - chrono::Duration::from_std(LOGIN_FAILURE_WINDOW).unwrap_or(chrono::Duration::MAX)
+    window_start(now, LOGIN_FAILURE_WINDOW)
 }
 
 /// Seconds until a login may be tried again, given the times of the recent failures that
 /// count against it; `None` while fewer than `limit` fall inside the window.
 pub fn login_retry_after(failures: &[NaiveDateTime], now: NaiveDateTime, limit: usize) -> Option<u64> {
-    let window = chrono::Duration::from_std(LOGIN_FAILURE_WINDOW).unwrap_or(chrono::Duration::MAX);
-    let mut recent: Vec<NaiveDateTime> = failures.iter().copied().filter(|at| *at > login_window_start(now)).collect();
+    retry_after(failures, now, limit, LOGIN_FAILURE_WINDOW)
+}
+
+/// Seconds until one more event is allowed in a sliding `window` that admits `limit`,
+/// given the times of the events so far; `None` while fewer than `limit` fall inside it.
+pub fn retry_after(events: &[NaiveDateTime], now: NaiveDateTime, limit: usize, window: Duration) -> Option<u64> {
+    let start = window_start(now, window);
+    let mut recent: Vec<NaiveDateTime> = events.iter().copied().filter(|at| *at > start).collect();
     if recent.len() < limit.max(1) {
         return None;
     }
-    // The window reopens when enough of the oldest failures have aged out of it.
+    // The window reopens when enough of the oldest events have aged out of it.
     recent.sort_unstable();
-    let reopening = recent[recent.len() - limit.max(1)] + window;
+    let length = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+    let reopening = recent[recent.len() - limit.max(1)] + length;
     Some(u64::try_from((reopening - now).num_seconds()).unwrap_or(0).max(1))
 }
 
@@ -158,14 +175,9 @@ pub fn validate_password(password: &str) -> Result<(), FieldError> {
     }
 }
 
+/// A user's name: trimmed, 1 to 100 characters, no control or format characters.
 pub fn normalize_name(raw: &str) -> Result<String, FieldError> {
-    let name = raw.trim();
-    let chars = name.chars().count();
-    if (1..=NAME_MAX_CHARS).contains(&chars) && !name.chars().any(char::is_control) {
-        Ok(name.to_owned())
-    } else {
-        Err(FieldError::new("name", format!("must be 1 to {NAME_MAX_CHARS} characters")))
-    }
+    super::text::normalize_name("name", raw, NAME_MAX_CHARS)
 }
 
 /// The checked fields of a new account.

@@ -44,7 +44,7 @@ use crate::{
         ops_api::ActorsResponse, ops_api::RestartsResponse, ops_api::RestartEntry, ops_api::MetricsSummary,
         ops_api::LatencyBucket, ActorReport, ActorKind, Instances, QueueReport, RestartSummary, BreakerState,
         auth::RegisterRequest, auth::LoginRequest, auth::TokenResponse,
-        users::UpdateUserRequest, User, Role, Page<User>,
+        users::UpdateUserRequest, users::UpdatedUser, User, Role, Page<User>,
         products::CreateProductRequest, products::UpdateProductRequest, Product, ProductStatus, Page<Product>,
         products::ProductSortKey, products::SortOrder,
         accounts::DepositRequest, accounts::TransferRequest, Account, Transfer, Page<Transfer>,

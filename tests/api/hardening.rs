@@ -203,6 +203,7 @@ async fn metric_families_exist_at_zero_from_the_start(backend: Backend) {
         r#"storefront_cache_loads_total{cache="users"} 0"#,
         r#"storefront_db_shed_total{reason="saturated"} 0"#,
         "storefront_rate_limiter_fail_open_total 0",
+        r#"storefront_password_hasher_runs_total{operation="hash"} 0"#,
     ] {
         assert!(text.lines().any(|line| line == sample), "missing {sample}");
     }
@@ -242,9 +243,12 @@ async fn a_password_or_role_change_voids_earlier_tokens(backend: Backend) {
     assert_eq!(app.get_as("/api/v1/users/me", &before).await.status(), 200, "a new name leaves tokens alone");
 
     let new_password = "a brand new secret";
-    let changed = app.send_json(Method::PATCH, &alice, &before, &json!({"password": new_password})).await;
+    let change = json!({"password": new_password, "current_password": PASSWORD});
+    let changed = app.send_json(Method::PATCH, &alice, &before, &change).await;
     assert_eq!(changed.status(), 200);
+    let fresh = changed.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
     assert_problem(app.get_as("/api/v1/users/me", &before).await, 401).await;
+    assert_eq!(app.get_as("/api/v1/users/me", &fresh).await.status(), 200, "the changing client stays signed in");
     let login = app.login("alice@example.com", new_password).await;
     let after = login.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
     assert_eq!(app.get_as("/api/v1/users/me", &after).await.status(), 200);

@@ -10,6 +10,7 @@ mod accounts;
 mod cache_and_limits;
 mod cache_invalidation;
 mod concurrency;
+mod credentials;
 mod first_hour;
 mod foundation;
 mod hardening;
