@@ -14,19 +14,22 @@ use crate::{
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"email": "ada@example.com", "password": "correct horse battery", "name": "Ada Lovelace"})))]
 pub struct RegisterRequest {
-    #[schema(format = Email, max_length = 254)]
+    /// An email address: ASCII, compared without regard to case.
+    #[schema(max_length = 254)]
     pub email: String,
     /// 8 to 128 characters.
     #[schema(min_length = 8, max_length = 128)]
     pub password: String,
-    /// 1 to 100 characters, after trimming.
+    /// 1 to 100 characters, after trimming; no control or format characters.
     #[schema(min_length = 1, max_length = 100)]
     pub name: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"email": "ada@example.com", "password": "correct horse battery"})))]
 pub struct LoginRequest {
     pub email: String,
     pub password: String,

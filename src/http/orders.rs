@@ -30,6 +30,7 @@ pub struct OrderLineRequest {
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"items": [{"product_id": "0193a5e2-8f40-7c55-a1b2-3c4d5e6f7a8b", "quantity": 2}]})))]
 pub struct PlaceOrderRequest {
     /// 1–100 lines, quantity 1–1000 each, each product once.
     #[schema(min_items = 1, max_items = 100)]
@@ -47,7 +48,7 @@ pub struct OrderQuery {
     #[param(minimum = 1, maximum = 4294967295_i64)]
     pub page: Option<i64>,
     /// Items per page, 1 or more (values over 100 are clamped to 100).
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
     pub per_page: Option<i64>,
 }
 
@@ -61,7 +62,7 @@ pub struct UserOrderQuery {
     #[param(minimum = 1, maximum = 4294967295_i64)]
     pub page: Option<i64>,
     /// Items per page, 1 or more (values over 100 are clamped to 100).
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
     pub per_page: Option<i64>,
 }
 
@@ -92,7 +93,7 @@ fn parse_order_filter(
 }
 
 /// Buy: stock taken, balance debited, order stored, all or nothing. Honours `Idempotency-Key`.
-#[utoipa::path(post, path = "/api/v1/orders", tag = "orders", request_body = PlaceOrderRequest,
+#[utoipa::path(post, path = "/api/v1/orders", operation_id = "place_order", tag = "orders", request_body = PlaceOrderRequest,
     security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
     responses((status = 201, body = Order),
         (status = 409, description = "Insufficient stock (`product_ids` lists them) or funds, or the same Idempotency-Key still running"),
@@ -111,7 +112,7 @@ pub async fn place(
 }
 
 /// The caller's orders, newest first; admins see everyone's (or one user's with `user_id`).
-#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", params(OrderQuery), security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/orders", operation_id = "list_orders", tag = "orders", params(OrderQuery), security(("bearer" = [])),
     responses((status = 200, body = Page<Order>), (status = 422)))]
 pub async fn list(
     state: web::Data<AppState>,
@@ -124,7 +125,7 @@ pub async fn list(
 }
 
 /// A user's orders (the user themself, or an admin).
-#[utoipa::path(get, path = "/api/v1/users/{id}/orders", tag = "orders", params(("id" = Uuid, Path), UserOrderQuery), security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/users/{id}/orders", operation_id = "list_user_orders", tag = "orders", params(("id" = Uuid, Path), UserOrderQuery), security(("bearer" = [])),
     responses((status = 200, body = Page<Order>), (status = 404, description = "Not yours")))]
 pub async fn list_for_user(
     state: web::Data<AppState>,
@@ -139,7 +140,7 @@ pub async fn list_for_user(
 }
 
 /// One order (its owner, or an admin).
-#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/orders/{id}", operation_id = "get_order", tag = "orders", security(("bearer" = [])),
     responses((status = 200, body = Order), (status = 404, description = "No such order, or not yours")))]
 pub async fn get(state: web::Data<AppState>, caller: AuthUser, id: web::Path<Uuid>) -> Result<HttpResponse, AppError> {
     let not_found = || AppError::NotFound("No such order.".into());
@@ -149,7 +150,7 @@ pub async fn get(state: web::Data<AppState>, caller: AuthUser, id: web::Path<Uui
 }
 
 /// Cancel a paid order: stock restored, total refunded, all or nothing.
-#[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", operation_id = "cancel_order", tag = "orders", security(("bearer" = [])),
     responses((status = 200, body = Order), (status = 404, description = "No such order, or not yours"),
         (status = 409, description = "Already cancelled")))]
 pub async fn cancel(

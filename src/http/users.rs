@@ -23,13 +23,18 @@ use crate::{
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(
+    json!({"name": "Ada King"}),
+    json!({"password": "a new long secret", "current_password": "correct horse battery"}),
+    json!({"email": "ada.king@example.com", "current_password": "correct horse battery"}),
+))]
 pub struct UpdateUserRequest {
     /// 1 to 100 characters after trimming; no control or format characters.
     #[schema(min_length = 1, max_length = 100)]
     pub name: Option<String>,
     /// A new email voids every token issued before it. Changing your own needs
     /// `current_password`.
-    #[schema(format = Email, max_length = 254)]
+    #[schema(max_length = 254)]
     pub email: Option<String>,
     /// A new password voids every token issued before it. Changing your own needs
     /// `current_password`.
@@ -70,7 +75,7 @@ pub async fn me(caller: AuthUser) -> HttpResponse {
 }
 
 /// Every user (admin).
-#[utoipa::path(get, path = "/api/v1/users", tag = "users", params(PageQuery), security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/users", operation_id = "list_users", tag = "users", params(PageQuery), security(("bearer" = [])),
     responses((status = 200, body = Page<User>), (status = 403, description = "Not an admin")))]
 pub async fn list(
     state: web::Data<AppState>,
@@ -83,7 +88,7 @@ pub async fn list(
 }
 
 /// One user (admin, or the user themself; anyone else gets 404).
-#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/users/{id}", operation_id = "get_user", tag = "users", security(("bearer" = [])),
     responses((status = 200, body = User), (status = 404, description = "No such user, or not yours")))]
 pub async fn get(state: web::Data<AppState>, caller: AuthUser, id: web::Path<Uuid>) -> Result<HttpResponse, AppError> {
     let id = id.into_inner();
@@ -94,7 +99,7 @@ pub async fn get(state: web::Data<AppState>, caller: AuthUser, id: web::Path<Uui
 
 /// Change name, email, password (self or admin) or role (admin only). Changing your own
 /// password or email needs `current_password`; an admin resetting another user's needs none.
-#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", request_body = UpdateUserRequest, security(("bearer" = [])),
+#[utoipa::path(patch, path = "/api/v1/users/{id}", operation_id = "update_user", tag = "users", request_body = UpdateUserRequest, security(("bearer" = [])),
     responses(
         (status = 200, body = UpdatedUser, description = "Changed; carries a fresh access token when the caller's own tokens were voided"),
         (status = 403, description = "A non-admin sent `role` (`forbidden`), or changing your own password or email without the right `current_password` (`urn:storefront:problem:reauthentication-required`)"),
@@ -213,7 +218,7 @@ async fn change_credentials(
 }
 
 /// Delete a user (admin). Their tokens stop working at once; past orders stay.
-#[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/api/v1/users/{id}", operation_id = "delete_user", tag = "users", security(("bearer" = [])),
     responses((status = 204), (status = 403, description = "Not an admin"), (status = 404, description = "No such user"),
         (status = 409, description = "The last admin cannot be deleted")))]
 pub async fn delete(

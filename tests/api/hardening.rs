@@ -427,4 +427,29 @@ async fn the_document_lists_what_the_service_answers(backend: Backend) {
     let for_user = &document["paths"]["/api/v1/users/{id}/orders"]["get"]["parameters"];
     let names: Vec<&str> = for_user.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert!(!names.contains(&"user_id"), "the ignored user_id is not listed: {names:?}");
+
+    // Operation ids are unique, and every link leads to one of them.
+    let operations: Vec<&Value> =
+        document["paths"].as_object().unwrap().values().flat_map(|item| item.as_object().unwrap().values()).collect();
+    let ids: Vec<&str> = operations.iter().map(|operation| operation["operationId"].as_str().unwrap()).collect();
+    let unique: std::collections::HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "{ids:?}");
+    let links: Vec<&Value> = operations
+        .iter()
+        .flat_map(|operation| operation["responses"].as_object().unwrap().values())
+        .filter_map(|response| response["links"].as_object())
+        .flat_map(|links| links.values())
+        .collect();
+    assert!(links.len() >= 10, "created resources link to what uses them");
+    for link in links {
+        assert!(unique.contains(link["operationId"].as_str().unwrap()), "{link}");
+    }
+    // Text rules are stated: every string a client types has a pattern; headers their syntax.
+    let register = &document["components"]["schemas"]["RegisterRequest"]["properties"];
+    for field in ["email", "password", "name"] {
+        assert!(register[field]["pattern"].is_string(), "RegisterRequest.{field}");
+    }
+    let patch = &document["paths"]["/api/v1/products/{id}"]["patch"]["parameters"];
+    let if_match = patch.as_array().unwrap().iter().find(|p| p["name"] == "If-Match").unwrap();
+    assert!(if_match["schema"]["pattern"].is_string());
 }

@@ -198,6 +198,23 @@ async fn etags_make_product_reads_and_writes_conditional(backend: Backend) {
     assert_eq!(header(&current, "etag"), second_tag);
     assert_eq!(json_of(current).await["price_cents"], 1500);
 
+    // An If-Match that is no list of entity tags is refused, naming the header; an empty
+    // list (the empty value) names no version, so nothing matches it.
+    let conditional_patch = |tag: &'static str| {
+        let (app, path, admin) = (&app, &path, &admin);
+        async move {
+            let request = app.request(Method::PATCH, path).bearer_auth(admin).header("If-Match", tag);
+            request.json(&json!({"price_cents": 2})).send().await.unwrap()
+        }
+    };
+    for malformed in ["1500", "\"1\" \"2\"", "w/\"2\"", "\"2"] {
+        let refused = assert_problem(conditional_patch(malformed).await, 422).await;
+        assert_eq!(refused["errors"][0]["field"], "If-Match", "{malformed}");
+    }
+    assert_problem(conditional_patch("").await, 412).await;
+    assert_problem(conditional_patch(", W/\"2\"").await, 412).await;
+    assert_eq!(json_of(app.get(&path).await).await["price_cents"], 1500, "none of those changed anything");
+
     // The old tag no longer matches: the reader gets the new representation.
     let refreshed = conditional_get(first_tag.clone()).await;
     assert_eq!(refreshed.status(), 200);
