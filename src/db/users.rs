@@ -234,6 +234,33 @@ pub struct Reauthentication {
     pub password_hash: String,
 }
 
+/// Refuses (409) an email another live user has, unless that user is `except`. A check
+/// before hashing a password, so that a taken email costs no argon2 run; the unique index
+/// still decides when two requests race for one email.
+fn refuse_taken_email(conn: &mut DbConnection, email: &str, except: Option<&str>) -> Result<(), AppError> {
+    let mut others = users::table.filter(users::email.eq(email)).filter(users::deleted_at.is_null()).into_boxed();
+    if let Some(id) = except {
+        others = others.filter(users::id.ne(id));
+    }
+    let taken: i64 = others.count().get_result(conn)?;
+    if taken > 0 {
+        return Err(AppError::conflict("An account with this email already exists."));
+    }
+    Ok(())
+}
+
+/// Refuses (409) a registration whose email is taken, before its password is hashed.
+pub struct EmailIsFree {
+    pub email: String,
+}
+
+impl UseCase for EmailIsFree {
+    type Output = ();
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), AppError> {
+        refuse_taken_email(conn, &self.email, None)
+    }
+}
+
 impl UseCase for BeginCredentialChange {
     type Output = CredentialChange;
     fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<CredentialChange, AppError> {
@@ -242,15 +269,7 @@ impl UseCase for BeginCredentialChange {
         conn.write_transaction(|conn| {
             let user = live_user(conn, user_id)?.ok_or_else(|| AppError::NotFound("No such user.".into()))?;
             if let Some(email) = &new_email {
-                let taken: i64 = users::table
-                    .filter(users::email.eq(email))
-                    .filter(users::deleted_at.is_null())
-                    .filter(users::id.ne(&id))
-                    .count()
-                    .get_result(conn)?;
-                if taken > 0 {
-                    return Err(AppError::conflict("An account with this email already exists."));
-                }
+                refuse_taken_email(conn, email, Some(&id))?;
             }
             if matches!(conn, DbConnection::Postgres(_)) {
                 // Counting and reserving are serialised per user (SQLite: BEGIN IMMEDIATE).

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::{
-    db::users::{BeginLogin, CreateUser, FinishLogin, LoginAttempt, LoginOutcome},
+    db::users::{BeginLogin, CreateUser, EmailIsFree, FinishLogin, LoginAttempt, LoginOutcome},
     domain::user::{validate_new_user, NewUser, Role, User},
     error::AppError,
     http::{extract::Json, middleware::rate_limit::client_ip},
@@ -51,6 +51,8 @@ pub struct TokenResponse {
 pub async fn register(state: web::Data<AppState>, body: Json<RegisterRequest>) -> Result<HttpResponse, AppError> {
     let RegisterRequest { email, password, name } = body.into_inner();
     let NewUser { email, name } = validate_new_user(&email, &password, &name).map_err(AppError::Validation)?;
+    // A taken email is answered before the expensive hash.
+    state.db.run(EmailIsFree { email: email.clone() }).await?;
     let password_hash = state.passwords.hash(password).await?;
     let user = state.db.run(CreateUser { email, name, role: Role::User, password_hash }).await?;
     Ok(HttpResponse::Created().insert_header((header::LOCATION, format!("/api/v1/users/{}", user.id))).json(user))

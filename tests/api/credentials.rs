@@ -201,6 +201,10 @@ async fn refusals_that_need_no_hash_compute_none(backend: Backend) {
     assert_problem(app.send_json(Method::PATCH, &bob_path, &alice, &not_hers).await, 404).await;
     assert_eq!(hasher_runs(&app).await, before, "no argon2id run for any of those refusals");
 
+    let register = json!({"email": "TAKEN@example.com", "password": PASSWORD, "name": "Again"});
+    assert_problem(app.post_json("/api/v1/auth/register", &register).await, 409).await;
+    assert_eq!(hasher_runs(&app).await, before, "a registration with a taken email hashes nothing either");
+
     // The same request with a free email does hash: the counter would have shown it.
     let free = json!({"email": "alice2@example.com", "password": "a new secret", "current_password": PASSWORD});
     assert_eq!(app.send_json(Method::PATCH, &alice_path, &alice, &free).await.status(), 200);
