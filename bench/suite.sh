@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Every target of issue 11, RUNS times (default 3), with the spread: runs `bench/run.sh`
-# RUNS times without the WebSocket part, then `bench/ws.sh` once (it makes its own RUNS
-# runs), and writes docs/BENCHMARKS.md as the spread table (bench/spread.py) followed by
-# the last run's full report, which includes the WebSocket report. Each run's own report
+# RUNS times without the WebSocket part, then `bench/ws.sh` and `bench/signin_rss.sh` (memory
+# after 1,000 sign-ins) once each (they make their own RUNS runs), and writes
+# docs/BENCHMARKS.md as the spread table (bench/spread.py) followed by the last run's full
+# report, then the WebSocket and sign-in reports. Each run's own report
 # is kept beside it in docs/benchmarks/run-N.md, so every figure in the spread has its raw output.
 #
 # Usage: bench/suite.sh            RUNS=5 bench/suite.sh
 #        SKIP_WS=1 bench/suite.sh  (keeps the last WebSocket report instead of measuring)
+#        SKIP_SIGNIN=1 bench/suite.sh  (likewise for the memory after sign-ins)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,6 +28,10 @@ if [[ ${SKIP_WS:-0} != 1 ]]; then
     echo "suite: WebSocket fan-out (bench/ws.sh, $RUNS runs)" >&2
     RUNS=$RUNS "$ROOT/bench/ws.sh"
 fi
+if [[ ${SKIP_SIGNIN:-0} != 1 ]]; then
+    echo "suite: memory after sign-ins (bench/signin_rss.sh, $RUNS runs)" >&2
+    RUNS=$RUNS "$ROOT/bench/signin_rss.sh"
+fi
 
 reports=()
 for ((run = 1; run <= RUNS; run++)); do reports+=("$KEPT/run-$run.md"); done
@@ -38,6 +44,10 @@ for ((run = 1; run <= RUNS; run++)); do reports+=("$KEPT/run-$run.md"); done
     sed -e '1{/^# /d}' -e 's/^#/##/' "$KEPT/run-$RUNS.md" | sed '/^## WebSocket fan-out$/,$d'
     printf '## WebSocket fan-out (bench/ws.sh)\n\n'
     sed -e 's/^# .*//' -e 's/^#/##/' "$ROOT/docs/BENCHMARKS-live-updates.md"
+    if [[ -s $ROOT/docs/BENCHMARKS-signin-rss.md ]]; then
+        printf '\n## Memory after sign-ins (bench/signin_rss.sh)\n\n'
+        sed -e 's/^# .*//' -e 's/^#/##/' "$ROOT/docs/BENCHMARKS-signin-rss.md"
+    fi
 } >"$REPORT.tmp"
 mv "$REPORT.tmp" "$REPORT"
 echo "suite: wrote $REPORT" >&2

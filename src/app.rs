@@ -214,8 +214,7 @@ impl Application {
             )
         });
         let shard_reporter = reporter.clone();
-        let passwords = Passwords::start(config.password_hasher_threads, reporter)
-            .map_err(|error| StartupError::Internal(error.to_string()))?;
+        let passwords = Passwords::start(config.password_hasher_threads, reporter, Arc::clone(&metrics));
 
         let actors = {
             use crate::actors::report::ActorKind;

@@ -25,6 +25,9 @@ pub enum AppError {
     Unauthorized(String),
     #[display("forbidden: {_0}")]
     Forbidden(String),
+    /// Changing one's own password or email without the right `current_password` (403).
+    #[display("reauthentication required: {_0}")]
+    ReauthenticationRequired(String),
     #[display("not found: {_0}")]
     NotFound(String),
     /// `kind` names the problem type (`conflict`, `insufficient-funds`, ...).
@@ -70,6 +73,7 @@ impl AppError {
             Self::Unprocessable(_) => "unprocessable",
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
+            Self::ReauthenticationRequired(_) => "reauthentication-required",
             Self::NotFound(_) => "not-found",
             Self::Conflict { kind, .. } => kind,
             Self::PreconditionFailed => "precondition-failed",
@@ -109,6 +113,7 @@ impl AppError {
             | Self::Unprocessable(detail)
             | Self::Unauthorized(detail)
             | Self::Forbidden(detail)
+            | Self::ReauthenticationRequired(detail)
             | Self::NotFound(detail) => problem.detail = detail.clone(),
             Self::Validation(errors) => {
                 problem.detail = "The request has invalid fields.".into();
@@ -143,7 +148,7 @@ impl ResponseError for AppError {
             Self::BadRequest(_) | Self::Malformed(_) => StatusCode::BAD_REQUEST,
             Self::Validation(_) | Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::ReauthenticationRequired(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,

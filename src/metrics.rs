@@ -50,6 +50,8 @@ pub struct Metrics {
     pub event_delivery: Histogram,
     pub nats_published: IntCounter,
     pub nats_publish_lag: IntGauge,
+    /// argon2id runs completed, by `operation`: `hash` (a new password) or `verify`.
+    pub password_hasher_runs: IntCounterVec,
     /// The database breaker and the background tails.
     pub ops: OpsMetrics,
 }
@@ -280,7 +282,16 @@ impl Metrics {
             IntGauge::new("nats_publish_lag_events", "Outbox events not yet acknowledged by JetStream")
                 .expect("valid metric"),
         );
+        let password_hasher_runs = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("password_hasher_runs_total", "argon2id runs the password hasher completed"),
+                &["operation"],
+            )
+            .expect("valid metric"),
+        );
         let metrics = Self {
+            password_hasher_runs,
             ws_connections,
             ws_events_sent,
             ws_disconnects,
@@ -347,6 +358,9 @@ impl Metrics {
         }
         for check in ["database", "db_executor", "shutdown"] {
             self.readiness.with_label_values(&[check]);
+        }
+        for operation in ["hash", "verify"] {
+            self.password_hasher_runs.with_label_values(&[operation]);
         }
     }
 

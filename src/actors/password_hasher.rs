@@ -1,6 +1,8 @@
 //! The PasswordHasher: argon2 off the async threads, on a SyncArbiter of its own — never on
-//! an actix-web worker and never on a DbExecutor thread holding a connection. Admission is
-//! bounded, because each hash takes 19 MiB.
+//! an actix-web worker and never on a DbExecutor thread holding a connection. Each thread
+//! owns the 19 MiB one argon2id run needs and reuses it for every hash and check, so the
+//! process holds at most threads × 19 MiB for passwords however many sign-ins it served.
+//! Admission is bounded; waiting requests hold no argon2 memory.
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,19 +15,32 @@ use super::{
     supervision::{catch_panic, RestartReporter},
 };
 use crate::{
-    auth::password::{hash_password, verify_password},
+    auth::password::{hash_password_with, verify_password_with, HashMemory},
     error::AppError,
+    metrics::Metrics,
 };
 
 const ACTOR: &str = "password_hasher";
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A hash of a random password nobody kept, with the parameters of every new hash:
+/// verifying against it costs what a real check costs, so a login for an unknown email
+/// takes as long as a wrong password (`dummy_hash_costs_a_real_check` keeps them equal).
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$+pkN5AsHMq29eEoEAgmdpQ$7E7n984ZrLKygig0mjkiaJAavfScd0Tu+vF/cinP2+k";
+
 pub struct PasswordHasher {
-    /// A hash of nothing anyone knows: verifying against it costs what a real check costs,
-    /// so a login for an unknown email takes as long as a wrong password.
-    dummy_hash: String,
+    /// This thread's argon2 working memory, reused by every run (allocated at the first).
+    memory: HashMemory,
+    metrics: Arc<Metrics>,
     reporter: RestartReporter,
     threads: PoolThreads,
+}
+
+impl PasswordHasher {
+    fn completed(&self, operation: &str) {
+        self.metrics.password_hasher_runs.with_label_values(&[operation]).inc();
+    }
 }
 
 counted_sync_actor!(PasswordHasher);
@@ -44,28 +59,37 @@ struct Verify {
 impl Handler<Hash> for PasswordHasher {
     type Result = Result<String, AppError>;
     fn handle(&mut self, msg: Hash, ctx: &mut SyncContext<Self>) -> Self::Result {
-        catch_panic(|| hash_password(&msg.0)).unwrap_or_else(|payload| {
+        let memory = &mut self.memory;
+        let hashed = catch_panic(|| hash_password_with(memory, &msg.0)).unwrap_or_else(|payload| {
             ctx.stop();
             Err(self.reporter.report(ACTOR, &payload))
-        })
+        });
+        if hashed.is_ok() {
+            self.completed("hash");
+        }
+        hashed
     }
 }
 
 impl Handler<Verify> for PasswordHasher {
     type Result = Result<bool, AppError>;
     fn handle(&mut self, msg: Verify, ctx: &mut SyncContext<Self>) -> Self::Result {
-        let dummy = &self.dummy_hash;
-        catch_panic(|| match &msg.hash {
-            Some(hash) => verify_password(&msg.password, hash),
+        let memory = &mut self.memory;
+        let verified = catch_panic(|| match &msg.hash {
+            Some(hash) => verify_password_with(memory, &msg.password, hash),
             None => {
-                verify_password(&msg.password, dummy);
+                verify_password_with(memory, &msg.password, DUMMY_HASH);
                 false
             }
         })
         .map_err(|payload| {
             ctx.stop();
             self.reporter.report(ACTOR, &payload)
-        })
+        });
+        if verified.is_ok() {
+            self.completed("verify");
+        }
+        verified
     }
 }
 
@@ -75,28 +99,34 @@ pub struct Passwords {
     addr: Addr<PasswordHasher>,
     admission: Arc<Admission>,
     threads: PoolThreads,
+    metrics: Arc<Metrics>,
 }
 
 impl Passwords {
-    pub fn start(threads: usize, reporter: RestartReporter) -> Result<Self, AppError> {
-        let dummy_hash = hash_password("storefront-dummy-password-never-valid")?;
+    pub fn start(threads: usize, reporter: RestartReporter, metrics: Arc<Metrics>) -> Self {
         let pool = PoolThreads::new(ACTOR, threads);
-        let counted = pool.clone();
+        let (counted, runs) = (pool.clone(), Arc::clone(&metrics));
         let addr = SyncArbiter::start(threads, move || PasswordHasher {
-            dummy_hash: dummy_hash.clone(),
+            memory: HashMemory::default(),
+            metrics: Arc::clone(&runs),
             reporter: reporter.clone(),
             threads: counted.clone(),
         });
         // Waiting requests hold no argon2 memory (only running hashes do), so the queue can
         // be deep; it is bounded so a sign-in storm is shed instead of piling up.
-        Ok(Self { addr, admission: Arc::new(Admission::new(threads * 64, None)), threads: pool })
+        Self { addr, admission: Arc::new(Admission::new(threads * 64, None)), threads: pool, metrics }
     }
 
     /// This pool's row in the actors API, read from its atomics (asking a thread would
     /// wait behind the hashes in its queue).
     pub fn report(&self) -> ActorReport {
+        let runs = |operation: &str| self.metrics.password_hasher_runs.with_label_values(&[operation]).get();
         self.threads
-            .report(serde_json::json!({"algorithm": "argon2id"}))
+            .report(serde_json::json!({
+                "algorithm": "argon2id",
+                "hashes_completed": runs("hash"),
+                "verifications_completed": runs("verify"),
+            }))
             .with_queue(self.admission.in_flight(), self.admission.capacity())
     }
 
@@ -123,5 +153,23 @@ impl Passwords {
             MailboxError::Timeout => AppError::unavailable("Password check timed out; try again shortly."),
             MailboxError::Closed => AppError::Internal("password hasher mailbox closed".into()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::password::hash_password;
+
+    #[test]
+    fn dummy_hash_costs_a_real_check() {
+        // Same algorithm, version, parameters and lengths as a hash made today.
+        let real = hash_password("anything at all").unwrap();
+        let shape = |hash: &str| {
+            let parts: Vec<&str> = hash.split('$').collect();
+            (parts[1].to_owned(), parts[2].to_owned(), parts[3].to_owned(), parts[4].len(), parts[5].len())
+        };
+        assert_eq!(shape(DUMMY_HASH), shape(&real));
+        assert!(!verify_password_with(&mut HashMemory::default(), "", DUMMY_HASH));
     }
 }

@@ -13,7 +13,7 @@ use super::{
 use crate::{
     domain::{
         catalog::{
-            contains_pattern, fold, if_match_holds, Product, ProductChanges, ProductFilter, ProductSort, ProductStatus,
+            contains_pattern, fold, IfMatch, Product, ProductChanges, ProductFilter, ProductSort, ProductStatus,
         },
         clock,
         paging::{Page, PageRequest},
@@ -141,7 +141,7 @@ pub struct UpdateProduct {
     pub id: Uuid,
     pub changes: ProductChanges,
     /// The client's `If-Match`: the change applies only to that version.
-    pub if_match: Option<String>,
+    pub if_match: Option<IfMatch>,
 }
 
 impl UseCase for UpdateProduct {
@@ -150,7 +150,7 @@ impl UseCase for UpdateProduct {
         let id = self.id.to_string();
         conn.write_transaction(|conn| {
             let current = find_live(conn, &id)?.ok_or_else(not_found)?;
-            if self.if_match.as_deref().is_some_and(|tag| !if_match_holds(tag, current.version)) {
+            if self.if_match.as_ref().is_some_and(|precondition| !precondition.holds(current.version)) {
                 return Err(AppError::PreconditionFailed);
             }
             let c = self.changes;

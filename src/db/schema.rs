@@ -31,6 +31,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    credential_changes (id) {
+        id -> BigInt,
+        user_id -> Text,
+        changed_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(accounts -> users (user_id));
 
 diesel::table! {
@@ -137,6 +145,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     users,
     accounts,
     login_failures,
+    credential_changes,
     products,
     orders,
     order_items,

@@ -16,7 +16,10 @@ use crate::{
     domain::{
         clock,
         paging::{Page, PageRequest},
-        user::{login_retry_after, login_window_start, Role, User, LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_LIMIT_PER_EMAIL},
+        user::{
+            login_retry_after, login_window_start, retry_after, window_start, Role, User, CREDENTIAL_CHANGE_LIMIT,
+            CREDENTIAL_CHANGE_WINDOW, LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_LIMIT_PER_EMAIL,
+        },
     },
     error::AppError,
 };
@@ -147,46 +150,7 @@ impl UseCase for BeginLogin {
     fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<LoginAttempt, AppError> {
         let BeginLogin { email, client } = self;
         conn.write_transaction(|conn| {
-            if matches!(conn, DbConnection::Postgres(_)) {
-                // SQLite's BEGIN IMMEDIATE already serialises writers.
-                diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
-                    .bind::<diesel::sql_types::Text, _>(&email)
-                    .execute(conn)?;
-            }
-            let now = clock::now();
-            let failures: Vec<(NaiveDateTime, String)> = login_failures::table
-                .filter(login_failures::email.eq(&email))
-                .filter(login_failures::failed_at.gt(login_window_start(now)))
-                .select((login_failures::failed_at, login_failures::client))
-                .load(conn)?;
-            let everywhere: Vec<NaiveDateTime> = failures.iter().map(|(at, _)| *at).collect();
-            let from_here: Vec<NaiveDateTime> =
-                failures.iter().filter(|(_, from)| *from == client).map(|(at, _)| *at).collect();
-            let throttled = login_retry_after(&from_here, now, LOGIN_FAILURE_LIMIT)
-                .into_iter()
-                .chain(login_retry_after(&everywhere, now, LOGIN_FAILURE_LIMIT_PER_EMAIL))
-                .max();
-            if let Some(retry_after_secs) = throttled {
-                return Err(AppError::TooManyRequests {
-                    retry_after_secs,
-                    detail: "Too many failed sign-ins for this email; try again later.".into(),
-                });
-            }
-            diesel::delete(login_failures::table.filter(login_failures::email.eq(&email)))
-                .filter(login_failures::failed_at.le(login_window_start(now)))
-                .execute(conn)?;
-            diesel::insert_into(login_failures::table)
-                .values((
-                    login_failures::email.eq(&email),
-                    login_failures::failed_at.eq(now),
-                    login_failures::client.eq(&client),
-                ))
-                .execute(conn)?;
-            let attempt_id: i64 = login_failures::table
-                .filter(login_failures::email.eq(&email))
-                .select(diesel::dsl::max(login_failures::id))
-                .first::<Option<i64>>(conn)?
-                .ok_or_else(|| AppError::Internal("login attempt row vanished".into()))?;
+            let attempt_id = record_login_attempt(conn, &email, &client)?;
             let found: Option<(String, String, String, i64)> = users::table
                 .filter(users::email.eq(&email))
                 .filter(users::deleted_at.is_null())
@@ -205,6 +169,164 @@ impl UseCase for BeginLogin {
                 .transpose()?;
             Ok(LoginAttempt { credentials, attempt_id })
         })
+    }
+}
+
+/// Inside a write transaction: refuses (429) while `email` is throttled for `client` (or
+/// for every address, past the per-email ceiling); otherwise records the attempt as a
+/// failure until it is proven otherwise and returns its id. Attempts on one email are
+/// serialised, so parallel guesses cannot slip past the limit.
+fn record_login_attempt(conn: &mut DbConnection, email: &str, client: &str) -> Result<i64, AppError> {
+    if matches!(conn, DbConnection::Postgres(_)) {
+        // SQLite's BEGIN IMMEDIATE already serialises writers.
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind::<diesel::sql_types::Text, _>(email)
+            .execute(conn)?;
+    }
+    let now = clock::now();
+    let failures: Vec<(NaiveDateTime, String)> = login_failures::table
+        .filter(login_failures::email.eq(email))
+        .filter(login_failures::failed_at.gt(login_window_start(now)))
+        .select((login_failures::failed_at, login_failures::client))
+        .load(conn)?;
+    let everywhere: Vec<NaiveDateTime> = failures.iter().map(|(at, _)| *at).collect();
+    let from_here: Vec<NaiveDateTime> =
+        failures.iter().filter(|(_, from)| *from == client).map(|(at, _)| *at).collect();
+    let throttled = login_retry_after(&from_here, now, LOGIN_FAILURE_LIMIT)
+        .into_iter()
+        .chain(login_retry_after(&everywhere, now, LOGIN_FAILURE_LIMIT_PER_EMAIL))
+        .max();
+    if let Some(retry_after_secs) = throttled {
+        return Err(AppError::TooManyRequests {
+            retry_after_secs,
+            detail: "Too many failed sign-ins for this email; try again later.".into(),
+        });
+    }
+    diesel::delete(login_failures::table.filter(login_failures::email.eq(email)))
+        .filter(login_failures::failed_at.le(login_window_start(now)))
+        .execute(conn)?;
+    Ok(diesel::insert_into(login_failures::table)
+        .values((login_failures::email.eq(email), login_failures::failed_at.eq(now), login_failures::client.eq(client)))
+        .returning(login_failures::id)
+        .get_result(conn)?)
+}
+
+/// A password or email change that passed every check that costs no hash: the target's
+/// email is free (409 otherwise), the account is within `CREDENTIAL_CHANGE_LIMIT` (429
+/// otherwise) and, when the current password must be checked, the sign-in throttle lets
+/// the attempt through (429 otherwise). The change is counted from here on (`reservation`);
+/// `AbandonCredentialChange` takes it back if it does not happen.
+pub struct BeginCredentialChange {
+    pub user_id: Uuid,
+    pub new_email: Option<String>,
+    /// The user changes their own credentials from this client address: the current
+    /// password is checked as a sign-in for the user's email would be, and counts as one.
+    pub reauthenticate_from: Option<String>,
+}
+
+pub struct CredentialChange {
+    pub reservation: i64,
+    pub reauthentication: Option<Reauthentication>,
+}
+
+/// What checking the current password needs: the hash, and the sign-in attempt to settle.
+pub struct Reauthentication {
+    pub email: String,
+    pub client: String,
+    pub attempt_id: i64,
+    pub password_hash: String,
+}
+
+/// Refuses (409) an email another live user has, unless that user is `except`. A check
+/// before hashing a password, so that a taken email costs no argon2 run; the unique index
+/// still decides when two requests race for one email.
+fn refuse_taken_email(conn: &mut DbConnection, email: &str, except: Option<&str>) -> Result<(), AppError> {
+    let mut others = users::table.filter(users::email.eq(email)).filter(users::deleted_at.is_null()).into_boxed();
+    if let Some(id) = except {
+        others = others.filter(users::id.ne(id));
+    }
+    let taken: i64 = others.count().get_result(conn)?;
+    if taken > 0 {
+        return Err(AppError::conflict("An account with this email already exists."));
+    }
+    Ok(())
+}
+
+/// Refuses (409) a registration whose email is taken, before its password is hashed.
+pub struct EmailIsFree {
+    pub email: String,
+}
+
+impl UseCase for EmailIsFree {
+    type Output = ();
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), AppError> {
+        refuse_taken_email(conn, &self.email, None)
+    }
+}
+
+impl UseCase for BeginCredentialChange {
+    type Output = CredentialChange;
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<CredentialChange, AppError> {
+        let BeginCredentialChange { user_id, new_email, reauthenticate_from } = self;
+        let id = user_id.to_string();
+        conn.write_transaction(|conn| {
+            let user = live_user(conn, user_id)?.ok_or_else(|| AppError::NotFound("No such user.".into()))?;
+            if let Some(email) = &new_email {
+                refuse_taken_email(conn, email, Some(&id))?;
+            }
+            if matches!(conn, DbConnection::Postgres(_)) {
+                // Counting and reserving are serialised per user (SQLite: BEGIN IMMEDIATE).
+                diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('credential-change:' || $1))")
+                    .bind::<diesel::sql_types::Text, _>(&id)
+                    .execute(conn)?;
+            }
+            let now = clock::now();
+            let start = window_start(now, CREDENTIAL_CHANGE_WINDOW);
+            diesel::delete(credential_changes::table.filter(credential_changes::user_id.eq(&id)))
+                .filter(credential_changes::changed_at.le(start))
+                .execute(conn)?;
+            let recent: Vec<NaiveDateTime> = credential_changes::table
+                .filter(credential_changes::user_id.eq(&id))
+                .select(credential_changes::changed_at)
+                .load(conn)?;
+            if let Some(retry_after_secs) = retry_after(&recent, now, CREDENTIAL_CHANGE_LIMIT, CREDENTIAL_CHANGE_WINDOW)
+            {
+                return Err(AppError::TooManyRequests {
+                    retry_after_secs,
+                    detail: format!(
+                        "This account's password or email was changed {CREDENTIAL_CHANGE_LIMIT} times within the \
+                         last hour; try again later."
+                    ),
+                });
+            }
+            let reauthentication = match reauthenticate_from {
+                Some(client) => Some(Reauthentication {
+                    attempt_id: record_login_attempt(conn, &user.email, &client)?,
+                    email: user.email,
+                    client,
+                    password_hash: user.password_hash,
+                }),
+                None => None,
+            };
+            let reservation = diesel::insert_into(credential_changes::table)
+                .values((credential_changes::user_id.eq(&id), credential_changes::changed_at.eq(now)))
+                .returning(credential_changes::id)
+                .get_result(conn)?;
+            Ok(CredentialChange { reservation, reauthentication })
+        })
+    }
+}
+
+/// Takes back the count of a credential change that did not happen.
+pub struct AbandonCredentialChange {
+    pub reservation: i64,
+}
+
+impl UseCase for AbandonCredentialChange {
+    type Output = ();
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), AppError> {
+        diesel::delete(credential_changes::table.filter(credential_changes::id.eq(self.reservation))).execute(conn)?;
+        Ok(())
     }
 }
 
@@ -319,8 +441,9 @@ impl UseCase for UpdateUser {
             if role_changes && current.role == Role::Admin.as_str() {
                 keep_an_admin(conn)?;
             }
-            // A new password or role voids every token issued before it.
-            let voids_tokens = role_changes || self.changes.password_hash.is_some();
+            // A new password, email or role voids every token issued before it.
+            let email_changes = self.changes.email.as_ref().is_some_and(|email| *email != current.email);
+            let voids_tokens = role_changes || email_changes || self.changes.password_hash.is_some();
             let generation = current.token_generation + i64::from(voids_tokens);
             diesel::update(users::table.filter(users::id.eq(self.id.to_string())))
                 .set((&self.changes, users::updated_at.eq(clock::now()), users::token_generation.eq(generation)))

@@ -90,10 +90,55 @@ pub fn none_match_hits(header: &str, version: i64) -> bool {
     header.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == current)
 }
 
-/// `If-Match`: strong comparison (RFC 9110 13.1.1); a weak tag never matches.
-pub fn if_match_holds(header: &str, version: i64) -> bool {
-    let current = etag_for(version);
-    header.split(',').map(str::trim).any(|tag| tag == "*" || tag == current)
+/// An `If-Match` precondition (RFC 9110 13.1.1), parsed: `*`, or entity tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IfMatch {
+    Any,
+    /// Each tag's opaque part (between the quotes) and whether it was weak (`W/"…"`).
+    Tags(Vec<(bool, String)>),
+}
+
+/// What `IfMatch::parse` accepts, as a regular expression (stated in the OpenAPI document).
+pub const IF_MATCH_PATTERN: &str =
+    r#"^(?:\*|[ \t]*(?:(?:W/)?"[!#-~]*")?(?:[ \t]*,[ \t]*(?:(?:W/)?"[!#-~]*")?)*[ \t]*)$"#;
+
+impl IfMatch {
+    /// `*`, or a list of entity tags (`"…"` or `W/"…"`, visible ASCII but `"` inside)
+    /// separated by commas, with optional spaces or tabs around them and, as RFC 9110's
+    /// list syntax says, empty elements allowed (so an empty value is an empty list, which
+    /// no version matches); `None` for anything else.
+    pub fn parse(header: &str) -> Option<Self> {
+        if header == "*" {
+            return Some(Self::Any);
+        }
+        let is_etagc = |c: char| c == '!' || ('#'..='~').contains(&c);
+        let skip_space = |text: &str| text.trim_start_matches([' ', '\t']).len();
+        let mut tags = Vec::new();
+        let mut rest = header.trim_start_matches([' ', '\t']);
+        loop {
+            if !rest.starts_with(',') && !rest.is_empty() {
+                let weak = rest.starts_with("W/");
+                let quoted = rest.strip_prefix("W/").unwrap_or(rest).strip_prefix('"')?;
+                let end = quoted.find(|c: char| !is_etagc(c))?;
+                tags.push((weak, quoted[..end].to_owned()));
+                rest = quoted[end..].strip_prefix('"')?;
+                rest = &rest[rest.len() - skip_space(rest)..];
+            }
+            if rest.is_empty() {
+                return Some(Self::Tags(tags));
+            }
+            rest = rest.strip_prefix(',')?.trim_start_matches([' ', '\t']);
+        }
+    }
+
+    /// Strong comparison: a weak tag never matches.
+    pub fn holds(&self, version: i64) -> bool {
+        let current = version.to_string();
+        match self {
+            Self::Any => true,
+            Self::Tags(tags) => tags.iter().any(|(weak, tag)| !weak && *tag == current),
+        }
+    }
 }
 
 /// The checked fields of a product change; `None` leaves a field as it is.
@@ -119,12 +164,9 @@ pub struct ProductInput {
 impl ProductInput {
     pub fn validate(self) -> Result<ProductChanges, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let name = self.name.map(|raw| raw.trim().to_owned());
-        if let Some(name) = &name {
-            if !(1..=NAME_MAX_CHARS).contains(&name.chars().count()) {
-                errors.push(FieldError::new("name", format!("must be 1 to {NAME_MAX_CHARS} characters")));
-            }
-        }
+        let name = self.name.and_then(|raw| {
+            super::text::normalize_name("name", &raw, NAME_MAX_CHARS).map_err(|error| errors.push(error)).ok()
+        });
         if let Some(description) = &self.description {
             if description.chars().count() > DESCRIPTION_MAX_CHARS {
                 errors.push(FieldError::new(
@@ -213,11 +255,8 @@ impl ProductFilter {
                 true
             }
         };
-        if let (Some(min), Some(max)) = (min_price_cents, max_price_cents) {
-            if min > max {
-                errors.push(FieldError::new("min_price_cents", "must not exceed max_price_cents"));
-            }
-        }
+        // A minimum above the maximum is an empty range, not a mistake a schema could name:
+        // it matches nothing, like any other range no product falls in.
         for (field, value) in [("min_price_cents", min_price_cents), ("max_price_cents", max_price_cents)] {
             if value.is_some_and(|v| v < 0) {
                 errors.push(FieldError::new(field, "must be 0 or more"));
@@ -259,9 +298,28 @@ mod tests {
         assert!(none_match_hits("\"1\", \"3\"", 3));
         assert!(none_match_hits("*", 3));
         assert!(!none_match_hits("\"4\"", 3));
-        assert!(if_match_holds("\"3\"", 3));
-        assert!(if_match_holds("*", 3));
-        assert!(!if_match_holds("W/\"3\"", 3), "If-Match compares strongly");
+        let holds = |header: &str| IfMatch::parse(header).unwrap().holds(3);
+        assert!(holds("\"3\""));
+        assert!(holds("*"));
+        assert!(holds("\"1\" ,\t\"3\""));
+        assert!(!holds("W/\"3\""), "If-Match compares strongly");
+        assert!(!holds("\"4\", W/\"3\""));
+    }
+
+    #[test]
+    fn if_match_syntax_is_the_rfcs() {
+        assert_eq!(IfMatch::parse("\"a,b\""), Some(IfMatch::Tags(vec![(false, "a,b".into())])));
+        assert_eq!(IfMatch::parse("\"\""), Some(IfMatch::Tags(vec![(false, String::new())])));
+        let no_tags = Some(IfMatch::Tags(Vec::new()));
+        assert_eq!(IfMatch::parse(""), no_tags, "an empty list, which nothing matches");
+        assert_eq!(IfMatch::parse(" , ,"), no_tags);
+        assert_eq!(IfMatch::parse(", \"3\" ,"), Some(IfMatch::Tags(vec![(false, "3".into())])));
+        assert!(!IfMatch::parse("").unwrap().holds(3));
+        for malformed in
+            ["3", "\"3", "3\"", "\"3\" \"4\"", "\"3\"\"4\"", "w/\"3\"", "**", "\"é\"", "\"a b\"", " *", "*, \"3\""]
+        {
+            assert_eq!(IfMatch::parse(malformed), None, "{malformed:?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod paging;
 pub mod rate_lease;
 pub mod rate_limit;
 pub mod shop;
+pub mod text;
 pub mod user;
 
 use serde::Serialize;

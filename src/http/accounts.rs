@@ -22,6 +22,7 @@ use crate::{
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"amount_cents": 5000})))]
 pub struct DepositRequest {
     #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub amount_cents: i64,
@@ -29,6 +30,7 @@ pub struct DepositRequest {
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"to_user_id": "0193a5e2-7c1d-7b4e-9f0a-5d2c8e1b4a73", "amount_cents": 250})))]
 pub struct TransferRequest {
     /// Another user's id.
     #[schema(format = Uuid)]

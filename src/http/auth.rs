@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::{
-    db::users::{BeginLogin, CreateUser, FinishLogin, LoginAttempt, LoginOutcome},
+    db::users::{BeginLogin, CreateUser, EmailIsFree, FinishLogin, LoginAttempt, LoginOutcome},
     domain::user::{validate_new_user, NewUser, Role, User},
     error::AppError,
     http::{extract::Json, middleware::rate_limit::client_ip},
@@ -14,19 +14,22 @@ use crate::{
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"email": "ada@example.com", "password": "correct horse battery", "name": "Ada Lovelace"})))]
 pub struct RegisterRequest {
-    #[schema(format = Email, max_length = 254)]
+    /// An email address: ASCII, compared without regard to case.
+    #[schema(max_length = 254)]
     pub email: String,
     /// 8 to 128 characters.
     #[schema(min_length = 8, max_length = 128)]
     pub password: String,
-    /// 1 to 100 characters, after trimming.
+    /// 1 to 100 characters, after trimming; no control or format characters.
     #[schema(min_length = 1, max_length = 100)]
     pub name: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"email": "ada@example.com", "password": "correct horse battery"})))]
 pub struct LoginRequest {
     pub email: String,
     pub password: String,
@@ -48,6 +51,8 @@ pub struct TokenResponse {
 pub async fn register(state: web::Data<AppState>, body: Json<RegisterRequest>) -> Result<HttpResponse, AppError> {
     let RegisterRequest { email, password, name } = body.into_inner();
     let NewUser { email, name } = validate_new_user(&email, &password, &name).map_err(AppError::Validation)?;
+    // A taken email is answered before the expensive hash.
+    state.db.run(EmailIsFree { email: email.clone() }).await?;
     let password_hash = state.passwords.hash(password).await?;
     let user = state.db.run(CreateUser { email, name, role: Role::User, password_hash }).await?;
     Ok(HttpResponse::Created().insert_header((header::LOCATION, format!("/api/v1/users/{}", user.id))).json(user))

@@ -138,8 +138,18 @@ fn check_text(value: &Value, path: &mut String, field: Option<&str>, errors: &mu
 }
 
 pub fn has_forbidden_control(text: &str, field: Option<&str>) -> bool {
-    let prose = field.is_some_and(|field| PROSE_FIELDS.contains(&field));
-    text.chars().any(|c| c.is_control() && !(prose && matches!(c, '\t' | '\n' | '\r')))
+    text.chars().any(|c| is_forbidden_control(c, field))
+}
+
+/// Whether `c` may not appear in a string sent as `field` (a JSON member's name; `None` for
+/// array items at the top level and query values).
+pub fn is_forbidden_control(c: char, field: Option<&str>) -> bool {
+    c.is_control() && !(field.is_some_and(is_prose) && matches!(c, '\t' | '\n' | '\r'))
+}
+
+/// Whether `field` is free prose, whose text may span lines.
+pub fn is_prose(field: &str) -> bool {
+    PROSE_FIELDS.contains(&field)
 }
 
 /// JSON has one number type: `100.0` is the integer 100 (as JSON Schema's `integer`

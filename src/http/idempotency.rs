@@ -16,7 +16,14 @@ use crate::{
 };
 
 const HEADER: &str = "idempotency-key";
-const MAX_KEY_CHARS: usize = 255;
+pub const MAX_KEY_CHARS: usize = 255;
+/// What `is_valid_key` accepts, as a regular expression (stated in the OpenAPI document).
+pub const KEY_PATTERN: &str = "^[!-~]{1,255}$";
+
+/// 1 to 255 visible ASCII characters.
+pub fn is_valid_key(key: &str) -> bool {
+    (1..=MAX_KEY_CHARS).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
 
 /// The request's key, if it sent one. `scope` names the operation (and its target), and
 /// `body` is the parsed request, so whitespace or field order do not change the fingerprint.
@@ -30,7 +37,7 @@ pub fn key_of(
     let key = value
         .to_str()
         .ok()
-        .filter(|key| (1..=MAX_KEY_CHARS).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|key| is_valid_key(key))
         .ok_or_else(|| AppError::invalid("Idempotency-Key", "must be 1 to 255 visible ASCII characters"))?;
     let canonical = serde_json::to_vec(body).map_err(|e| AppError::internal("encode request", &e))?;
     let digest = Sha256::new().chain_update(scope.as_bytes()).chain_update([0]).chain_update(&canonical).finalize();

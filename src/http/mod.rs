@@ -16,6 +16,7 @@ pub mod ops_api;
 pub mod orders;
 pub mod paging;
 pub mod products;
+pub mod schema_rules;
 pub mod users;
 pub mod ws;
 

@@ -44,7 +44,7 @@ use crate::{
         ops_api::ActorsResponse, ops_api::RestartsResponse, ops_api::RestartEntry, ops_api::MetricsSummary,
         ops_api::LatencyBucket, ActorReport, ActorKind, Instances, QueueReport, RestartSummary, BreakerState,
         auth::RegisterRequest, auth::LoginRequest, auth::TokenResponse,
-        users::UpdateUserRequest, User, Role, Page<User>,
+        users::UpdateUserRequest, users::UpdatedUser, User, Role, Page<User>,
         products::CreateProductRequest, products::UpdateProductRequest, Product, ProductStatus, Page<Product>,
         products::ProductSortKey, products::SortOrder,
         accounts::DepositRequest, accounts::TransferRequest, Account, Transfer, Page<Transfer>,
@@ -118,6 +118,8 @@ fn complete(document: &mut Value, chaos_mounted: bool) {
             }
         }
     }
+    super::schema_rules::apply(document);
+    add_links(document);
     let Some(paths) = document["paths"].as_object_mut() else { return };
     for (path, item) in paths.iter_mut() {
         for method in METHODS {
@@ -133,9 +135,12 @@ fn complete_operation(path: &str, method: &str, operation: &mut Value) {
         .as_array()
         .is_some_and(|requirements| requirements.iter().all(|r| r.as_object().is_some_and(|r| !r.is_empty())));
     let has_body = operation.get("requestBody").is_some();
-    // A query parameter is absent or a string: never JSON null.
+    // A query or header parameter is absent or a string: never JSON null.
     if let Some(parameters) = operation.get_mut("parameters").and_then(Value::as_array_mut) {
-        parameters.iter_mut().filter(|p| p["in"] == "query").for_each(|p| drop_null(&mut p["schema"]));
+        parameters
+            .iter_mut()
+            .filter(|p| p["in"] == "query" || p["in"] == "header")
+            .for_each(|p| drop_null(&mut p["schema"]));
     }
     let parameters = operation["parameters"].as_array().cloned().unwrap_or_default();
     let has_query = parameters.iter().any(|p| p["in"] == "query");
@@ -172,6 +177,72 @@ fn complete_operation(path: &str, method: &str, operation: &mut Value) {
         let has_other_content = response["content"].as_object().is_some_and(|content| !content.is_empty());
         if is_error && !has_other_content {
             response["content"] = json!({ PROBLEM_JSON: { "schema": { "$ref": "#/components/schemas/Problem" } } });
+        }
+    }
+}
+
+/// How a created resource's id leads to the operations that take it (OpenAPI links), for
+/// clients and for stateful testing: (source path, method, status, link name, target
+/// operationId, link object).
+fn links() -> Vec<(&'static str, &'static str, &'static str, &'static str, Value)> {
+    let id = "$response.body#/id";
+    let by_id = |operation: &str, parameter: &str| json!({ "operationId": operation, "parameters": { parameter: id } });
+    let newest =
+        |operation: &str| json!({ "operationId": operation, "parameters": { "id": "$response.body#/data/0/id" } });
+    vec![
+        ("/api/v1/auth/register", "post", "201", "GetUser", by_id("get_user", "id")),
+        ("/api/v1/auth/register", "post", "201", "UpdateUser", by_id("update_user", "id")),
+        ("/api/v1/auth/register", "post", "201", "DeleteUser", by_id("delete_user", "id")),
+        ("/api/v1/auth/register", "post", "201", "ListUserOrders", by_id("list_user_orders", "id")),
+        ("/api/v1/auth/register", "post", "201", "Deposit", by_id("deposit", "user_id")),
+        (
+            "/api/v1/auth/register",
+            "post",
+            "201",
+            "Transfer",
+            json!({ "operationId": "transfer", "requestBody": { "to_user_id": id, "amount_cents": 1 } }),
+        ),
+        ("/api/v1/users/me", "get", "200", "GetUser", by_id("get_user", "id")),
+        ("/api/v1/users/me", "get", "200", "ListUserOrders", by_id("list_user_orders", "id")),
+        ("/api/v1/products", "post", "201", "GetProduct", by_id("get_product", "id")),
+        (
+            "/api/v1/products",
+            "post",
+            "201",
+            "UpdateProduct",
+            json!({ "operationId": "update_product", "parameters": { "id": id, "header.If-Match": "$response.header.ETag" } }),
+        ),
+        ("/api/v1/products", "post", "201", "DeleteProduct", by_id("delete_product", "id")),
+        (
+            "/api/v1/products",
+            "post",
+            "201",
+            "Order",
+            json!({ "operationId": "place_order", "requestBody": { "items": [{ "product_id": id, "quantity": 1 }] } }),
+        ),
+        (
+            "/api/v1/products",
+            "get",
+            "200",
+            "OrderTheFirst",
+            json!({
+                "operationId": "place_order",
+                "requestBody": { "items": [{ "product_id": "$response.body#/data/0/id", "quantity": 1 }] },
+            }),
+        ),
+        ("/api/v1/orders", "post", "201", "GetOrder", by_id("get_order", "id")),
+        ("/api/v1/orders", "post", "201", "CancelOrder", by_id("cancel_order", "id")),
+        ("/api/v1/orders", "get", "200", "GetTheNewest", newest("get_order")),
+        ("/api/v1/orders", "get", "200", "CancelTheNewest", newest("cancel_order")),
+    ]
+}
+
+fn add_links(document: &mut Value) {
+    for (path, method, status, name, link) in links() {
+        if let Some(response) =
+            document.pointer_mut(&format!("/paths/{}/{method}/responses/{status}", path.replace('/', "~1")))
+        {
+            response["links"][name] = link;
         }
     }
 }

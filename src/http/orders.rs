@@ -31,6 +31,7 @@ pub struct OrderLineRequest {
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"items": [{"product_id": "0193a5e2-8f40-7c55-a1b2-3c4d5e6f7a8b", "quantity": 2}]})))]
 pub struct PlaceOrderRequest {
     /// 1–100 lines, quantity 1–1000 each, each product once.
     #[schema(min_items = 1, max_items = 100)]
@@ -48,7 +49,7 @@ pub struct OrderQuery {
     #[param(minimum = 1, maximum = 4294967295_i64)]
     pub page: Option<i64>,
     /// Items per page, 1 or more (values over 100 are clamped to 100).
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
     pub per_page: Option<i64>,
 }
 
@@ -62,7 +63,7 @@ pub struct UserOrderQuery {
     #[param(minimum = 1, maximum = 4294967295_i64)]
     pub page: Option<i64>,
     /// Items per page, 1 or more (values over 100 are clamped to 100).
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
     pub per_page: Option<i64>,
 }
 
@@ -93,7 +94,7 @@ fn parse_order_filter(
 }
 
 /// Buy: stock taken, balance debited, order stored, all or nothing. Honours `Idempotency-Key`.
-#[utoipa::path(post, path = "/api/v1/orders", tag = "orders", request_body = PlaceOrderRequest,
+#[utoipa::path(post, path = "/api/v1/orders", operation_id = "place_order", tag = "orders", request_body = PlaceOrderRequest,
     security(("bearer" = [])), params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
     responses((status = 201, body = Order),
         (status = 409, description = "Insufficient stock (`product_ids` lists them) or funds, or the same Idempotency-Key still running"),
@@ -112,7 +113,7 @@ pub async fn place(
 }
 
 /// The caller's orders, newest first; admins see everyone's (or one user's with `user_id`).
-#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", params(OrderQuery), security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/orders", operation_id = "list_orders", tag = "orders", params(OrderQuery), security(("bearer" = [])),
     responses((status = 200, body = Page<Order>,
         headers(("Event-Position" = i64, description = "Subscribe with this as `since` to miss nothing: every committed change this answer does not reflect has a larger event id"))),
         (status = 422)))]
@@ -127,7 +128,7 @@ pub async fn list(
 }
 
 /// A user's orders (the user themself, or an admin).
-#[utoipa::path(get, path = "/api/v1/users/{id}/orders", tag = "orders", params(("id" = Uuid, Path), UserOrderQuery), security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/users/{id}/orders", operation_id = "list_user_orders", tag = "orders", params(("id" = Uuid, Path), UserOrderQuery), security(("bearer" = [])),
     responses((status = 200, body = Page<Order>,
         headers(("Event-Position" = i64, description = "Subscribe with this as `since` to miss nothing: every committed change this answer does not reflect has a larger event id"))),
         (status = 404, description = "Not yours")))]
@@ -144,7 +145,7 @@ pub async fn list_for_user(
 }
 
 /// One order (its owner, or an admin).
-#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/orders/{id}", operation_id = "get_order", tag = "orders", security(("bearer" = [])),
     responses((status = 200, body = Order,
         headers(("Event-Position" = i64, description = "Subscribe with this as `since` to miss nothing: every committed change this answer does not reflect has a larger event id"))),
         (status = 404, description = "No such order, or not yours")))]
@@ -157,7 +158,7 @@ pub async fn get(state: web::Data<AppState>, caller: AuthUser, id: web::Path<Uui
 }
 
 /// Cancel a paid order: stock restored, total refunded, all or nothing.
-#[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", operation_id = "cancel_order", tag = "orders", security(("bearer" = [])),
     responses((status = 200, body = Order), (status = 404, description = "No such order, or not yours"),
         (status = 409, description = "Already cancelled")))]
 pub async fn cancel(

@@ -11,7 +11,7 @@ pub struct PageQuery {
     #[param(minimum = 1, maximum = 4294967295_i64)]
     pub page: Option<i64>,
     /// Items per page, 1 or more (values over 100 are clamped to 100).
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
     pub per_page: Option<i64>,
 }
 

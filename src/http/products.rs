@@ -12,7 +12,7 @@ use crate::{
     auth::AuthUser,
     db::catalog::{CreateProduct, DeleteProduct, ListProducts, UpdateProduct},
     domain::{
-        catalog::{none_match_hits, Product, ProductFilter, ProductInput, ProductStatus},
+        catalog::{none_match_hits, IfMatch, Product, ProductFilter, ProductInput, ProductStatus},
         paging::{Page, PageRequest},
         user::Permission,
     },
@@ -31,9 +31,9 @@ pub struct ProductQuery {
     /// `active` or `archived`.
     #[param(value_type = Option<ProductStatus>)]
     pub status: Option<String>,
-    #[param(minimum = 0)]
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub min_price_cents: Option<i64>,
-    #[param(minimum = 0)]
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub max_price_cents: Option<i64>,
     /// `created_at` (default), `name` or `price_cents`.
     #[param(value_type = Option<ProductSortKey>)]
@@ -45,7 +45,7 @@ pub struct ProductQuery {
     #[param(minimum = 1, maximum = 4294967295_i64)]
     pub page: Option<i64>,
     /// Items per page, 1 or more (values over 100 are clamped to 100).
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
     pub per_page: Option<i64>,
 }
 
@@ -68,8 +68,11 @@ pub enum SortOrder {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(
+    json!({"name": "Blue widget", "description": "A widget, blue.\nFits every standard socket.", "price_cents": 1999, "stock": 100, "status": "active"}),
+))]
 pub struct CreateProductRequest {
-    /// 1 to 200 characters, after trimming.
+    /// 1 to 200 characters, after trimming; no control or format characters.
     #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// At most 2000 characters; may span lines.
@@ -86,7 +89,9 @@ pub struct CreateProductRequest {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"price_cents": 1799, "stock": 80}), json!({"status": "archived"})))]
 pub struct UpdateProductRequest {
+    /// 1 to 200 characters, after trimming; no control or format characters.
     #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
     #[schema(max_length = 2000)]
@@ -110,8 +115,21 @@ fn header_text(request: &HttpRequest, name: header::HeaderName) -> Option<&str> 
     request.headers().get(name).and_then(|value| value.to_str().ok())
 }
 
+/// The request's `If-Match`, if any; one that is not `*` or a list of entity tags is 422
+/// (several header lines are one list, as RFC 9110 says).
+fn if_match(request: &HttpRequest) -> Result<Option<IfMatch>, AppError> {
+    let mut lines = request.headers().get_all(header::IF_MATCH).peekable();
+    if lines.peek().is_none() {
+        return Ok(None);
+    }
+    let joined: Option<Vec<&str>> = lines.map(|value| value.to_str().ok()).collect();
+    joined.and_then(|lines| IfMatch::parse(&lines.join(", "))).map(Some).ok_or_else(|| {
+        AppError::invalid("If-Match", "must be * or a comma-separated list of entity tags (\"…\" or W/\"…\")")
+    })
+}
+
 /// Search and page through the catalog.
-#[utoipa::path(get, path = "/api/v1/products", tag = "catalog", params(ProductQuery),
+#[utoipa::path(get, path = "/api/v1/products", operation_id = "list_products", tag = "catalog", params(ProductQuery),
     responses((status = 200, body = Page<Product>,
         headers(("Event-Position" = i64, description = "Subscribe with this as `since` to miss nothing: every committed change this answer does not reflect has a larger event id"))),
         (status = 422, description = "Invalid filter")))]
@@ -139,12 +157,12 @@ pub async fn list(state: web::Data<AppState>, query: Query<ProductQuery>) -> Res
 /// One product, with an `ETag`; `If-None-Match` with the current tag answers 304.
 /// The body and the tag come pre-rendered from the cache and are shared, not copied; a
 /// cached answer carries the position its entry was loaded at.
-#[utoipa::path(get, path = "/api/v1/products/{id}", tag = "catalog",
-    responses((status = 200, body = Product,
-        headers(("Event-Position" = i64, description = "Subscribe with this as `since` to miss nothing: every committed change this answer does not reflect has a larger event id"))),
-        (status = 304, description = "Not modified",
-        headers(("Event-Position" = i64, description = "Subscribe with this as `since` to miss nothing: every committed change this answer does not reflect has a larger event id"))),
-        (status = 404)))]
+#[utoipa::path(get, path = "/api/v1/products/{id}", operation_id = "get_product", tag = "catalog",
+    params(("If-None-Match" = Option<String>, Header, description = "Answers 304 when it names the current tag (weak comparison)")),
+    responses((status = 200, body = Product, headers(("ETag" = String, description = "The product's version, e.g. `\"3\"`"),
+            ("Event-Position" = i64, description = "Subscribe with this as `since` to miss nothing: every committed change this answer does not reflect has a larger event id"))),
+        (status = 304, description = "Not modified", headers(("ETag" = String),
+            ("Event-Position" = i64, description = "Subscribe with this as `since` to miss nothing: every committed change this answer does not reflect has a larger event id"))), (status = 404)))]
 pub async fn get(
     state: web::Data<AppState>,
     request: HttpRequest,
@@ -168,9 +186,11 @@ pub async fn get(
 }
 
 /// Add a product (admin).
-#[utoipa::path(post, path = "/api/v1/products", tag = "catalog", request_body = CreateProductRequest,
+#[utoipa::path(post, path = "/api/v1/products", operation_id = "create_product", tag = "catalog", request_body = CreateProductRequest,
     security(("bearer" = [])),
-    responses((status = 201, body = Product), (status = 403), (status = 422, description = "Invalid fields")))]
+    responses((status = 201, body = Product, headers(("ETag" = String, description = "The new product's version"),
+            ("Location" = String, description = "`/api/v1/products/{id}`"))),
+        (status = 403), (status = 422, description = "Invalid fields")))]
 pub async fn create(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -194,10 +214,14 @@ pub async fn create(
 }
 
 /// Change any subset of a product's fields (admin). `If-Match` makes it conditional.
-#[utoipa::path(patch, path = "/api/v1/products/{id}", tag = "catalog", request_body = UpdateProductRequest,
+#[utoipa::path(patch, path = "/api/v1/products/{id}", operation_id = "update_product", tag = "catalog", request_body = UpdateProductRequest,
     security(("bearer" = [])),
-    responses((status = 200, body = Product), (status = 403), (status = 404),
-        (status = 412, description = "If-Match does not match the current ETag"), (status = 422)))]
+    params(("If-Match" = Option<String>, Header,
+        description = "Apply the change only to this version: `*` or entity tags such as `\"3\"` (strong comparison; a weak tag never matches)")),
+    responses((status = 200, body = Product, headers(("ETag" = String, description = "The product's new version"))),
+        (status = 403), (status = 404),
+        (status = 412, description = "If-Match does not match the current ETag"),
+        (status = 422, description = "Invalid fields, or an If-Match that is not `*` or a list of entity tags")))]
 pub async fn update(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -209,14 +233,14 @@ pub async fn update(
     let UpdateProductRequest { name, description, price_cents, stock, status } = body.into_inner();
     let changes =
         ProductInput { name, description, price_cents, stock, status }.validate().map_err(AppError::Validation)?;
-    let if_match = header_text(&request, header::IF_MATCH).map(str::to_owned);
+    let if_match = if_match(&request)?;
     let id = id.into_inner();
     let product = state.db.run(UpdateProduct { id, changes, if_match }).await?;
     Ok(with_etag(HttpResponse::Ok().json(&product), &product))
 }
 
 /// Remove a product (admin). Past orders keep their snapshots of it.
-#[utoipa::path(delete, path = "/api/v1/products/{id}", tag = "catalog", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/api/v1/products/{id}", operation_id = "delete_product", tag = "catalog", security(("bearer" = [])),
     responses((status = 204), (status = 403), (status = 404)))]
 pub async fn delete(
     state: web::Data<AppState>,

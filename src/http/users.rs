@@ -1,37 +1,71 @@
 //! `/api/v1/users`: the caller's own record, and user management for admins.
 
-use actix_web::{web, HttpResponse};
-use serde::Deserialize;
+use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
     actors::event_position::Positioned,
     auth::AuthUser,
-    db::users::{DeleteUser, FindActiveUser, ListUsers, UpdateUser, UserChanges},
+    db::users::{
+        AbandonCredentialChange, BeginCredentialChange, DeleteUser, FindActiveUser, FinishLogin, ListUsers,
+        LoginOutcome, Reauthentication, UpdateUser, UserChanges,
+    },
     domain::{
         paging::Page,
         user::{Permission, Role, User, UserPatch},
     },
     error::AppError,
     http::extract::{Json, Query},
-    http::{event_position, paging::PageQuery},
+    http::{event_position, middleware::rate_limit::client_ip, paging::PageQuery},
     state::AppState,
 };
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(
+    json!({"name": "Ada King"}),
+    json!({"password": "a new long secret", "current_password": "correct horse battery"}),
+    json!({"email": "ada.king@example.com", "current_password": "correct horse battery"}),
+))]
 pub struct UpdateUserRequest {
+    /// 1 to 100 characters after trimming; no control or format characters.
     #[schema(min_length = 1, max_length = 100)]
     pub name: Option<String>,
-    #[schema(format = Email, max_length = 254)]
+    /// A new email voids every token issued before it. Changing your own needs
+    /// `current_password`.
+    #[schema(max_length = 254)]
     pub email: Option<String>,
-    /// A new password voids every token issued before it.
+    /// A new password voids every token issued before it. Changing your own needs
+    /// `current_password`.
     #[schema(min_length = 8, max_length = 128)]
     pub password: Option<String>,
     /// `admin` or `user`; admins only. A change voids the user's earlier tokens.
     #[schema(value_type = Option<Role>)]
     pub role: Option<String>,
+    /// Your password as it is now: required to change your own `password` or `email`,
+    /// checked like a sign-in (a wrong one counts as a failed sign-in for your email).
+    /// Not needed (and not checked) for anything else, nor for an admin's reset of another user.
+    pub current_password: Option<String>,
+}
+
+/// The user after the change. When the change voided the caller's own tokens (their own
+/// password, email or role), a fresh access token for the caller comes with it, so the
+/// client that made the change stays signed in; every other token of theirs is void.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UpdatedUser {
+    #[serde(flatten)]
+    pub user: User,
+    /// Present when the caller's earlier tokens were voided: use this one from now on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+    /// `Bearer`, with `access_token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<&'static str>,
+    /// Seconds `access_token` is valid for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
 }
 
 /// The caller.
@@ -45,7 +79,7 @@ pub async fn me(caller: AuthUser) -> HttpResponse {
 }
 
 /// Every user (admin).
-#[utoipa::path(get, path = "/api/v1/users", tag = "users", params(PageQuery), security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/users", operation_id = "list_users", tag = "users", params(PageQuery), security(("bearer" = [])),
     responses((status = 200, body = Page<User>,
         headers(("Event-Position" = i64, description = "Subscribe with this as `since` to miss nothing: every committed change this answer does not reflect has a larger event id"))),
         (status = 403, description = "Not an admin")))]
@@ -59,7 +93,7 @@ pub async fn list(
 }
 
 /// One user (admin, or the user themself; anyone else gets 404).
-#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/users/{id}", operation_id = "get_user", tag = "users", security(("bearer" = [])),
     responses((status = 200, body = User,
         headers(("Event-Position" = i64, description = "Subscribe with this as `since` to miss nothing: every committed change this answer does not reflect has a larger event id"))),
         (status = 404, description = "No such user, or not yours")))]
@@ -71,43 +105,128 @@ pub async fn get(state: web::Data<AppState>, caller: AuthUser, id: web::Path<Uui
     Ok(event_position::ok_json(Positioned { value: user, position: read.position }))
 }
 
-/// Change name, email, password (self or admin) or role (admin only).
-#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", request_body = UpdateUserRequest, security(("bearer" = [])),
+/// Change name, email, password (self or admin) or role (admin only). Changing your own
+/// password or email needs `current_password`; an admin resetting another user's needs none.
+#[utoipa::path(patch, path = "/api/v1/users/{id}", operation_id = "update_user", tag = "users", request_body = UpdateUserRequest, security(("bearer" = [])),
     responses(
-        (status = 200, body = User),
-        (status = 403, description = "A non-admin sent `role`"),
+        (status = 200, body = UpdatedUser, description = "Changed; carries a fresh access token when the caller's own tokens were voided"),
+        (status = 403, description = "A non-admin sent `role` (`forbidden`), or changing your own password or email without the right `current_password` (`urn:storefront:problem:reauthentication-required`)"),
         (status = 404, description = "No such user, or not yours"),
         (status = 409, description = "Email taken, or demoting the last admin"),
         (status = 422, description = "Invalid fields"),
+        (status = 429, description = "Too many failed sign-ins for your email, or this account's password or email changed 5 times within the hour; see Retry-After"),
     ))]
 pub async fn update(
     state: web::Data<AppState>,
+    request: HttpRequest,
     caller: AuthUser,
     id: web::Path<Uuid>,
     body: Json<UpdateUserRequest>,
 ) -> Result<HttpResponse, AppError> {
     let id = id.into_inner();
     caller.may_access(id, Permission::UpdateAnyUser)?;
-    let UpdateUserRequest { name, email, password, role } = body.into_inner();
+    let UpdateUserRequest { name, email, password, role, current_password } = body.into_inner();
     if role.is_some() {
         caller.require(Permission::ChangeRoles)?;
     }
     let patch = UserPatch { name, email, password, role }.validate().map_err(AppError::Validation)?;
-    let mut changes = UserChanges {
+    let own = caller.0.id == id;
+    // Sending one's own email unchanged (a whole profile form, say) changes no credential.
+    let email_changes = patch.email.as_ref().is_some_and(|email| !own || *email != caller.0.email);
+    let changes = UserChanges {
         name: patch.name,
-        email: patch.email,
+        email: patch.email.filter(|_| email_changes),
         role: patch.role.map(|role| role.as_str().to_owned()),
-        ..UserChanges::default()
+        password_hash: None,
     };
-    if let Some(password) = patch.password {
-        changes.password_hash = Some(state.passwords.hash(password).await?);
+    let user = if patch.password.is_some() || email_changes {
+        let reauthentication = match (own, current_password) {
+            (false, _) => None,
+            (true, Some(current_password)) => {
+                let client = client_ip(&request, &state.config.trusted_proxies)
+                    .map_or_else(|| "unknown".into(), |ip| ip.to_string());
+                Some((client, current_password))
+            }
+            (true, None) => {
+                return Err(AppError::ReauthenticationRequired(
+                    "Changing your own password or email needs `current_password`.".into(),
+                ))
+            }
+        };
+        change_credentials(&state, id, changes, patch.password, reauthentication).await?
+    } else {
+        state.db.run(UpdateUser { id, changes }).await?
+    };
+    // The caller's own tokens were voided (their password, email or role changed): this
+    // client gets a fresh one, in the generation the change began.
+    let fresh = (own && user.token_generation != caller.0.token_generation)
+        .then(|| state.tokens.issue(user.id, user.role, user.token_generation))
+        .transpose()?;
+    let mut response = HttpResponse::Ok();
+    if fresh.is_some() {
+        response.insert_header((header::CACHE_CONTROL, "no-store"));
     }
-    let user = state.db.run(UpdateUser { id, changes }).await?;
-    Ok(HttpResponse::Ok().json(user))
+    Ok(response.json(UpdatedUser {
+        token_type: fresh.as_ref().map(|_| "Bearer"),
+        expires_in: fresh.as_ref().map(|issued| issued.expires_in),
+        access_token: fresh.map(|issued| issued.token),
+        user,
+    }))
+}
+
+/// A password or email change: every check that costs no hash first (in one transaction:
+/// the email free, the account's change limit, the sign-in throttle), then the current
+/// password (when it is the caller's own change), then the new password's hash, then the
+/// write. A change that does not happen is not counted against the account.
+async fn change_credentials(
+    state: &AppState,
+    id: Uuid,
+    mut changes: UserChanges,
+    new_password: Option<String>,
+    // The caller's client address and current password, when it is their own change.
+    reauthentication: Option<(String, String)>,
+) -> Result<User, AppError> {
+    let (client, current_password) = reauthentication.unzip();
+    let begin = BeginCredentialChange { user_id: id, new_email: changes.email.clone(), reauthenticate_from: client };
+    let plan = state.db.run(begin).await?;
+    let reservation = plan.reservation;
+    let changed = async {
+        let check = match (plan.reauthentication, current_password) {
+            (Some(found), Some(current_password)) => Some((found, current_password)),
+            (None, None) => None,
+            _ => return Err(AppError::Internal("a reauthentication was asked for but not prepared".into())),
+        };
+        if let Some((found, current_password)) = check {
+            let Reauthentication { email, client, attempt_id, password_hash } = found;
+            let outcome = match state.passwords.verify(current_password, Some(password_hash)).await {
+                Ok(true) => LoginOutcome::Succeeded,
+                // The attempt stays recorded as a failed sign-in.
+                Ok(false) => return Err(AppError::ReauthenticationRequired("The current password is wrong.".into())),
+                Err(error) => {
+                    state.db.run(FinishLogin { email, client, attempt_id, outcome: LoginOutcome::Unchecked }).await?;
+                    return Err(error);
+                }
+            };
+            state.db.run(FinishLogin { email, client, attempt_id, outcome }).await?;
+        }
+        if let Some(password) = new_password {
+            changes.password_hash = Some(state.passwords.hash(password).await?);
+        }
+        state.db.run(UpdateUser { id, changes }).await
+    }
+    .await;
+    if changed.is_err() {
+        // Best effort: if even this fails, the account is counted for a change it did not
+        // make, which errs on the side of the limit.
+        if let Err(error) = state.db.run(AbandonCredentialChange { reservation }).await {
+            tracing::warn!(%error, "could not take back an abandoned credential change");
+        }
+    }
+    changed
 }
 
 /// Delete a user (admin). Their tokens stop working at once; past orders stay.
-#[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/api/v1/users/{id}", operation_id = "delete_user", tag = "users", security(("bearer" = [])),
     responses((status = 204), (status = 403, description = "Not an admin"), (status = 404, description = "No such user"),
         (status = 409, description = "The last admin cannot be deleted")))]
 pub async fn delete(

@@ -203,6 +203,7 @@ async fn metric_families_exist_at_zero_from_the_start(backend: Backend) {
         r#"storefront_cache_loads_total{cache="users"} 0"#,
         r#"storefront_db_shed_total{reason="saturated"} 0"#,
         "storefront_rate_limiter_fail_open_total 0",
+        r#"storefront_password_hasher_runs_total{operation="hash"} 0"#,
     ] {
         assert!(text.lines().any(|line| line == sample), "missing {sample}");
     }
@@ -242,9 +243,12 @@ async fn a_password_or_role_change_voids_earlier_tokens(backend: Backend) {
     assert_eq!(app.get_as("/api/v1/users/me", &before).await.status(), 200, "a new name leaves tokens alone");
 
     let new_password = "a brand new secret";
-    let changed = app.send_json(Method::PATCH, &alice, &before, &json!({"password": new_password})).await;
+    let change = json!({"password": new_password, "current_password": PASSWORD});
+    let changed = app.send_json(Method::PATCH, &alice, &before, &change).await;
     assert_eq!(changed.status(), 200);
+    let fresh = changed.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
     assert_problem(app.get_as("/api/v1/users/me", &before).await, 401).await;
+    assert_eq!(app.get_as("/api/v1/users/me", &fresh).await.status(), 200, "the changing client stays signed in");
     let login = app.login("alice@example.com", new_password).await;
     let after = login.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
     assert_eq!(app.get_as("/api/v1/users/me", &after).await.status(), 200);
@@ -423,4 +427,29 @@ async fn the_document_lists_what_the_service_answers(backend: Backend) {
     let for_user = &document["paths"]["/api/v1/users/{id}/orders"]["get"]["parameters"];
     let names: Vec<&str> = for_user.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert!(!names.contains(&"user_id"), "the ignored user_id is not listed: {names:?}");
+
+    // Operation ids are unique, and every link leads to one of them.
+    let operations: Vec<&Value> =
+        document["paths"].as_object().unwrap().values().flat_map(|item| item.as_object().unwrap().values()).collect();
+    let ids: Vec<&str> = operations.iter().map(|operation| operation["operationId"].as_str().unwrap()).collect();
+    let unique: std::collections::HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "{ids:?}");
+    let links: Vec<&Value> = operations
+        .iter()
+        .flat_map(|operation| operation["responses"].as_object().unwrap().values())
+        .filter_map(|response| response["links"].as_object())
+        .flat_map(|links| links.values())
+        .collect();
+    assert!(links.len() >= 10, "created resources link to what uses them");
+    for link in links {
+        assert!(unique.contains(link["operationId"].as_str().unwrap()), "{link}");
+    }
+    // Text rules are stated: every string a client types has a pattern; headers their syntax.
+    let register = &document["components"]["schemas"]["RegisterRequest"]["properties"];
+    for field in ["email", "password", "name"] {
+        assert!(register[field]["pattern"].is_string(), "RegisterRequest.{field}");
+    }
+    let patch = &document["paths"]["/api/v1/products/{id}"]["patch"]["parameters"];
+    let if_match = patch.as_array().unwrap().iter().find(|p| p["name"] == "If-Match").unwrap();
+    assert!(if_match["schema"]["pattern"].is_string());
 }

@@ -10,6 +10,7 @@ mod accounts;
 mod cache_and_limits;
 mod cache_invalidation;
 mod concurrency;
+mod credentials;
 mod event_position;
 mod first_hour;
 mod foundation;

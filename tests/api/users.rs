@@ -192,8 +192,8 @@ async fn users_update_their_own_profile(backend: Backend) {
 
     let invalid = app.send_json(Method::PATCH, &path, &alice, &json!({"name": "", "password": "short"})).await;
     assert_eq!(assert_problem(invalid, 422).await["errors"].as_array().unwrap().len(), 2);
-    assert_problem(app.send_json(Method::PATCH, &path, &alice, &json!({"email": "TAKEN@example.com"})).await, 409)
-        .await;
+    let taken = json!({"email": "TAKEN@example.com", "current_password": PASSWORD});
+    assert_problem(app.send_json(Method::PATCH, &path, &alice, &taken).await, 409).await;
     assert_problem(app.send_json(Method::PATCH, &path, &alice, &json!({"nickname": "x"})).await, 422).await;
 
     let before: Value = app.get_as("/api/v1/users/me", &alice).await.json().await.unwrap();
@@ -202,7 +202,10 @@ async fn users_update_their_own_profile(backend: Backend) {
             Method::PATCH,
             &path,
             &alice,
-            &json!({"name": " Alice Liddell ", "email": "Alice.L@Example.com", "password": "a brand new secret"}),
+            &json!({
+                "name": " Alice Liddell ", "email": "Alice.L@Example.com", "password": "a brand new secret",
+                "current_password": PASSWORD,
+            }),
         )
         .await;
     assert_eq!(updated.status(), 200);

@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # The contract, checked by a machine: schemathesis (pinned below, installed into a
-# virtualenv) runs every check against a real `storefront serve` on SQLite and, when
-# TEST_DATABASE_URL is set, on PostgreSQL; once with an admin's token and once with a
-# plain user's. Any failure fails the run. It tests whatever /openapi.json lists.
+# virtualenv) runs every check, in every phase (the document's examples, its boundary
+# values, random data, and stateful sequences along its links), against a real
+# `storefront serve` on SQLite and, when TEST_DATABASE_URL is set, on PostgreSQL; once with
+# an admin's token and once with a plain user's. Any failure fails the run. It tests
+# whatever /openapi.json lists; tests/contract/schemathesis.toml says what it expects.
 #
 #   tests/contract/run.sh                    # uses target/debug/storefront (built if needed)
-#   CONTRACT_EXAMPLES=50 tests/contract/run.sh   # more examples per operation
+#   CONTRACT_EXAMPLES=50 tests/contract/run.sh   # examples per operation in every phase
+#                                                 # (default: as schemathesis.toml says)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 SCHEMATHESIS_VERSION=4.32.5
 VENV=${CONTRACT_VENV:-.venv-ci}
-EXAMPLES=${CONTRACT_EXAMPLES:-30}
+EXAMPLES=()
+[ -n "${CONTRACT_EXAMPLES:-}" ] && EXAMPLES=(--max-examples "$CONTRACT_EXAMPLES")
 
 # Python 3.11 trips over hypothesis' source inspection (SystemError: AST constructor
 # recursion depth mismatch); a newer interpreter is used where there is one.
@@ -41,11 +45,29 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# What the run did to resources that exist (ids it created or found, along the links):
+# each write to an id that answered 2xx, counted from the HAR report.
+real_ids() { # report-dir
+  python3 - "$1"/har-*.json <<'PY'
+import collections, json, re, sys
+uuid = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+counts = collections.Counter()
+for entry in json.load(open(sys.argv[1]))["log"]["entries"]:
+    request, status = entry["request"], entry["response"]["status"]
+    path = "/" + request["url"].split("?")[0].split("/", 3)[3]
+    if request["method"] != "GET" and uuid.search(path) and 200 <= status < 300:
+        counts[f'{request["method"]} {uuid.sub("{id}", path)}'] += 1
+print(", ".join(f"{name} x{count}" for name, count in sorted(counts.items())) or "none")
+PY
+}
+
+json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 token_of() { # email password
   curl -sf "$BASE/api/v1/auth/login" -H 'content-type: application/json' \
-    -d "{\"email\":\"$1\",\"password\":\"$2\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'
+    -d "{\"email\":\"$1\",\"password\":\"$2\"}" | json_field access_token
 }
 
 check_backend() { # name database-url
@@ -60,30 +82,51 @@ check_backend() { # name database-url
   for _ in $(seq 1 100); do curl -sf "$BASE/readyz" >/dev/null && break; sleep 0.1; done
   curl -sf "$BASE/readyz" >/dev/null || { cat "$WORK/$name.log"; echo "contract: $name server did not start"; exit 1; }
 
-  DATABASE_URL=$url "$BIN" user create --email contract-admin@example.com --password 'contract admin pw' --role admin >/dev/null
-  curl -sf "$BASE/api/v1/auth/register" -H 'content-type: application/json' \
-    -d '{"email":"contract-user@example.com","password":"contract user pw","name":"Contract User"}' >/dev/null
+  local admin_id user_id
+  admin_id=$(DATABASE_URL=$url "$BIN" user create --email contract-admin@example.com --password 'contract admin pw' \
+    --role admin | json_field id)
+  user_id=$(curl -sf "$BASE/api/v1/auth/register" -H 'content-type: application/json' \
+    -d '{"email":"contract-user@example.com","password":"contract user pw","name":"Contract User"}' | json_field id)
   # The user that user-management writes aim at (see schemathesis.toml).
   CONTRACT_VICTIM_ID=$(curl -sf "$BASE/api/v1/auth/register" -H 'content-type: application/json' \
-    -d '{"email":"contract-victim@example.com","password":"contract victim pw","name":"Victim"}' |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+    -d '{"email":"contract-victim@example.com","password":"contract victim pw","name":"Victim"}' | json_field id)
   export CONTRACT_VICTIM_ID
   local admin user
   admin=$(token_of contract-admin@example.com 'contract admin pw')
   user=$(token_of contract-user@example.com 'contract user pw')
+  # Money and a product, so that orders along the links (list products, order the first,
+  # cancel it) succeed for both roles instead of stopping at 409.
+  local id
+  for id in "$admin_id" "$user_id"; do
+    curl -sf "$BASE/api/v1/accounts/$id/deposits" -H 'content-type: application/json' -H "Authorization: Bearer $admin" \
+      -d '{"amount_cents":1000000000000}' >/dev/null
+  done
+  local product token
+  product=$(curl -sf "$BASE/api/v1/products" -H 'content-type: application/json' -H "Authorization: Bearer $admin" \
+    -d '{"name":"Contract widget","price_cents":100,"stock":1000000000}' | json_field id)
+  # An order each, so that the links from the order list (get, cancel the newest) start
+  # from a real, paid order too.
+  for token in "$user" "$admin"; do
+    curl -sf "$BASE/api/v1/orders" -H 'content-type: application/json' -H "Authorization: Bearer $token" \
+      -d "{\"items\":[{\"product_id\":\"$product\",\"quantity\":1}]}" >/dev/null
+  done
 
-  local role token status=0
-  for role in admin user; do
+  local role status=0
+  # The user first: the only product is then the seeded one, so the user's orders along the
+  # links (list products, order the first, cancel it) reach a product that is on sale.
+  for role in user admin; do
     token=$admin; [ "$role" = user ] && token=$user
     echo "contract: schemathesis on $name as $role"
+    local started=$SECONDS
     if "$VENV/bin/schemathesis" --config-file tests/contract/schemathesis.toml run "$BASE/openapi.json" \
-      --checks all --max-examples "$EXAMPLES" --phases examples,coverage,fuzzing --workers 2 \
+      --checks all ${EXAMPLES[@]+"${EXAMPLES[@]}"} --phases examples,coverage,fuzzing,stateful --workers 2 \
       --seed 1 --no-color --suppress-health-check all --request-timeout 10 \
-      -H "Authorization: Bearer $token"; then
+      --report har --report-dir "$WORK/$name-$role" -H "Authorization: Bearer $token"; then
       PASSED=$((PASSED + 1))
     else
       FAILED=$((FAILED + 1)); status=1
     fi
+    echo "contract: $name as $role took $((SECONDS - started)) s; writes that reached a real id: $(real_ids "$WORK/$name-$role")"
   done
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
   return $status
@@ -92,6 +135,7 @@ check_backend() { # name database-url
 PASSED=0
 FAILED=0
 failed=0
+RUNS_STARTED=$SECONDS
 check_backend sqlite "sqlite://$WORK/contract.db" || failed=1
 if [ -n "${TEST_DATABASE_URL:-}" ]; then
   PG_DB=storefront_contract_$$
@@ -102,5 +146,5 @@ elif [ "${REQUIRE_POSTGRES:-}" = 1 ]; then
 else
   echo "contract: SKIPPED PostgreSQL (set TEST_DATABASE_URL to run it)"
 fi
-echo "contract: $PASSED passed, $FAILED failed"
+echo "contract: $PASSED passed, $FAILED failed, in $((SECONDS - RUNS_STARTED)) s"
 [ "$failed" = 0 ] || exit 1

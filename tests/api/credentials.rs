@@ -1,0 +1,255 @@
+//! Credentials a stolen token cannot take over: changing one's own password or email needs
+//! the current password (checked like a sign-in, and throttled like one), an admin's reset
+//! of another user needs none, changes per account are limited, nothing is hashed before
+//! the cheap checks pass, and names refuse invisible and direction-changing characters.
+
+use crate::common::{assert_problem, Backend, TestApp, PASSWORD};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+on_both_backends!(
+    changing_ones_own_password_needs_the_current_password,
+    changing_ones_own_email_needs_the_current_password_and_voids_other_tokens,
+    an_admin_resets_another_user_without_their_password,
+    wrong_current_passwords_count_as_failed_sign_ins_and_are_throttled,
+    credential_changes_per_account_are_limited,
+    refusals_that_need_no_hash_compute_none,
+    names_refuse_invisible_and_direction_changing_characters,
+);
+
+const REAUTHENTICATE: &str = "urn:storefront:problem:reauthentication-required";
+
+fn user_path(id: &str) -> String {
+    format!("/api/v1/users/{id}")
+}
+
+async fn me(app: &TestApp, token: &str) -> u16 {
+    app.get_as("/api/v1/users/me", token).await.status().as_u16()
+}
+
+/// argon2id runs completed so far: (hashes, verifications). Each is counted before its
+/// caller is answered, so after a response nothing of that request is still to come.
+async fn hasher_runs(app: &TestApp) -> (f64, f64) {
+    (
+        app.metric(r#"storefront_password_hasher_runs_total{operation="hash"}"#).await,
+        app.metric(r#"storefront_password_hasher_runs_total{operation="verify"}"#).await,
+    )
+}
+
+async fn changing_ones_own_password_needs_the_current_password(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice_id, token) = app.user("alice@example.com").await;
+    let path = user_path(&alice_id);
+    let new_password = "a brand new secret";
+
+    let missing = app.send_json(Method::PATCH, &path, &token, &json!({"password": new_password})).await;
+    assert_eq!(assert_problem(missing, 403).await["type"], REAUTHENTICATE);
+    let wrong = json!({"password": new_password, "current_password": "not my password"});
+    let wrong = app.send_json(Method::PATCH, &path, &token, &wrong).await;
+    let problem = assert_problem(wrong, 403).await;
+    assert_eq!(problem["type"], REAUTHENTICATE);
+    assert!(!problem["detail"].as_str().unwrap().contains(new_password));
+    // Nothing changed: the old password and the old token still work.
+    assert_eq!(me(&app, &token).await, 200);
+    assert_eq!(app.login("alice@example.com", new_password).await.status(), 401);
+    assert_eq!(app.login("alice@example.com", PASSWORD).await.status(), 200);
+
+    let right = json!({"password": new_password, "current_password": PASSWORD});
+    let changed = app.send_json(Method::PATCH, &path, &token, &right).await;
+    assert_eq!(changed.status(), 200);
+    assert_eq!(changed.headers()["cache-control"], "no-store");
+    let body: Value = changed.json().await.unwrap();
+    assert_eq!((body["id"].as_str(), body["email"].as_str()), (Some(alice_id.as_str()), Some("alice@example.com")));
+    assert_eq!((body["token_type"].as_str(), body["expires_in"].as_u64()), (Some("Bearer"), Some(900)));
+    assert!(body.get("password").is_none() && body.get("current_password").is_none());
+    let fresh = body["access_token"].as_str().unwrap();
+    assert_eq!(me(&app, &token).await, 401, "every earlier token is void");
+    assert_eq!(me(&app, fresh).await, 200, "the client that made the change stays signed in");
+    assert_eq!(app.login("alice@example.com", PASSWORD).await.status(), 401);
+    assert_eq!(app.login("alice@example.com", new_password).await.status(), 200);
+
+    // A change that touches no credential needs no password and rotates no token.
+    let renamed = app.send_json(Method::PATCH, &path, fresh, &json!({"name": "Alice"})).await;
+    assert_eq!(renamed.status(), 200);
+    assert!(renamed.json::<Value>().await.unwrap().get("access_token").is_none());
+    let unchanged_email = json!({"name": "Alice L.", "email": "ALICE@example.com"});
+    assert_eq!(app.send_json(Method::PATCH, &path, fresh, &unchanged_email).await.status(), 200);
+    assert_eq!(me(&app, fresh).await, 200);
+}
+
+async fn changing_ones_own_email_needs_the_current_password_and_voids_other_tokens(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice_id, phone) = app.user("alice@example.com").await;
+    let laptop = app.token_for("alice@example.com").await;
+    let path = user_path(&alice_id);
+
+    let missing = app.send_json(Method::PATCH, &path, &phone, &json!({"email": "thief@example.com"})).await;
+    assert_eq!(assert_problem(missing, 403).await["type"], REAUTHENTICATE);
+    let wrong = json!({"email": "thief@example.com", "current_password": "guess"});
+    assert_eq!(
+        assert_problem(app.send_json(Method::PATCH, &path, &phone, &wrong).await, 403).await["type"],
+        REAUTHENTICATE
+    );
+    let unmoved: Value = app.get_as("/api/v1/users/me", &laptop).await.json().await.unwrap();
+    assert_eq!(unmoved["email"], "alice@example.com");
+    assert_eq!(app.login("thief@example.com", PASSWORD).await.status(), 401);
+
+    let right = json!({"email": "Alice.New@Example.com", "current_password": PASSWORD});
+    let moved = app.send_json(Method::PATCH, &path, &phone, &right).await;
+    assert_eq!(moved.status(), 200);
+    let body: Value = moved.json().await.unwrap();
+    assert_eq!(body["email"], "alice.new@example.com");
+    let fresh = body["access_token"].as_str().unwrap();
+    assert_eq!(me(&app, &laptop).await, 401, "the other device is signed out");
+    assert_eq!(me(&app, &phone).await, 401, "so is the token that asked");
+    assert_eq!(me(&app, fresh).await, 200);
+    assert_eq!(app.login("alice@example.com", PASSWORD).await.status(), 401);
+    assert_eq!(app.login("alice.new@example.com", PASSWORD).await.status(), 200);
+}
+
+async fn an_admin_resets_another_user_without_their_password(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (root_id, admin) = app.admin("root@example.com").await;
+    let (alice_id, alice) = app.user("alice@example.com").await;
+
+    let reset = json!({"password": "reset by the admin", "email": "alice@corp.example.com"});
+    let done = app.send_json(Method::PATCH, &user_path(&alice_id), &admin, &reset).await;
+    assert_eq!(done.status(), 200);
+    let body: Value = done.json().await.unwrap();
+    assert_eq!(body["email"], "alice@corp.example.com");
+    assert!(body.get("access_token").is_none(), "the admin's own tokens were not touched");
+    assert_eq!(me(&app, &alice).await, 401, "the target's tokens are void");
+    assert_eq!(me(&app, &admin).await, 200);
+    assert_eq!(app.login("alice@corp.example.com", "reset by the admin").await.status(), 200);
+
+    // An admin's own password is their own: it needs theirs.
+    let own = app.send_json(Method::PATCH, &user_path(&root_id), &admin, &json!({"password": "new root secret"})).await;
+    assert_eq!(assert_problem(own, 403).await["type"], REAUTHENTICATE);
+    assert_eq!(me(&app, &admin).await, 200);
+}
+
+async fn wrong_current_passwords_count_as_failed_sign_ins_and_are_throttled(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice_id, token) = app.user("alice@example.com").await;
+    let path = user_path(&alice_id);
+    for guess in 1..=5 {
+        let body = json!({"password": "taken over", "current_password": format!("guess {guess}")});
+        let refused = app.send_json(Method::PATCH, &path, &token, &body).await;
+        assert_eq!(assert_problem(refused, 403).await["type"], REAUTHENTICATE, "guess {guess}");
+    }
+    // The sixth try is throttled like a sixth failed sign-in, even with the right password.
+    let right = json!({"password": "taken over", "current_password": PASSWORD});
+    let throttled = app.send_json(Method::PATCH, &path, &token, &right).await;
+    let retry_after: u64 = throttled.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((800..=900).contains(&retry_after), "the sign-in window: {retry_after}");
+    assert_problem(throttled, 429).await;
+    // The guesses counted against sign-ins for the email, from this address.
+    assert_problem(app.login("alice@example.com", PASSWORD).await, 429).await;
+    assert_eq!(me(&app, &token).await, 200, "nothing changed");
+}
+
+async fn credential_changes_per_account_are_limited(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice_id, mut token) = app.user("alice@example.com").await;
+    let path = user_path(&alice_id);
+    // A wrong password changes nothing, so it is not counted against the account's changes.
+    let wrong = json!({"password": "never set", "current_password": "guess"});
+    assert_problem(app.send_json(Method::PATCH, &path, &token, &wrong).await, 403).await;
+
+    let mut current = PASSWORD.to_owned();
+    for change in 1..=5 {
+        let next = format!("password number {change}");
+        let body = json!({"password": next, "current_password": current});
+        let changed = app.send_json(Method::PATCH, &path, &token, &body).await;
+        assert_eq!(changed.status(), 200, "change {change}");
+        token = changed.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+        current = next;
+    }
+    let sixth = json!({"password": "one too many", "current_password": current});
+    let refused = app.send_json(Method::PATCH, &path, &token, &sixth).await;
+    let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((3000..=3600).contains(&retry_after), "the hour's window: {retry_after}");
+    assert_problem(refused, 429).await;
+    let email = json!({"email": "elsewhere@example.com", "current_password": current});
+    assert_problem(app.send_json(Method::PATCH, &path, &token, &email).await, 429).await;
+    assert_eq!(app.login("alice@example.com", "one too many").await.status(), 401, "nothing changed");
+    assert_eq!(me(&app, &token).await, 200);
+    // The account is limited, not the caller's other changes.
+    assert_eq!(app.send_json(Method::PATCH, &path, &token, &json!({"name": "Still Alice"})).await.status(), 200);
+}
+
+async fn refusals_that_need_no_hash_compute_none(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, admin) = app.admin("root@example.com").await;
+    app.register("taken@example.com").await;
+    let (alice_id, alice) = app.user("alice@example.com").await;
+    let (bob_id, _) = app.user("bob@example.com").await;
+    let (alice_path, bob_path) = (user_path(&alice_id), user_path(&bob_id));
+
+    let before = hasher_runs(&app).await;
+    let taken = json!({"email": "Taken@Example.com", "password": "a new secret", "current_password": PASSWORD});
+    assert_problem(app.send_json(Method::PATCH, &alice_path, &alice, &taken).await, 409).await;
+    let reset = json!({"email": "taken@example.com", "password": "a new secret"});
+    assert_problem(app.send_json(Method::PATCH, &bob_path, &admin, &reset).await, 409).await;
+    let invalid = json!({"email": "taken@example.com", "password": "short", "current_password": PASSWORD});
+    assert_problem(app.send_json(Method::PATCH, &alice_path, &alice, &invalid).await, 422).await;
+    assert_problem(app.send_json(Method::PATCH, &alice_path, &alice, &json!({"password": "a new secret"})).await, 403)
+        .await;
+    let escalate = json!({"role": "admin", "password": "a new secret", "current_password": PASSWORD});
+    assert_problem(app.send_json(Method::PATCH, &alice_path, &alice, &escalate).await, 403).await;
+    let not_hers = json!({"password": "a new secret", "current_password": PASSWORD});
+    assert_problem(app.send_json(Method::PATCH, &bob_path, &alice, &not_hers).await, 404).await;
+    assert_eq!(hasher_runs(&app).await, before, "no argon2id run for any of those refusals");
+
+    let register = json!({"email": "TAKEN@example.com", "password": PASSWORD, "name": "Again"});
+    assert_problem(app.post_json("/api/v1/auth/register", &register).await, 409).await;
+    assert_eq!(hasher_runs(&app).await, before, "a registration with a taken email hashes nothing either");
+
+    // The same request with a free email does hash: the counter would have shown it.
+    let free = json!({"email": "alice2@example.com", "password": "a new secret", "current_password": PASSWORD});
+    assert_eq!(app.send_json(Method::PATCH, &alice_path, &alice, &free).await.status(), 200);
+    let after = hasher_runs(&app).await;
+    assert_eq!((after.0 - before.0, after.1 - before.1), (1.0, 1.0), "one check of the current password, one new hash");
+
+    // A sign-in for an unknown email still costs a full verification (the dummy hash).
+    assert_problem(app.login("nobody@example.com", PASSWORD).await, 401).await;
+    assert_eq!(hasher_runs(&app).await.1, after.1 + 1.0);
+}
+
+async fn names_refuse_invisible_and_direction_changing_characters(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, admin) = app.admin("root@example.com").await;
+    let (alice_id, alice) = app.user("alice@example.com").await;
+    let format_characters =
+        ["evil\u{202E}gpj.exe", "Ali\u{200B}ce", "\u{2066}x\u{2069}", "a\u{2067}b\u{2068}c", "\u{FEFF}Bob"];
+    let named =
+        |problem: Value| problem["errors"].as_array().unwrap().iter().map(|e| e["field"].clone()).collect::<Vec<_>>();
+
+    for name in format_characters {
+        let register = json!({"email": "mallory@example.com", "password": PASSWORD, "name": name});
+        let refused = assert_problem(app.post_json("/api/v1/auth/register", &register).await, 422).await;
+        assert_eq!(named(refused), ["name"], "{name:?}");
+        let patch = app.send_json(Method::PATCH, &user_path(&alice_id), &alice, &json!({"name": name})).await;
+        assert_eq!(named(assert_problem(patch, 422).await), ["name"], "{name:?}");
+        let product = json!({"name": name, "price_cents": 100, "stock": 1});
+        let created = app.send_json(Method::POST, "/api/v1/products", &admin, &product).await;
+        assert_eq!(named(assert_problem(created, 422).await), ["name"], "{name:?}");
+    }
+    // Nothing was stored.
+    assert_eq!(app.login("mallory@example.com", PASSWORD).await.status(), 401);
+    let me: Value = app.get_as("/api/v1/users/me", &alice).await.json().await.unwrap();
+    assert_eq!(me["name"], "Test User");
+    let products: Value = app.get("/api/v1/products").await.json().await.unwrap();
+    assert_eq!(products["total"], 0);
+
+    // A product renamed to one; a description (free prose) may hold a joiner.
+    let made = json!({"name": "Laptop", "description": "for 👩\u{200D}💻", "price_cents": 100, "stock": 1});
+    let created = app.send_json(Method::POST, "/api/v1/products", &admin, &made).await;
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/products/{id}");
+    let renamed = app.send_json(Method::PATCH, &path, &admin, &json!({"name": "Lap\u{202E}top"})).await;
+    assert_eq!(named(assert_problem(renamed, 422).await), ["name"]);
+    let product: Value = app.get(&path).await.json().await.unwrap();
+    assert_eq!((product["name"].as_str(), product["description"].as_str()), (Some("Laptop"), Some("for 👩\u{200D}💻")));
+}
