@@ -10,6 +10,7 @@
 
 pub mod db_lock;
 pub mod events;
+pub mod one_connection;
 pub mod postgres_server;
 pub mod shop;
 pub mod ws;
