@@ -24,4 +24,5 @@ mod outbox;
 mod process;
 mod products;
 mod replicas;
+mod tail;
 mod users;

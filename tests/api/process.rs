@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_storefront");
 
-fn storefront(cwd: &Path) -> Command {
+/// The binary with a clean environment (PATH only), run in `cwd`.
+pub(crate) fn storefront(cwd: &Path) -> Command {
     let mut command = Command::new(BIN);
     command.current_dir(cwd).env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
     command
@@ -165,16 +166,40 @@ fn openapi_subcommand_prints_the_document() {
 }
 
 /// A `storefront serve` child process with JSON logs; knows its port from the start-up log.
-struct Served {
-    child: Child,
-    port: u16,
+/// Killed if the test ends (or fails) while it still runs.
+pub(crate) struct Served {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Served {
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(mut self) {
+        let killed = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(killed.success());
+        assert_eq!(self.child.wait().unwrap().code(), Some(0), "exits cleanly on SIGTERM");
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 fn serve(cwd: &Path, database_url: &str, extra: &[(&str, &str)]) -> Served {
+    serve_on(cwd, "127.0.0.1:0", database_url, extra)
+}
+
+/// Serves on `bind` (port 0: any free one).
+pub(crate) fn serve_on(cwd: &Path, bind: &str, database_url: &str, extra: &[(&str, &str)]) -> Served {
     let mut command = storefront(cwd);
     // No subcommand: plain `storefront` serves, which is what `cargo run` relies on.
     command
-        .args(["--bind", "127.0.0.1:0"])
+        .args(["--bind", bind])
         .env("DATABASE_URL", database_url)
         .env("LOG_FORMAT", "json")
         .env("CHAOS_TOKEN", CHAOS_TOKEN)
