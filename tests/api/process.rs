@@ -170,6 +170,8 @@ fn openapi_subcommand_prints_the_document() {
 pub(crate) struct Served {
     pub child: Child,
     pub port: u16,
+    /// The start-up log's `storefront is listening` record.
+    pub listening: Value,
 }
 
 impl Served {
@@ -210,18 +212,30 @@ pub(crate) fn serve_on(cwd: &Path, bind: &str, database_url: &str, extra: &[(&st
     }
     let mut child = command.spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let port = loop {
+    let listening = loop {
         let line = lines.next().expect("the server logs its start").unwrap();
         let Ok(record) = serde_json::from_str::<Value>(&line) else {
             continue;
         };
         if record["message"] == "storefront is listening" {
-            break record["port"].as_u64().unwrap() as u16;
+            break record;
         }
     };
     // Keep draining the log so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Served { child, port }
+    Served { child, port: listening["port"].as_u64().unwrap() as u16, listening }
+}
+
+#[test]
+fn the_start_up_log_names_both_worker_counts() {
+    let cwd = tempfile::tempdir().unwrap();
+    let database = TestDatabase::create(Backend::Sqlite);
+    let served = serve(cwd.path(), &database.url(), &[("DB_WORKERS", "3")]);
+    let record = &served.listening;
+    let cores = std::thread::available_parallelism().unwrap().get() as u64;
+    assert_eq!(record["http_workers"].as_u64(), Some(cores), "one HTTP worker per core: {record}");
+    assert_eq!(record["db_executors"], 3, "{record}");
+    assert!(record.get("workers").is_none(), "no count that could be either: {record}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
