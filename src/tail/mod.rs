@@ -189,6 +189,7 @@ async fn stream(
     backoff: &mut Backoff,
     out: &mut impl Write,
 ) -> Ended {
+    let since_at_start = position.since();
     let mut subscribe = json!({"op": "subscribe", "topics": options.topics});
     if let Some(since) = position.since() {
         subscribe["since"] = json!(since);
@@ -197,14 +198,15 @@ async fn stream(
         return Ended::Next(Next::Reconnect { why: format!("the connection broke while subscribing: {error}") });
     }
     let mut pings = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
-    let mut last_heard = Instant::now();
-    loop {
+    let connected_at = Instant::now();
+    let mut last_heard = connected_at;
+    let ended = loop {
         let frame = tokio::select! {
             frame = socket.next() => frame,
             _ = pings.tick() => {
                 if last_heard.elapsed() > SILENCE_LIMIT {
                     let why = format!("nothing heard from the server for {} s", SILENCE_LIMIT.as_secs());
-                    return Ended::Next(Next::Reconnect { why });
+                    break Ended::Next(Next::Reconnect { why });
                 }
                 // Answers come back as frames; a failed send shows up as a read error next.
                 let _ = socket.send(Message::Ping(Default::default())).await;
@@ -216,12 +218,12 @@ async fn stream(
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Close(frame))) => {
                 let (code, reason) = frame.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
-                return Ended::Next(resume::closed(code, &reason));
+                break Ended::Next(resume::closed(code, &reason));
             }
             // Pings are answered by the library; nothing else carries events.
             Some(Ok(_)) => continue,
-            Some(Err(error)) => return Ended::Next(Next::Reconnect { why: format!("the connection broke: {error}") }),
-            None => return Ended::Next(Next::Reconnect { why: "the connection ended without a close".into() }),
+            Some(Err(error)) => break Ended::Next(Next::Reconnect { why: format!("the connection broke: {error}") }),
+            None => break Ended::Next(Next::Reconnect { why: "the connection ended without a close".into() }),
         };
         let Ok(message) = serde_json::from_str::<Value>(&message) else {
             note(&format!("ignored a message that is not JSON: {message}"));
@@ -232,9 +234,9 @@ async fn stream(
                 Event::Print => {
                     if let Err(error) = writeln!(out, "{message}").and_then(|()| out.flush()) {
                         if error.kind() == ErrorKind::BrokenPipe {
-                            return Ended::OutputClosed;
+                            break Ended::OutputClosed;
                         }
-                        return Ended::Next(Next::Stop { why: format!("cannot write to stdout: {error}") });
+                        break Ended::Next(Next::Stop { why: format!("cannot write to stdout: {error}") });
                     }
                 }
                 Event::Duplicate { id, last } => {
@@ -244,17 +246,23 @@ async fn stream(
             },
             Some("subscribed") => {
                 position.subscribed(&message);
-                backoff.reset();
                 note(&format!("subscribed to {} at {}{}", topics_of(&message), options.url, after(*position)));
             }
             Some("error") => {
                 if let Some(next) = on_error(&message) {
-                    return Ended::Next(next);
+                    break Ended::Next(next);
                 }
             }
             _ => note(&format!("ignored a message of an unknown type: {message}")),
         }
+    };
+    // A connection that printed events, or lasted, was a good one: the next attempt starts
+    // the backoff over. One closed right after subscribing (a replay the server cannot read
+    // while its database is away) keeps backing off.
+    if position.since() != since_at_start || connected_at.elapsed() >= Backoff::CAP {
+        backoff.reset();
     }
+    ended
 }
 
 fn topics_of(subscribed: &Value) -> String {
