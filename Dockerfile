@@ -1,6 +1,8 @@
 # Multi-stage build: compile in the Rust image, run in a slim Debian with only libpq.
-# Migrations and the /docs page are embedded in the binary; `serve` applies migrations at
-# start-up. Nothing is downloaded at build time beyond crates and Debian packages.
+# Migrations, the /docs page and the ops dashboard (assets/) are embedded in the binary;
+# `serve` applies migrations at start-up. Nothing is downloaded at build time beyond crates
+# and Debian packages. Whatever the build reads must be copied below (and let through by
+# .dockerignore): deploy/validate.sh replays this build stage from exactly those files.
 #
 #   docker build -t storefront .
 #   docker run --rm -p 8080:8080 -e JWT_SECRET="$(openssl rand -hex 32)" -v storefront-data:/app/data storefront
@@ -14,11 +16,12 @@ WORKDIR /src
 # hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends libpq-dev && rm -rf /var/lib/apt/lists/*
 # Dependencies first, so code changes do not rebuild them.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --locked && rm -rf src
 COPY src ./src
 COPY migrations ./migrations
+COPY assets ./assets
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
 FROM debian:bookworm-slim

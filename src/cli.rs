@@ -65,6 +65,26 @@ pub enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Print live updates, one JSON event per line, reconnecting without a gap. The access
+    /// token comes from STOREFRONT_TOKEN or, with --token-stdin, from standard input.
+    Tail(TailArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// The service's URL (http://, https://, ws:// or wss://; /api/v1/ws is added).
+    #[arg(long, env = "STOREFRONT_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Comma-separated topics: products, orders, account, ops [default: products,orders,account
+    /// with a token, products without].
+    #[arg(long, value_delimiter = ',')]
+    pub topics: Vec<String>,
+    /// Start after this outbox event id: what came after it is printed first [default: from now].
+    #[arg(long)]
+    pub since: Option<i64>,
+    /// Read the access token from the first line of standard input (instead of STOREFRONT_TOKEN).
+    #[arg(long)]
+    pub token_stdin: bool,
 }
 
 #[derive(Debug, Subcommand)]

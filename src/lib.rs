@@ -16,6 +16,7 @@ pub mod http;
 pub mod metrics;
 pub mod request_context;
 pub mod state;
+pub mod tail;
 pub mod telemetry;
 pub mod websocket;
 

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use storefront::{
     auth::password::hash_password,
-    cli::{Cli, Command, MigrateAction, UserAction},
+    cli::{Cli, Command, MigrateAction, TailArgs, UserAction},
     config::{Config, DatabaseConfig, LogFormat},
     db::UseCase,
     db::{
@@ -14,6 +14,7 @@ use storefront::{
         users::CreateUser,
     },
     domain::user::{validate_new_user, NewUser, Role},
+    tail::TailOptions,
     telemetry, Application,
 };
 
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Openapi => print_openapi(),
+        Command::Tail(args) => tail(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -144,6 +146,20 @@ fn read_password(flag: Option<String>, from_stdin: bool) -> Result<String, Strin
         return Err("the passwords do not match".into());
     }
     Ok(password)
+}
+
+/// `storefront tail`: the token from standard input or STOREFRONT_TOKEN (never a flag, so
+/// it stays out of shell history and `ps`).
+fn tail(args: &TailArgs) -> Result<(), String> {
+    let token = if args.token_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map_err(|e| format!("cannot read the token from stdin: {e}"))?;
+        Some(line)
+    } else {
+        std::env::var("STOREFRONT_TOKEN").ok()
+    };
+    let options = TailOptions::new(&args.url, &args.topics, args.since, token)?;
+    storefront::tail::run(options)
 }
 
 fn print_openapi() -> Result<(), String> {

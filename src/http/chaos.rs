@@ -19,7 +19,10 @@ use crate::{
     state::AppState,
 };
 
-const ACTOR_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a fault waits for its actor. actix skips a message whose sender gave up, so a
+/// fault asked for is a fault delivered only if the ask outlasts the actor's busiest moment:
+/// generous, since only an operator (or a test) waits on it.
+const ACTOR_TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_STALL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -645,8 +645,20 @@ fn deploy_files_are_well_formed_and_agree_with_each_other() {
     {
         assert!(dockerfile.contains(needed), "Dockerfile lacks {needed}");
     }
-    let ignored: Vec<_> = read(".dockerignore").lines().map(str::trim).map(str::to_owned).collect();
-    assert!(ignored.iter().any(|line| line.trim_end_matches('/') == "target"), "the 5 GB target/ is ignored");
+    // .dockerignore is an allow-list: everything is ignored first, then only what a COPY
+    // names is let back in (deploy/validate.sh replays the build stage from that context).
+    let dockerignore = read(".dockerignore");
+    let patterns: Vec<_> =
+        dockerignore.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#')).collect();
+    assert_eq!(patterns.first(), Some(&"*"), "everything, the 5 GB target/ included, is ignored first");
+    for allowed in patterns.iter().filter_map(|pattern| pattern.strip_prefix('!')) {
+        let name = allowed.trim_end_matches('/');
+        assert!(![".", "target", "data", ".env", ".git"].contains(&name), "{name} must stay out of the build context");
+        let copied = dockerfile.lines().any(|line| {
+            line.starts_with("COPY ") && line.split_whitespace().any(|word| word.trim_end_matches('/') == name)
+        });
+        assert!(copied, "{name} is let into the build context but no COPY uses it");
+    }
     assert!(read("README.md").contains("-e JWT_SECRET="), "the README says how to start the production image");
 
     // compose.yaml: PostgreSQL, two replicas, a load balancer, health-checked start order.

@@ -228,24 +228,42 @@ async fn health_actor_panic_is_survived_and_recorded(backend: Backend) {
     assert_eq!(body["checks"]["actors:restarts"][0]["observedValue"], 2);
 }
 
-async fn saturated_database_pool_sheds_with_503(backend: Backend) {
-    let app = TestApp::builder(backend).setting("db-workers", "1").setting("db-queue-depth", "2").spawn().await;
-
-    let stall = || app.chaos(json!({"actor": "db_executor", "fault": "stall", "millis": 1500}));
-    // The start-up's own database work (the relay's first read, the janitor's first
-    // prune) must be done, or it takes one of the two slots.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+/// Waits until the start-up's own database work (the relay's first read) is done, so that
+/// only the test's requests hold the pool: the relay polls only once a minute in these
+/// tests (nothing is written, so nothing wakes it sooner), and the janitor's first run is
+/// minutes away.
+async fn pool_left_to_the_test(app: &TestApp) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while app.metric("storefront_event_relay_last_success_timestamp_seconds").await == 0.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the relay's first read never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     while app.metric("storefront_db_in_flight").await > 0.0 {
         assert!(tokio::time::Instant::now() < deadline, "the start-up's database work never finished");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+async fn saturated_database_pool_sheds_with_503(backend: Backend) {
+    // The second stall waits for the first; both must finish within the database timeout.
+    let app = TestApp::builder(backend)
+        .setting("db-workers", "1")
+        .setting("db-queue-depth", "2")
+        .setting("db-timeout-ms", "30000")
+        .setting("event-poll-interval-ms", "60000")
+        .spawn()
+        .await;
+    // Long enough that the two slots are still held when the third request comes, however
+    // slowly the machine runs between the two.
+    let stall = || app.chaos(json!({"actor": "db_executor", "fault": "stall", "millis": 5000}));
+    pool_left_to_the_test(&app).await;
     let occupy = async {
         let (a, b) = tokio::join!(stall(), stall());
         (a.status(), b.status())
     };
     let probe = async {
         // Wait until both stalls hold the admission slots, then one more is refused.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while app.metric("storefront_db_in_flight").await < 2.0 {
             assert!(tokio::time::Instant::now() < deadline, "stalls were never admitted");
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -261,24 +279,33 @@ async fn saturated_database_pool_sheds_with_503(backend: Backend) {
 }
 
 async fn slow_database_requests_time_out_with_503_or_504(backend: Backend) {
-    let app = TestApp::builder(backend).setting("db-workers", "1").setting("db-timeout-ms", "300").spawn().await;
+    let app = TestApp::builder(backend)
+        .setting("db-workers", "1")
+        .setting("db-timeout-ms", "2000")
+        .setting("event-poll-interval-ms", "60000")
+        .spawn()
+        .await;
     let stall = |millis: u64| app.chaos(json!({"actor": "db_executor", "fault": "stall", "millis": millis}));
+    pool_left_to_the_test(&app).await;
 
-    // The first request starts and overruns: it may have changed something, so 504.
-    // The second waits behind it and is withdrawn before it starts: nothing ran, so 503.
-    let (overran, withdrawn) = tokio::join!(stall(1500), async {
-        // Queue the second only once the first holds the only worker.
-        while app.metric("storefront_db_in_flight").await < 1.0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+    // The first request starts and overruns: it may have changed something, so 504. (One
+    // withdrawn before it started, after waiting in the queue on a busy machine, answers
+    // 503: nothing ran, so it is sent again.) It goes on holding the only worker for far
+    // longer than the timeout.
+    let mut overran = stall(20_000).await;
+    for _ in 0..5 {
+        if overran.status() != 503 {
+            break;
         }
-        stall(0).await
-    });
+        overran = stall(20_000).await;
+    }
     let body = assert_problem(overran, 504).await;
     assert_eq!(body["type"], "urn:storefront:problem:outcome-unknown");
+    // The second waits behind it and is withdrawn before it starts: nothing ran, so 503.
+    let withdrawn = stall(0).await;
     assert_eq!(withdrawn.headers()["retry-after"], "1");
     assert_problem(withdrawn, 503).await;
     assert_eq!(app.metric(r#"storefront_db_shed_total{reason="overran"}"#).await, 1.0);
-    // At least the withdrawn request (a readiness probe queued behind the stall may be too).
     assert!(app.metric(r#"storefront_db_shed_total{reason="timeout"}"#).await >= 1.0);
 }
 

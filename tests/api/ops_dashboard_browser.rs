@@ -1,7 +1,8 @@
 //! The ops dashboard in a real browser: headless Chromium driven over WebDriver
 //! (chromedriver, started here on a free port). An admin signs in on the page, sees every
 //! actor, a panic is injected through the API, and the page shows that actor's restart
-//! count go up without a reload. The screenshots land in docs/ (the README shows them).
+//! count go up without a reload. The screenshots land under target/, or, with
+//! `UPDATE_SCREENSHOTS=1`, replace the ones in docs/ that the README shows.
 //!
 //! Without Chromium and chromedriver the test prints SKIPPED and passes, unless
 //! `REQUIRE_BROWSER=1` (CI), which turns a missing browser into a failure.
@@ -104,8 +105,16 @@ async fn wait_for_text(browser: &Client, css: &str, expected: impl Fn(&str) -> b
     }
 }
 
-fn docs(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("docs").join(file)
+/// Where a screenshot goes: the target directory, so a test run leaves the checkout as it
+/// found it, unless `UPDATE_SCREENSHOTS=1` asks for the README's pictures to be refreshed.
+fn screenshot(file: &str) -> PathBuf {
+    let directory = if std::env::var("UPDATE_SCREENSHOTS").is_ok_and(|value| value == "1") {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs")
+    } else {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots")
+    };
+    std::fs::create_dir_all(&directory).unwrap();
+    directory.join(file)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,11 +201,13 @@ async fn an_admin_watches_a_panicked_actor_restart_on_the_live_page() {
         browser.execute("return document.body.dataset.cspViolations || '0'", vec![]).await.unwrap();
     assert_eq!(violations, "0", "the page runs under its policy without violations");
 
-    std::fs::create_dir_all(docs("")).unwrap();
-    std::fs::write(docs("ops-dashboard.png"), browser.screenshot().await.unwrap()).unwrap();
+    let laptop = screenshot("ops-dashboard.png");
+    std::fs::write(&laptop, browser.screenshot().await.unwrap()).unwrap();
     browser.set_window_size(400, 1600).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await; // let the layout settle before the picture
-    std::fs::write(docs("ops-dashboard-phone.png"), browser.screenshot().await.unwrap()).unwrap();
+    let phone = screenshot("ops-dashboard-phone.png");
+    std::fs::write(&phone, browser.screenshot().await.unwrap()).unwrap();
+    eprintln!("screenshots: {} and {}", laptop.display(), phone.display());
     browser.close().await.unwrap();
     traffic.abort();
 }

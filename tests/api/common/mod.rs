@@ -11,6 +11,7 @@
 pub mod child_server;
 pub mod db_lock;
 pub mod events;
+pub mod one_connection;
 pub mod postgres_server;
 pub mod raw_ws;
 pub mod redis_server;
