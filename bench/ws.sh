@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Live-updates benchmark: N WebSocket subscribers on `products` (examples/ws_load.rs, a
 # compiled client on the same machine) while product updates commit at a steady rate.
-# Measures delivery latency (commit -> receipt, every event to every subscriber), server RSS
-# per idle connection, and cross-replica delivery on PostgreSQL (subscribers on replica B,
+# Measures delivery latency (commit -> receipt, every event to every subscriber) with the
+# project's load generator and with an independent one (bench/ws_client.mjs, Node's own
+# WebSocket; skipped without node), the same under a hostile mix (HOSTILE never-reading
+# clients replaying a HOSTILE_OUTBOX-event outbox from since=0), server RSS per idle
+# connection, a full descriptor table of idle subscribers (FULL_SUBSCRIBERS) with HTTP
+# answering meanwhile, and cross-replica delivery on PostgreSQL (subscribers on replica B,
 # writes on replica A). Each measurement runs RUNS times; the report gives every run and the
 # spread, with the load average (`uptime`) at the start of each run. Writes
 # docs/BENCHMARKS-live-updates.md (overwritten; REPORT=path writes elsewhere).
@@ -28,6 +32,11 @@ SUBSCRIBERS=${SUBSCRIBERS:-10000}
 RATE=${RATE:-5}            # product updates committed per second
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-20}
 REPLICA_SUBSCRIBERS=${REPLICA_SUBSCRIBERS:-1000}
+HOSTILE=${HOSTILE:-1000}                 # never-reading replayers in the hostile mix (0 skips it)
+HOSTILE_OUTBOX=${HOSTILE_OUTBOX:-10000}  # product updates they replay from since=0
+# Idle subscribers held at once: as many as the open-file limit leaves (0 skips it).
+FULL_SUBSCRIBERS=${FULL_SUBSCRIBERS:-18000}
+NODE=${NODE:-$(command -v node || true)}
 ADDR_A=${ADDR_A:-127.0.0.1:18100}
 ADDR_B=${ADDR_B:-127.0.0.1:18101}
 PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
@@ -101,6 +110,76 @@ worst() { # worst FIELD FILE
 
 load_average() { cut -d' ' -f1-3 /proc/loadavg; }
 
+# peak_rss PID OUTFILE: samples the server's RSS every 100 ms until killed; the file holds
+# the peak in KiB.
+peak_rss() {
+    local pid=$1 out=$2 peak=0 now
+    while kill -0 "$pid" 2>/dev/null; do
+        now=$(rss_kib "$pid" 2>/dev/null || echo 0)
+        ((now > peak)) && peak=$now && echo "$peak" >"$out"
+        sleep 0.1
+    done
+}
+
+# hostile_run RUN: readers' latency while HOSTILE clients replay the outbox and never read.
+hostile_run() {
+    local run=$1 pid sampler line load
+    rm -f "$TMP"/bench.db*
+    serve "hostile$run" "$ADDR_A" "sqlite://$TMP/bench.db"
+    pid=$STARTED_PID
+    prepare "$ADDR_A" "sqlite://$TMP/bench.db"
+    load=$(load_average)
+    log "run $run (load $load): hostile mix, $SUBSCRIBERS readers + $HOSTILE never-reading replayers over $HOSTILE_OUTBOX events"
+    echo 0 >"$TMP/peak.txt"
+    peak_rss "$pid" "$TMP/peak.txt" &
+    sampler=$!
+    line=$("$WS_LOAD_BIN" --subscribe-url "http://$ADDR_A" --token "$TOKEN" --product "$PRODUCT" \
+        --subscribers "$SUBSCRIBERS" --rate "$RATE" --seconds "$SECONDS_PER_RUN" --prefill "$HOSTILE_OUTBOX" \
+        --hostile "$HOSTILE" 2>>"$TMP/load.err")
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+    line=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["peak_rss_mb"]=round(int(sys.argv[2])/1024,1); print(json.dumps(d))' \
+        "$line" "$(cat "$TMP/peak.txt")")
+    echo "$line" | tee -a "$TMP/hostile.jsonl" >&2
+    printf '%s | %s | %s\n' "$run" "$load" "$line" >>"$TMP/hostile-runs.txt"
+    stop_pid "$pid"
+}
+
+# full_run RUN: FULL_SUBSCRIBERS idle subscribers at once, and HTTP answering meanwhile.
+full_run() {
+    local run=$1 pid load started answers
+    rm -f "$TMP"/bench.db*
+    serve "full$run" "$ADDR_A" "sqlite://$TMP/bench.db"
+    pid=$STARTED_PID
+    prepare "$ADDR_A" "sqlite://$TMP/bench.db"
+    load=$(load_average)
+    log "run $run (load $load): $FULL_SUBSCRIBERS idle subscribers"
+    local before after
+    before=$(rss_kib "$pid")
+    start_bg "$TMP/full.out" "$WS_LOAD_BIN" --subscribe-url "http://$ADDR_A" --subscribers "$FULL_SUBSCRIBERS" \
+        --seconds 600 --idle
+    local gen=$STARTED_PID i
+    for ((i = 0; i < 3000; i++)); do
+        grep -q '^ready' "$TMP/full.out" 2>/dev/null && break
+        kill -0 "$gen" 2>/dev/null || break
+        sleep 0.1
+    done
+    sleep 3
+    after=$(rss_kib "$pid")
+    started=$(curl -fsS "http://$ADDR_A/metrics" | awk '/^storefront_ws_connections /{print $2}')
+    # While they are held: readiness and a cached product GET, each timed.
+    answers=$(for path in /readyz "/api/v1/products/$PRODUCT" "/api/v1/products/$PRODUCT"; do
+        curl -s -o /dev/null -w '%{http_code} %{time_total}s, ' --max-time 5 "http://$ADDR_A$path"
+    done)
+    stop_pid "$gen"
+    local line
+    line=$(python3 -c 'import json,sys; print(json.dumps({"held": int(float(sys.argv[1] or 0)), "asked": int(sys.argv[2]), "rss_kib_per_connection": round((int(sys.argv[4]) - int(sys.argv[3])) / max(1, int(float(sys.argv[1] or 0))), 2), "http_while_held": sys.argv[5].rstrip(", ")}))' \
+        "$started" "$FULL_SUBSCRIBERS" "$before" "$after" "$answers")
+    echo "$line" | tee -a "$TMP/full.jsonl" >&2
+    printf '%s | %s | %s\n' "$run" "$load" "$line" >>"$TMP/full-runs.txt"
+    stop_pid "$pid"
+}
+
 # single_run VARIANT BINARY RUN: one single-replica measurement (idle RSS, then latency),
 # appended to $TMP/latency-VARIANT.jsonl, $TMP/rss-VARIANT.txt and $TMP/runs.txt.
 single_run() {
@@ -118,6 +197,13 @@ single_run() {
         --subscribers "$SUBSCRIBERS" --rate "$RATE" --seconds "$SECONDS_PER_RUN" 2>>"$TMP/load.err")
     echo "$line" | tee -a "$TMP/latency-$variant.jsonl" >&2
     printf '%s | %s | %s | %s KiB | %s\n' "$run" "$variant" "$load" "$rss" "$line" >>"$TMP/runs.txt"
+    if [[ -n $NODE && $variant == candidate ]]; then
+        log "run $run ($variant): the same with the independent client (Node)"
+        line=$("$NODE" --experimental-websocket "$ROOT/bench/ws_client.mjs" --url "http://$ADDR_A" --token "$TOKEN" \
+            --product "$PRODUCT" --subscribers "$SUBSCRIBERS" --rate "$RATE" --seconds "$SECONDS_PER_RUN" 2>>"$TMP/load.err")
+        echo "$line" | tee -a "$TMP/latency-node.jsonl" >&2
+        printf '%s | %s (node) | %s | | %s\n' "$run" "$variant" "$(load_average)" "$line" >>"$TMP/runs.txt"
+    fi
     stop_pid "$pid"
 }
 
@@ -146,9 +232,16 @@ main() {
         : >"$TMP/latency-$variant.jsonl"
         : >"$TMP/rss-$variant.txt"
     done
+    : >"$TMP/latency-node.jsonl"
+    : >"$TMP/hostile.jsonl"
+    : >"$TMP/hostile-runs.txt"
+    : >"$TMP/full.jsonl"
+    : >"$TMP/full-runs.txt"
     for ((run = 1; run <= RUNS; run++)); do
         [[ -n $BASELINE_BIN ]] && single_run baseline "$BASELINE_BIN" "$run"
         single_run candidate "$STOREFRONT_BIN" "$run"
+        ((HOSTILE > 0)) && hostile_run "$run"
+        ((FULL_SUBSCRIBERS > 0)) && full_run "$run"
     done
 
     : >"$TMP/replica.jsonl"
@@ -200,12 +293,49 @@ main() {
             [[ -n $BASELINE_BIN ]] && label=" — $variant ($([[ $variant == baseline ]] && echo "$BASELINE_BIN" || echo "$STOREFRONT_BIN"))"
             worst_p99=$(worst p99_ms "$TMP/latency-$variant.jsonl")
             worst_rss=$(sort -n "$TMP/rss-$variant.txt" | tail -1)
-            printf '| %s subscribers, delivery p99 ≤ 200 ms%s | p99 %s ms; p50 %s ms; max %s ms | %s ms | %s |\n' "$SUBSCRIBERS" \
+            printf '| %s subscribers, delivery p99 ≤ 100 ms%s | p99 %s ms; p50 %s ms; max %s ms | %s ms | %s |\n' "$SUBSCRIBERS" \
                 "$label" "$(spread p99_ms "$TMP/latency-$variant.jsonl")" "$(spread p50_ms "$TMP/latency-$variant.jsonl")" \
-                "$(spread max_ms "$TMP/latency-$variant.jsonl")" "$worst_p99" "$(verdict "$worst_p99" 200)"
-            printf '| ≤ 16 KiB server RSS per idle connection%s | %s KiB | %s KiB | %s |\n' "$label" \
-                "$(sort -n "$TMP/rss-$variant.txt" | paste -sd' ' | sed 's/ / · /g')" "$worst_rss" "$(verdict "$worst_rss" 16)"
+                "$(spread max_ms "$TMP/latency-$variant.jsonl")" "$worst_p99" "$(verdict "$worst_p99" 100)"
+            printf '| ≤ 8 KiB server RSS per idle connection%s | %s KiB | %s KiB | %s |\n' "$label" \
+                "$(sort -n "$TMP/rss-$variant.txt" | paste -sd' ' | sed 's/ / · /g')" "$worst_rss" "$(verdict "$worst_rss" 8)"
         done
+        if [[ -s $TMP/latency-node.jsonl ]]; then
+            local node_worst
+            node_worst=$(worst p99_ms "$TMP/latency-node.jsonl")
+            printf '| the same, independent client (Node), p99 ≤ 100 ms | p99 %s ms; p50 %s ms; max %s ms | %s ms | %s |\n' \
+                "$(spread p99_ms "$TMP/latency-node.jsonl")" "$(spread p50_ms "$TMP/latency-node.jsonl")" \
+                "$(spread max_ms "$TMP/latency-node.jsonl")" "$node_worst" "$(verdict "$node_worst" 100)"
+        fi
+        if [[ -s $TMP/hostile.jsonl ]]; then
+            local hostile_rss ratios worst_ratio
+            hostile_rss=$(worst peak_rss_mb "$TMP/hostile.jsonl")
+            # Each hostile run against the run without hostile clients just before it.
+            ratios=$(python3 - "$TMP/latency-candidate.jsonl" "$TMP/hostile.jsonl" <<'PY'
+import json, sys
+plain = [json.loads(l)["p99_ms"] for l in open(sys.argv[1]) if l.startswith("{")]
+hostile = [json.loads(l)["p99_ms"] for l in open(sys.argv[2]) if l.startswith("{")]
+print(" · ".join(f"{h:g}/{p:g} ms = {h / p:.2f}" for p, h in zip(plain, hostile)))
+print(max(h / p for p, h in zip(plain, hostile)))
+PY
+)
+            worst_ratio=$(tail -1 <<<"$ratios")
+            printf '| hostile mix (%s readers + %s never-reading replayers of %s events): server RSS ≤ 400 MB | peak %s MB | %s MB | %s |\n' \
+                "$SUBSCRIBERS" "$HOSTILE" "$HOSTILE_OUTBOX" "$(spread peak_rss_mb "$TMP/hostile.jsonl")" "$hostile_rss" "$(verdict "$hostile_rss" 400)"
+            printf '| hostile mix: readers'"'"' p99 within 20%% of the same run without them (ratio ≤ 1.2) | %s | %s | %s |\n' \
+                "$(head -1 <<<"$ratios")" "$(printf '%.2f' "$worst_ratio")" "$(verdict "$worst_ratio" 1.2)"
+            printf '| hostile mix: every reader gets every event; every never-reading client closed | subscribers short %s; hostile closed %s, not closed %s | %s short, %s not closed | %s |\n' \
+                "$(spread subscribers_short "$TMP/hostile.jsonl")" "$(spread hostile_closed "$TMP/hostile.jsonl")" \
+                "$(spread hostile_not_closed "$TMP/hostile.jsonl")" "$(worst subscribers_short "$TMP/hostile.jsonl")" \
+                "$(worst hostile_not_closed "$TMP/hostile.jsonl")" \
+                "$(verdict "$(python3 -c 'import sys; print(float(sys.argv[1]) + float(sys.argv[2]))' "$(worst subscribers_short "$TMP/hostile.jsonl")" "$(worst hostile_not_closed "$TMP/hostile.jsonl")")" 0)"
+        fi
+        if [[ -s $TMP/full.jsonl ]]; then
+            local fewest
+            fewest=$(python3 -c 'import json,sys; print(min(json.loads(l)["held"] for l in open(sys.argv[1])))' "$TMP/full.jsonl")
+            printf '| ≥ 18,000 idle subscribers held, HTTP answering meanwhile | held %s; per connection %s KiB | %s held | %s |\n' \
+                "$(spread held "$TMP/full.jsonl")" "$(spread rss_kib_per_connection "$TMP/full.jsonl")" "$fewest" \
+                "$(python3 -c 'import sys; print("met" if int(sys.argv[1]) >= 18000 else "not met")' "$fewest")"
+        fi
         if [[ -s $TMP/replica.jsonl ]]; then
             printf '| cross-replica delivery p99 ≤ 100 ms (PostgreSQL, %s subscribers on B, writes on A) | p99 %s ms; p50 %s ms | %s ms | %s |\n' \
                 "$REPLICA_SUBSCRIBERS" "$(spread p99_ms "$TMP/replica.jsonl")" "$(spread p50_ms "$TMP/replica.jsonl")" \
@@ -216,6 +346,10 @@ main() {
         printf '\n%s\n\nDeliveries are counted too: a run where `deliveries` < `deliveries_expected` lost or cut subscribers (`subscribers_short`).\n\n' "$replica_note"
         printf '## Raw output\n\nSingle replica, in the order run (run | variant | load average 1/5/15 min at its start | idle RSS per connection | latency JSON):\n\n```\n'
         cat "$TMP/runs.txt"
+        printf '```\n\nHostile mix (run | load average at its start | latency JSON with the server'"'"'s peak RSS):\n\n```\n'
+        cat "$TMP/hostile-runs.txt"
+        printf '```\n\nA full descriptor table (run | load average | connections held, RSS per connection, HTTP answers while held: status and time):\n\n```\n'
+        cat "$TMP/full-runs.txt"
         printf '```\n\nCross-replica (run | load average at its start | latency JSON):\n\n```\n'
         cat "$TMP/replica-runs.txt"
         printf '```\n\nCommands: `%sbench/ws.sh` (settings at its top: RUNS=%s SUBSCRIBERS=%s RATE=%s SECONDS_PER_RUN=%s REPLICA_SUBSCRIBERS=%s).\n' \

@@ -121,8 +121,15 @@ fn committed_at(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::parse_from_rfc3339(&text[start..end]).ok().map(|at| at.with_timezone(&chrono::Utc))
 }
 
-/// Receives until `stop`, returning each event's delivery latency in microseconds.
-async fn listen(mut socket: Socket, stop: oneshot::Receiver<()>, expected: usize) -> Vec<u32> {
+/// Receives until `stop`, returning the delivery latency in microseconds of each event
+/// committed from `measured_from` on (earlier ones, a prefill's tail, are not the
+/// scenario's).
+async fn listen(
+    mut socket: Socket,
+    stop: oneshot::Receiver<()>,
+    expected: usize,
+    measured_from: chrono::DateTime<chrono::Utc>,
+) -> Vec<u32> {
     let mut latencies = Vec::with_capacity(expected);
     tokio::pin!(stop);
     loop {
@@ -131,7 +138,7 @@ async fn listen(mut socket: Socket, stop: oneshot::Receiver<()>, expected: usize
             message = socket.next() => match message {
                 Some(Ok(Message::Text(text))) => {
                     let received = chrono::Utc::now();
-                    if let Some(at) = committed_at(&text) {
+                    if let Some(at) = committed_at(&text).filter(|at| *at >= measured_from) {
                         let micros = (received - at).num_microseconds().unwrap_or(0);
                         latencies.push(micros.clamp(0, i64::from(u32::MAX)) as u32);
                     }
@@ -254,11 +261,12 @@ async fn main() {
     }
 
     let total = (args.rate * args.seconds as f64) as u64;
+    let measured_from = chrono::Utc::now();
     let (stops, listeners): (Vec<_>, Vec<_>) = sockets
         .into_iter()
         .map(|socket| {
             let (stop, stopped) = oneshot::channel();
-            (stop, tokio::spawn(listen(socket, stopped, total as usize)))
+            (stop, tokio::spawn(listen(socket, stopped, total as usize, measured_from)))
         })
         .unzip();
 

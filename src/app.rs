@@ -46,7 +46,7 @@ use crate::{
     http::{
         self, extract,
         middleware::{
-            drain::Draining,
+            drain::{Draining, OpenConnections},
             envelope::envelope,
             http_metrics::RequestMetrics,
             rate_limit::{limit_rate, FailOpenGate, PolicyFields},
@@ -272,6 +272,9 @@ impl Application {
         let local_addr =
             listener.local_addr().map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;
         let buffered = state.metrics.ws_buffered_bytes.clone();
+        let open_connections =
+            OpenConnections::new(descriptors.http_connections, state.metrics.http_connections.clone());
+        let connections_data = web::Data::new(open_connections.clone());
         // actix-web's HttpServer, spelled out so that live-updates connections can leave
         // the HTTP/1 dispatcher after their handshake (see http/ws/upgrade.rs).
         let server = actix_server::Server::build()
@@ -295,6 +298,7 @@ impl Application {
                     .app_data(web::Data::new(RequestMetrics::new(Arc::clone(&state.metrics))))
                     .app_data(RequestIds::default())
                     .app_data(web::Data::new(drain_flag.clone()))
+                    .app_data(connections_data.clone())
                     .app_data(fail_open.clone())
                     .app_data(web::Data::new(PolicyFields::new(&state.config.rate_limits)))
                     .app_data(extract::json_config())
@@ -310,7 +314,11 @@ impl Application {
                     .map(|response| response.map_into_boxed_body())
                     .map_err(|error: actix_web::Error| error.as_response_error().error_response());
                 let slot = Rc::new(OnceCell::new());
+                let open_connections = open_connections.clone();
                 HttpService::build()
+                    .on_connect_ext(move |_: &actix_rt::net::TcpStream, data| {
+                        data.insert(open_connections.opened());
+                    })
                     .client_request_timeout(Duration::from_secs(5))
                     .client_disconnect_timeout(Duration::from_secs(1))
                     .h1_allow_half_closed(true)

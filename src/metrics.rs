@@ -42,6 +42,7 @@ pub struct Metrics {
     /// Lease traffic between limiter shards, by event.
     pub rate_limiter_leases: IntCounterVec,
     pub rate_limiter_redis_calls: IntCounterVec,
+    pub http_connections: IntGauge,
     pub ws_connections: IntGauge,
     pub ws_events_sent: IntCounterVec,
     pub ws_disconnects: IntCounterVec,
@@ -217,6 +218,11 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let http_connections = register(
+            &registry,
+            IntGauge::new("http_connections", "Open HTTP connections (a live-updates one leaves at its upgrade)")
+                .expect("valid metric"),
+        );
         let ws_connections = register(
             &registry,
             IntGauge::new("ws_connections", "Open live-updates WebSocket connections").expect("valid metric"),
@@ -292,6 +298,7 @@ impl Metrics {
         );
         let metrics = Self {
             password_hasher_runs,
+            http_connections,
             ws_connections,
             ws_events_sent,
             ws_disconnects,

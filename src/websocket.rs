@@ -14,6 +14,9 @@ const MAX_CONTROL_PAYLOAD: usize = 125;
 const MAX_CLIENT_HEADER: usize = 14;
 /// The most a reader holds of one incomplete frame.
 pub const MAX_PENDING_BYTES: usize = MAX_CLIENT_HEADER + MAX_MESSAGE_BYTES;
+/// What each fragment of a message counts toward its 4 KiB besides its payload, so that
+/// a stream of empty fragments ends like an oversized message does.
+const FRAGMENT_COST: usize = 16;
 
 const OP_CONTINUATION: u8 = 0x0;
 const OP_TEXT: u8 = 0x1;
@@ -132,9 +135,10 @@ fn parse_header(bytes: &[u8], message: Option<usize>) -> Result<Option<Header>, 
             (OP_TEXT, Some(_)) => return Err(Violation::Protocol("new message inside a fragmented one")),
             _ => {}
         }
-        // Judged by what the header declares, before a byte of the payload is read.
-        let room = MAX_MESSAGE_BYTES - message.unwrap_or(0);
-        if declared > room as u64 {
+        // Judged by what the header declares, before a byte of the payload is read; a
+        // continuation also costs its fragment's share.
+        let used = message.map_or(0, |so_far| so_far + FRAGMENT_COST) as u64;
+        if declared.saturating_add(used) > MAX_MESSAGE_BYTES as u64 {
             return Err(Violation::TooBig);
         }
     }
@@ -153,6 +157,8 @@ pub struct MessageReader {
     pending: Vec<u8>,
     /// A text message arriving in fragments.
     fragments: Vec<u8>,
+    /// Fragments of it so far (each costs `FRAGMENT_COST` of the message's budget).
+    fragment_count: usize,
     in_message: bool,
 }
 
@@ -176,7 +182,7 @@ impl MessageReader {
     /// The next complete message, `Ok(None)` until more bytes arrive.
     pub fn next_message(&mut self) -> Result<Option<Incoming>, Violation> {
         loop {
-            let message = self.in_message.then_some(self.fragments.len());
+            let message = self.in_message.then_some(self.fragments.len() + self.fragment_count * FRAGMENT_COST);
             let Some(header) = parse_header(&self.pending, message)? else {
                 self.release_if_empty();
                 return Ok(None);
@@ -191,6 +197,11 @@ impl MessageReader {
             }
             self.pending.drain(..end);
             self.release_if_empty();
+            // A client that sent several frames at once (early, say) may have grown the
+            // buffer past one frame: give the excess back.
+            if self.pending.capacity() > MAX_PENDING_BYTES {
+                self.pending.shrink_to(MAX_PENDING_BYTES);
+            }
             match header.opcode {
                 OP_PING => return Ok(Some(Incoming::Ping(Bytes::from(payload)))),
                 OP_PONG => return Ok(Some(Incoming::Pong)),
@@ -201,10 +212,12 @@ impl MessageReader {
                 payload
             } else {
                 self.fragments.extend_from_slice(&payload);
+                self.fragment_count += 1;
                 self.in_message = !header.fin;
                 if self.in_message {
                     continue;
                 }
+                self.fragment_count = 0;
                 std::mem::take(&mut self.fragments)
             };
             return String::from_utf8(whole).map(|text| Some(Incoming::Text(text))).map_err(|_| Violation::InvalidUtf8);
@@ -363,6 +376,30 @@ mod tests {
             feed(&mut MessageReader::default(), &bytes).unwrap(),
             [Incoming::Ping(Bytes::new()), Incoming::Text("{\"op\":1}".into())]
         );
+    }
+
+    #[test]
+    fn a_stream_of_empty_fragments_ends_like_an_oversized_message() {
+        let mut bytes = client_frame(0x01, b"", [1, 2, 3, 4]);
+        for _ in 0..MAX_MESSAGE_BYTES / FRAGMENT_COST {
+            bytes.extend(client_frame(0x00, b"", [1, 2, 3, 4]));
+        }
+        assert_eq!(feed(&mut MessageReader::default(), &bytes), Err(Violation::TooBig));
+    }
+
+    #[test]
+    fn a_buffer_grown_by_early_data_shrinks_back_to_one_frame() {
+        let mut reader = MessageReader::default();
+        let mut early = Vec::new();
+        for _ in 0..1000 {
+            early.extend(client_frame(0x89, b"", [1, 2, 3, 4]));
+        }
+        early.extend(&client_frame(0x81, b"{}", [1, 2, 3, 4])[..3]);
+        reader.push(&early);
+        while let Some(message) = reader.next_message().unwrap() {
+            assert_eq!(message, Incoming::Ping(Bytes::new()));
+        }
+        assert!(reader.buffered() <= MAX_PENDING_BYTES, "{} bytes held", reader.buffered());
     }
 
     #[test]

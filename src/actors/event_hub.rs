@@ -4,10 +4,12 @@
 //! `try_send` on the session's bounded queue. A full queue is a slow consumer, which is
 //! cut loose — the hub itself never waits for anyone.
 //!
-//! Sessions own their position (the last event id they delivered per topic), so the hub's
-//! own state is disposable: after a panic, or when it finds it may have missed events, it
-//! drops every session, and each re-attaches and replays from its position through the
-//! database. Nothing is lost and nothing is sent twice.
+//! Sessions own their position (the last event id they delivered per topic), so the
+//! hub's queues are disposable: after a panic, when it finds it may have missed events, or
+//! when a queue overflows, it pauses the session (closes its queue), and the session
+//! resumes with a fresh one and replays from its position through the database. Nothing is
+//! lost and nothing is sent twice. A paused session still counts against every limit and
+//! still hears a revocation or a shutdown: it is forgotten only when it says it is gone.
 
 use std::{
     collections::HashMap,
@@ -19,7 +21,7 @@ use std::{
 };
 
 use actix::{
-    fut::wrap_future, Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, Supervised,
+    fut::wrap_future, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, Supervised,
 };
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -69,21 +71,46 @@ pub enum Outbound {
     ViewerChanged(Viewer),
 }
 
-/// Why the hub let go of a session.
+/// Why the hub closed a session's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Detached {
-    /// Its queue overflowed: the subscriber is not reading fast enough.
+    /// Its queue overflowed: the subscriber is not taking events fast enough.
     SlowConsumer,
-    /// The hub restarted or may have missed events: re-attach and replay.
+    /// The hub restarted or may have missed events: resume and replay.
     Resync,
     UserDeleted,
-    /// The user's password or role changed after the session's token was issued.
+    /// The user's password, email or role changed after the session's token was issued.
     TokenRevoked,
     /// The replica is shutting down.
     Shutdown,
 }
 
+impl Detached {
+    /// Whether the session must end (rather than resume with a fresh queue).
+    pub fn ends_session(self) -> bool {
+        matches!(self, Self::UserDeleted | Self::TokenRevoked | Self::Shutdown)
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Self::SlowConsumer => 1,
+            Self::Resync => 2,
+            Self::UserDeleted => 3,
+            Self::TokenRevoked => 4,
+            Self::Shutdown => 5,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        [Self::SlowConsumer, Self::Resync, Self::UserDeleted, Self::TokenRevoked, Self::Shutdown]
+            .into_iter()
+            .find(|reason| reason.code() == code)
+    }
+}
+
 /// The hub's word to one session, readable without a queue slot (the queue may be full).
+/// One per session for its whole life: a pause is cleared when the session resumes; a
+/// reason that ends the session overrides any pause and is never cleared.
 #[derive(Debug, Default)]
 pub struct Kick {
     reason: AtomicU8,
@@ -92,36 +119,34 @@ pub struct Kick {
 
 impl Kick {
     fn fire(&self, reason: Detached) {
-        let code = match reason {
-            Detached::SlowConsumer => 1,
-            Detached::Resync => 2,
-            Detached::UserDeleted => 3,
-            Detached::TokenRevoked => 4,
-            Detached::Shutdown => 5,
-        };
-        self.reason.store(code, Ordering::Release);
+        if reason.ends_session() {
+            self.reason.store(reason.code(), Ordering::Release);
+        } else {
+            // A pause never hides an end, nor another pause not yet handled.
+            let _ = self.reason.compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire);
+        }
         self.notify.notify_one();
     }
 
-    pub fn reason(&self) -> Option<Detached> {
-        match self.reason.load(Ordering::Acquire) {
-            1 => Some(Detached::SlowConsumer),
-            2 => Some(Detached::Resync),
-            3 => Some(Detached::UserDeleted),
-            4 => Some(Detached::TokenRevoked),
-            5 => Some(Detached::Shutdown),
-            _ => None,
+    /// The session has a fresh queue: a pause is over (an end is not).
+    fn resume(&self) -> bool {
+        let current = self.reason.load(Ordering::Acquire);
+        match Detached::from_code(current) {
+            Some(reason) if reason.ends_session() => false,
+            _ => {
+                let _ = self.reason.compare_exchange(current, 0, Ordering::AcqRel, Ordering::Acquire);
+                true
+            }
         }
     }
 
-    /// Resolves once the hub has let go of the session.
-    pub async fn fired(&self) -> Detached {
-        loop {
-            if let Some(reason) = self.reason() {
-                return reason;
-            }
-            self.notify.notified().await;
-        }
+    pub fn reason(&self) -> Option<Detached> {
+        Detached::from_code(self.reason.load(Ordering::Acquire))
+    }
+
+    /// Resolves after the hub's next word (at once if one came since the last wait).
+    pub async fn changed(&self) {
+        self.notify.notified().await;
     }
 }
 
@@ -145,7 +170,8 @@ struct Subscriber {
     /// The client address of an anonymous session, for the per-address limit.
     anonymous_from: Option<IpAddr>,
     topics: TopicSet,
-    queue: mpsc::Sender<Outbound>,
+    /// `None` while paused: the session resumes with a fresh queue.
+    queue: Option<mpsc::Sender<Outbound>>,
     kick: Arc<Kick>,
 }
 
@@ -165,6 +191,8 @@ pub struct EventHub {
     ops_sequence: i64,
     limits: HubLimits,
     shutting_down: bool,
+    /// When sessions that vanished without a word were last looked for (at the cap).
+    last_sweep: Option<std::time::Instant>,
     db: DbGateway,
     reporter: RestartReporter,
 }
@@ -181,6 +209,7 @@ impl EventHub {
             ops_sequence: 0,
             limits,
             shutting_down: false,
+            last_sweep: None,
             db,
             reporter,
         }
@@ -226,10 +255,14 @@ impl EventHub {
     }
 
     fn admit(&mut self, viewer: Viewer, address: Option<IpAddr>) -> Result<(), AttachRefused> {
-        if self.sessions.len() >= self.limits.max_connections {
-            // A session whose task is gone no longer counts, even if its Detach went astray.
+        let swept_lately = self.last_sweep.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1));
+        if self.sessions.len() >= self.limits.max_connections && !swept_lately {
+            // A session whose task is gone (it holds its kick while it lives) no longer
+            // counts, even if its Detach went astray. At most once a second: refusals at
+            // the cap must stay cheap.
+            self.last_sweep = Some(std::time::Instant::now());
             let gone: Vec<SessionId> =
-                self.sessions.iter().filter(|(_, s)| s.queue.is_closed()).map(|(id, _)| *id).collect();
+                self.sessions.iter().filter(|(_, s)| Arc::strong_count(&s.kick) == 1).map(|(id, _)| *id).collect();
             for id in gone {
                 self.remove_session(id);
             }
@@ -255,18 +288,20 @@ impl EventHub {
         }
     }
 
-    /// Lets go of a session: the kick says why, and dropping its queue's sender wakes it.
-    fn detach(&mut self, id: SessionId, reason: Detached) {
-        if let Some(subscriber) = self.remove_session(id) {
+    /// Closes a session's queue; the kick says why (pause or end). The session stays
+    /// counted until it detaches.
+    fn kick(&mut self, id: SessionId, reason: Detached) {
+        if let Some(subscriber) = self.sessions.get_mut(&id) {
+            // The word first: a session that finds its queue closed reads why.
             subscriber.kick.fire(reason);
+            subscriber.queue = None;
         }
     }
 
-    fn detach_all(&mut self, reason: Detached) {
-        self.by_user.clear();
-        self.anonymous_by_address.clear();
-        for (_, subscriber) in self.sessions.drain() {
+    fn kick_all(&mut self, reason: Detached) {
+        for subscriber in self.sessions.values_mut() {
             subscriber.kick.fire(reason);
+            subscriber.queue = None;
         }
     }
 
@@ -275,17 +310,18 @@ impl EventHub {
     fn fan_out(&mut self, delivery: Arc<Delivery>, owner: Option<Uuid>) {
         let (mut slow, mut gone) = (Vec::new(), Vec::new());
         for (id, subscriber) in &self.sessions {
+            let Some(queue) = &subscriber.queue else { continue };
             if !subscriber.topics.contains(delivery.topic) || !subscriber.viewer.sees(delivery.topic, owner) {
                 continue;
             }
-            match subscriber.queue.try_send(Outbound::Event(Arc::clone(&delivery))) {
+            match queue.try_send(Outbound::Event(Arc::clone(&delivery))) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => slow.push(*id),
                 Err(mpsc::error::TrySendError::Closed(_)) => gone.push(*id),
             }
         }
         for id in slow {
-            self.detach(id, Detached::SlowConsumer);
+            self.kick(id, Detached::SlowConsumer);
         }
         for id in gone {
             self.remove_session(id);
@@ -298,7 +334,7 @@ impl EventHub {
             // panic): every session replays them from the database.
             tracing::warn!(position = self.position, after, "event hub missed events; sessions resync");
             self.position = after;
-            self.detach_all(Detached::Resync);
+            self.kick_all(Detached::Resync);
         }
         self.pending_through = self.pending_through.max(events.last().map_or(self.position, |event| event.id));
         for event in events {
@@ -354,7 +390,7 @@ impl EventHub {
         for id in self.sessions_of(user) {
             let Some(subscriber) = self.sessions.get_mut(&id) else { continue };
             if subscriber.generation.is_some_and(|generation| generation != found.token_generation) {
-                self.detach(id, Detached::TokenRevoked);
+                self.kick(id, Detached::TokenRevoked);
                 continue;
             }
             if subscriber.viewer == viewer {
@@ -364,18 +400,21 @@ impl EventHub {
             for topic in subscriber.topics.iter().filter(|topic| !viewer.may_subscribe(*topic)) {
                 subscriber.topics.remove(topic);
             }
-            if subscriber.queue.try_send(Outbound::ViewerChanged(viewer)).is_err() {
+            // A paused session looks the user up again when it resumes.
+            let told =
+                subscriber.queue.as_ref().is_none_or(|queue| queue.try_send(Outbound::ViewerChanged(viewer)).is_ok());
+            if !told {
                 slow.push(id);
             }
         }
         for id in slow {
-            self.detach(id, Detached::SlowConsumer);
+            self.kick(id, Detached::SlowConsumer);
         }
     }
 
     fn drop_user(&mut self, user: Uuid, reason: Detached) {
         for id in self.sessions_of(user) {
-            self.detach(id, reason);
+            self.kick(id, reason);
         }
     }
 }
@@ -393,10 +432,11 @@ impl Guarded for EventHub {
 impl Supervised for EventHub {
     fn restarting(&mut self, ctx: &mut Context<Self>) {
         // Whatever the panic left half-done, the sessions know what they delivered: they
-        // re-attach and replay up to the end of the batch that was being handed out.
+        // resume and replay up to the end of the batch that was being handed out. Who is
+        // connected is kept: it is what the limits count.
         guarded(self, ctx, |act, _| {
             act.position = act.position.max(act.pending_through);
-            act.detach_all(Detached::Resync);
+            act.kick_all(Detached::Resync);
         });
     }
 }
@@ -412,20 +452,42 @@ pub enum AttachRefused {
     ShuttingDown,
 }
 
-/// A session joins (or re-joins after the hub let it go) with the topics it holds.
+/// A new connection asks to join: it is counted against every limit until it detaches.
 pub struct Attach {
     pub viewer: Viewer,
     /// The generation of the token that opened the session (signed-in viewers).
     pub generation: Option<i64>,
     /// The client's address, as the rate limiter sees it.
     pub address: Option<IpAddr>,
-    pub topics: TopicSet,
-    /// A session that was already admitted once is not counted against the limits again.
-    pub rejoining: bool,
+}
+
+/// A session's place in the hub: however it is dropped (the session ended, or its
+/// handshake was never answered), the hub stops counting it.
+pub struct Membership {
+    hub: Addr<EventHub>,
+    id: SessionId,
+}
+
+impl Membership {
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    pub fn hub(&self) -> &Addr<EventHub> {
+        &self.hub
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        // Fire and forget: a lost Detach would leave the session counted (the cap's
+        // sweep would find it only later).
+        self.hub.do_send(Detach(self.id));
+    }
 }
 
 pub struct Attached {
-    pub id: SessionId,
+    pub membership: Membership,
     pub queue: mpsc::Receiver<Outbound>,
     pub kick: Arc<Kick>,
     /// Everything up to here is the session's to replay; everything after arrives live.
@@ -439,31 +501,71 @@ impl Message for Attach {
 impl Handler<Attach> for EventHub {
     type Result = MessageResult<Attach>;
     fn handle(&mut self, msg: Attach, ctx: &mut Context<Self>) -> Self::Result {
+        let hub = ctx.address();
         let attached = guarded(self, ctx, |act, _| {
             if act.shutting_down {
                 return Err(AttachRefused::ShuttingDown);
             }
-            if !msg.rejoining {
-                act.admit(msg.viewer, msg.address)?;
-            }
+            act.admit(msg.viewer, msg.address)?;
             let (sender, queue) = mpsc::channel(act.limits.max_pending);
             let kick = Arc::new(Kick::default());
             let id = act.next_id;
             act.next_id += 1;
-            let anonymous_from = if msg.viewer.user_id().is_none() { msg.address } else { None };
+            // Anonymous sessions count against their address (an unknown one too).
+            let anonymous_from = msg
+                .viewer
+                .user_id()
+                .is_none()
+                .then(|| msg.address.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)));
             let subscriber = Subscriber {
                 viewer: msg.viewer,
                 generation: msg.generation,
                 anonymous_from,
-                topics: msg.topics,
-                queue: sender,
+                topics: TopicSet::default(),
+                queue: Some(sender),
                 kick: Arc::clone(&kick),
             };
             act.add_session(id, subscriber);
-            Ok(Attached { id, queue, kick, position: act.position })
+            let membership = Membership { hub, id };
+            Ok(Attached { membership, queue, kick, position: act.position })
         });
         // A panic here already restarted the hub; the caller tries again.
         MessageResult(attached.unwrap_or(Err(AttachRefused::TooManyConnections)))
+    }
+}
+
+/// A paused session asks for a fresh queue, with the topics it holds. `None`: the hub
+/// no longer knows it, or it is to end (its kick says why).
+pub struct Resume {
+    pub id: SessionId,
+    pub topics: TopicSet,
+}
+
+pub struct Resumed {
+    pub queue: mpsc::Receiver<Outbound>,
+    /// Everything up to here is the session's to replay; everything after arrives live.
+    pub position: i64,
+}
+
+impl Message for Resume {
+    type Result = Option<Resumed>;
+}
+
+impl Handler<Resume> for EventHub {
+    type Result = MessageResult<Resume>;
+    fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) -> Self::Result {
+        let resumed = guarded(self, ctx, |act, _| {
+            let max_pending = act.limits.max_pending;
+            let subscriber = act.sessions.get_mut(&msg.id)?;
+            if !subscriber.kick.resume() {
+                return None;
+            }
+            let (sender, queue) = mpsc::channel(max_pending);
+            subscriber.queue = Some(sender);
+            subscriber.topics = msg.topics;
+            Some(Resumed { queue, position: act.position })
+        });
+        MessageResult(resumed.flatten())
     }
 }
 
@@ -497,7 +599,7 @@ impl Handler<ShutDown> for EventHub {
     fn handle(&mut self, _msg: ShutDown, ctx: &mut Context<Self>) {
         guarded(self, ctx, |act, _| {
             act.shutting_down = true;
-            act.detach_all(Detached::Shutdown);
+            act.kick_all(Detached::Shutdown);
         });
     }
 }

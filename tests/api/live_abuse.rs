@@ -9,14 +9,16 @@ use crate::common::{
     child_server::ChildServer,
     events::execute,
     raw_ws::{Handshake, RawWs, ServerFrame},
-    Backend, TestApp, TestDatabase,
+    Backend, TestApp, TestDatabase, JWT_SECRET,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 
 on_both_backends!(
     never_reading_replayers_are_closed_within_bounded_memory_and_resume_without_loss,
     a_password_change_closes_the_connections_its_old_tokens_opened,
+    paused_sessions_still_count_and_still_hear_a_revocation,
 );
 
 fn address_of(app: &TestApp) -> SocketAddr {
@@ -378,4 +380,244 @@ async fn descriptor_exhaustion_leaves_health_and_sign_in_answering() {
     assert!(!token.is_empty());
     let product = server.client.get(format!("{}/api/v1/products", server.base)).send().await.expect("products");
     assert_eq!(product.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_floods_pings_and_never_reads_is_held_to_its_bound() {
+    let database = TestDatabase::create(Backend::Sqlite);
+    let server = ChildServer::start(&database.url(), &[], None).await;
+    let before = server.rss_bytes();
+    // Empty pings, as fast as the server takes them, from a client that reads nothing:
+    // each asks for a pong that cannot be delivered. (Before, one such client grew the
+    // server by gigabytes.)
+    let ws = RawWs::open(server.address, Handshake::default().small_buffer()).await.expect("upgrade");
+    let (_reader, mut writer) = ws.split();
+    let pings: Vec<u8> = (0..1024).flat_map(|_| RawWs::frame(0x89, b"")).collect();
+    let mut peak_buffered = 0f64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match tokio::time::timeout(Duration::from_millis(100), writer.write_all(&pings)).await {
+            Ok(Ok(())) => {}
+            // The server has closed the connection.
+            Ok(Err(_)) => break,
+            // The server reads no more: TCP pushes back.
+            Err(_) => {}
+        }
+        peak_buffered = peak_buffered.max(server.metric("storefront_ws_buffered_bytes").await);
+        if server.metric(r#"storefront_ws_disconnects_total{reason="slow_consumer"}"#).await >= 1.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "a client that reads nothing was never closed");
+    }
+    let grown = server.rss_bytes().saturating_sub(before);
+    assert!(grown < 16 * 1024 * 1024, "RSS grew by {} MiB", grown >> 20);
+    assert!(peak_buffered < 256.0 * 1024.0, "{peak_buffered} bytes buffered for one connection");
+    assert_eq!(server.metric(r#"storefront_ws_disconnects_total{reason="slow_consumer"}"#).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_frames_postpones_no_deadline() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let (alice_id, _) = app.user("alice@example.com").await;
+    let now = chrono::Utc::now().timestamp();
+    let claims = storefront::auth::tokens::Claims {
+        iss: "storefront".into(),
+        aud: "storefront-api".into(),
+        sub: alice_id,
+        role: storefront::domain::user::Role::User,
+        iat: now,
+        nbf: now,
+        exp: now + 2,
+        gen: 0,
+    };
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap();
+    // A client that reads everything (so it is never slow) and sends pings without pause
+    // until the server closes it.
+    let ws = RawWs::open(address_of(&app), Handshake::default().bearer(&token)).await.expect("upgrade");
+    let (mut reader, mut writer) = ws.split();
+    let flood = tokio::spawn(async move {
+        let pings: Vec<u8> = (0..256).flat_map(|_| RawWs::frame(0x89, b"")).collect();
+        while writer.write_all(&pings).await.is_ok() {}
+    });
+    let close = tokio::time::timeout(Duration::from_secs(30), reader.close_frame()).await;
+    flood.abort();
+    assert_eq!(
+        close.expect("the token's expiry was not postponed by the flood"),
+        Some((1008, "token expired".to_owned()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_sent_before_the_handshake_is_answered_is_bounded() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let address = address_of(&app);
+    // A subscribe sent right behind the handshake (some clients do) is taken.
+    let subscribe = RawWs::frame(0x81, json!({"op": "subscribe", "topics": ["products"]}).to_string().as_bytes());
+    let mut eager = RawWs::open_with_early(address, &subscribe).await.expect("upgrade");
+    assert_eq!(eager.next_json().await["type"], "subscribed");
+    // 64 KiB of frames before the answer is not held: the connection is refused 1009.
+    let flood: Vec<u8> = (0..10_000).flat_map(|_| RawWs::frame(0x89, b"")).collect();
+    let mut greedy = RawWs::open_with_early(address, &flood).await.expect("upgrade");
+    assert_eq!(greedy.close_frame().await.map(|(code, _)| code), Some(1009));
+    assert!(app.metric("storefront_ws_buffered_bytes").await < 8.0 * 1024.0);
+}
+
+async fn paused_sessions_still_count_and_still_hear_a_revocation(backend: Backend) {
+    // Small queues, so the hub pauses a replaying session at once.
+    let app = TestApp::builder(backend)
+        .setting("ws-max-pending", "2")
+        .setting("ws-max-anonymous-per-address", "2")
+        .spawn()
+        .await;
+    let address = address_of(&app);
+    let (_, admin) = app.admin("root@example.com").await;
+    let (alice_id, alice) = app.user("alice@example.com").await;
+    let last = bulk_events(&app.database_url, 2_000, 2_000);
+    hub_reaches(address, last).await;
+
+    // Two anonymous clients and Alice replay the whole outbox, reading slowly but without
+    // pause; meanwhile new events fill their queues, so the hub pauses them.
+    // Each reads until the product is renamed "done" (the test's last write).
+    let mut readers = Vec::new();
+    let handshakes = [
+        Handshake::default().from("127.0.0.31"),
+        Handshake::default().from("127.0.0.31"),
+        Handshake::default().from("127.0.0.32").bearer(&alice),
+    ];
+    for handshake in handshakes {
+        let mut ws = RawWs::open(address, handshake.small_buffer()).await.expect("upgrade");
+        assert_eq!(subscribe(&mut ws, &["products"], Some(0)).await["type"], "subscribed");
+        let (mut reader, writer) = ws.split();
+        readers.push(tokio::spawn(async move {
+            let _writer = writer;
+            let mut ids = Vec::new();
+            loop {
+                match reader.next_frame().await {
+                    Some(ServerFrame::Text(text)) => {
+                        let message: Value = serde_json::from_str(&text).expect("JSON");
+                        if message["type"] == "event" {
+                            ids.push(message["id"].as_i64().expect("an id"));
+                            if message["data"]["name"] == "done" {
+                                return (ids, None);
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Some(ServerFrame::Close(close)) => return (ids, close),
+                    Some(_) => {}
+                    None => return (ids, None),
+                }
+            }
+        }));
+    }
+    let product = app
+        .send_json(Method::POST, "/api/v1/products", &admin, &json!({"name": "Fan", "price_cents": 100, "stock": 1}))
+        .await;
+    assert_eq!(product.status(), 201);
+    let product = product.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    for stock in 0..20 {
+        let patched = app
+            .send_json(Method::PATCH, &format!("/api/v1/products/{product}"), &admin, &json!({"stock": stock}))
+            .await;
+        assert_eq!(patched.status(), 200);
+    }
+
+    // Paused or not, they still count: a third anonymous connection from that address is refused.
+    let refused = RawWs::open(address, Handshake::default().from("127.0.0.31")).await.err().expect("refused");
+    assert_eq!(refused.status, 429);
+    // And Alice's, paused mid-replay or not, closes when her password is reset.
+    let reset = app
+        .send_json(Method::PATCH, &format!("/api/v1/users/{alice_id}"), &admin, &json!({"password": "a new long one"}))
+        .await;
+    assert_eq!(reset.status(), 200);
+    let alices = readers.pop().expect("Alice's reader");
+    let (_, close) = alices.await.unwrap();
+    assert_eq!(close, Some((1008, "token revoked".to_owned())));
+
+    // The anonymous ones, reading on, get every product event once, in order, and stay.
+    let done =
+        app.send_json(Method::PATCH, &format!("/api/v1/products/{product}"), &admin, &json!({"name": "done"})).await;
+    assert_eq!(done.status(), 200);
+    let products: Vec<i64> = crate::common::events::read_events(&app.database_url)
+        .into_iter()
+        .filter(|event| event.topic == "products")
+        .map(|event| event.id)
+        .collect();
+    for reader in readers {
+        let (ids, close) = reader.await.unwrap();
+        assert_eq!(close, None, "a reading client was closed");
+        assert_eq!(ids, products, "every product event, once, in order");
+    }
+    assert_eq!(app.metric(r#"storefront_ws_disconnects_total{reason="slow_consumer"}"#).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_cannot_hold_the_slots_health_checks_need() {
+    use tokio::io::AsyncReadExt;
+    let database = TestDatabase::create(Backend::Sqlite);
+    let server = ChildServer::start(&database.url(), &[("DB_POOL_SIZE", "4")], Some(256)).await;
+    // More keep-alive clients than the replica accepts HTTP connections at this open-file
+    // limit, each asking again every 300 ms and reconnecting whenever it is let go.
+    let address = server.address;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut holders = Vec::new();
+    for index in 0..80 {
+        let stopped = stopped.clone();
+        holders.push(tokio::spawn(async move {
+            let from: std::net::IpAddr = format!("127.0.2.{}", 1 + index % 4).parse().unwrap();
+            let request = format!("GET /livez HTTP/1.1\r\nHost: {address}\r\n\r\n");
+            while !*stopped.borrow() {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind(SocketAddr::new(from, 0)).unwrap();
+                let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(2), socket.connect(address)).await
+                else {
+                    continue;
+                };
+                let mut buffer = [0u8; 1024];
+                loop {
+                    if *stopped.borrow() || stream.write_all(request.as_bytes()).await.is_err() {
+                        break;
+                    }
+                    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await {
+                        Ok(Ok(read)) if read > 0 => {}
+                        _ => break,
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }));
+    }
+    // Let them settle in, then everyone else must still be served, on fresh connections.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while server.metric("storefront_http_connections").await < 48.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the holders never crowded the replica");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..3 {
+        let fresh =
+            reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(20)).build().unwrap();
+        for path in ["/livez", "/readyz"] {
+            let answer = fresh.get(format!("{}{path}", server.base)).send().await;
+            assert_eq!(answer.map(|answer| answer.status().as_u16()).ok(), Some(200), "{path} while crowded");
+        }
+        let signed_up = fresh
+            .post(format!("{}/api/v1/auth/register", server.base))
+            .json(&json!({"email": format!("late{}@example.com", rand_suffix()), "password": crate::common::PASSWORD, "name": "Late"}))
+            .send()
+            .await;
+        assert_eq!(signed_up.map(|answer| answer.status().as_u16()).ok(), Some(201), "sign-up while crowded");
+    }
+    let _ = stop.send(true);
+    for holder in holders {
+        holder.abort();
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|elapsed| elapsed.as_nanos()).unwrap_or(0)
 }

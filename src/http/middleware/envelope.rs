@@ -37,7 +37,7 @@ pub async fn envelope(
     head::route_as_get(&mut req);
     let method = req.method().clone();
     let method_label = http_metrics::method_label(&method);
-    let draining = drain::is_draining(&req);
+    let closes_after = drain::closes_after(&req);
     let (request_id, id_header) = request_id::assign(&req, req.app_data::<RequestIds>());
     let span = request_span::start(&req, &request_id);
     let metrics = req.app_data::<web::Data<RequestMetrics>>().cloned();
@@ -92,7 +92,7 @@ pub async fn envelope(
     if let Some(header) = id_header {
         response.headers_mut().insert(REQUEST_ID_HEADER.clone(), header);
     }
-    if draining {
+    if closes_after {
         drain::close_connection(&mut response);
     }
     Ok(response)

@@ -18,7 +18,7 @@ use actix_web::{
 use crate::{
     actors::event_hub::{Attach, AttachRefused},
     config::Config,
-    domain::live::{TopicSet, Viewer},
+    domain::live::Viewer,
     error::AppError,
     http::{auth_header::bearer_token, middleware::rate_limit::client_ip},
     metrics::refusal_reason,
@@ -50,7 +50,7 @@ pub async fn connect(state: web::Data<AppState>, request: HttpRequest) -> Result
     let key = request.headers().get(header::SEC_WEBSOCKET_KEY).ok_or_else(not_a_handshake)?;
     let accept = actix_http::ws::hash_key(key.as_bytes());
     check_origin(&request, &state.config)?;
-    let address = client_ip(&request, &state.config.trusted_proxies);
+    let address = client_ip(&request, &state.config.trusted_proxies).map(address_key);
     let (viewer, generation, token_expires_at) =
         match bearer_token(&request).map(str::to_owned).or_else(|| query_token(&request)) {
             None => (Viewer::Anonymous, None, None),
@@ -65,7 +65,7 @@ pub async fn connect(state: web::Data<AppState>, request: HttpRequest) -> Result
                 (Viewer::User { id: user.id, role: user.role }, Some(claims.generation), Some(claims.expires_at))
             }
         };
-    let attach = Attach { viewer, generation, address, topics: TopicSet::default(), rejoining: false };
+    let attach = Attach { viewer, generation, address };
     let attached = state
         .hub
         .send(attach)
@@ -74,12 +74,10 @@ pub async fn connect(state: web::Data<AppState>, request: HttpRequest) -> Result
         .map_err(|_| AppError::unavailable("Live updates are restarting; try again shortly."))?
         .map_err(|refused| refusal(&state, refused))?;
     let setup = session::SessionSetup {
-        hub: state.hub.clone(),
         db: state.db.clone(),
         metrics: state.metrics.clone(),
         viewer,
         generation,
-        address,
         token_expires_at,
         attached,
         ping_interval: state.config.live_updates.ping_interval,
@@ -91,8 +89,23 @@ pub async fn connect(state: web::Data<AppState>, request: HttpRequest) -> Result
             header::HeaderValue::from_bytes(&accept).map_err(|_| not_a_handshake())?,
         ))
         .finish();
-    response.extensions_mut().insert(upgrade::Grant::new(setup));
+    response.extensions_mut().insert(upgrade::Grant(setup));
     Ok(response)
+}
+
+/// The address anonymous connections are counted by: an IPv6 client's /64 (one host
+/// usually holds a whole /64), an IPv4 one as it is.
+fn address_key(address: std::net::IpAddr) -> std::net::IpAddr {
+    match address {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                std::net::IpAddr::V6(std::net::Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
 }
 
 /// A refused attach as the problem the client gets, counted by the limit that refused it.

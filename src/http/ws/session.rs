@@ -6,15 +6,17 @@
 //! come from the database up to the hub's position at the moment of (re)subscribing, live
 //! ones from the queue, and anything at or below the session's position is skipped.
 //!
-//! What a connection holds is bounded whatever the client does: frames queued for the
-//! socket stop being added at `LIVE_HIGH_WATER` (the hub's queue then fills and the hub
-//! cuts the subscriber loose), a replay reads its next page only once the socket has taken
-//! the last one down to `REPLAY_ROOM`, and pages are bounded in bytes. A client whose socket
-//! takes nothing for `STALL_LIMIT` while bytes wait is a slow consumer, replaying or not.
+//! What a connection holds is bounded whatever the client does: once the socket is backed
+//! up (`WsSocket::backed_up`) the session takes no more live events (the hub's queue then
+//! fills and the hub pauses it) and reads nothing more from the client (so TCP pushes
+//! back on it); a replay reads its next page only once the socket has taken the last one
+//! down to `REPLAY_ROOM`, and pages are bounded in bytes. A client whose socket takes
+//! nothing for `STALL_LIMIT` while bytes wait is a slow consumer, replaying or not. The
+//! deadlines are checked on every turn, so no flood of frames can postpone them.
 
-use std::{future::poll_fn, net::IpAddr, sync::Arc, task::Poll, time::Duration};
+use std::{future::poll_fn, sync::Arc, task::Poll, time::Duration};
 
-use actix::Addr;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use prometheus::IntCounter;
 use tokio::{sync::mpsc, time::Instant};
@@ -22,7 +24,7 @@ use tokio::{sync::mpsc, time::Instant};
 use super::socket::{ReadEnd, WsSocket};
 use crate::{
     actors::{
-        event_hub::{Attach, Attached, Delivery, Detach, Detached, EventHub, Kick, Outbound, SessionId, SetTopics},
+        event_hub::{Attached, Delivery, Detached, Kick, Membership, Outbound, Resume, Resumed, SetTopics},
         DbGateway,
     },
     db::{
@@ -41,10 +43,8 @@ use crate::{
 };
 
 const HUB_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often a session that cannot re-attach (the hub restarting) tries again.
-const REJOIN_ATTEMPTS: u32 = 20;
-/// Queued bytes at which a session stops taking live events until the socket catches up.
-pub const LIVE_HIGH_WATER: usize = 32 * 1024;
+/// How often a session asks a hub that does not answer (restarting) again.
+const RETRY_ATTEMPTS: u32 = 20;
 /// A replay reads its next page once no more than this is still queued.
 pub const REPLAY_ROOM: usize = 16 * 1024;
 /// A replay page's payloads in bytes (at least one event, however large).
@@ -58,16 +58,14 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Refused commands in a row after which the connection is closed.
 const REFUSALS_TOLERATED: u32 = 10;
 
-/// Everything a granted handshake hands to the connection.
+/// Everything a granted handshake hands to the connection (dropped unused, its
+/// membership gives the hub its place back).
 pub struct SessionSetup {
-    pub hub: Addr<EventHub>,
     pub db: DbGateway,
     pub metrics: Arc<Metrics>,
     pub viewer: Viewer,
     /// The generation of the token that opened the connection (signed-in viewers).
     pub generation: Option<i64>,
-    /// The client's address, as the rate limiter sees it.
-    pub address: Option<IpAddr>,
     /// When the token that opened the connection expires.
     pub token_expires_at: Option<DateTime<Utc>>,
     pub attached: Attached,
@@ -118,18 +116,6 @@ fn kicked(reason: Detached) -> End {
         }
         Detached::Shutdown => End::with(disconnect_reason::SHUTDOWN, close_code::GOING_AWAY, "server shutting down"),
         Detached::SlowConsumer | Detached::Resync => slow_consumer(),
-    }
-}
-
-/// Leaves the hub however the session ends.
-struct Membership {
-    hub: Addr<EventHub>,
-    id: SessionId,
-}
-
-impl Drop for Membership {
-    fn drop(&mut self) {
-        self.hub.do_send(Detach(self.id));
     }
 }
 
@@ -185,6 +171,7 @@ enum Step {
     /// The socket took enough of what was queued.
     Room,
     Outbound(Option<Outbound>),
+    /// The hub said something (a pause or an end).
     Kicked,
     Deadline,
 }
@@ -198,20 +185,22 @@ struct LiveSession {
     sent: [IntCounter; 4],
     viewer: Viewer,
     generation: Option<i64>,
-    address: Option<IpAddr>,
     membership: Membership,
     queue: mpsc::Receiver<Outbound>,
     kick: Arc<Kick>,
-    /// The hub let go of this session (its queue is closed) and it has not re-joined yet.
-    detached: bool,
+    /// The hub paused this session (its queue is closed) and it has not resumed yet.
+    paused: bool,
     topics: TopicSet,
     /// The last event id delivered per topic (indexed by `Topic as usize`).
     delivered: [i64; 4],
     replay: Option<ReplayCursor>,
-    /// The hub let go while a replay ran: re-join once it is done.
-    rejoin_after_replay: bool,
+    /// The hub paused the session while a replay ran: resume once it is done.
+    resume_after_replay: bool,
     /// A command that arrived during a replay, handled once the replay is done.
     deferred: Option<String>,
+    /// The latest ping's payload, answered once the socket has caught up (RFC 6455
+    /// §5.5.3 lets an endpoint answer only the most recent ping).
+    pending_pong: Option<Bytes>,
     overflows: Overflows,
     budget: CommandBudget,
     refusals: u32,
@@ -224,10 +213,9 @@ struct LiveSession {
 
 /// Serves one connection until it ends, then says goodbye as the end requires.
 pub async fn run(socket: WsSocket, setup: SessionSetup) {
-    let SessionSetup { hub, db, metrics, viewer, generation, address, token_expires_at, attached, ping_interval } =
-        setup;
+    let SessionSetup { db, metrics, viewer, generation, token_expires_at, attached, ping_interval } = setup;
     let open = OpenConnection::new(&metrics);
-    let Attached { id, queue, kick, position } = attached;
+    let Attached { membership, queue, kick, position } = attached;
     let sent = Topic::ALL.map(|topic| metrics.ws_events_sent.with_label_values(&[topic.name()]));
     let now = Instant::now();
     let mut session = LiveSession {
@@ -237,16 +225,16 @@ pub async fn run(socket: WsSocket, setup: SessionSetup) {
         sent,
         viewer,
         generation,
-        address,
-        membership: Membership { hub, id },
+        membership,
         queue,
         kick,
-        detached: false,
+        paused: false,
         topics: TopicSet::default(),
         delivered: [position; 4],
         replay: None,
-        rejoin_after_replay: false,
+        resume_after_replay: false,
         deferred: None,
+        pending_pong: None,
         overflows: Overflows { window_started: now, count: 0 },
         budget: CommandBudget::default(),
         refusals: 0,
@@ -258,37 +246,41 @@ pub async fn run(socket: WsSocket, setup: SessionSetup) {
             .map(|expires_at| now + (expires_at - Utc::now()).to_std().unwrap_or(Duration::ZERO)),
     };
     let end = session.serve().await;
-    let (mut socket, metrics) = session.into_socket();
-    metrics.ws_disconnects.with_label_values(&[end.reason]).inc();
+    session.metrics.ws_disconnects.with_label_values(&[end.reason]).inc();
     if let Some((code, text)) = end.close {
         // A close waits behind nothing but a frame already begun.
-        socket.discard_unsent();
-        socket.send(websocket::close(code, text));
-        // Boxed: only a closing connection needs room for its goodbye.
-        Box::pin(socket.finish(Instant::now() + CLOSE_GRACE)).await;
+        session.socket.discard_unsent();
+        session.socket.send(websocket::close(code, text));
+        // Boxed: only a closing connection needs room for its goodbye. The session (and
+        // its place in the hub, which counts it) lives until the goodbye is said.
+        Box::pin(session.socket.finish(Instant::now() + CLOSE_GRACE)).await;
     }
-    // Counted as open until its goodbye is said, so shutdown can wait for every goodbye.
+    drop(session);
     drop(open);
 }
 
 impl LiveSession {
-    /// Leaves the hub and lets go of everything but the socket, which says goodbye.
-    fn into_socket(self) -> (WsSocket, Arc<Metrics>) {
-        (self.socket, self.metrics)
-    }
-
     async fn serve(&mut self) -> End {
         let mut armed = self.next_deadline();
         let timer = tokio::time::sleep_until(armed);
         tokio::pin!(timer);
         loop {
-            if !self.detached {
-                if let Some(reason) = self.kick.reason() {
-                    self.detached = true;
-                    if let Err(end) = Box::pin(self.after_kick(reason)).await {
+            match self.kick.reason() {
+                Some(reason) if reason.ends_session() => return kicked(reason),
+                Some(reason) if !self.paused => {
+                    self.paused = true;
+                    if let Err(end) = Box::pin(self.on_pause(reason)).await {
                         return end;
                     }
                     continue;
+                }
+                _ => {}
+            }
+            // On every turn, however busy the socket is: no flood of frames postpones a
+            // deadline.
+            if Instant::now() >= self.next_deadline() {
+                if let Err(end) = self.on_deadline() {
+                    return end;
                 }
             }
             if self.replay.is_some() && self.socket.queued() <= REPLAY_ROOM {
@@ -310,19 +302,28 @@ impl LiveSession {
             if self.socket.try_flush().is_err() {
                 return End::gone(disconnect_reason::CLIENT);
             }
+            if self.socket.queued() == 0 {
+                if let Some(payload) = self.pending_pong.take() {
+                    self.socket.send(websocket::pong(&payload));
+                    continue;
+                }
+            }
             let deadline = self.next_deadline();
             if deadline != armed {
                 timer.as_mut().reset(deadline);
                 armed = deadline;
             }
-            let takes_live = !self.detached && self.replay.is_none() && self.socket.queued() < LIVE_HIGH_WATER;
+            let backed_up = self.socket.backed_up();
+            let takes_live = !self.paused && self.replay.is_none() && !backed_up;
             let room_below = match () {
                 () if self.replay.is_some() => Some(REPLAY_ROOM),
-                () if self.socket.queued() >= LIVE_HIGH_WATER => Some(LIVE_HIGH_WATER / 2),
+                () if backed_up => Some(0),
                 () => None,
             };
             // During a replay one command may wait; more are not read until it is done.
-            let reads = self.deferred.is_none();
+            // Nothing is read while the socket is backed up: TCP then pushes back on a
+            // client that sends without reading.
+            let reads = self.deferred.is_none() && !backed_up;
             // In this order: the socket (what the client sent, and writing what is queued),
             // then the queue, then the hub's kick (only while the queue is not read, which
             // otherwise ends when the hub lets go), then the one timer.
@@ -347,7 +348,7 @@ impl LiveSession {
                     Poll::Pending
                 }) => step,
                 outbound = self.queue.recv(), if takes_live => Step::Outbound(outbound),
-                _ = self.kick.fired(), if !takes_live && !self.detached => Step::Kicked,
+                () = self.kick.changed(), if !takes_live => Step::Kicked,
                 () = &mut timer => Step::Deadline,
             };
             let handled = match step {
@@ -358,10 +359,13 @@ impl LiveSession {
                 }
                 Step::Room | Step::Kicked => Ok(()),
                 Step::Outbound(Some(outbound)) => self.on_outbound(outbound),
-                // The hub let go: the kick says why (read at the top of the loop); without
-                // one (the hub itself went away), join it again.
+                // The hub closed the queue: the kick says why (read at the top of the loop;
+                // the hub gives it before it closes the queue).
                 Step::Outbound(None) if self.kick.reason().is_some() => Ok(()),
-                Step::Outbound(None) => Box::pin(self.rejoin()).await,
+                Step::Outbound(None) => {
+                    self.paused = true;
+                    Box::pin(self.on_pause(Detached::Resync)).await
+                }
                 Step::Deadline => self.on_deadline(),
             };
             if let Err(end) = handled {
@@ -416,7 +420,7 @@ impl LiveSession {
             // make every idle connection's task as large as the largest of them.
             Incoming::Text(text) => Box::pin(self.on_command(&text)).await,
             Incoming::Ping(payload) => {
-                self.socket.send(websocket::pong(&payload));
+                self.pending_pong = Some(payload);
                 Ok(())
             }
             Incoming::Pong => Ok(()),
@@ -427,21 +431,21 @@ impl LiveSession {
         }
     }
 
-    async fn after_kick(&mut self, reason: Detached) -> Result<(), End> {
-        let backed_up = self.socket.queued() >= LIVE_HIGH_WATER;
+    async fn on_pause(&mut self, reason: Detached) -> Result<(), End> {
         match reason {
-            // The queue filled because the client is not taking what it is sent.
-            Detached::SlowConsumer if backed_up => Err(slow_consumer()),
-            // The queue filled while a replay ran, which was this session's doing: catch up
-            // from the database once the replay is done.
+            // The queue filled (or the hub restarted) while a replay ran, which was this
+            // session's doing: catch up from the database once the replay is done (a
+            // client that stops reading meanwhile is judged by the stall limit).
             Detached::SlowConsumer | Detached::Resync if self.replay.is_some() => {
-                self.rejoin_after_replay = true;
+                self.resume_after_replay = true;
                 Ok(())
             }
+            // The queue filled because the client is not taking what it is sent.
+            Detached::SlowConsumer if self.socket.backed_up() => Err(slow_consumer()),
             // A burst bigger than the queue reached a reading client: catch up from the
             // database, unless it keeps happening.
-            Detached::SlowConsumer if self.overflows.record() => self.rejoin().await,
-            Detached::Resync => self.rejoin().await,
+            Detached::SlowConsumer if self.overflows.record() => self.resume().await,
+            Detached::Resync => self.resume().await,
             other => Err(kicked(other)),
         }
     }
@@ -520,16 +524,18 @@ impl LiveSession {
 
     /// Tells the hub which topics to offer; answers the position it took effect at.
     async fn set_topics(&mut self, topics: TopicSet) -> Result<i64, End> {
-        for _ in 0..REJOIN_ATTEMPTS {
-            if !self.detached {
-                let change = SetTopics { id: self.membership.id, topics };
-                if let Ok(Some(position)) = self.membership.hub.send(change).timeout(HUB_TIMEOUT).await {
+        for attempt in 0..RETRY_ATTEMPTS {
+            let change = SetTopics { id: self.membership.id(), topics };
+            match self.membership.hub().send(change).timeout(HUB_TIMEOUT).await {
+                Ok(Some(position)) => {
                     self.topics = topics;
                     return Ok(position);
                 }
+                // The hub no longer knows this session.
+                Ok(None) => return Err(unavailable()),
+                // The hub is restarting: it keeps its sessions, so ask again.
+                Err(_) => tokio::time::sleep(retry_pause(attempt)).await,
             }
-            // The hub let go of this session (or is restarting): join again, then retry.
-            self.rejoin().await?;
         }
         Err(unavailable())
     }
@@ -657,8 +663,8 @@ impl LiveSession {
             let delivered = &mut self.delivered[topic as usize];
             *delivered = (*delivered).max(through);
         }
-        if std::mem::take(&mut self.rejoin_after_replay) {
-            return self.rejoin().await;
+        if std::mem::take(&mut self.resume_after_replay) {
+            return self.resume().await;
         }
         Ok(())
     }
@@ -690,40 +696,35 @@ impl LiveSession {
         }
     }
 
-    /// Joins the hub again after it let go (restart, missed events, or a queue that filled
-    /// while this session was replaying) and replays whatever came in between.
-    async fn rejoin(&mut self) -> Result<(), End> {
-        // The hub let go of this session; it may have been just when the user changed.
-        self.membership.hub.do_send(Detach(self.membership.id));
-        self.detached = true;
+    /// Takes a fresh queue after the hub paused this session (a restart, missed events, or
+    /// a queue that filled while it replayed) and replays whatever came in between.
+    async fn resume(&mut self) -> Result<(), End> {
+        // The hub paused this session; it may have been just when the user changed.
         self.reauthorize().await?;
-        for attempt in 0..REJOIN_ATTEMPTS {
-            let attach = Attach {
-                viewer: self.viewer,
-                generation: self.generation,
-                address: self.address,
-                topics: self.topics,
-                rejoining: true,
-            };
-            match self.membership.hub.send(attach).timeout(HUB_TIMEOUT).await {
-                Ok(Ok(Attached { id, queue, kick, position })) => {
-                    self.membership.id = id;
+        for attempt in 0..RETRY_ATTEMPTS {
+            let ask = Resume { id: self.membership.id(), topics: self.topics };
+            match self.membership.hub().send(ask).timeout(HUB_TIMEOUT).await {
+                Ok(Some(Resumed { queue, position })) => {
                     self.queue = queue;
-                    self.kick = kick;
-                    self.detached = false;
+                    self.paused = false;
                     self.start_replay(self.topics, position);
                     return Ok(());
                 }
-                Ok(Err(refused)) => {
-                    tracing::debug!(?refused, "live-updates session could not re-attach");
-                    if refused == crate::actors::event_hub::AttachRefused::ShuttingDown {
-                        return Err(kicked(Detached::Shutdown));
-                    }
+                Ok(None) => {
+                    return Err(self
+                        .kick
+                        .reason()
+                        .filter(|reason| reason.ends_session())
+                        .map_or_else(unavailable, kicked))
                 }
-                Err(_) => {}
+                Err(_) => tokio::time::sleep(retry_pause(attempt)).await,
             }
-            tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt + 1))).await;
         }
         Err(unavailable())
     }
+}
+
+/// How long to wait before asking a restarting hub again.
+fn retry_pause(attempt: u32) -> Duration {
+    Duration::from_millis(50 * u64::from(attempt + 1))
 }

@@ -26,6 +26,13 @@ pub enum ReadEnd {
 
 /// How many queued frames one vectored write hands the kernel.
 const WRITE_BATCH: usize = 32;
+/// Queued bytes, or queued frames, at which a connection is backed up: it takes no more
+/// live events and reads nothing more from its client until the socket catches up.
+pub const HIGH_WATER_BYTES: usize = 32 * 1024;
+pub const HIGH_WATER_FRAMES: usize = 256;
+/// What a queued frame costs besides its bytes (its queue slot and buffer header),
+/// counted in the gauge so that many tiny frames show as what they cost.
+const FRAME_OVERHEAD: usize = 64;
 /// The most read (and dropped) from a client after the server said goodbye.
 const LINGER_READ_LIMIT: usize = 64 * 1024;
 /// Queue slots kept across bursts; a connection that queued more gives the rest back.
@@ -76,6 +83,11 @@ impl WsSocket {
     /// Bytes waiting to be written.
     pub fn queued(&self) -> usize {
         self.queued
+    }
+
+    /// Whether the socket has as much waiting as a connection may hold.
+    pub fn backed_up(&self) -> bool {
+        self.queued >= HIGH_WATER_BYTES || self.out.len() >= HIGH_WATER_FRAMES
     }
 
     /// Since when a full socket has taken nothing while bytes wait.
@@ -193,7 +205,8 @@ impl WsSocket {
 
     /// Keeps the gauge equal to what this connection holds.
     fn recount(&mut self) {
-        let now = i64::try_from(self.queued + self.reader.buffered()).unwrap_or(i64::MAX);
+        let held = self.queued + self.out.len() * FRAME_OVERHEAD + self.reader.buffered();
+        let now = i64::try_from(held).unwrap_or(i64::MAX);
         if now != self.counted {
             self.gauge.add(now - self.counted);
             self.counted = now;
@@ -202,30 +215,40 @@ impl WsSocket {
 
     /// Ends the connection: whatever is queued gets until `deadline` to be written (a close
     /// frame, usually), then the socket is shut down and, per RFC 6455 §7.1.1, the client
-    /// gets until then to close its side — but may send no more than `LINGER_READ_LIMIT`
-    /// meanwhile (a client streaming a refused frame is cut off, not read to its end).
-    pub async fn finish(mut self, deadline: Instant) {
+    /// gets until then to close its side. What it sends meanwhile is read and dropped up to
+    /// `LINGER_READ_LIMIT` (a client streaming a refused frame is not read to its end);
+    /// past that, nothing more is read, but the socket is kept until the deadline, so the
+    /// client can still read the close frame (a socket closed with unread data resets the
+    /// connection, and the reset can discard what the client had not read yet).
+    pub async fn finish(&mut self, deadline: Instant) {
         let flushed = tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| self.poll_flush(cx))).await;
         if matches!(flushed, Ok(Ok(()))) {
             let _ = tokio::time::timeout_at(deadline, self.io.shutdown()).await;
-            let _ = tokio::time::timeout_at(deadline, self.read_until_closed()).await;
+            let _ = tokio::time::timeout_at(deadline, async {
+                if !self.read_until_closed().await {
+                    std::future::pending::<()>().await;
+                }
+            })
+            .await;
         }
     }
 
-    /// Reads and drops what the client still sends, until it closes or sent too much.
-    async fn read_until_closed(&mut self) {
+    /// Reads and drops what the client still sends; true once it closed, false when it
+    /// sent too much first.
+    async fn read_until_closed(&mut self) -> bool {
         let mut left = LINGER_READ_LIMIT;
         while left > 0 {
             if self.io.readable().await.is_err() {
-                return;
+                return true;
             }
             match drop_available(&self.io) {
-                Ok(0) => return,
+                Ok(0) => return true,
                 Ok(read) => left = left.saturating_sub(read),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
+                Err(_) => return true,
             }
         }
+        false
     }
 }
 

@@ -23,7 +23,10 @@ use super::{
     session::{self, SessionSetup},
     socket::WsSocket,
 };
-use crate::actors::event_hub::Detach;
+use crate::{
+    metrics::disconnect_reason,
+    websocket::{self, close_code, MAX_PENDING_BYTES},
+};
 
 /// Marks a request that arrived through the upgrade service: only such a request can be
 /// granted a WebSocket (any other path has no connection to hand over).
@@ -31,26 +34,8 @@ use crate::actors::event_hub::Detach;
 pub struct Upgradable;
 
 /// What the handler leaves in a 101 response: everything the connection needs. Dropped
-/// unused (the 101 could not be written), it gives the hub its place back.
-pub struct Grant(Option<SessionSetup>);
-
-impl Grant {
-    pub fn new(setup: SessionSetup) -> Self {
-        Self(Some(setup))
-    }
-
-    fn take(mut self) -> Option<SessionSetup> {
-        self.0.take()
-    }
-}
-
-impl Drop for Grant {
-    fn drop(&mut self) {
-        if let Some(setup) = self.0.take() {
-            setup.hub.do_send(Detach(setup.attached.id));
-        }
-    }
-}
+/// unused (the 101 could not be written), its membership gives the hub its place back.
+pub struct Grant(pub SessionSetup);
 
 /// The kernel send buffer of a live-updates socket (Linux doubles it for its bookkeeping).
 pub const SOCKET_SEND_BUFFER: usize = 64 * 1024;
@@ -173,15 +158,21 @@ where
         Box::pin(async move {
             // The dispatcher builds the application before it serves a connection.
             let Some(app) = app else { return Err(io::Error::other("the application is not built yet").into()) };
-            request.extensions_mut().insert(Upgradable);
+            // RFC 6455 §4.1: a handshake is an HTTP/1.1 GET (a HEAD is routed as a GET
+            // further in, so it is told apart here).
+            if request.method() == actix_http::Method::GET && request.version() == actix_http::Version::HTTP_11 {
+                request.extensions_mut().insert(Upgradable);
+            }
             // Boxed: held only for the handshake, not for the connection's whole life.
             let mut response: Response<BoxBody> = match Box::pin(app.call(request)).await {
                 Ok(response) => response.into(),
                 Err(error) => error.into(),
             };
             let grant = response.extensions_mut().remove::<Grant>();
-            let served = match grant.and_then(Grant::take) {
-                Some(setup) if response.status().as_u16() == 101 => serve(framed, response, setup, buffered).await,
+            let served = match grant {
+                Some(Grant(setup)) if response.status().as_u16() == 101 => {
+                    serve(framed, response, setup, buffered).await
+                }
                 _ => answer_and_close(framed, response).await,
             };
             // A client that went away mid-answer is no server error.
@@ -200,24 +191,32 @@ async fn serve(
     setup: SessionSetup,
     buffered: IntGauge,
 ) -> io::Result<()> {
-    let hub = setup.hub.clone();
-    let id = setup.attached.id;
-    let written = tokio::time::timeout(ANSWER_TIMEOUT, write_head(&mut framed, response, None)).await;
-    if !matches!(written, Ok(Ok(()))) {
-        hub.do_send(Detach(id));
-        return Ok(());
-    }
+    // Unanswered, the setup (and with it the hub's place) is dropped here.
+    tokio::time::timeout(ANSWER_TIMEOUT, write_head(&mut framed, response, None))
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))?;
     // The dispatcher's buffers (8 KiB each) go here; only the socket and whatever the
     // client sent after its handshake (a subscribe, say) stay with the connection.
-    let socket = {
+    let (mut socket, early_too_long) = {
         let parts = framed.into_parts();
-        WsSocket::new(parts.io, &parts.read_buf, buffered)
+        // RFC 6455 §4.1: a client waits for the answer before it sends; a little early data
+        // (one frame) is taken, more is refused rather than held.
+        let too_long = parts.read_buf.len() > MAX_PENDING_BYTES;
+        let early: &[u8] = if too_long { &[] } else { &parts.read_buf };
+        (WsSocket::new(parts.io, early, buffered), too_long)
     };
     let io = socket.tcp();
     io.set_nodelay(true)?;
     // The kernel's share of a connection that stops reading is bounded too (left alone,
     // Linux grows a send buffer to 4 MiB).
     socket2::SockRef::from(io).set_send_buffer_size(SOCKET_SEND_BUFFER)?;
+    if early_too_long {
+        setup.metrics.ws_disconnects.with_label_values(&[disconnect_reason::FRAME_TOO_BIG]).inc();
+        drop(setup);
+        socket.send(websocket::close(close_code::TOO_BIG, "sent too much before the handshake was answered"));
+        socket.finish(tokio::time::Instant::now() + ANSWER_TIMEOUT).await;
+        return Ok(());
+    }
     // A task of its own: the dispatcher's task (and all it holds for HTTP) then ends.
     actix_rt::spawn(session::run(socket, setup));
     Ok(())

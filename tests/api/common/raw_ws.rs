@@ -7,7 +7,10 @@ use std::{net::SocketAddr, time::Duration};
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpSocket, TcpStream},
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpSocket,
+    },
 };
 
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -62,7 +65,13 @@ pub enum ServerFrame {
 }
 
 pub struct RawWs {
-    stream: TcpStream,
+    reader: RawWsReader,
+    writer: OwnedWriteHalf,
+}
+
+/// The reading side of a connection, for a test that reads and writes at once.
+pub struct RawWsReader {
+    read: OwnedReadHalf,
     unread: Vec<u8>,
 }
 
@@ -76,7 +85,8 @@ impl RawWs {
         if let Some(from) = handshake.from {
             socket.bind(SocketAddr::new(from, 0)).unwrap();
         }
-        let mut stream = socket.connect(address).await.expect("connect");
+        let stream = socket.connect(address).await.expect("connect");
+        let (read, mut writer) = stream.into_split();
         let mut request = format!(
             "GET /api/v1/ws HTTP/1.1\r\nHost: {address}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
@@ -85,25 +95,98 @@ impl RawWs {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
         request.push_str("\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = Self { stream, unread: Vec::new() };
-        let head = raw.read_head().await;
+        writer.write_all(request.as_bytes()).await.unwrap();
+        let mut reader = RawWsReader { read, unread: Vec::new() };
+        let head = reader.read_head().await;
         let status: u16 = head.split(' ').nth(1).and_then(|code| code.parse().ok()).expect("a status line");
         if status == 101 {
-            return Ok(raw);
+            return Ok(Self { reader, writer });
         }
         let length = head
             .lines()
             .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
             .and_then(|value| value.parse::<usize>().ok())
             .unwrap_or(0);
-        let body = raw.read_exact_bytes(length).await;
+        let body = reader.read_exact_bytes(length).await;
         Err(RawRefusal { status, body: serde_json::from_slice(&body).unwrap_or(Value::Null) })
     }
 
+    /// Opens with `early` bytes sent right behind the handshake, before its answer.
+    pub async fn open_with_early(address: SocketAddr, early: &[u8]) -> Result<Self, RawRefusal> {
+        let stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+        let (read, mut writer) = stream.into_split();
+        let request = format!(
+            "GET /api/v1/ws HTTP/1.1\r\nHost: {address}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(early);
+        writer.write_all(&bytes).await.unwrap();
+        let mut reader = RawWsReader { read, unread: Vec::new() };
+        let head = reader.read_head().await;
+        let status: u16 = head.split(' ').nth(1).and_then(|code| code.parse().ok()).expect("a status line");
+        if status == 101 {
+            Ok(Self { reader, writer })
+        } else {
+            Err(RawRefusal { status, body: Value::Null })
+        }
+    }
+
+    /// The two sides apart, to read and write at once.
+    pub fn split(self) -> (RawWsReader, OwnedWriteHalf) {
+        (self.reader, self.writer)
+    }
+
+    /// Sends raw bytes; false once the server has closed the connection.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> bool {
+        self.writer.write_all(bytes).await.is_ok()
+    }
+
+    pub async fn send_text(&mut self, text: &str) -> bool {
+        self.send_raw(&Self::frame(0x81, text.as_bytes())).await
+    }
+
+    pub async fn next_frame(&mut self) -> Option<ServerFrame> {
+        self.reader.next_frame().await
+    }
+
+    pub async fn next_json(&mut self) -> Value {
+        self.reader.next_json().await
+    }
+
+    pub async fn close_frame(&mut self) -> Option<(u16, String)> {
+        self.reader.close_frame().await
+    }
+
+    pub async fn ended(&mut self) -> bool {
+        self.reader.ended().await
+    }
+
+    /// A masked frame (as clients must send) with the given first byte (FIN, RSV, opcode).
+    pub fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let mut frame = vec![first];
+        match payload.len() {
+            short @ 0..=125 => frame.push(0x80 | short as u8),
+            medium @ 126..=0xFFFF => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(medium as u16).to_be_bytes());
+            }
+            long => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(long as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(index, byte)| byte ^ mask[index % 4]));
+        frame
+    }
+}
+
+impl RawWsReader {
     async fn fill(&mut self) -> bool {
         let mut chunk = [0u8; 8192];
-        match tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk)).await.expect("the server answers in time") {
+        match tokio::time::timeout(PATIENCE, self.read.read(&mut chunk)).await.expect("the server answers in time") {
             Ok(0) | Err(_) => false,
             Ok(read) => {
                 self.unread.extend_from_slice(&chunk[..read]);
@@ -131,35 +214,6 @@ impl RawWs {
         }
         let length = length.min(self.unread.len());
         self.unread.drain(..length).collect()
-    }
-
-    /// Sends raw bytes; false once the server has closed the connection.
-    pub async fn send_raw(&mut self, bytes: &[u8]) -> bool {
-        self.stream.write_all(bytes).await.is_ok()
-    }
-
-    /// A masked frame (as clients must send) with the given first byte (FIN, RSV, opcode).
-    pub fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x12, 0x34, 0x56, 0x78];
-        let mut frame = vec![first];
-        match payload.len() {
-            short @ 0..=125 => frame.push(0x80 | short as u8),
-            medium @ 126..=0xFFFF => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(medium as u16).to_be_bytes());
-            }
-            long => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(long as u64).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(index, byte)| byte ^ mask[index % 4]));
-        frame
-    }
-
-    pub async fn send_text(&mut self, text: &str) -> bool {
-        self.send_raw(&Self::frame(0x81, text.as_bytes())).await
     }
 
     /// The next frame, or `None` when the server closed the connection without one.
