@@ -148,7 +148,7 @@ pub struct ServeArgs {
     /// DbExecutor threads, each holding one connection [default: 4].
     #[arg(long, env = "DB_WORKERS")]
     pub db_workers: Option<String>,
-    /// Database requests admitted at once; more are shed with 503 [default: 64 x DB_WORKERS].
+    /// Database requests admitted at once; more are shed with 503 [default: 64 × DB_WORKERS].
     #[arg(long, env = "DB_QUEUE_DEPTH")]
     pub db_queue_depth: Option<String>,
     /// How long a request waits for the database before 503/504.
