@@ -92,10 +92,12 @@ impl Application {
         let config = Arc::new(config);
         // Bind before anything starts: a taken port must fail with one line, before any
         // actor or thread exists that would be torn down half-started.
-        let listener = TcpListener::bind(config.bind_addr)
-            .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;
-        let port =
-            listener.local_addr().map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?.port();
+        let listener = TcpListener::bind(config.server.bind_addr)
+            .map_err(|source| StartupError::Bind { addr: config.server.bind_addr, source })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { addr: config.server.bind_addr, source })?
+            .port();
         let (newest_event, horizon) = prepare_database(&config)?;
         let descriptors = plan_descriptors(&config);
         let (horizon_watch, horizon_feed) = watch::channel(horizon.settled_through());
@@ -108,24 +110,24 @@ impl Application {
         let origin = uuid::Uuid::now_v7();
         let health = {
             let metrics = Arc::clone(&metrics);
-            let interval = config.health_probe_interval;
+            let interval = config.db.health_probe_interval;
             Supervisor::start(move |_| Health::new(metrics, interval))
         };
         let reporter = RestartReporter::new(Arc::clone(&metrics), health.clone().recipient());
         let outbox_appended = OutboxSignals::default();
         let event_position = EventPosition::default();
         let breaker = DbBreaker::new(
-            BreakerSettings { failure_threshold: config.db_breaker_failures, cooldown: config.db_breaker_cooldown },
+            BreakerSettings { failure_threshold: config.db.breaker_failures, cooldown: config.db.breaker_cooldown },
             Arc::clone(&metrics),
             health.clone().recipient(),
         );
         let probe_thread = DbProbe::start(&config.database, reporter.clone());
         // A refused connection fails at once; the timeout only bounds a database that hangs.
-        let probe_timeout = config.health_probe_interval.max(config.database.connect_timeout * 2);
+        let probe_timeout = config.db.health_probe_interval.max(config.database.connect_timeout * 2);
         health.do_send(UseProbeThread { probe: probe_thread.addr.clone(), timeout: probe_timeout });
         let cache_tiers = CacheTiers::start(
-            config.cache_capacity,
-            config.cache_ttl,
+            config.cache.capacity,
+            config.cache.ttl,
             http_workers,
             Arc::clone(&metrics),
             reporter.clone(),
@@ -134,9 +136,9 @@ impl Application {
             db::build_pool(&config.database),
             DbGatewaySettings {
                 origin,
-                workers: config.db_workers,
-                queue_depth: config.db_queue_depth,
-                timeout: config.db_timeout,
+                workers: config.db.workers,
+                queue_depth: config.db.queue_depth(),
+                timeout: config.db.timeout,
                 outbox_appended: outbox_appended.clone(),
                 cache: cache_tiers.clone(),
                 breaker: Arc::clone(&breaker),
@@ -150,16 +152,16 @@ impl Application {
         let janitor = {
             let db = db.clone();
             let retention = Retention {
-                idempotency_keys: config.idempotency_key_retention,
-                events: config.event_retention,
-                interval: config.janitor_interval,
+                idempotency_keys: config.events.idempotency_key_retention,
+                events: config.events.retention,
+                interval: config.events.janitor_interval,
                 keep_unpublished_events: config.nats.is_some(),
             };
             let (reporter, metrics) = (reporter.clone(), Arc::clone(&metrics));
             Supervisor::start(move |_| Janitor::new(db, retention, reporter, metrics))
         };
         let timeouts =
-            CacheTimeouts { ask: config.cache_ask_timeout, load: config.db_timeout + Duration::from_millis(500) };
+            CacheTimeouts { ask: config.cache.ask_timeout, load: config.db.timeout + Duration::from_millis(500) };
         let cache = CacheClient::new(cache_tiers, db.clone(), Arc::clone(&metrics), timeouts);
         let hub = {
             let limits = HubLimits {
@@ -175,7 +177,7 @@ impl Application {
         health.do_send(WatchOps(hub.clone().recipient()));
         let event_relay = {
             let settings = RelaySettings {
-                interval: config.event_poll_interval,
+                interval: config.events.poll_interval,
                 start_after: newest_event,
                 horizon,
                 signals: outbox_appended,
@@ -192,7 +194,7 @@ impl Application {
             Supervisor::start(move |_| EventRelay::new(settings, db, cache, hub, reporter).watched_by(metrics))
         };
         let rate_limiter = {
-            let (quotas, max_keys) = (config.rate_limits, config.rate_limit_max_keys);
+            let (quotas, max_keys) = (config.rate_limits.quotas(), config.rate_limits.max_keys);
             let redis = config.rate_limit_redis.as_ref().map(|redis| RedisTarget {
                 url: redis.url.expose().to_owned(),
                 timeout: redis.timeout,
@@ -210,11 +212,13 @@ impl Application {
                 metrics,
                 recipient,
                 reporter.clone(),
-                OutboxFeed { interval: config.event_poll_interval, horizon: horizon_feed },
+                OutboxFeed { interval: config.events.poll_interval, horizon: horizon_feed },
             )
         });
         let shard_reporter = reporter.clone();
-        let passwords = Passwords::start(config.password_hasher_threads, reporter, Arc::clone(&metrics));
+        // Argon2 is CPU- and memory-bound: one hashing thread per core.
+        let password_hasher_threads = std::thread::available_parallelism().map_or(2, usize::from);
+        let passwords = Passwords::start(password_hasher_threads, reporter, Arc::clone(&metrics));
 
         let actors = {
             use crate::actors::report::ActorKind;
@@ -256,7 +260,7 @@ impl Application {
             health: health.clone(),
             metrics: Arc::clone(&metrics),
             passwords,
-            tokens: Arc::new(TokenKeys::new(&config.jwt_secret, config.jwt_ttl)),
+            tokens: Arc::new(TokenKeys::new(&config.auth.jwt_secret.key, config.auth.jwt_ttl)),
             cache,
             rate_limiter,
             hub: hub.clone(),
@@ -270,7 +274,7 @@ impl Application {
         let drain_flag = draining.clone();
 
         let local_addr =
-            listener.local_addr().map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?;
+            listener.local_addr().map_err(|source| StartupError::Bind { addr: config.server.bind_addr, source })?;
         let buffered = state.metrics.ws_buffered_bytes.clone();
         let open_connections =
             OpenConnections::new(descriptors.http_connections, state.metrics.http_connections.clone());
@@ -284,7 +288,7 @@ impl Application {
             // and are capped by the hub).
             .max_concurrent_connections(descriptors.http_connections.div_ceil(http_workers))
             .disable_signals()
-            .shutdown_timeout(config.shutdown_timeout.as_secs())
+            .shutdown_timeout(config.server.shutdown_timeout.as_secs())
             .listen("storefront", listener, move || {
                 // This factory runs on each worker's own thread: its shards start on that
                 // worker's arbiter, so the hot path's sends stay on the thread.
@@ -300,7 +304,7 @@ impl Application {
                     .app_data(web::Data::new(drain_flag.clone()))
                     .app_data(connections_data.clone())
                     .app_data(fail_open.clone())
-                    .app_data(web::Data::new(PolicyFields::new(&state.config.rate_limits)))
+                    .app_data(web::Data::new(PolicyFields::new(&state.config.rate_limits.quotas())))
                     .app_data(extract::json_config())
                     .app_data(extract::payload_config())
                     .app_data(extract::path_config())
@@ -327,18 +331,18 @@ impl Application {
                     .finish(SharedApp::new(app, slot))
                     .tcp()
             })
-            .map_err(|source| StartupError::Bind { addr: config.bind_addr, source })?
+            .map_err(|source| StartupError::Bind { addr: config.server.bind_addr, source })?
             .run();
 
         tracing::info!(
-            address = %config.bind_addr, port, database = ?config.database.url,
-            http_workers, db_executors = config.db_workers,
+            address = %config.server.bind_addr, port, database = ?config.database.url,
+            http_workers, db_executors = config.db.workers,
             "storefront is listening"
         );
         Ok(Self {
             server,
             port,
-            shutdown_drain: config.shutdown_drain,
+            shutdown_drain: config.server.shutdown_drain,
             draining,
             health,
             hub,
@@ -444,7 +448,8 @@ fn plan_descriptors(config: &Config) -> DescriptorBudget {
 }
 
 fn cors(config: &Config) -> Cors {
-    let cors = config.cors_allowed_origins.iter().fold(Cors::default(), |cors, origin| cors.allowed_origin(origin));
+    let cors =
+        config.server.cors_allowed_origins.iter().fold(Cors::default(), |cors, origin| cors.allowed_origin(origin));
     cors.allowed_methods(["GET", "POST", "PATCH", "DELETE"])
         .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::IF_MATCH, header::IF_NONE_MATCH])
         .allowed_header("idempotency-key")

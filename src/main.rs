@@ -19,23 +19,20 @@ use storefront::{
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_args();
-    let outcome = match cli.into_command() {
-        Command::Serve(args) => Config::from_serve_args(&args).map_err(|e| e.to_string()).and_then(serve),
+    let outcome = Cli::parse_args().map_err(|e| e.to_string()).and_then(|command| match command {
+        Command::Serve(args) => Config::from_serve_args(*args).map_err(|e| e.to_string()).and_then(serve),
         Command::Migrate { action, database } => {
             init_cli_logs();
-            DatabaseConfig::from_args(&database, 1).map_err(|e| e.to_string()).and_then(|db| migrate(&db, &action))
+            migrate(&database.for_cli(), &action)
         }
         Command::User { action: UserAction::Create { email, password_stdin, password, name, role }, database } => {
             init_cli_logs();
-            DatabaseConfig::from_args(&database, 1).map_err(|e| e.to_string()).and_then(|db| {
-                let password = read_password(password, password_stdin)?;
-                create_user(&db, &email, &password, name.as_deref(), &role)
-            })
+            let password = read_password(password, password_stdin)?;
+            create_user(&database.for_cli(), &email, &password, name.as_deref(), &role)
         }
         Command::Openapi => print_openapi(),
         Command::Tail(args) => tail(&args),
-    };
+    });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -46,8 +43,8 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> Result<(), String> {
-    telemetry::init(config.log_format);
-    if config.jwt_secret_generated {
+    telemetry::init(config.ops.log_format);
+    if config.auth.jwt_secret.generated {
         tracing::warn!("JWT_SECRET is not set: generated a random one; tokens will not survive a restart");
     }
     actix_rt::System::new().block_on(async move {

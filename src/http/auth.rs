@@ -73,7 +73,7 @@ pub async fn login(
     let LoginRequest { email, password } = body.into_inner();
     let email = email.trim().to_lowercase();
     let client =
-        client_ip(&request, &state.config.trusted_proxies).map_or_else(|| "unknown".into(), |ip| ip.to_string());
+        client_ip(&request, &state.config.server.trusted_proxies).map_or_else(|| "unknown".into(), |ip| ip.to_string());
     let LoginAttempt { credentials, attempt_id } =
         state.db.run(BeginLogin { email: email.clone(), client: client.clone() }).await?;
     let (account, hash) = match credentials {

@@ -69,7 +69,7 @@ pub async fn inject_fault(
     request: HttpRequest,
     body: Json<ChaosRequest>,
 ) -> Result<HttpResponse, AppError> {
-    let expected = state.config.chaos_token.as_ref().map(|token| token.expose().as_bytes()).unwrap_or_default();
+    let expected = state.config.ops.chaos_token.as_ref().map(|token| token.expose().as_bytes()).unwrap_or_default();
     let given = bearer_token(&request).unwrap_or_default();
     if expected.is_empty() || !constant_time_eq(given.as_bytes(), expected) {
         return Err(AppError::Unauthorized("A valid chaos token is required.".into()));

@@ -85,7 +85,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
         .service(web::resource(["/", "/docs"]).route(web::get().to(docs::to_docs)))
         .service(web::resource("/docs/{file:.*}").route(web::get().to(docs::docs_file)));
     // Fault injection exists only when an operator asked for it with CHAOS_TOKEN.
-    if config.chaos_token.is_some() {
+    if config.ops.chaos_token.is_some() {
         cfg.service(web::resource("/ops/chaos").route(web::post().to(chaos::inject_fault)));
     }
 }

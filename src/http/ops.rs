@@ -53,7 +53,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     (status = 401, description = "METRICS_TOKEN is set and the bearer token does not match"),
 ), security((), ("metrics_token" = [])))]
 pub async fn metrics(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse, AppError> {
-    if let Some(expected) = &state.config.metrics_token {
+    if let Some(expected) = &state.config.ops.metrics_token {
         let given = bearer_token(&request).unwrap_or_default();
         if !constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
             return Err(AppError::Unauthorized("A valid metrics token is required.".into()));
@@ -65,7 +65,7 @@ pub async fn metrics(state: web::Data<AppState>, request: HttpRequest) -> Result
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3 document")))]
 pub async fn openapi_document(state: web::Data<AppState>) -> HttpResponse {
-    let chaos_mounted = state.config.chaos_token.is_some();
+    let chaos_mounted = state.config.ops.chaos_token.is_some();
     HttpResponse::Ok().content_type("application/json").body(openapi::document_json(chaos_mounted))
 }
 

@@ -96,7 +96,7 @@ pub async fn actors(state: web::Data<AppState>, caller: AuthUser) -> Result<Http
     Ok(json_no_store(&ActorsResponse {
         generated_at: Utc::now(),
         actors,
-        chaos_enabled: state.config.chaos_token.is_some(),
+        chaos_enabled: state.config.ops.chaos_token.is_some(),
     }))
 }
 

@@ -143,7 +143,7 @@ pub async fn update(
         let reauthentication = match (own, current_password) {
             (false, _) => None,
             (true, Some(current_password)) => {
-                let client = client_ip(&request, &state.config.trusted_proxies)
+                let client = client_ip(&request, &state.config.server.trusted_proxies)
                     .map_or_else(|| "unknown".into(), |ip| ip.to_string());
                 Some((client, current_password))
             }

@@ -395,6 +395,60 @@ fn serve_help_describes_every_flag() {
     }
 }
 
+/// The README's configuration table lists exactly the settings `serve` declares, each with
+/// the default it really has: clap's, or for a default derived at start-up the one its help
+/// states, or "none".
+#[test]
+fn readme_configuration_table_matches_the_declared_settings() {
+    use clap::CommandFactory;
+    let command = storefront::cli::Cli::command();
+    let serve = command.find_subcommand("serve").unwrap();
+    let declared: BTreeMap<String, String> = serve
+        .get_arguments()
+        .filter_map(|arg| Some((arg.get_env()?.to_str()?.to_owned(), stated_default(arg))))
+        .collect();
+    assert!(declared.len() > 40, "{declared:?}");
+
+    let readme = read("README.md");
+    let section = readme.split("\n## Configuration\n").nth(1).unwrap().split("\n## ").next().unwrap();
+    let mut documented: BTreeMap<String, String> = BTreeMap::new();
+    for row in section.lines().filter(|line| line.starts_with("| `")) {
+        let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+        let variable = cells[0].trim_matches('`').to_owned();
+        assert!(documented.insert(variable.clone(), cells[1].replace('`', "")).is_none(), "{variable} twice");
+    }
+    // Read by the tracing subscriber, not by clap.
+    assert!(documented.remove("RUST_LOG").is_some() && !declared.contains_key("RUST_LOG"));
+
+    let missing: Vec<_> = declared.keys().filter(|name| !documented.contains_key(*name)).collect();
+    let unknown: Vec<_> = documented.keys().filter(|name| !declared.contains_key(*name)).collect();
+    assert!(missing.is_empty(), "settings missing from the README's table: {missing:?}");
+    assert!(unknown.is_empty(), "the README's table lists settings that do not exist: {unknown:?}");
+    for (name, default) in &declared {
+        let shown = &documented[name];
+        match default.strip_prefix('=') {
+            Some(exact) => assert_eq!(shown, exact, "{name}'s default"),
+            None => assert!(shown.starts_with(default.as_str()), "{name}'s default is {default:?}, README: {shown:?}"),
+        }
+    }
+}
+
+/// `=VALUE` for clap's default, else the start of what the README must say: the default
+/// the help states (`[default: …]`, derived at start-up) or "none".
+fn stated_default(arg: &clap::Arg) -> String {
+    let defaults: Vec<_> = arg.get_default_values().iter().filter_map(|value| value.to_str()).collect();
+    match defaults.as_slice() {
+        [value] if !value.is_empty() => format!("={value}"),
+        _ => {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            match help.split_once("[default: ") {
+                Some((_, rest)) => rest.split([']', ';']).next().unwrap().to_owned(),
+                None => "none".to_owned(),
+            }
+        }
+    }
+}
+
 /// `--flag` → its description, from clap's help (env and default notes left out).
 fn help_flags(help: &str) -> BTreeMap<String, String> {
     let mut flags = BTreeMap::new();

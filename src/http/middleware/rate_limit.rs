@@ -152,7 +152,7 @@ fn client_key(req: &ServiceRequest, state: &AppState, policy: Policy) -> ClientK
             return ClientKey::User(claims.user_id);
         }
     }
-    client_ip(req.request(), &state.config.trusted_proxies).map_or(ClientKey::UnknownIp, ClientKey::Ip)
+    client_ip(req.request(), &state.config.server.trusted_proxies).map_or(ClientKey::UnknownIp, ClientKey::Ip)
 }
 
 /// The peer address, or, when the peer is a trusted proxy, the nearest address in

@@ -50,7 +50,7 @@ pub async fn connect(state: web::Data<AppState>, request: HttpRequest) -> Result
     let key = request.headers().get(header::SEC_WEBSOCKET_KEY).ok_or_else(not_a_handshake)?;
     let accept = actix_http::ws::hash_key(key.as_bytes());
     check_origin(&request, &state.config)?;
-    let address = client_ip(&request, &state.config.trusted_proxies).map(address_key);
+    let address = client_ip(&request, &state.config.server.trusted_proxies).map(address_key);
     let (viewer, generation, token_expires_at) =
         match bearer_token(&request).map(str::to_owned).or_else(|| query_token(&request)) {
             None => (Viewer::Anonymous, None, None),
@@ -159,8 +159,9 @@ fn check_origin(request: &HttpRequest, config: &Config) -> Result<(), AppError> 
             && other.host_str() == origin.host_str()
             && other.port_or_known_default() == origin.port_or_known_default()
     };
-    let is_own = own_origin(request, &config.trusted_proxies).as_ref().is_some_and(same);
+    let is_own = own_origin(request, &config.server.trusted_proxies).as_ref().is_some_and(same);
     let is_allowed = config
+        .server
         .cors_allowed_origins
         .iter()
         .filter_map(|allowed| url::Url::parse(allowed).ok())

@@ -236,10 +236,9 @@ impl TestAppBuilder {
 }
 
 pub fn config_from_argv(argv: &[String]) -> Config {
-    use clap::Parser;
-    let cli = Cli::try_parse_from(argv).expect("test settings parse");
-    let storefront::cli::Command::Serve(args) = cli.into_command() else { unreachable!("serve command") };
-    Config::from_serve_args(&args).expect("test settings are valid")
+    let command = Cli::parse_command(argv).expect("test settings parse");
+    let storefront::cli::Command::Serve(args) = command else { unreachable!("serve command") };
+    Config::from_serve_args(*args).expect("test settings are valid")
 }
 
 fn start_server(config: Config) -> (u16, ServerHandle, thread::JoinHandle<()>) {
