@@ -3,7 +3,7 @@
 
 use std::{cell::OnceCell, io, net::TcpListener, rc::Rc, sync::Arc, time::Duration};
 
-use actix::{Addr, Supervisor};
+use actix::{Addr, AsyncContext, Supervisor};
 use actix_cors::Cors;
 use actix_http::HttpService;
 use actix_service::{map_config, ServiceFactoryExt};
@@ -29,11 +29,11 @@ use crate::{
     actors::{
         cache::{CacheClient, CacheTiers, CacheTimeouts},
         db_executor::DbGatewaySettings,
-        event_hub::{EventHub, HubLimits, ShutDown},
+        event_hub::{self, EventHub, HubLimits, ShutDown},
         event_position::EventPosition,
-        event_relay::{EventRelay, RelaySettings},
-        health::{BeginShutdown, Health, WatchDatabase, WatchOps},
-        janitor::{Janitor, Retention},
+        event_relay::{self, EventRelay, RelaySettings},
+        health::{self, BeginShutdown, Health, WatchDatabase, WatchOps},
+        janitor::{self, Janitor, Retention},
         nats_publisher::{NatsPublisher, OutboxFeed, Retire},
         rate_limiter::{RateLimiterClient, RedisTarget},
         supervision::RestartReporter,
@@ -109,7 +109,12 @@ impl Application {
         let health = {
             let metrics = Arc::clone(&metrics);
             let interval = config.health_probe_interval;
-            Supervisor::start(move |_| Health::new(metrics, interval))
+            Supervisor::start(move |ctx: &mut actix::Context<Health>| {
+                // Health keeps the restart ledger, its own restarts included.
+                let supervision =
+                    RestartReporter::new(Arc::clone(&metrics), ctx.address().recipient()).supervision(health::ACTOR);
+                Health::new(metrics, interval, supervision)
+            })
         };
         let reporter = RestartReporter::new(Arc::clone(&metrics), health.clone().recipient());
         let outbox_appended = OutboxSignals::default();
@@ -155,8 +160,8 @@ impl Application {
                 interval: config.janitor_interval,
                 keep_unpublished_events: config.nats.is_some(),
             };
-            let (reporter, metrics) = (reporter.clone(), Arc::clone(&metrics));
-            Supervisor::start(move |_| Janitor::new(db, retention, reporter, metrics))
+            let (supervision, metrics) = (reporter.supervision(janitor::ACTOR), Arc::clone(&metrics));
+            Supervisor::start(move |_| Janitor::new(db, retention, supervision, metrics))
         };
         let timeouts =
             CacheTimeouts { ask: config.cache_ask_timeout, load: config.db_timeout + Duration::from_millis(500) };
@@ -169,8 +174,8 @@ impl Application {
                 max_anonymous_per_address: config.live_updates.max_anonymous_per_address,
                 max_pending: config.live_updates.max_pending,
             };
-            let (db, reporter) = (db.clone(), reporter.clone());
-            Supervisor::start(move |_| EventHub::new(limits, newest_event, db, reporter))
+            let (db, supervision) = (db.clone(), reporter.supervision(event_hub::ACTOR));
+            Supervisor::start(move |_| EventHub::new(limits, newest_event, db, supervision))
         };
         health.do_send(WatchOps(hub.clone().recipient()));
         let event_relay = {
@@ -187,9 +192,9 @@ impl Application {
                     DatabaseUrl::Sqlite { .. } => None,
                 },
             };
-            let (db, cache, hub, reporter) = (db.clone(), cache.clone(), hub.clone(), reporter.clone());
-            let metrics = Arc::clone(&metrics);
-            Supervisor::start(move |_| EventRelay::new(settings, db, cache, hub, reporter).watched_by(metrics))
+            let (db, cache, hub) = (db.clone(), cache.clone(), hub.clone());
+            let (supervision, metrics) = (reporter.supervision(event_relay::ACTOR), Arc::clone(&metrics));
+            Supervisor::start(move |_| EventRelay::new(settings, db, cache, hub, supervision).watched_by(metrics))
         };
         let rate_limiter = {
             let (quotas, max_keys) = (config.rate_limits, config.rate_limit_max_keys);

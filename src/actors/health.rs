@@ -9,26 +9,23 @@ use std::{
     time::Duration,
 };
 
-use actix::{
-    fut::wrap_future, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, Recipient,
-    Supervised,
-};
+use actix::{Addr, Context, Handler, Message, MessageResult, Recipient};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
 use super::{
     breaker::{BreakerChanged, BreakerState},
-    chaos::crashed,
     db_executor::{DbGateway, Ping},
     db_probe::{DbProbe, ProbeDatabase},
     event_hub::OpsEvent,
-    report::{ActorReport, GetActorReport, RestartSummary},
-    supervision::{guarded, record_panic, ActorRestarted, Guarded, PanicPayload},
-    Crash,
+    report::RestartSummary,
+    supervision::{
+        guarded, guarded_interval, guarded_then, supervised_actor, ActorRestarted, SupervisedActor, Supervision,
+    },
 };
 use crate::metrics::Metrics;
 
-const ACTOR: &str = "health";
+pub const ACTOR: &str = "health";
 /// Restarts kept for `GET /api/v1/ops/restarts`.
 const LEDGER_LENGTH: usize = 100;
 
@@ -48,6 +45,7 @@ struct RestartRecord {
 
 pub struct Health {
     metrics: Arc<Metrics>,
+    supervision: Supervision,
     probe_interval: Duration,
     database: Option<DbGateway>,
     probe: Probe,
@@ -69,9 +67,11 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn new(metrics: Arc<Metrics>, probe_interval: Duration) -> Self {
+    /// `supervision` reports to this Health itself (it keeps the ledger).
+    pub fn new(metrics: Arc<Metrics>, probe_interval: Duration, supervision: Supervision) -> Self {
         Self {
             metrics,
+            supervision,
             probe_interval,
             database: None,
             probe: Probe::Pending,
@@ -98,13 +98,15 @@ impl Health {
             self.probe_in_flight = true;
             // A probe that times out counts as failed; its message is skipped when the
             // probe thread reaches it, so probes never pile up.
-            ctx.spawn(wrap_future(async move { probe.send(ProbeDatabase).timeout(timeout).await }).map(
-                move |outcome, act: &mut Self, ctx| {
+            guarded_then(
+                ctx,
+                async move { probe.send(ProbeDatabase).timeout(timeout).await },
+                move |outcome, act, _| {
                     let outcome = outcome
                         .unwrap_or_else(|error| Err(format!("probe did not answer within {timeout:?}: {error}")));
-                    guarded(act, ctx, |act, _| act.record_probe_outcome(outcome));
+                    act.record_probe_outcome(outcome);
                 },
-            ));
+            );
             return;
         }
         // Through the pool: a saturated pool is busy, not down; keep the last verdict
@@ -114,9 +116,9 @@ impl Health {
         }
         self.probe_in_flight = true;
         let started = std::time::Instant::now();
-        ctx.spawn(wrap_future(async move { database.run(Ping).await }).map(move |outcome, act: &mut Self, ctx| {
-            guarded(act, ctx, |act, _| act.record_probe(outcome.is_ok(), started.elapsed()));
-        }));
+        guarded_then(ctx, async move { database.run(Ping).await }, move |outcome, act, _| {
+            act.record_probe(outcome.is_ok(), started.elapsed());
+        });
     }
 
     /// A probe on the probe thread: its verdict also drives the database breaker.
@@ -247,7 +249,7 @@ impl Health {
         state != BreakerState::Open
     }
 
-    fn own_report(&self) -> ActorReport {
+    fn own_state(&self) -> Value {
         let probe = match &self.probe {
             Probe::Pending => json!({"status": "pending"}),
             Probe::Passed { at, latency } => {
@@ -256,14 +258,11 @@ impl Health {
             Probe::Failed { at } => json!({"status": "fail", "at": rfc3339(at)}),
         };
         let breaker = self.last_breaker_change.as_ref().map(|change| json!(change));
-        ActorReport::running(
-            ACTOR,
-            json!({
-                "probe": probe, "probe_interval_ms": self.probe_interval.as_millis() as u64,
-                "shutting_down": self.shutting_down, "restarts_recorded": self.ledger.len(),
-                "last_breaker_change": breaker,
-            }),
-        )
+        json!({
+            "probe": probe, "probe_interval_ms": self.probe_interval.as_millis() as u64,
+            "shutting_down": self.shutting_down, "restarts_recorded": self.ledger.len(),
+            "last_breaker_change": breaker,
+        })
     }
 
     fn ledger_snapshot(&self) -> RestartLedger {
@@ -282,7 +281,7 @@ impl Health {
         RestartLedger { newest_first: self.ledger.iter().rev().cloned().collect(), by_actor }
     }
 
-    fn record_restart(&mut self, restart: ActorRestarted) {
+    fn enter_in_ledger(&mut self, restart: ActorRestarted) {
         let record = self.restarts.entry(restart.actor).or_default();
         record.count += 1;
         record.last_at = Some(restart.at);
@@ -310,32 +309,23 @@ fn rfc3339(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-impl Actor for Health {
-    type Context = Context<Self>;
+supervised_actor!(Health);
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        // Runs again after a restart; the database, ledger and shutdown flag survive it.
+impl SupervisedActor for Health {
+    /// Runs again after a restart; the database, ledger and shutdown flag survive it.
+    fn start(&mut self, ctx: &mut Context<Self>) {
         self.probe_in_flight = false;
-        guarded(self, ctx, |act, ctx| {
-            act.probe_database(ctx);
-            ctx.run_interval(act.probe_interval, |act, ctx| {
-                guarded(act, ctx, |act, ctx| act.probe_database(ctx));
-            });
-        });
+        self.probe_database(ctx);
+        guarded_interval(ctx, self.probe_interval, |act, ctx| act.probe_database(ctx));
     }
-}
 
-impl Guarded for Health {
-    fn on_panic(&mut self, payload: &PanicPayload) {
-        // Health keeps its own ledger, so its own restarts are recorded right here.
-        let restart = record_panic(&self.metrics, ACTOR, payload);
-        self.record_restart(restart);
+    fn report_state(&mut self) -> Value {
+        self.own_state()
     }
-}
 
-impl Supervised for Health {
-    fn restarting(&mut self, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |_, _| tracing::info!(actor = ACTOR, "restarting"));
+    /// Health keeps the ledger, so its own restarts are recorded right here.
+    fn record_restart(&mut self, restart: ActorRestarted) {
+        self.enter_in_ledger(restart);
     }
 }
 
@@ -357,7 +347,7 @@ impl Handler<WatchDatabase> for Health {
 impl Handler<ActorRestarted> for Health {
     type Result = ();
     fn handle(&mut self, msg: ActorRestarted, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, _| act.record_restart(msg));
+        guarded(self, ctx, |act, _| act.enter_in_ledger(msg));
     }
 }
 
@@ -430,13 +420,6 @@ impl Handler<GetReadiness> for Health {
     }
 }
 
-impl Handler<Crash> for Health {
-    type Result = Result<(), crate::error::AppError>;
-    fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
-        guarded(self, ctx, |_, _| msg.detonate()).ok_or_else(|| crashed(ACTOR))
-    }
-}
-
 /// Hands Health the probe's own thread, so probes never queue behind requests. A probe
 /// taking longer than `timeout` counts as failed (and opens the database breaker), so it
 /// must be generous: a slow moment is not an outage.
@@ -479,15 +462,5 @@ impl Handler<GetRestartLedger> for Health {
     type Result = MessageResult<GetRestartLedger>;
     fn handle(&mut self, _msg: GetRestartLedger, ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(guarded(self, ctx, |act, _| act.ledger_snapshot()))
-    }
-}
-
-impl Handler<GetActorReport> for Health {
-    type Result = MessageResult<GetActorReport>;
-    fn handle(&mut self, _msg: GetActorReport, ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(
-            guarded(self, ctx, |act, _| act.own_report())
-                .unwrap_or_else(|| ActorReport::unresponsive(ACTOR, "panicked while reporting")),
-        )
     }
 }
