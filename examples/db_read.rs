@@ -19,12 +19,13 @@ use storefront::{
         breaker::{BreakerChanged, BreakerSettings, DbBreaker},
         cache::CacheTiers,
         db_executor::DbGatewaySettings,
+        restarts::RestartRegistry,
         supervision::{ActorRestarted, RestartReporter},
         DbGateway,
     },
     config::{DatabaseConfig, DatabaseUrl},
     db::{build_pool, catalog::GetProduct, outbox::Outbox, DbPool, UseCase},
-    domain::catalog::Product,
+    domain::{catalog::Product, restart_intensity::RestartIntensity},
     metrics::Metrics,
 };
 use uuid::Uuid;
@@ -90,7 +91,8 @@ async fn main() -> std::io::Result<()> {
     };
 
     let metrics = Arc::new(Metrics::new());
-    let reporter = RestartReporter::new(Arc::clone(&metrics), Ignore.start().recipient());
+    let restarts = RestartRegistry::new(RestartIntensity::default());
+    let reporter = RestartReporter::new(Arc::clone(&metrics), Ignore.start().recipient(), restarts);
     let breaker = DbBreaker::new(
         BreakerSettings { failure_threshold: 5, cooldown: Duration::from_secs(5) },
         Arc::clone(&metrics),

@@ -36,6 +36,7 @@ use crate::{
         janitor::{self, Janitor, Retention},
         nats_publisher::{NatsPublisher, OutboxFeed, Retire},
         rate_limiter::{RateLimiterClient, RedisTarget},
+        restarts::RestartRegistry,
         supervision::RestartReporter,
         DbGateway,
     },
@@ -106,17 +107,18 @@ impl Application {
         let http_workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         // This replica, as named in the outbox events it writes.
         let origin = uuid::Uuid::now_v7();
+        let restarts = RestartRegistry::new(config.restart_intensity);
         let health = {
-            let metrics = Arc::clone(&metrics);
+            let (metrics, restarts) = (Arc::clone(&metrics), restarts.clone());
             let interval = config.health_probe_interval;
             Supervisor::start(move |ctx: &mut actix::Context<Health>| {
                 // Health keeps the restart ledger, its own restarts included.
-                let supervision =
-                    RestartReporter::new(Arc::clone(&metrics), ctx.address().recipient()).supervision(health::ACTOR);
+                let supervision = RestartReporter::new(Arc::clone(&metrics), ctx.address().recipient(), restarts)
+                    .supervision(health::ACTOR);
                 Health::new(metrics, interval, supervision)
             })
         };
-        let reporter = RestartReporter::new(Arc::clone(&metrics), health.clone().recipient());
+        let reporter = RestartReporter::new(Arc::clone(&metrics), health.clone().recipient(), restarts.clone());
         let outbox_appended = OutboxSignals::default();
         let event_position = EventPosition::default();
         let breaker = DbBreaker::new(
@@ -223,7 +225,7 @@ impl Application {
 
         let actors = {
             use crate::actors::report::ActorKind;
-            let mut directory = ActorDirectory::new();
+            let mut directory = ActorDirectory::new(restarts);
             let (gateway, passwords) = (db.clone(), passwords.clone());
             directory
                 .describe(move || gateway.report())

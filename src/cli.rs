@@ -239,6 +239,13 @@ pub struct ServeArgs {
     /// How long the open breaker refuses database work before one trial decides, in ms.
     #[arg(long, env = "DB_BREAKER_COOLDOWN_MS", default_value = "1000")]
     pub db_breaker_cooldown_ms: String,
+    /// Restarts an actor may have within ACTOR_RESTART_WINDOW_SECONDS; past that it backs off
+    /// (each restart waits, 1 s doubling to 30 s) until it runs a whole window without a panic.
+    #[arg(long, env = "ACTOR_MAX_RESTARTS", default_value = "10")]
+    pub actor_max_restarts: String,
+    /// The window actor restarts are counted in, in seconds.
+    #[arg(long, env = "ACTOR_RESTART_WINDOW_SECONDS", default_value = "60")]
+    pub actor_restart_window_seconds: String,
     #[command(flatten)]
     pub nats: NatsArgs,
 }

@@ -7,7 +7,10 @@ use rand::Rng;
 
 use crate::{
     cli::{DatabaseArgs, NatsArgs, ServeArgs},
-    domain::rate_limit::{Quota, Quotas},
+    domain::{
+        rate_limit::{Quota, Quotas},
+        restart_intensity::RestartIntensity,
+    },
 };
 
 /// Where the data lives; the backend is chosen by the URL scheme, never guessed.
@@ -138,6 +141,8 @@ pub struct Config {
     pub db_breaker_failures: u32,
     /// How long an open breaker refuses database work before one trial may pass.
     pub db_breaker_cooldown: Duration,
+    /// ACTOR_MAX_RESTARTS within ACTOR_RESTART_WINDOW_SECONDS; past that, restarts back off.
+    pub restart_intensity: RestartIntensity,
     /// Publishing the outbox to NATS JetStream; `None` (no NATS_URL) turns it off.
     pub nats: Option<NatsSettings>,
     pub live_updates: LiveUpdatesConfig,
@@ -403,6 +408,15 @@ impl Config {
                 10,
                 600_000,
             )?),
+            restart_intensity: RestartIntensity {
+                max_restarts: parse_number("ACTOR_MAX_RESTARTS", &args.actor_max_restarts, 0, 1_000)?,
+                window: Duration::from_secs(parse_number(
+                    "ACTOR_RESTART_WINDOW_SECONDS",
+                    &args.actor_restart_window_seconds,
+                    1,
+                    86_400,
+                )?),
+            },
             nats: NatsSettings::from_args(&args.nats)?,
         })
     }

@@ -51,7 +51,7 @@ impl<U: UseCase> Message for Query<U> {
     type Result = Result<U::Output, AppError>;
 }
 
-const ACTOR: &str = "db_executor";
+pub const ACTOR: &str = "db_executor";
 
 pub struct DbExecutor {
     pool: DbPool,

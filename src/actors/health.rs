@@ -1,7 +1,8 @@
 //! The Health actor owns readiness: the last database probe, whether shutdown has begun,
-//! and the ledger of actor restarts. `/readyz` asks it and never waits on the database.
-//! It is also where operators' live events come from: each restart and each change of
-//! readiness goes to the EventHub's `ops` topic.
+//! whether an actor requests cannot do without is backing off, and the ledger of actor
+//! restarts. `/readyz` asks it and never waits on the database. It is also where operators'
+//! live events come from: each restart, each actor that starts or stops backing off, and
+//! each change of readiness goes to the EventHub's `ops` topic.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -15,10 +16,11 @@ use serde_json::{json, Value};
 
 use super::{
     breaker::{BreakerChanged, BreakerState},
-    db_executor::{DbGateway, Ping},
-    db_probe::{DbProbe, ProbeDatabase},
+    db_executor::{self, DbGateway, Ping},
+    db_probe::{self, DbProbe, ProbeDatabase},
     event_hub::OpsEvent,
-    report::RestartSummary,
+    report::{RestartSummary, SupervisionReport},
+    restarts::ActorRestarts,
     supervision::{
         guarded, guarded_interval, guarded_then, supervised_actor, ActorRestarted, SupervisedActor, Supervision,
     },
@@ -28,6 +30,8 @@ use crate::metrics::Metrics;
 pub const ACTOR: &str = "health";
 /// Restarts kept for `GET /api/v1/ops/restarts`.
 const LEDGER_LENGTH: usize = 100;
+/// Actors without which requests cannot be served: readiness fails while one backs off.
+const CORE_ACTORS: [&str; 2] = [db_executor::ACTOR, ACTOR];
 
 #[derive(Debug, Clone)]
 enum Probe {
@@ -64,6 +68,8 @@ pub struct Health {
     last_breaker_change: Option<BreakerChanged>,
     /// Dependencies that are reported, not probed, and do not decide readiness (NATS).
     dependencies: BTreeMap<&'static str, DependencyCheck>,
+    /// Actors announced on `ops` as backing off, with the delayed restart announced.
+    announced_backoffs: BTreeMap<&'static str, u64>,
 }
 
 impl Health {
@@ -84,7 +90,50 @@ impl Health {
             ledger: VecDeque::with_capacity(LEDGER_LENGTH),
             last_breaker_change: None,
             dependencies: BTreeMap::new(),
+            announced_backoffs: BTreeMap::new(),
         }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        self.probe_database(ctx);
+        if self.watch_backoffs() {
+            self.announce_readiness();
+        }
+    }
+
+    /// Announces on `ops` every actor that started backing off or was delayed again
+    /// (`actor.backing_off`) and every one that recovered (`actor.recovered`), and keeps
+    /// `storefront_actor_backing_off` current. Runs on every tick and after every restart
+    /// report, so a recovery is announced within a probe interval. True when anything
+    /// changed.
+    fn watch_backoffs(&mut self) -> bool {
+        let registry = self.supervision.registry().clone();
+        let mut changed = false;
+        for restarts in registry.iter() {
+            let (actor, backing_off, mark) = (restarts.name(), restarts.is_backing_off(), restarts.backoff_mark());
+            self.metrics.actor_backing_off.with_label_values(&[actor]).set(i64::from(backing_off));
+            let announced = self.announced_backoffs.get(actor).copied();
+            if backing_off && announced != Some(mark) {
+                let report = restarts.report();
+                tracing::warn!(actor, next_restart_at = ?report.next_restart_at, "actor restarts too often: backing off");
+                self.announced_backoffs.insert(actor, mark);
+                self.emit("actor.backing_off", supervision_event(actor, report));
+                changed = true;
+            } else if !backing_off && announced.is_some() {
+                tracing::info!(actor, "actor recovered: it ran a whole window without a panic");
+                self.announced_backoffs.remove(actor);
+                self.emit("actor.recovered", supervision_event(actor, restarts.report()));
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The thread the probe runs on, unless it is down waiting out a restart backoff (then
+    /// the probe goes through the pool, as when there is none).
+    fn probe_thread(&self) -> Option<(Addr<DbProbe>, Duration)> {
+        let down = self.supervision.registry().find(db_probe::ACTOR).is_some_and(|probe| probe.is_down());
+        self.probe_thread.clone().filter(|_| !down)
     }
 
     fn probe_database(&mut self, ctx: &mut Context<Self>) {
@@ -94,7 +143,7 @@ impl Health {
         if self.probe_in_flight {
             return;
         }
-        if let Some((probe, timeout)) = self.probe_thread.clone() {
+        if let Some((probe, timeout)) = self.probe_thread() {
             self.probe_in_flight = true;
             // A probe that times out counts as failed; its message is skipped when the
             // probe thread reaches it, so probes never pile up.
@@ -193,6 +242,7 @@ impl Health {
         );
         checks.insert("process:shutdown".into(), json!([{"status": pass_fail(!self.shutting_down)}]));
         let breaker_ok = self.insert_breaker_check(&mut checks);
+        let supervision_ok = self.insert_supervision_check(&mut checks);
 
         let restarts: Vec<Value> = self
             .restarts
@@ -221,13 +271,41 @@ impl Health {
             ("db_executor", workers_ok),
             ("shutdown", !self.shutting_down),
             ("breaker", breaker_ok),
+            ("supervision", supervision_ok),
         ] {
             self.metrics.readiness.with_label_values(&[name]).set(i64::from(ok));
         }
         ReadinessReport {
-            ready: database_ok && workers_ok && !self.shutting_down && breaker_ok,
+            ready: database_ok && workers_ok && !self.shutting_down && breaker_ok && supervision_ok,
             checks: Value::Object(checks),
         }
+    }
+
+    /// `actors:supervision`, present while an actor backs off: fail for one requests cannot
+    /// do without (`CORE_ACTORS`), warn for the others. Returns whether readiness may pass.
+    fn insert_supervision_check(&self, checks: &mut serde_json::Map<String, Value>) -> bool {
+        let backing_off: Vec<&std::sync::Arc<ActorRestarts>> =
+            self.supervision.registry().iter().filter(|restarts| restarts.is_backing_off()).collect();
+        let core_backing_off = backing_off.iter().any(|restarts| CORE_ACTORS.contains(&restarts.name()));
+        if !backing_off.is_empty() {
+            let components = backing_off.iter().map(|restarts| {
+                let report = restarts.report();
+                let output = match report.next_restart_at {
+                    Some(at) => format!("restarts too often: next restart at {}", rfc3339(&at)),
+                    None => format!(
+                        "restarted after backing off: recovers once it runs {} s without a panic",
+                        report.window_seconds
+                    ),
+                };
+                let status = if CORE_ACTORS.contains(&restarts.name()) { "fail" } else { "warn" };
+                json!({
+                    "componentId": restarts.name(), "status": status, "observedValue": report.restarts_in_window,
+                    "observedUnit": "restarts in window", "output": output,
+                })
+            });
+            checks.insert("actors:supervision".into(), Value::Array(components.collect()));
+        }
+        !core_backing_off
     }
 
     /// `database:breaker`: pass closed, warn half-open (a trial is deciding), fail open.
@@ -297,6 +375,16 @@ impl Health {
     }
 }
 
+/// The data of `actor.backing_off` and `actor.recovered`: the actor's supervision, flat.
+fn supervision_event(actor: &str, report: SupervisionReport) -> Value {
+    let mut data = serde_json::to_value(report).unwrap_or_else(|_| json!({}));
+    if let Some(fields) = data.as_object_mut() {
+        fields.insert("actor".into(), json!(actor));
+        fields.insert("at".into(), json!(rfc3339(&Utc::now())));
+    }
+    data
+}
+
 fn pass_fail(ok: bool) -> &'static str {
     if ok {
         "pass"
@@ -315,17 +403,21 @@ impl SupervisedActor for Health {
     /// Runs again after a restart; the database, ledger and shutdown flag survive it.
     fn start(&mut self, ctx: &mut Context<Self>) {
         self.probe_in_flight = false;
-        self.probe_database(ctx);
-        guarded_interval(ctx, self.probe_interval, |act, ctx| act.probe_database(ctx));
+        self.tick(ctx);
+        guarded_interval(ctx, self.probe_interval, Self::tick);
     }
 
     fn report_state(&mut self) -> Value {
         self.own_state()
     }
 
-    /// Health keeps the ledger, so its own restarts are recorded right here.
+    /// Health keeps the ledger, so its own restarts are recorded right here (and its own
+    /// backing off announced before it waits).
     fn record_restart(&mut self, restart: ActorRestarted) {
         self.enter_in_ledger(restart);
+        if self.watch_backoffs() {
+            self.announce_readiness();
+        }
     }
 }
 
@@ -347,7 +439,12 @@ impl Handler<WatchDatabase> for Health {
 impl Handler<ActorRestarted> for Health {
     type Result = ();
     fn handle(&mut self, msg: ActorRestarted, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, _| act.enter_in_ledger(msg));
+        guarded(self, ctx, |act, _| {
+            act.enter_in_ledger(msg);
+            if act.watch_backoffs() {
+                act.announce_readiness();
+            }
+        });
     }
 }
 

@@ -62,7 +62,7 @@ impl PoolThreads {
 
 /// Implements `Actor` on a SyncArbiter for a pool worker whose `threads: PoolThreads`
 /// field counts it in and out and whose `supervision: Supervision` field runs its work
-/// (`Supervision::catch`).
+/// (`Supervision::catch`) and holds its thread back while its restart backs off.
 macro_rules! supervised_pool_actor {
     ($actor:ty) => {
         impl actix::Actor for $actor {
@@ -74,6 +74,7 @@ macro_rules! supervised_pool_actor {
 
             fn stopped(&mut self, _ctx: &mut Self::Context) {
                 self.threads.stopped();
+                self.supervision.wait_before_restart();
             }
         }
     };

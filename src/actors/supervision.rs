@@ -14,6 +14,13 @@
 //! intervals through `guarded_interval`, its futures' continuations through
 //! `guarded_then`. A thread-pool actor holds the same `Supervision` and runs its work
 //! through `Supervision::catch`.
+//!
+//! Restarts obey a restart intensity with backoff (`domain::restart_intensity`, history in
+//! `restarts`): within `ACTOR_MAX_RESTARTS` per `ACTOR_RESTART_WINDOW_SECONDS` a panicked
+//! actor is rebuilt at once; past it, the restart waits. An async actor waiting out its
+//! backoff has run `recover` but not `start`, and answers every message at once with the
+//! fallback its handler gives for a panic; a pool thread sleeps before its factory builds
+//! the next actor. Callers that ask `ActorRestarts::is_down` first do not even send.
 
 use std::{
     any::Any,
@@ -30,8 +37,15 @@ use actix::{
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{chaos::Crash, report::ActorReport};
+use super::{
+    chaos::Crash,
+    report::ActorReport,
+    restarts::{ActorRestarts, Restart, RestartRegistry},
+};
 use crate::{error::AppError, metrics::Metrics};
+
+/// What a crash loop injected with `/ops/chaos` panics with.
+const CRASH_LOOP: &str = "fault injected: crash loop requested by an operator";
 
 pub type PanicPayload = Box<dyn Any + Send>;
 
@@ -51,64 +65,120 @@ pub struct ActorRestarted {
     pub reason: String,
 }
 
-/// Where restarts are counted and recorded: cloned into whatever starts actors, which
-/// hands each actor its `Supervision`.
+/// Where restarts are counted, recorded and decided: cloned into whatever starts actors,
+/// which hands each actor its `Supervision`.
 #[derive(Clone)]
 pub struct RestartReporter {
     metrics: Arc<Metrics>,
     ledger: Recipient<ActorRestarted>,
+    registry: RestartRegistry,
 }
 
 impl RestartReporter {
-    pub fn new(metrics: Arc<Metrics>, ledger: Recipient<ActorRestarted>) -> Self {
-        Self { metrics, ledger }
+    pub fn new(metrics: Arc<Metrics>, ledger: Recipient<ActorRestarted>, registry: RestartRegistry) -> Self {
+        Self { metrics, ledger, registry }
     }
 
     /// The supervision of one instance of the actor called `actor`.
     pub fn supervision(&self, actor: &'static str) -> Supervision {
-        Supervision { actor, reporter: self.clone() }
+        Supervision { restarts: self.registry.of(actor), reporter: self.clone(), delayed: false, waiting: false }
+    }
+
+    /// The restart history of the actor called `actor`, for its callers.
+    pub fn restarts_of(&self, actor: &'static str) -> Arc<ActorRestarts> {
+        self.registry.of(actor)
     }
 }
 
-/// What every supervised actor instance holds: its name and where its panics are reported.
-#[derive(Clone)]
+/// What every supervised actor instance holds: its kind's restart history and where its
+/// panics are reported, and whether this instance waits out a backoff.
 pub struct Supervision {
-    actor: &'static str,
+    restarts: Arc<ActorRestarts>,
     reporter: RestartReporter,
+    /// The last panic's restart waits out a backoff.
+    delayed: bool,
+    /// Restarted, waiting out the backoff before it starts (async actors).
+    waiting: bool,
 }
 
 impl Supervision {
     pub fn actor(&self) -> &'static str {
-        self.actor
+        self.restarts.name()
     }
 
-    /// Logs and counts a panic; returns the ledger entry for it.
+    pub fn registry(&self) -> &RestartRegistry {
+        &self.reporter.registry
+    }
+
+    /// Logs and counts a panic and decides when its restart happens; returns the ledger
+    /// entry for it.
     fn panicked(&mut self, payload: &PanicPayload) -> ActorRestarted {
-        let actor = self.actor;
+        let actor = self.actor();
         let reason = panic_message(payload);
-        tracing::error!(actor, reason = %reason, "actor panicked; a fresh one takes its place");
         self.reporter.metrics.actor_restarts.with_label_values(&[actor]).inc();
+        match self.restarts.record() {
+            Restart::Now => tracing::error!(actor, reason = %reason, "actor panicked; a fresh one takes its place"),
+            Restart::After(delay) => {
+                self.delayed = true;
+                tracing::error!(
+                    actor, reason = %reason, backoff_ms = delay.as_millis() as u64,
+                    "actor panicked and restarts too often: a fresh one takes its place after a backoff"
+                );
+            }
+        }
         ActorRestarted { actor, at: Utc::now(), reason }
     }
 
-    /// What the caller of a panicked actor is answered with (a 500 problem).
+    /// What the caller of a panicked actor is answered with (a 500 problem), or of one
+    /// waiting out its backoff (a 503 with `Retry-After`).
     pub fn failure(&self) -> AppError {
-        AppError::Internal(format!("actor {} panicked", self.actor))
+        if self.waiting {
+            AppError::Unavailable {
+                retry_after_secs: self.restarts.retry_after_secs(),
+                detail: format!("The {} actor is restarting after repeated crashes; try again shortly.", self.actor()),
+            }
+        } else {
+            AppError::Internal(format!("actor {} panicked", self.actor()))
+        }
     }
 
     /// Runs a thread-pool actor's work under the panic guard. A panic is reported and the
     /// thread's actor stopped, so the SyncArbiter's factory builds a fresh one on the same
-    /// thread; the caller gets the 500 it is answered with.
+    /// thread (after a backoff, see `wait_before_restart`); the caller gets the 500 it is
+    /// answered with.
     pub fn catch<A, T>(&mut self, ctx: &mut SyncContext<A>, work: impl FnOnce() -> T) -> Result<T, AppError>
     where
         A: Actor<Context = SyncContext<A>>,
     {
-        catch_panic(work).map_err(|payload| {
+        let crash_looping = self.restarts.crash_looping();
+        catch_panic(|| {
+            assert!(!crash_looping, "{CRASH_LOOP}");
+            work()
+        })
+        .map_err(|payload| {
             let restart = self.panicked(&payload);
             self.reporter.ledger.do_send(restart);
             ctx.stop();
             self.failure()
         })
+    }
+
+    /// Call from a pool actor's `stopped`: when its panic's restart backs off, the thread
+    /// (the actor's own) sleeps until it is due, so the factory builds the next actor then.
+    /// The caller was answered before; new requests see the pool short of a thread.
+    pub fn wait_before_restart(&mut self) {
+        if !std::mem::take(&mut self.delayed) {
+            return;
+        }
+        loop {
+            // Another thread of the pool may have pushed the restart later meanwhile.
+            let left = self.restarts.until_restart();
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left);
+        }
+        tracing::info!(actor = self.actor(), "backoff over: restarting");
     }
 }
 
@@ -153,13 +223,22 @@ pub trait SupervisedActor: Actor<Context = Context<Self>> + HasSupervision {
 
 /// Runs a piece of an async actor's work under `catch_panic`. On a panic the panic is
 /// reported and the context stopped, so the Supervisor starts the actor afresh; the
-/// caller gets `None` and answers with its fallback.
+/// caller gets `None` and answers with its fallback. While the actor waits out a backoff
+/// the work does not run: `None` at once.
 pub fn guarded<A: SupervisedActor, T>(
     act: &mut A,
     ctx: &mut Context<A>,
     work: impl FnOnce(&mut A, &mut Context<A>) -> T,
 ) -> Option<T> {
-    match catch_panic(|| work(act, ctx)) {
+    let supervision = act.supervision();
+    if supervision.waiting {
+        return None;
+    }
+    let crash_looping = supervision.restarts.crash_looping();
+    match catch_panic(|| {
+        assert!(!crash_looping, "{CRASH_LOOP}");
+        work(act, ctx)
+    }) {
         Ok(value) => Some(value),
         Err(payload) => {
             let restart = act.supervision().panicked(&payload);
@@ -192,18 +271,34 @@ pub fn guarded_then<A: SupervisedActor, F: Future + 'static>(
     }))
 }
 
-/// `Actor::started` of a supervised actor (see `supervised_actor!`).
+/// `Actor::started` of a supervised actor (see `supervised_actor!`): `start` at once, or
+/// once the backoff is over.
 pub fn started<A: SupervisedActor>(act: &mut A, ctx: &mut Context<A>) {
-    guarded(act, ctx, |act, ctx| act.start(ctx));
+    if !act.supervision().waiting {
+        guarded(act, ctx, |act, ctx| act.start(ctx));
+        return;
+    }
+    // Another instance of the actor may have pushed the restart later meanwhile.
+    let left = act.supervision().restarts.until_restart();
+    if left.is_zero() {
+        act.supervision().waiting = false;
+        tracing::info!(actor = act.supervision().actor(), "backoff over: restarting");
+        guarded(act, ctx, |act, ctx| act.start(ctx));
+    } else {
+        ctx.run_later(left, started);
+    }
 }
 
-/// `Supervised::restarting` of a supervised actor (see `supervised_actor!`).
+/// `Supervised::restarting` of a supervised actor (see `supervised_actor!`): `recover`
+/// at once, then wait out the backoff if the panic's restart is delayed.
 pub fn restarting<A: SupervisedActor>(act: &mut A, ctx: &mut Context<A>) {
     tracing::info!(actor = act.supervision().actor(), "restarting");
     if let Err(payload) = catch_panic(|| act.recover(ctx)) {
         let restart = act.supervision().panicked(&payload);
         act.record_restart(restart);
     }
+    let supervision = act.supervision();
+    supervision.waiting = std::mem::take(&mut supervision.delayed);
 }
 
 /// Answers `Crash`: the actor panics in its handler, and its caller gets the 500.
@@ -214,8 +309,11 @@ pub fn crash<A: SupervisedActor>(act: &mut A, ctx: &mut Context<A>, crash: Crash
 /// Answers `GetActorReport` from the actor's memory.
 pub fn report<A: SupervisedActor>(act: &mut A, ctx: &mut Context<A>) -> ActorReport {
     let name = act.supervision().actor();
-    guarded(act, ctx, |act, _| ActorReport::running(name, act.report_state()))
-        .unwrap_or_else(|| ActorReport::unresponsive(name, "panicked while reporting"))
+    guarded(act, ctx, |act, _| ActorReport::running(name, act.report_state())).unwrap_or_else(|| {
+        let why =
+            if act.supervision().waiting { "waiting out its restart backoff" } else { "panicked while reporting" };
+        ActorReport::unresponsive(name, why)
+    })
 }
 
 /// Implements `Actor` (with `Context`), `Supervised`, `Handler<Crash>`,
