@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::{
     db_executor::DbGateway,
     event_position::Positioned,
+    restarts::ActorRestarts,
     shards::Shards,
     supervision::{guarded, guarded_then, supervised_actor, RestartReporter, SupervisedActor, Supervision},
 };
@@ -334,6 +335,8 @@ pub struct CacheTiers {
     near: Shards<NearCache>,
     ttl: Duration,
     capacity: Option<NonZeroUsize>,
+    /// While the cache backs off from restarting (it panicked too often), reads bypass it.
+    restarts: Arc<ActorRestarts>,
 }
 
 impl CacheTiers {
@@ -345,6 +348,7 @@ impl CacheTiers {
         reporter: RestartReporter,
     ) -> Self {
         let near = Shards::new(if capacity.is_some() { http_workers } else { 1 });
+        let restarts = reporter.restarts_of(ACTOR);
         let shared = capacity.map(|capacity| {
             let supervision = reporter.supervision(ACTOR);
             let cache = Supervisor::start(move |ctx: &mut Context<Cache>| {
@@ -354,7 +358,7 @@ impl CacheTiers {
             cache.do_send(AttachNear(near.clone()));
             cache
         });
-        Self { shared, near, ttl, capacity }
+        Self { shared, near, ttl, capacity, restarts }
     }
 
     /// Call once, right after the gateway started (and before the server accepts).
@@ -490,11 +494,13 @@ impl CacheClient {
             db: self.db.clone(),
             metrics: Arc::clone(&self.metrics),
             timeouts: self.timeouts,
+            restarts: Arc::clone(&self.tiers.restarts),
         }
     }
 
     async fn get(&self, key: CacheKey) -> Result<Cached, AppError> {
-        let Some(near) = &self.near else { return self.shared_reader().read(key).await };
+        let near = self.near.as_ref().filter(|_| !self.tiers.restarts.is_down());
+        let Some(near) = near else { return self.shared_reader().read(key).await };
         // Same thread: no wake-up of another worker, no contention on a shared mailbox.
         let CacheTimeouts { ask, load } = self.timeouts;
         match near.send(Get(key.clone(), tracing::Span::current())).timeout(ask).await {
@@ -523,6 +529,7 @@ struct SharedReader {
     db: DbGateway,
     metrics: Arc<Metrics>,
     timeouts: CacheTimeouts,
+    restarts: Arc<ActorRestarts>,
 }
 
 impl SharedReader {
@@ -531,6 +538,10 @@ impl SharedReader {
         let bypass = |reason: &str| {
             self.metrics.cache_bypass.with_label_values(&[key.cache(), reason]).inc();
         };
+        if self.restarts.is_down() {
+            bypass("backing_off");
+            return load(&self.db, &key).await;
+        }
         match cache.send(Get(key.clone(), tracing::Span::current())).timeout(self.timeouts.ask).await {
             Ok(Some(Lookup::Ready(value))) => return Ok(value),
             Ok(Some(Lookup::Pending(pending))) => match actix_rt::time::timeout(self.timeouts.load, pending).await {

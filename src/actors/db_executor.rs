@@ -19,6 +19,7 @@ use super::{
     cache::CacheTiers,
     event_position::{EventPosition, Positioned},
     pool_threads::{supervised_pool_actor, PoolThreads},
+    restarts::ActorRestarts,
     supervision::{RestartReporter, Supervision},
 };
 use crate::{
@@ -117,6 +118,8 @@ pub struct DbGateway {
     timeout: Duration,
     metrics: Arc<Metrics>,
     threads: PoolThreads,
+    /// Whether the executors back off from restarting (after panicking too often).
+    restarts: Arc<ActorRestarts>,
     breaker: Arc<DbBreaker>,
     pool: DbPool,
     /// Observed before each positioned read (`read_positioned`).
@@ -146,6 +149,7 @@ impl DbGateway {
         let cache = settings.cache;
         let breaker = Arc::clone(&settings.breaker);
         let reported_pool = pool.clone();
+        let restarts = reporter.restarts_of(ACTOR);
         // The factory runs on the executor thread itself (again after each restart).
         let addr = SyncArbiter::start(settings.workers, move || DbExecutor {
             origin,
@@ -162,6 +166,7 @@ impl DbGateway {
             timeout: settings.timeout,
             metrics,
             threads,
+            restarts,
             breaker: settings.breaker,
             pool: reported_pool,
             event_position: settings.event_position,
@@ -208,6 +213,15 @@ impl DbGateway {
         if let Err(refused) = self.breaker.admit() {
             self.metrics.db_shed.with_label_values(&["breaker_open"]).inc();
             return Err(refused);
+        }
+        if self.threads.alive() == 0 && self.restarts.is_down() {
+            // Every executor panicked too often and sleeps out its backoff: nothing would
+            // take the request before then.
+            self.metrics.db_shed.with_label_values(&["backing_off"]).inc();
+            return Err(AppError::Unavailable {
+                retry_after_secs: self.restarts.retry_after_secs(),
+                detail: "The database workers are restarting after repeated crashes; try again shortly.".into(),
+            });
         }
         let progress = Arc::new(AtomicU8::new(QUEUED));
         let query = Query {

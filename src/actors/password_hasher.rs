@@ -12,6 +12,7 @@ use super::{
     admission::Admission,
     pool_threads::{supervised_pool_actor, PoolThreads},
     report::ActorReport,
+    restarts::ActorRestarts,
     supervision::{RestartReporter, Supervision},
 };
 use crate::{
@@ -92,12 +93,14 @@ pub struct Passwords {
     addr: Addr<PasswordHasher>,
     admission: Arc<Admission>,
     threads: PoolThreads,
+    restarts: Arc<ActorRestarts>,
     metrics: Arc<Metrics>,
 }
 
 impl Passwords {
     pub fn start(threads: usize, reporter: RestartReporter, metrics: Arc<Metrics>) -> Self {
         let pool = PoolThreads::new(ACTOR, threads);
+        let restarts = reporter.restarts_of(ACTOR);
         let (counted, runs) = (pool.clone(), Arc::clone(&metrics));
         let addr = SyncArbiter::start(threads, move || PasswordHasher {
             memory: HashMemory::default(),
@@ -107,7 +110,7 @@ impl Passwords {
         });
         // Waiting requests hold no argon2 memory (only running hashes do), so the queue can
         // be deep; it is bounded so a sign-in storm is shed instead of piling up.
-        Self { addr, admission: Arc::new(Admission::new(threads * 64, None)), threads: pool, metrics }
+        Self { addr, admission: Arc::new(Admission::new(threads * 64, None)), threads: pool, restarts, metrics }
     }
 
     /// This pool's row in the actors API, read from its atomics (asking a thread would
@@ -138,6 +141,12 @@ impl Passwords {
         M::Result: Send,
         PasswordHasher: Handler<M>,
     {
+        if self.threads.alive() == 0 && self.restarts.is_down() {
+            return Err(AppError::Unavailable {
+                retry_after_secs: self.restarts.retry_after_secs(),
+                detail: "Password checks are restarting after repeated crashes; try again shortly.".into(),
+            });
+        }
         let _slot = self
             .admission
             .try_admit()

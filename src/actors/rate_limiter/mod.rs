@@ -45,6 +45,7 @@ use tokio::sync::oneshot;
 
 use self::redis::{RedisFailure, RedisLedgers};
 use super::{
+    restarts::ActorRestarts,
     shards::Shards,
     supervision::{guarded, supervised_actor, RestartReporter, SupervisedActor, Supervision},
     Crash,
@@ -167,6 +168,9 @@ struct Shared {
     shards: Shards<RateLimiter>,
     metrics: Arc<Metrics>,
     reporter: RestartReporter,
+    /// While the limiter backs off from restarting (it panicked too often), requests meet
+    /// the fail-open budget without asking it.
+    restarts: Arc<ActorRestarts>,
 }
 
 impl Shared {
@@ -586,6 +590,7 @@ impl RateLimiterClient {
             redis,
             shards: Shards::new(workers),
             metrics,
+            restarts: reporter.restarts_of(ACTOR),
             reporter,
         };
         Self { local: None, shared }
@@ -609,13 +614,16 @@ impl RateLimiterClient {
         Self { local: Some(shard), shared: self.shared.clone() }
     }
 
-    /// The decision; `Ok(None)` when the shard is faulted or could not decide.
+    /// The decision; `Ok(None)` when the shard is faulted, backing off or could not decide.
     pub async fn check(
         &self,
         policy: Policy,
         key: ClientKey,
         timeout: Duration,
     ) -> Result<Option<Decision>, MailboxError> {
+        if self.shared.restarts.is_down() {
+            return Ok(None);
+        }
         let shard = self.local.as_ref().or_else(|| self.shared.shards.each().next()).ok_or(MailboxError::Closed)?;
         shard.send(Check { policy, key }).timeout(timeout).await
     }
