@@ -28,4 +28,5 @@ mod process;
 mod products;
 mod rate_limits;
 mod replicas;
+mod supervision;
 mod users;
