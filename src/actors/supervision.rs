@@ -301,7 +301,8 @@ pub fn restarting<A: SupervisedActor>(act: &mut A, ctx: &mut Context<A>) {
     supervision.waiting = std::mem::take(&mut supervision.delayed);
 }
 
-/// Answers `Crash`: the actor panics in its handler, and its caller gets the 500.
+/// Answers `Crash`: the actor panics in its handler, and its caller gets the 500 (a 503
+/// while the actor waits out a backoff: it runs nothing then).
 pub fn crash<A: SupervisedActor>(act: &mut A, ctx: &mut Context<A>, crash: Crash) -> Result<(), AppError> {
     guarded(act, ctx, |_, _| crash.detonate()).ok_or_else(|| act.supervision().failure())
 }
