@@ -12,20 +12,20 @@
 
 use std::{sync::Arc, time::Duration};
 
-use actix::{Actor, Context, Handler, Supervisor};
+use actix::{Actor, Context, Handler};
 use actix_web::{http::header::ContentType, web, App, HttpResponse, HttpServer};
 use storefront::{
     actors::{
         breaker::{BreakerChanged, BreakerSettings, DbBreaker},
         cache::CacheTiers,
         db_executor::DbGatewaySettings,
-        health::Health,
-        supervision::RestartReporter,
+        restarts::RestartRegistry,
+        supervision::{ActorRestarted, RestartReporter},
         DbGateway,
     },
     config::{DatabaseConfig, DatabaseUrl},
     db::{build_pool, catalog::GetProduct, outbox::Outbox, DbPool, UseCase},
-    domain::catalog::Product,
+    domain::{catalog::Product, restart_intensity::RestartIntensity},
     metrics::Metrics,
 };
 use uuid::Uuid;
@@ -62,7 +62,7 @@ async fn with_db_executor(db: web::Data<DbGateway>, id: web::Path<Uuid>) -> Http
     }
 }
 
-/// Nobody watches the breaker here.
+/// Nobody watches the breaker or keeps a restart ledger here.
 struct Ignore;
 impl Actor for Ignore {
     type Context = Context<Self>;
@@ -70,6 +70,10 @@ impl Actor for Ignore {
 impl Handler<BreakerChanged> for Ignore {
     type Result = ();
     fn handle(&mut self, _msg: BreakerChanged, _ctx: &mut Context<Self>) {}
+}
+impl Handler<ActorRestarted> for Ignore {
+    type Result = ();
+    fn handle(&mut self, _msg: ActorRestarted, _ctx: &mut Context<Self>) {}
 }
 
 #[actix_web::main]
@@ -87,11 +91,8 @@ async fn main() -> std::io::Result<()> {
     };
 
     let metrics = Arc::new(Metrics::new());
-    let health = {
-        let metrics = Arc::clone(&metrics);
-        Supervisor::start(move |_| Health::new(metrics, Duration::from_secs(3600)))
-    };
-    let reporter = RestartReporter::new(Arc::clone(&metrics), health.recipient());
+    let restarts = RestartRegistry::new(RestartIntensity::default());
+    let reporter = RestartReporter::new(Arc::clone(&metrics), Ignore.start().recipient(), restarts);
     let breaker = DbBreaker::new(
         BreakerSettings { failure_threshold: 5, cooldown: Duration::from_secs(5) },
         Arc::clone(&metrics),

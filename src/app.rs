@@ -3,7 +3,7 @@
 
 use std::{cell::OnceCell, io, net::TcpListener, rc::Rc, sync::Arc, time::Duration};
 
-use actix::{Addr, Supervisor};
+use actix::{Addr, AsyncContext, Supervisor};
 use actix_cors::Cors;
 use actix_http::HttpService;
 use actix_service::{map_config, ServiceFactoryExt};
@@ -29,13 +29,14 @@ use crate::{
     actors::{
         cache::{CacheClient, CacheTiers, CacheTimeouts},
         db_executor::DbGatewaySettings,
-        event_hub::{EventHub, HubLimits, ShutDown},
+        event_hub::{self, EventHub, HubLimits, ShutDown},
         event_position::EventPosition,
-        event_relay::{EventRelay, RelaySettings},
-        health::{BeginShutdown, Health, WatchDatabase, WatchOps},
-        janitor::{Janitor, Retention},
+        event_relay::{self, EventRelay, RelaySettings},
+        health::{self, BeginShutdown, Health, WatchDatabase, WatchOps},
+        janitor::{self, Janitor, Retention},
         nats_publisher::{NatsPublisher, OutboxFeed, Retire},
         rate_limiter::{RateLimiterClient, RedisTarget},
+        restarts::RestartRegistry,
         supervision::RestartReporter,
         DbGateway,
     },
@@ -108,12 +109,18 @@ impl Application {
         let http_workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         // This replica, as named in the outbox events it writes.
         let origin = uuid::Uuid::now_v7();
+        let restarts = RestartRegistry::new(config.supervision.restart_intensity());
         let health = {
-            let metrics = Arc::clone(&metrics);
+            let (metrics, restarts) = (Arc::clone(&metrics), restarts.clone());
             let interval = config.db.health_probe_interval;
-            Supervisor::start(move |_| Health::new(metrics, interval))
+            Supervisor::start(move |ctx: &mut actix::Context<Health>| {
+                // Health keeps the restart ledger, its own restarts included.
+                let supervision = RestartReporter::new(Arc::clone(&metrics), ctx.address().recipient(), restarts)
+                    .supervision(health::ACTOR);
+                Health::new(metrics, interval, supervision)
+            })
         };
-        let reporter = RestartReporter::new(Arc::clone(&metrics), health.clone().recipient());
+        let reporter = RestartReporter::new(Arc::clone(&metrics), health.clone().recipient(), restarts.clone());
         let outbox_appended = OutboxSignals::default();
         let event_position = EventPosition::default();
         let breaker = DbBreaker::new(
@@ -157,8 +164,8 @@ impl Application {
                 interval: config.events.janitor_interval,
                 keep_unpublished_events: config.nats.is_some(),
             };
-            let (reporter, metrics) = (reporter.clone(), Arc::clone(&metrics));
-            Supervisor::start(move |_| Janitor::new(db, retention, reporter, metrics))
+            let (supervision, metrics) = (reporter.supervision(janitor::ACTOR), Arc::clone(&metrics));
+            Supervisor::start(move |_| Janitor::new(db, retention, supervision, metrics))
         };
         let timeouts =
             CacheTimeouts { ask: config.cache.ask_timeout, load: config.db.timeout + Duration::from_millis(500) };
@@ -171,8 +178,8 @@ impl Application {
                 max_anonymous_per_address: config.live_updates.max_anonymous_per_address,
                 max_pending: config.live_updates.max_pending,
             };
-            let (db, reporter) = (db.clone(), reporter.clone());
-            Supervisor::start(move |_| EventHub::new(limits, newest_event, db, reporter))
+            let (db, supervision) = (db.clone(), reporter.supervision(event_hub::ACTOR));
+            Supervisor::start(move |_| EventHub::new(limits, newest_event, db, supervision))
         };
         health.do_send(WatchOps(hub.clone().recipient()));
         let event_relay = {
@@ -189,9 +196,9 @@ impl Application {
                     DatabaseUrl::Sqlite { .. } => None,
                 },
             };
-            let (db, cache, hub, reporter) = (db.clone(), cache.clone(), hub.clone(), reporter.clone());
-            let metrics = Arc::clone(&metrics);
-            Supervisor::start(move |_| EventRelay::new(settings, db, cache, hub, reporter).watched_by(metrics))
+            let (db, cache, hub) = (db.clone(), cache.clone(), hub.clone());
+            let (supervision, metrics) = (reporter.supervision(event_relay::ACTOR), Arc::clone(&metrics));
+            Supervisor::start(move |_| EventRelay::new(settings, db, cache, hub, supervision).watched_by(metrics))
         };
         let rate_limiter = {
             let (quotas, max_keys) = (config.rate_limits.quotas(), config.rate_limits.max_keys);
@@ -222,7 +229,7 @@ impl Application {
 
         let actors = {
             use crate::actors::report::ActorKind;
-            let mut directory = ActorDirectory::new();
+            let mut directory = ActorDirectory::new(restarts);
             let (gateway, passwords) = (db.clone(), passwords.clone());
             directory
                 .describe(move || gateway.report())

@@ -43,6 +43,8 @@ pub struct ServeArgs {
     pub nats: NatsSettings,
     #[command(flatten)]
     pub ops: OpsSettings,
+    #[command(flatten)]
+    pub supervision: SupervisionSettings,
 }
 
 /// The settings of a running server: what clap parsed, with the pool sized and the optional
@@ -63,6 +65,7 @@ pub struct Config {
     /// Publishing the outbox to NATS JetStream; `None` (no NATS_URL) turns it off.
     pub nats: Option<NatsSettings>,
     pub ops: OpsSettings,
+    pub supervision: SupervisionSettings,
 }
 
 impl Config {
@@ -80,6 +83,7 @@ impl Config {
             events,
             nats,
             ops,
+            supervision,
         } = args;
         if auth.app_env == AppEnv::Production && auth.jwt_secret.generated {
             return Err(ConfigError::new("JWT_SECRET", "is required when APP_ENV=production"));
@@ -105,6 +109,7 @@ impl Config {
             events,
             nats: (!nats.url.expose().is_empty()).then_some(nats),
             ops,
+            supervision,
         })
     }
 }
@@ -389,6 +394,30 @@ pub struct CacheSettings {
         value_parser = millis(1, 60_000)
     )]
     pub ask_timeout: Duration,
+}
+
+/// How supervised actors restart after a panic (OTP-style restart intensity).
+#[derive(Debug, Clone, Copy, Args)]
+#[command(next_help_heading = "Supervision")]
+pub struct SupervisionSettings {
+    /// Restarts an actor may have within ACTOR_RESTART_WINDOW_SECONDS; past that it backs off
+    /// (each restart waits, 1 s doubling to 30 s) until it runs a whole window without a panic.
+    #[arg(long = "actor-max-restarts", env = "ACTOR_MAX_RESTARTS", default_value = "10", value_parser = between(0_u32, 1_000))]
+    pub max_restarts: u32,
+    /// The window actor restarts are counted in, in seconds.
+    #[arg(
+        long = "actor-restart-window-seconds",
+        env = "ACTOR_RESTART_WINDOW_SECONDS",
+        default_value = "60",
+        value_parser = seconds(1, 86_400)
+    )]
+    pub window: Duration,
+}
+
+impl SupervisionSettings {
+    pub fn restart_intensity(&self) -> crate::domain::restart_intensity::RestartIntensity {
+        crate::domain::restart_intensity::RestartIntensity { max_restarts: self.max_restarts, window: self.window }
+    }
 }
 
 /// Limits of the WebSocket live updates.

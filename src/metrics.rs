@@ -25,6 +25,8 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub actor_restarts: IntCounterVec,
+    /// 1 while the actor backs off (restarted too often), 0 while it runs normally.
+    pub actor_backing_off: IntGaugeVec,
     pub db_in_flight: IntGauge,
     pub db_workers_alive: IntGauge,
     pub db_shed: IntCounterVec,
@@ -130,6 +132,14 @@ impl Metrics {
             &registry,
             IntCounterVec::new(Opts::new("actor_restarts_total", "Actors restarted after a panic"), &["actor"])
                 .expect("valid metric"),
+        );
+        let actor_backing_off = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("actor_backing_off", "1 while an actor restarts too often and its restarts back off"),
+                &["actor"],
+            )
+            .expect("valid metric"),
         );
         let db_in_flight = register(
             &registry,
@@ -323,6 +333,7 @@ impl Metrics {
             http_requests,
             http_duration,
             actor_restarts,
+            actor_backing_off,
             db_in_flight,
             db_workers_alive,
             db_shed,
@@ -337,6 +348,7 @@ impl Metrics {
     fn start_at_zero(&self) {
         for actor in KNOWN_ACTORS {
             self.actor_restarts.with_label_values(&[actor]);
+            self.actor_backing_off.with_label_values(&[actor]);
         }
         for policy in ["default", "auth"] {
             self.rate_limited.with_label_values(&[policy]);
@@ -354,16 +366,16 @@ impl Metrics {
             for result in ["hit", "miss", "coalesced"] {
                 self.cache_requests.with_label_values(&[cache, result]);
             }
-            for reason in ["restarted", "unavailable"] {
+            for reason in ["restarted", "unavailable", "backing_off"] {
                 self.cache_bypass.with_label_values(&[cache, reason]);
             }
             self.cache_loads.with_label_values(&[cache]);
             self.cache_entries.with_label_values(&[cache]);
         }
-        for reason in ["saturated", "timeout", "overran"] {
+        for reason in ["saturated", "timeout", "overran", "backing_off"] {
             self.db_shed.with_label_values(&[reason]);
         }
-        for check in ["database", "db_executor", "shutdown"] {
+        for check in ["database", "db_executor", "shutdown", "supervision"] {
             self.readiness.with_label_values(&[check]);
         }
         for operation in ["hash", "verify"] {

@@ -16,6 +16,12 @@ const FAULTS = [
   { actor: "janitor", fault: "panic", label: "janitor panic" },
   { actor: "event_relay", fault: "panic", label: "event_relay panic" },
   { actor: "event_hub", fault: "panic", label: "event_hub panic" },
+  // A crash loop makes every message the actor handles panic, so it goes past
+  // ACTOR_MAX_RESTARTS and backs off; "clear" ends it early.
+  { actor: "cache", fault: "crash_loop", millis: 20000, label: "cache crash loop 20 s" },
+  { actor: "cache", fault: "clear", label: "cache: end crash loop" },
+  { actor: "db_executor", fault: "crash_loop", millis: 20000, label: "db_executor crash loop 20 s" },
+  { actor: "db_executor", fault: "clear", label: "db_executor: end crash loop" },
 ];
 const CHARTS = [
   { key: "rps", title: "Requests", unit: "/s", digits: 1 },
@@ -31,6 +37,9 @@ const state = {
   token: sessionStorage.getItem(TOKEN_KEY),
   pollTimer: null,
   restartCounts: new Map(),
+  // `actor.backing_off` / `actor.recovered` seen on the ops topic, newest first: the
+  // timeline shows them among the ledger's restarts.
+  supervisionEvents: [],
   samples: [],
   socket: null,
   socketRetry: 0,
@@ -235,6 +244,24 @@ function facts(actor) {
   }
 }
 
+function inSeconds(iso) {
+  return Math.max(0, Math.ceil((Date.parse(iso) - Date.now()) / 1000));
+}
+
+// Restart intensity: how many restarts the window holds against how many it allows, and
+// while the actor backs off, when it restarts next (or that it is on probation).
+function supervisionCell(supervision) {
+  if (!supervision) return null;
+  const budget = el("span", { class: "restart-window", "data-state": supervision.state,
+    text: `${supervision.restarts_in_window}/${supervision.max_restarts} in ${supervision.window_seconds} s` });
+  if (supervision.state !== "backing_off") return budget;
+  const next = supervision.next_restart_at
+    ? `restarts in ${inSeconds(supervision.next_restart_at)} s`
+    : `recovers after ${supervision.window_seconds} s without a panic`;
+  return [el("span", { class: "badge backing-off", "data-status": "warn", text: "backing off" }), budget,
+    el("span", { class: "restart-when", text: next })];
+}
+
 function aliveStatus(instances) {
   if (instances.configured === 0) return "unknown";
   if (instances.alive >= instances.configured) return "pass";
@@ -244,7 +271,7 @@ function aliveStatus(instances) {
 function renderActors(body) {
   const tbody = $("actors-body");
   const rows = body.actors.map((actor) => {
-    const { instances, queue, restarts } = actor;
+    const { instances, queue, restarts, supervision } = actor;
     const previous = state.restartCounts.get(actor.name);
     const restarted = previous !== undefined && restarts.count > previous;
     state.restartCounts.set(actor.name, restarts.count);
@@ -252,7 +279,9 @@ function renderActors(body) {
     const queueCell = queue
       ? [`${queue.in_flight} / ${queue.capacity}`, el("span", { class: "meter" }, el("span", { style: null, "data-load": load }))]
       : [el("span", { class: "muted", text: "—" })];
-    const row = el("tr", { "data-actor": actor.name, class: restarted ? "restarted" : null },
+    const backingOff = supervision && supervision.state === "backing_off";
+    const classes = [restarted ? "restarted" : null, backingOff ? "backing-off" : null].filter(Boolean).join(" ");
+    const row = el("tr", { "data-actor": actor.name, "data-supervision": supervision ? supervision.state : null, class: classes || null },
       el("td", { class: "name" }, actor.name, el("span", { class: "kind", text: actor.kind.replace("_", " ") })),
       el("td", { "data-label": "alive" },
         el("span", { class: "dot", "data-status": aliveStatus(instances), "data-alive": instances.alive },
@@ -260,7 +289,8 @@ function renderActors(body) {
       el("td", { "data-label": "queue" }, ...queueCell),
       el("td", { "data-label": "restarts" },
         el("span", { class: "restart-count", "data-restarts": restarts.count, text: String(restarts.count) }),
-        restarts.last_at ? el("span", { class: "restart-when", text: ago(restarts.last_at), title: restarts.last_reason || "" }) : null),
+        restarts.last_at ? el("span", { class: "restart-when", text: ago(restarts.last_at), title: restarts.last_reason || "" }) : null,
+        ...[supervisionCell(supervision)].flat()),
       el("td", { class: "facts" }, ...facts(actor)));
     // Keep the highlight going across refreshes while its animation runs.
     const old = tbody.querySelector(`tr[data-actor="${CSS.escape(actor.name)}"]`);
@@ -297,8 +327,23 @@ function noteRestartEvent(data) {
   list.prepend(restartItem({ actor: data.actor, at: data.at, reason: data.reason }, true));
 }
 
+// `actor.backing_off` / `actor.recovered`: onto the timeline now, the row at the next poll.
+function noteSupervisionEvent(kind, data) {
+  const backingOff = kind === "actor.backing_off";
+  const reason = backingOff
+    ? `backing off: ${data.restarts_in_window} restarts in ${data.window_seconds} s (at most ${data.max_restarts} at once)` +
+      (data.next_restart_at ? `, next restart at ${clock(data.next_restart_at)}` : "")
+    : `recovered: ran ${data.window_seconds} s without a panic`;
+  const entry = { actor: data.actor, at: data.at, reason, kind };
+  state.supervisionEvents = [entry, ...state.supervisionEvents].slice(0, 20);
+  const list = $("restarts");
+  if (list.firstElementChild && list.firstElementChild.classList.contains("muted")) list.replaceChildren();
+  list.prepend(restartItem(entry, true));
+  refresh();
+}
+
 function restartItem(restart, fresh) {
-  return el("li", { class: fresh ? "fresh" : null },
+  return el("li", { class: fresh ? "fresh" : null, "data-kind": restart.kind || "actor.restarted" },
     el("div", null, el("b", { text: restart.actor }), " ", el("span", { class: "when", text: `${clock(restart.at)} · ${ago(restart.at)}` })),
     el("div", { class: "reason", text: restart.reason }));
 }
@@ -306,13 +351,14 @@ function restartItem(restart, fresh) {
 function renderRestarts(restarts) {
   const list = $("restarts");
   const newest = list.dataset.newest;
-  if (!restarts.length) {
+  const entries = [...restarts, ...state.supervisionEvents].sort((a, b) => Date.parse(b.at) - Date.parse(a.at));
+  if (!entries.length) {
     list.replaceChildren(el("li", { class: "muted", text: "No restarts yet." }));
     return;
   }
-  list.replaceChildren(...restarts.slice(0, 50).map((restart, index) =>
+  list.replaceChildren(...entries.slice(0, 50).map((restart, index) =>
     restartItem(restart, newest !== undefined && index === 0 && restart.at !== newest)));
-  list.dataset.newest = restarts[0].at;
+  list.dataset.newest = entries[0].at;
 }
 
 function checkStatus(entries) {
@@ -324,6 +370,7 @@ function checkStatus(entries) {
 
 function checkValue(name, entries) {
   if (name === "actors:restarts") return entries.map((e) => `${e.componentId} ×${e.observedValue}`).join(", ");
+  if (name === "actors:supervision") return entries.map((e) => `${e.componentId} backing off`).join(", ");
   const entry = entries[0] || {};
   if (entry.output) return entry.observedValue !== undefined && typeof entry.observedValue === "string" ? `${entry.observedValue} · ${entry.output}` : entry.output;
   if (typeof entry.observedValue === "number") {
@@ -480,6 +527,7 @@ function openSocket() {
         state.lastEventId = frame.id;
       }
       if (frame.kind === "actor.restarted") noteRestartEvent(frame.data || {});
+      else if (frame.kind === "actor.backing_off" || frame.kind === "actor.recovered") noteSupervisionEvent(frame.kind, frame.data || {});
       else if (frame.kind === "breaker.changed") showBreaker(frame.data.to, frame.data.to === "open" ? "fail" : frame.data.to === "closed" ? "pass" : "warn");
       else if (frame.kind === "health.changed") refresh();
     }
@@ -528,6 +576,8 @@ async function inject(fault, button) {
     });
     if (response.status === 401) result.textContent = "The chaos token was refused.";
     else if (response.status === 500) result.textContent = `${fault.actor} panicked as asked; watch it come back.`;
+    else if (response.ok && fault.fault === "crash_loop") result.textContent = `${fault.actor} now panics on every message; watch it back off.`;
+    else if (response.ok && fault.fault === "clear") result.textContent = `${fault.actor}: crash loop ended; it recovers after a clean window.`;
     else if (response.ok) result.textContent = `${fault.label}: done, the actor survived it.`;
     else result.textContent = `${fault.label}: ${await problemText(response)}`;
     refresh();

@@ -7,23 +7,18 @@
 
 use std::{collections::HashMap, future::Future, num::NonZeroUsize, sync::Arc, time::Duration, time::Instant};
 
-use actix::{
-    fut::wrap_future, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, Supervised,
-    Supervisor,
-};
+use actix::{Addr, Context, Handler, Message, MessageResult, Supervisor};
 use lru::LruCache;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
-    chaos::crashed,
     db_executor::DbGateway,
     event_position::Positioned,
-    report::{ActorReport, GetActorReport},
+    restarts::ActorRestarts,
     shards::Shards,
-    supervision::{guarded, Guarded, PanicPayload, RestartReporter},
-    Crash,
+    supervision::{guarded, guarded_then, supervised_actor, RestartReporter, SupervisedActor, Supervision},
 };
 pub use crate::domain::cache_key::CacheKey;
 use crate::{
@@ -34,6 +29,8 @@ use crate::{
 };
 
 const ACTOR: &str = "cache";
+/// Messages each cache actor's mailbox holds (reads ask with `send`; it survives restarts).
+const MAILBOX_CAPACITY: usize = 1024;
 /// A miss (404) is remembered only briefly: the thing may be created soon.
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
@@ -194,19 +191,43 @@ impl Tier {
 }
 
 /// A cache actor built on a `Tier`: what differs between the two is where a miss goes.
-trait TierActor: Guarded {
+trait TierActor: SupervisedActor {
     fn tier(&mut self) -> &mut Tier;
     /// The read that fills a new load.
     fn fetch(&mut self, key: CacheKey) -> impl Future<Output = Result<Cached, AppError>> + 'static;
+}
+
+/// `Get`, `Invalidate` and `Clear` for a tier actor, each under its panic guard.
+macro_rules! tier_handlers {
+    ($actor:ty) => {
+        impl Handler<Get> for $actor {
+            type Result = MessageResult<Get>;
+            fn handle(&mut self, msg: Get, ctx: &mut Context<Self>) -> Self::Result {
+                MessageResult(guarded(self, ctx, |act, ctx| lookup(act, msg.0, msg.1, ctx)))
+            }
+        }
+
+        impl Handler<Invalidate> for $actor {
+            type Result = ();
+            fn handle(&mut self, msg: Invalidate, ctx: &mut Context<Self>) {
+                guarded(self, ctx, |act, _| act.tier().invalidate(&msg.0));
+            }
+        }
+
+        impl Handler<Clear> for $actor {
+            type Result = ();
+            fn handle(&mut self, _msg: Clear, ctx: &mut Context<Self>) {
+                guarded(self, ctx, |act, _| act.tier().reset());
+            }
+        }
+    };
 }
 
 fn lookup<A: TierActor>(act: &mut A, key: CacheKey, span: tracing::Span, ctx: &mut Context<A>) -> Lookup {
     let (lookup, new_load) = act.tier().lookup(&key);
     if let Some(load_id) = new_load {
         let fetching = act.fetch(key.clone()).instrument(span);
-        ctx.spawn(wrap_future(fetching).map(move |outcome, act: &mut A, ctx| {
-            guarded(act, ctx, |act, _| act.tier().finish(load_id, key, outcome.ok()));
-        }));
+        guarded_then(ctx, fetching, move |outcome, act: &mut A, _| act.tier().finish(load_id, key, outcome.ok()));
     }
     lookup
 }
@@ -216,14 +237,14 @@ pub struct Cache {
     /// drop the entries their writes make stale, so it is started after the cache.
     db: Option<DbGateway>,
     tier: Tier,
-    reporter: RestartReporter,
+    supervision: Supervision,
     /// The near shards in front of this cache, emptied with it after a panic.
     near: Option<Shards<NearCache>>,
 }
 
 impl Cache {
-    fn new(capacity: NonZeroUsize, ttl: Duration, metrics: Arc<Metrics>, reporter: RestartReporter) -> Self {
-        Self { db: None, tier: Tier::new(capacity, ttl, metrics, true), reporter, near: None }
+    fn new(capacity: NonZeroUsize, ttl: Duration, metrics: Arc<Metrics>, supervision: Supervision) -> Self {
+        Self { db: None, tier: Tier::new(capacity, ttl, metrics, true), supervision, near: None }
     }
 }
 
@@ -245,29 +266,20 @@ impl TierActor for Cache {
     }
 }
 
-impl Actor for Cache {
-    type Context = Context<Self>;
+supervised_actor!(Cache);
+tier_handlers!(Cache);
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |_, ctx| ctx.set_mailbox_capacity(1024));
+impl SupervisedActor for Cache {
+    fn recover(&mut self, _ctx: &mut Context<Self>) {
+        self.tier.reset();
+        // What the near shards copied came from the state that just panicked.
+        for near in self.near.iter().flat_map(Shards::each) {
+            near.do_send(Clear);
+        }
     }
-}
 
-impl Guarded for Cache {
-    fn on_panic(&mut self, payload: &PanicPayload) {
-        self.reporter.report(ACTOR, payload);
-    }
-}
-
-impl Supervised for Cache {
-    fn restarting(&mut self, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, _| {
-            act.tier.reset();
-            // What the near shards copied came from the state that just panicked.
-            for near in act.near.iter().flat_map(Shards::each) {
-                near.do_send(Clear);
-            }
-        });
+    fn report_state(&mut self) -> serde_json::Value {
+        self.state()
     }
 }
 
@@ -306,41 +318,13 @@ pub enum Lookup {
 #[rtype(result = "Option<Lookup>")]
 struct Get(CacheKey, tracing::Span);
 
-impl Handler<Get> for Cache {
-    type Result = MessageResult<Get>;
-    fn handle(&mut self, msg: Get, ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(guarded(self, ctx, |act, ctx| lookup(act, msg.0, msg.1, ctx)))
-    }
-}
-
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Invalidate(CacheKey);
 
-impl Handler<Invalidate> for Cache {
-    type Result = ();
-    fn handle(&mut self, msg: Invalidate, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, _| act.tier.invalidate(&msg.0));
-    }
-}
-
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Clear;
-
-impl Handler<Clear> for Cache {
-    type Result = ();
-    fn handle(&mut self, _msg: Clear, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, _| act.tier.reset());
-    }
-}
-
-impl Handler<Crash> for Cache {
-    type Result = Result<(), AppError>;
-    fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
-        guarded(self, ctx, |_, _| msg.detonate()).ok_or_else(|| crashed(ACTOR))
-    }
-}
 
 /// The cache's actors: the shared `Cache` and one `NearCache` shard per HTTP worker (none
 /// of either with `CACHE_CAPACITY=0`). Started before the DbGateway, whose executors hold a
@@ -351,6 +335,8 @@ pub struct CacheTiers {
     near: Shards<NearCache>,
     ttl: Duration,
     capacity: Option<NonZeroUsize>,
+    /// While the cache backs off from restarting (it panicked too often), reads bypass it.
+    restarts: Arc<ActorRestarts>,
 }
 
 impl CacheTiers {
@@ -362,12 +348,17 @@ impl CacheTiers {
         reporter: RestartReporter,
     ) -> Self {
         let near = Shards::new(if capacity.is_some() { http_workers } else { 1 });
+        let restarts = reporter.restarts_of(ACTOR);
         let shared = capacity.map(|capacity| {
-            let cache = Supervisor::start(move |_| Cache::new(capacity, ttl, metrics, reporter));
+            let supervision = reporter.supervision(ACTOR);
+            let cache = Supervisor::start(move |ctx: &mut Context<Cache>| {
+                ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+                Cache::new(capacity, ttl, metrics, supervision)
+            });
             cache.do_send(AttachNear(near.clone()));
             cache
         });
-        Self { shared, near, ttl, capacity }
+        Self { shared, near, ttl, capacity, restarts }
     }
 
     /// Call once, right after the gateway started (and before the server accepts).
@@ -443,8 +434,11 @@ impl CacheClient {
         let (Some(capacity), Some(_)) = (self.tiers.capacity, &self.tiers.shared) else { return client };
         let near = {
             let reader = self.shared_reader();
-            let ttl = self.tiers.ttl;
-            Supervisor::start(move |_| NearCache::new(reader, capacity, ttl, reporter))
+            let (ttl, supervision) = (self.tiers.ttl, reporter.supervision(ACTOR));
+            Supervisor::start(move |ctx: &mut Context<NearCache>| {
+                ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+                NearCache::new(reader, capacity, ttl, supervision)
+            })
         };
         // A shard outside the fan-out would never hear of a write: such a worker reads
         // the shared cache directly instead.
@@ -500,11 +494,13 @@ impl CacheClient {
             db: self.db.clone(),
             metrics: Arc::clone(&self.metrics),
             timeouts: self.timeouts,
+            restarts: Arc::clone(&self.tiers.restarts),
         }
     }
 
     async fn get(&self, key: CacheKey) -> Result<Cached, AppError> {
-        let Some(near) = &self.near else { return self.shared_reader().read(key).await };
+        let near = self.near.as_ref().filter(|_| !self.tiers.restarts.is_down());
+        let Some(near) = near else { return self.shared_reader().read(key).await };
         // Same thread: no wake-up of another worker, no contention on a shared mailbox.
         let CacheTimeouts { ask, load } = self.timeouts;
         match near.send(Get(key.clone(), tracing::Span::current())).timeout(ask).await {
@@ -533,6 +529,7 @@ struct SharedReader {
     db: DbGateway,
     metrics: Arc<Metrics>,
     timeouts: CacheTimeouts,
+    restarts: Arc<ActorRestarts>,
 }
 
 impl SharedReader {
@@ -541,6 +538,10 @@ impl SharedReader {
         let bypass = |reason: &str| {
             self.metrics.cache_bypass.with_label_values(&[key.cache(), reason]).inc();
         };
+        if self.restarts.is_down() {
+            bypass("backing_off");
+            return load(&self.db, &key).await;
+        }
         match cache.send(Get(key.clone(), tracing::Span::current())).timeout(self.timeouts.ask).await {
             Ok(Some(Lookup::Ready(value))) => return Ok(value),
             Ok(Some(Lookup::Pending(pending))) => match actix_rt::time::timeout(self.timeouts.load, pending).await {
@@ -571,13 +572,13 @@ impl SharedReader {
 pub struct NearCache {
     reader: SharedReader,
     tier: Tier,
-    reporter: RestartReporter,
+    supervision: Supervision,
 }
 
 impl NearCache {
-    fn new(reader: SharedReader, capacity: NonZeroUsize, ttl: Duration, reporter: RestartReporter) -> Self {
+    fn new(reader: SharedReader, capacity: NonZeroUsize, ttl: Duration, supervision: Supervision) -> Self {
         let tier = Tier::new(capacity, ttl, Arc::clone(&reader.metrics), false);
-        Self { reader, tier, reporter }
+        Self { reader, tier, supervision }
     }
 }
 
@@ -592,62 +593,21 @@ impl TierActor for NearCache {
     }
 }
 
-impl Actor for NearCache {
-    type Context = Context<Self>;
+supervised_actor!(NearCache);
+tier_handlers!(NearCache);
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |_, ctx| ctx.set_mailbox_capacity(1024));
+impl SupervisedActor for NearCache {
+    fn recover(&mut self, _ctx: &mut Context<Self>) {
+        self.tier.reset();
     }
-}
 
-impl Guarded for NearCache {
-    fn on_panic(&mut self, payload: &PanicPayload) {
-        self.reporter.report(ACTOR, payload);
-    }
-}
-
-impl Supervised for NearCache {
-    fn restarting(&mut self, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, _| act.tier.reset());
-    }
-}
-
-impl Handler<Get> for NearCache {
-    type Result = MessageResult<Get>;
-    fn handle(&mut self, msg: Get, ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(guarded(self, ctx, |act, ctx| lookup(act, msg.0, msg.1, ctx)))
-    }
-}
-
-impl Handler<Invalidate> for NearCache {
-    type Result = ();
-    fn handle(&mut self, msg: Invalidate, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, _| act.tier.invalidate(&msg.0));
-    }
-}
-
-impl Handler<Clear> for NearCache {
-    type Result = ();
-    fn handle(&mut self, _msg: Clear, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, _| act.tier.reset());
-    }
-}
-
-impl Handler<GetActorReport> for NearCache {
-    type Result = MessageResult<GetActorReport>;
-    fn handle(&mut self, _msg: GetActorReport, ctx: &mut Context<Self>) -> Self::Result {
-        let report = guarded(self, ctx, |act, _| {
-            ActorReport::running(
-                ACTOR,
-                serde_json::json!({"entries": act.tier.entries.len(), "loads_in_flight": act.tier.in_flight.len()}),
-            )
-        });
-        MessageResult(report.unwrap_or_else(|| ActorReport::unresponsive(ACTOR, "panicked while reporting")))
+    fn report_state(&mut self) -> serde_json::Value {
+        serde_json::json!({"entries": self.tier.entries.len(), "loads_in_flight": self.tier.in_flight.len()})
     }
 }
 
 impl Cache {
-    fn report(&self) -> ActorReport {
+    fn state(&self) -> serde_json::Value {
         let mut caches = serde_json::Map::new();
         for cache in ["products", "users"] {
             let count = |result: &str| self.tier.metrics.cache_requests.with_label_values(&[cache, result]).get();
@@ -662,23 +622,10 @@ impl Cache {
                 }),
             );
         }
-        ActorReport::running(
-            ACTOR,
-            serde_json::json!({
-                "entries": self.tier.entries.len(), "capacity": self.tier.entries.cap().get(),
-                "ttl_seconds": self.tier.ttl.as_secs(), "loads_in_flight": self.tier.in_flight.len(),
-                "caches": caches,
-            }),
-        )
-    }
-}
-
-impl Handler<GetActorReport> for Cache {
-    type Result = MessageResult<GetActorReport>;
-    fn handle(&mut self, _msg: GetActorReport, ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(
-            guarded(self, ctx, |act, _| act.report())
-                .unwrap_or_else(|| ActorReport::unresponsive(ACTOR, "panicked while reporting")),
-        )
+        serde_json::json!({
+            "entries": self.tier.entries.len(), "capacity": self.tier.entries.cap().get(),
+            "ttl_seconds": self.tier.ttl.as_secs(), "loads_in_flight": self.tier.in_flight.len(),
+            "caches": caches,
+        })
     }
 }

@@ -19,11 +19,6 @@ impl Crash {
     }
 }
 
-/// What the caller of a crashed actor is answered with.
-pub fn crashed(actor: &str) -> AppError {
-    AppError::Internal(format!("actor {actor} panicked"))
-}
-
 /// Makes a DbExecutor thread panic inside its handler.
 pub struct PanicWorker;
 

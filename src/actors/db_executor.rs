@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use actix::{Actor, ActorContext, Addr, Handler, MailboxError, Message, SyncArbiter, SyncContext};
+use actix::{Addr, Handler, MailboxError, Message, SyncArbiter, SyncContext};
 use tracing::Span;
 
 use super::{
@@ -18,7 +18,9 @@ use super::{
     breaker::DbBreaker,
     cache::CacheTiers,
     event_position::{EventPosition, Positioned},
-    supervision::{catch_panic, RestartReporter},
+    pool_threads::{supervised_pool_actor, PoolThreads},
+    restarts::ActorRestarts,
+    supervision::{RestartReporter, Supervision},
 };
 use crate::{
     db::{
@@ -50,11 +52,13 @@ impl<U: UseCase> Message for Query<U> {
     type Result = Result<U::Output, AppError>;
 }
 
+pub const ACTOR: &str = "db_executor";
+
 pub struct DbExecutor {
     pool: DbPool,
     breaker: Arc<DbBreaker>,
-    reporter: RestartReporter,
-    metrics: Arc<Metrics>,
+    supervision: Supervision,
+    threads: PoolThreads,
     /// Set off when a use case appended outbox events, so they are read at once.
     outbox_appended: OutboxSignals,
     /// Where a write drops the cache entries it made stale.
@@ -63,17 +67,7 @@ pub struct DbExecutor {
     origin: uuid::Uuid,
 }
 
-impl Actor for DbExecutor {
-    type Context = SyncContext<Self>;
-
-    fn started(&mut self, _ctx: &mut Self::Context) {
-        self.metrics.db_workers_alive.inc();
-    }
-
-    fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.metrics.db_workers_alive.dec();
-    }
-}
+supervised_pool_actor!(DbExecutor);
 
 impl<U: UseCase> Handler<Query<U>> for DbExecutor {
     type Result = Result<U::Output, AppError>;
@@ -91,7 +85,7 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
         let (signals, cache) = (&self.outbox_appended, &self.cache);
         let (use_case, request_id) = (query.use_case, query.request_id);
         let mut outbox = Outbox::attributed(Attribution { origin, request_id });
-        let outcome = catch_panic(|| {
+        let outcome = self.supervision.catch(ctx, || {
             let connection = pool.get();
             breaker.record_connection(connection.is_ok(), || {
                 connection.as_ref().err().map(ToString::to_string).unwrap_or_default()
@@ -113,11 +107,7 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
             // Read at once instead of at the next poll.
             signals.appended();
         }
-        outcome.unwrap_or_else(|payload| {
-            // The SyncArbiter builds a fresh DbExecutor for this thread after stop().
-            ctx.stop();
-            Err(self.reporter.report("db_executor", &payload))
-        })
+        outcome.and_then(|result| result)
     }
 }
 
@@ -127,7 +117,9 @@ pub struct DbGateway {
     admission: Arc<Admission>,
     timeout: Duration,
     metrics: Arc<Metrics>,
-    workers: usize,
+    threads: PoolThreads,
+    /// Whether the executors back off from restarting (after panicking too often).
+    restarts: Arc<ActorRestarts>,
     breaker: Arc<DbBreaker>,
     pool: DbPool,
     /// Observed before each positioned read (`read_positioned`).
@@ -150,18 +142,20 @@ pub struct DbGatewaySettings {
 
 impl DbGateway {
     pub fn start(pool: DbPool, settings: DbGatewaySettings, reporter: RestartReporter, metrics: Arc<Metrics>) -> Self {
-        let factory_metrics = Arc::clone(&metrics);
+        let threads = PoolThreads::new(ACTOR, settings.workers).exported_as(metrics.db_workers_alive.clone());
+        let counted = threads.clone();
         let origin = settings.origin;
         let outbox_appended = settings.outbox_appended;
         let cache = settings.cache;
         let breaker = Arc::clone(&settings.breaker);
         let reported_pool = pool.clone();
+        let restarts = reporter.restarts_of(ACTOR);
         // The factory runs on the executor thread itself (again after each restart).
         let addr = SyncArbiter::start(settings.workers, move || DbExecutor {
             origin,
             pool: pool.clone(),
-            reporter: reporter.clone(),
-            metrics: Arc::clone(&factory_metrics),
+            supervision: reporter.supervision(ACTOR),
+            threads: counted.clone(),
             outbox_appended: outbox_appended.clone(),
             cache: cache.clone(),
             breaker: Arc::clone(&breaker),
@@ -171,7 +165,8 @@ impl DbGateway {
             admission: Arc::new(Admission::new(settings.queue_depth, Some(metrics.db_in_flight.clone()))),
             timeout: settings.timeout,
             metrics,
-            workers: settings.workers,
+            threads,
+            restarts,
             breaker: settings.breaker,
             pool: reported_pool,
             event_position: settings.event_position,
@@ -180,21 +175,15 @@ impl DbGateway {
 
     /// The DbExecutor pool's row in the actors API, from atomics and the r2d2 pool state.
     pub fn report(&self) -> super::report::ActorReport {
-        use super::report::{as_u64, ActorKind, ActorReport, Instances};
-        let alive = u64::try_from(self.metrics.db_workers_alive.get()).unwrap_or(0);
         let pool = self.pool.state();
         let (in_flight, capacity) = self.queue();
-        ActorReport::new(
-            "db_executor",
-            ActorKind::SyncPool,
-            Instances { configured: as_u64(self.workers), alive },
-            serde_json::json!({
+        self.threads
+            .report(serde_json::json!({
                 "connections": pool.connections, "idle_connections": pool.idle_connections,
                 "pool_size": self.pool.max_size(), "timeout_ms": self.timeout.as_millis() as u64,
                 "breaker": self.breaker.state().name(),
-            }),
-        )
-        .with_queue(in_flight, capacity)
+            }))
+            .with_queue(in_flight, capacity)
     }
 
     pub fn breaker(&self) -> &Arc<DbBreaker> {
@@ -207,7 +196,7 @@ impl DbGateway {
     }
 
     pub fn workers(&self) -> usize {
-        self.workers
+        self.threads.configured()
     }
 
     /// Every admission slot is taken: a new request would be shed.
@@ -224,6 +213,15 @@ impl DbGateway {
         if let Err(refused) = self.breaker.admit() {
             self.metrics.db_shed.with_label_values(&["breaker_open"]).inc();
             return Err(refused);
+        }
+        if self.threads.alive() == 0 && self.restarts.is_down() {
+            // Every executor panicked too often and sleeps out its backoff: nothing would
+            // take the request before then.
+            self.metrics.db_shed.with_label_values(&["backing_off"]).inc();
+            return Err(AppError::Unavailable {
+                retry_after_secs: self.restarts.retry_after_secs(),
+                detail: "The database workers are restarting after repeated crashes; try again shortly.".into(),
+            });
         }
         let progress = Arc::new(AtomicU8::new(QUEUED));
         let query = Query {

@@ -5,12 +5,12 @@
 
 use std::time::{Duration, Instant};
 
-use actix::{ActorContext, Addr, Handler, Message, SyncArbiter, SyncContext};
+use actix::{Addr, Handler, Message, SyncArbiter, SyncContext};
 
 use super::{
-    pool_threads::{counted_sync_actor, PoolThreads},
+    pool_threads::{supervised_pool_actor, PoolThreads},
     report::ActorReport,
-    supervision::{catch_panic, RestartReporter},
+    supervision::{RestartReporter, Supervision},
 };
 use crate::{
     config::DatabaseConfig,
@@ -22,7 +22,7 @@ pub const ACTOR: &str = "db_probe";
 pub struct DbProbe {
     manager: ConnectionManager,
     connection: Option<DbConnection>,
-    reporter: RestartReporter,
+    supervision: Supervision,
     threads: PoolThreads,
 }
 
@@ -47,29 +47,29 @@ impl DbProbe {
         let addr = SyncArbiter::start(1, move || DbProbe {
             manager: manager.clone(),
             connection: None,
-            reporter: reporter.clone(),
+            supervision: reporter.supervision(ACTOR),
             threads: counted.clone(),
         });
         ProbeThread { addr, threads }
     }
-
-    /// Reuses the connection while it answers; otherwise connects afresh, so a database
-    /// that came back is seen on the next probe.
-    fn probe(&mut self) -> Result<(), ConnectError> {
-        if let Some(connection) = &mut self.connection {
-            if ConnectionManager::check(connection).is_ok() {
-                return Ok(());
-            }
-            self.connection = None;
-        }
-        let mut connection = self.manager.establish()?;
-        ConnectionManager::check(&mut connection)?;
-        self.connection = Some(connection);
-        Ok(())
-    }
 }
 
-counted_sync_actor!(DbProbe);
+/// Reuses the connection while it answers; otherwise connects afresh, so a database that
+/// came back is seen on the next probe.
+fn probe(manager: &ConnectionManager, kept: &mut Option<DbConnection>) -> Result<(), ConnectError> {
+    if let Some(connection) = kept {
+        if ConnectionManager::check(connection).is_ok() {
+            return Ok(());
+        }
+        *kept = None;
+    }
+    let mut connection = manager.establish()?;
+    ConnectionManager::check(&mut connection)?;
+    *kept = Some(connection);
+    Ok(())
+}
+
+supervised_pool_actor!(DbProbe);
 
 /// One probe: how long the round trip took, or why it failed.
 #[derive(Message)]
@@ -81,15 +81,12 @@ impl Handler<ProbeDatabase> for DbProbe {
 
     fn handle(&mut self, _msg: ProbeDatabase, ctx: &mut SyncContext<Self>) -> Self::Result {
         let started = Instant::now();
-        match catch_panic(|| self.probe()) {
+        let (manager, connection) = (&self.manager, &mut self.connection);
+        match self.supervision.catch(ctx, || probe(manager, connection)) {
             Ok(Ok(())) => Ok(started.elapsed()),
             Ok(Err(error)) => Err(error.message),
-            Err(payload) => {
-                // The SyncArbiter builds a fresh probe (and connection) after stop().
-                ctx.stop();
-                self.reporter.report(ACTOR, &payload);
-                Err("the probe panicked".into())
-            }
+            // A fresh probe (and connection) is built for this thread.
+            Err(_) => Err("the probe panicked".into()),
         }
     }
 }

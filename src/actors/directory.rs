@@ -6,7 +6,10 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use actix::Recipient;
 
-use super::report::{ActorKind, ActorReport, GetActorReport, Instances, RestartSummary};
+use super::{
+    report::{ActorKind, ActorReport, GetActorReport, Instances, RestartSummary},
+    restarts::RestartRegistry,
+};
 use crate::metrics::Metrics;
 
 /// An actor that does not answer within this is shown as not alive; the endpoint never
@@ -38,14 +41,20 @@ struct Sharded {
     summed: &'static [&'static str],
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ActorDirectory {
     entries: Vec<Entry>,
+    restarts: RestartRegistry,
 }
 
 impl ActorDirectory {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(restarts: RestartRegistry) -> Self {
+        Self { entries: Vec::new(), restarts }
+    }
+
+    /// Every actor's restart history (whether it is backing off, its injected faults).
+    pub fn restarts(&self) -> &RestartRegistry {
+        &self.restarts
     }
 
     /// An async actor, asked for its report with a timeout.
@@ -75,7 +84,8 @@ impl ActorDirectory {
 
     /// Every row, asked concurrently. Restart counts come from
     /// `storefront_actor_restarts_total` (always there, even when Health is down), the last
-    /// time and reason from the Health actor's ledger when it answered.
+    /// time and reason from the Health actor's ledger when it answered, the supervision
+    /// from the actor's restart history.
     pub async fn reports(&self, metrics: &Metrics, ledger: &HashMap<String, RestartSummary>) -> Vec<ActorReport> {
         let asks = self.entries.iter().map(|entry| async move {
             match entry {
@@ -90,6 +100,7 @@ impl ActorDirectory {
             let known = ledger.get(&report.name).cloned().unwrap_or_default();
             let count = counts.get(&report.name).copied().unwrap_or(0).max(known.count);
             report.restarts = RestartSummary { count, ..known };
+            report.supervision = self.restarts.find(&report.name).map(|restarts| restarts.report());
         }
         reports
     }

@@ -20,20 +20,15 @@ use std::{
     },
 };
 
-use actix::{
-    fut::wrap_future, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, Supervised,
-};
+use actix::{Addr, AsyncContext, Context, Handler, Message, MessageResult};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
 use super::{
-    chaos::crashed,
     db_executor::DbGateway,
-    report::{ActorReport, GetActorReport},
-    supervision::{guarded, Guarded, PanicPayload, RestartReporter},
-    Crash,
+    supervision::{guarded, guarded_then, supervised_actor, SupervisedActor, Supervision},
 };
 use crate::{
     db::{events::StoredEvent, outbox::topic as outbox_topic, users::FindActiveUser},
@@ -42,11 +37,10 @@ use crate::{
         live::{event_message, Topic, TopicSet, Viewer},
         user::User,
     },
-    error::AppError,
     websocket,
 };
 
-const ACTOR: &str = "event_hub";
+pub const ACTOR: &str = "event_hub";
 
 pub type SessionId = u64;
 
@@ -194,11 +188,11 @@ pub struct EventHub {
     /// When sessions that vanished without a word were last looked for (at the cap).
     last_sweep: Option<std::time::Instant>,
     db: DbGateway,
-    reporter: RestartReporter,
+    supervision: Supervision,
 }
 
 impl EventHub {
-    pub fn new(limits: HubLimits, start_position: i64, db: DbGateway, reporter: RestartReporter) -> Self {
+    pub fn new(limits: HubLimits, start_position: i64, db: DbGateway, supervision: Supervision) -> Self {
         Self {
             sessions: HashMap::new(),
             by_user: HashMap::new(),
@@ -211,7 +205,7 @@ impl EventHub {
             shutting_down: false,
             last_sweep: None,
             db,
-            reporter,
+            supervision,
         }
     }
 
@@ -365,19 +359,15 @@ impl EventHub {
             return;
         }
         let db = self.db.clone();
-        ctx.spawn(wrap_future(async move { db.run(FindActiveUser { id: user }).await }).map(
-            move |found, act: &mut Self, ctx| {
-                guarded(act, ctx, |act, _| match found {
-                    Ok(found) => act.apply_user(user, found),
-                    Err(error) => {
-                        // Each session looks the user up again when it re-attaches, and
-                        // closes if it cannot.
-                        tracing::warn!(%error, %user, "cannot re-check a changed user; their sessions re-attach");
-                        act.drop_user(user, Detached::Resync);
-                    }
-                });
-            },
-        ));
+        guarded_then(ctx, async move { db.run(FindActiveUser { id: user }).await }, move |found, act, _| match found {
+            Ok(found) => act.apply_user(user, found),
+            Err(error) => {
+                // Each session looks the user up again when it re-attaches, and closes if
+                // it cannot.
+                tracing::warn!(%error, %user, "cannot re-check a changed user; their sessions re-attach");
+                act.drop_user(user, Detached::Resync);
+            }
+        });
     }
 
     fn apply_user(&mut self, user: Uuid, found: Option<User>) {
@@ -419,25 +409,31 @@ impl EventHub {
     }
 }
 
-impl Actor for EventHub {
-    type Context = Context<Self>;
-}
+supervised_actor!(EventHub);
 
-impl Guarded for EventHub {
-    fn on_panic(&mut self, payload: &PanicPayload) {
-        self.reporter.report(ACTOR, payload);
-    }
-}
-
-impl Supervised for EventHub {
-    fn restarting(&mut self, ctx: &mut Context<Self>) {
+impl SupervisedActor for EventHub {
+    fn recover(&mut self, _ctx: &mut Context<Self>) {
         // Whatever the panic left half-done, the sessions know what they delivered: they
         // resume and replay up to the end of the batch that was being handed out. Who is
         // connected is kept: it is what the limits count.
-        guarded(self, ctx, |act, _| {
-            act.position = act.position.max(act.pending_through);
-            act.kick_all(Detached::Resync);
-        });
+        self.position = self.position.max(self.pending_through);
+        self.kick_all(Detached::Resync);
+    }
+
+    fn report_state(&mut self) -> serde_json::Value {
+        let mut by_topic = serde_json::Map::new();
+        for topic in Topic::ALL {
+            let count = self.sessions.values().filter(|subscriber| subscriber.topics.contains(topic)).count();
+            by_topic.insert(topic.name().to_owned(), count.into());
+        }
+        serde_json::json!({
+            "connections": self.sessions.len(),
+            "max_connections": self.limits.max_connections,
+            "anonymous_addresses": self.anonymous_by_address.len(),
+            "subscriptions": by_topic,
+            "last_event_id": self.position,
+            "ops_events": self.ops_sequence,
+        })
     }
 }
 
@@ -651,35 +647,5 @@ impl Handler<OpsEvent> for EventHub {
                 websocket::text(&event_message(act.ops_sequence, Topic::Ops, msg.kind, &msg.data.to_string(), at));
             act.fan_out(Arc::new(Delivery { id: act.ops_sequence, topic: Topic::Ops, frame, committed_at: at }), None);
         });
-    }
-}
-
-impl Handler<GetActorReport> for EventHub {
-    type Result = MessageResult<GetActorReport>;
-    fn handle(&mut self, _msg: GetActorReport, ctx: &mut Context<Self>) -> Self::Result {
-        let report = guarded(self, ctx, |act, _| {
-            let mut by_topic = serde_json::Map::new();
-            for topic in Topic::ALL {
-                let count = act.sessions.values().filter(|subscriber| subscriber.topics.contains(topic)).count();
-                by_topic.insert(topic.name().to_owned(), count.into());
-            }
-            let state = serde_json::json!({
-                "connections": act.sessions.len(),
-                "max_connections": act.limits.max_connections,
-                "anonymous_addresses": act.anonymous_by_address.len(),
-                "subscriptions": by_topic,
-                "last_event_id": act.position,
-                "ops_events": act.ops_sequence,
-            });
-            ActorReport::running(ACTOR, state)
-        });
-        MessageResult(report.unwrap_or_else(|| ActorReport::unresponsive(ACTOR, "panicked while reporting")))
-    }
-}
-
-impl Handler<Crash> for EventHub {
-    type Result = Result<(), AppError>;
-    fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
-        guarded(self, ctx, |_, _| msg.detonate()).ok_or_else(|| crashed(ACTOR))
     }
 }

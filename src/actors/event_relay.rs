@@ -23,21 +23,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use actix::{
-    fut::wrap_future, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, Supervised,
-};
+use actix::{fut::wrap_future, Addr, AsyncContext, Context, Handler, Message};
 use tokio::sync::watch;
 
 use super::{
     cache::CacheClient,
-    chaos::crashed,
     db_executor::DbGateway,
     event_hub::{EventHub, Publish},
     event_position::EventPosition,
     relay_watch::RelayProgress,
-    report::{ActorReport, GetActorReport},
-    supervision::{guarded, Guarded, PanicPayload, RestartReporter},
-    Crash,
+    supervision::{guarded, guarded_interval, guarded_then, supervised_actor, SupervisedActor, Supervision},
 };
 use crate::{
     db::{
@@ -51,7 +46,7 @@ use crate::{
 };
 use uuid::Uuid;
 
-const ACTOR: &str = "event_relay";
+pub const ACTOR: &str = "event_relay";
 /// Events read per poll; a longer backlog is read by the polls that follow at once.
 const BATCH: i64 = 1000;
 const HUB_TIMEOUT: Duration = Duration::from_secs(5);
@@ -97,7 +92,7 @@ pub struct EventRelay {
     polling: bool,
     /// A wake-up came while a poll was running: poll again when it ends.
     again: bool,
-    reporter: RestartReporter,
+    supervision: Supervision,
     progress: RelayProgress,
 }
 
@@ -107,7 +102,7 @@ impl EventRelay {
         db: DbGateway,
         cache: CacheClient,
         hub: Addr<EventHub>,
-        reporter: RestartReporter,
+        supervision: Supervision,
     ) -> Self {
         let relay = Self {
             db,
@@ -125,7 +120,7 @@ impl EventRelay {
             last_id: settings.start_after,
             polling: false,
             again: false,
-            reporter,
+            supervision,
             progress: RelayProgress::default(),
         };
         relay.publish_position();
@@ -180,33 +175,31 @@ impl EventRelay {
             }
             Ok::<_, AppError>((count, last, horizon))
         };
-        ctx.spawn(wrap_future(read_and_hand_on).map(move |outcome, act: &mut Self, ctx| {
-            guarded(act, ctx, |act, ctx| {
-                act.polling = false;
-                match outcome {
-                    Ok((count, last, horizon)) => {
-                        act.progress.succeeded(count);
-                        if let Some(last) = last {
-                            act.last_id = act.last_id.max(last);
-                        }
-                        act.horizon_watch.send_if_modified(|published| {
-                            let moved = horizon.settled_through() > *published;
-                            *published = (*published).max(horizon.settled_through());
-                            moved
-                        });
-                        let waiting = horizon.is_waiting();
-                        act.horizon = horizon;
-                        act.publish_position();
-                        if count as i64 == BATCH || act.again {
-                            act.poll(ctx);
-                        } else if waiting {
-                            act.poll_later(POLL_SPACING, ctx);
-                        }
+        guarded_then(ctx, read_and_hand_on, move |outcome, act, ctx| {
+            act.polling = false;
+            match outcome {
+                Ok((count, last, horizon)) => {
+                    act.progress.succeeded(count);
+                    if let Some(last) = last {
+                        act.last_id = act.last_id.max(last);
                     }
-                    Err(error) => act.progress.failed(&error),
+                    act.horizon_watch.send_if_modified(|published| {
+                        let moved = horizon.settled_through() > *published;
+                        *published = (*published).max(horizon.settled_through());
+                        moved
+                    });
+                    let waiting = horizon.is_waiting();
+                    act.horizon = horizon;
+                    act.publish_position();
+                    if count as i64 == BATCH || act.again {
+                        act.poll(ctx);
+                    } else if waiting {
+                        act.poll_later(POLL_SPACING, ctx);
+                    }
                 }
-            });
-        }));
+                Err(error) => act.progress.failed(&error),
+            }
+        });
     }
 
     fn poll_later(&mut self, after: Duration, ctx: &mut Context<Self>) {
@@ -242,62 +235,37 @@ impl Handler<Wake> for EventRelay {
     }
 }
 
-impl Actor for EventRelay {
-    type Context = Context<Self>;
+supervised_actor!(EventRelay);
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        // Runs again after a restart; whatever was spawned before went with the old context.
-        guarded(self, ctx, |act, ctx| {
-            act.polling = false;
-            act.poll_scheduled = false;
-            ctx.run_interval(act.interval, |act, ctx| {
-                guarded(act, ctx, |act, ctx| {
-                    act.progress.tick();
-                    act.poll(ctx);
-                });
-            });
-            let (wake, relay) = (Arc::clone(&act.signals.relay), ctx.address());
-            ctx.spawn(wrap_future(async move {
-                loop {
-                    wake.notified().await;
-                    relay.do_send(Wake);
-                }
-            }));
-            if let Some(url) = act.listen_url.clone() {
-                ctx.spawn(wrap_future(outbox_listener::listen_and_announce(url, act.signals.clone())));
-            }
+impl SupervisedActor for EventRelay {
+    /// Runs again after a restart; whatever was spawned before went with the old context.
+    fn start(&mut self, ctx: &mut Context<Self>) {
+        self.polling = false;
+        self.poll_scheduled = false;
+        guarded_interval(ctx, self.interval, |act, ctx| {
+            act.progress.tick();
             act.poll(ctx);
         });
+        let (wake, relay) = (Arc::clone(&self.signals.relay), ctx.address());
+        ctx.spawn(wrap_future(async move {
+            loop {
+                wake.notified().await;
+                relay.do_send(Wake);
+            }
+        }));
+        if let Some(url) = self.listen_url.clone() {
+            ctx.spawn(wrap_future(outbox_listener::listen_and_announce(url, self.signals.clone())));
+        }
+        self.poll(ctx);
     }
-}
 
-impl Guarded for EventRelay {
-    fn on_panic(&mut self, payload: &PanicPayload) {
-        self.reporter.report(ACTOR, payload);
-    }
-}
-
-impl Supervised for EventRelay {
-    fn restarting(&mut self, ctx: &mut Context<Self>) {
+    fn recover(&mut self, _ctx: &mut Context<Self>) {
         // Invalidations may have been missed mid-panic: everything cached could be stale.
-        guarded(self, ctx, |act, _| act.cache.clear());
+        self.cache.clear();
     }
-}
 
-impl Handler<GetActorReport> for EventRelay {
-    type Result = MessageResult<GetActorReport>;
-    fn handle(&mut self, _msg: GetActorReport, ctx: &mut Context<Self>) -> Self::Result {
-        let report = guarded(self, ctx, |act, _| {
-            let interval_ms = u64::try_from(act.interval.as_millis()).unwrap_or(u64::MAX);
-            ActorReport::running(ACTOR, act.progress.state(Some(act.last_id), interval_ms))
-        });
-        MessageResult(report.unwrap_or_else(|| ActorReport::unresponsive(ACTOR, "panicked while reporting")))
-    }
-}
-
-impl Handler<Crash> for EventRelay {
-    type Result = Result<(), AppError>;
-    fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
-        guarded(self, ctx, |_, _| msg.detonate()).ok_or_else(|| crashed(ACTOR))
+    fn report_state(&mut self) -> serde_json::Value {
+        let interval_ms = u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX);
+        self.progress.state(Some(self.last_id), interval_ms)
     }
 }

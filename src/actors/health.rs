@@ -1,7 +1,8 @@
 //! The Health actor owns readiness: the last database probe, whether shutdown has begun,
-//! and the ledger of actor restarts. `/readyz` asks it and never waits on the database.
-//! It is also where operators' live events come from: each restart and each change of
-//! readiness goes to the EventHub's `ops` topic.
+//! whether an actor requests cannot do without is backing off, and the ledger of actor
+//! restarts. `/readyz` asks it and never waits on the database. It is also where operators'
+//! live events come from: each restart, each actor that starts or stops backing off, and
+//! each change of readiness goes to the EventHub's `ops` topic.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -9,28 +10,28 @@ use std::{
     time::Duration,
 };
 
-use actix::{
-    fut::wrap_future, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, Recipient,
-    Supervised,
-};
+use actix::{Addr, Context, Handler, Message, MessageResult, Recipient};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
 use super::{
     breaker::{BreakerChanged, BreakerState},
-    chaos::crashed,
-    db_executor::{DbGateway, Ping},
-    db_probe::{DbProbe, ProbeDatabase},
+    db_executor::{self, DbGateway, Ping},
+    db_probe::{self, DbProbe, ProbeDatabase},
     event_hub::OpsEvent,
-    report::{ActorReport, GetActorReport, RestartSummary},
-    supervision::{guarded, record_panic, ActorRestarted, Guarded, PanicPayload},
-    Crash,
+    report::{RestartSummary, SupervisionReport},
+    restarts::ActorRestarts,
+    supervision::{
+        guarded, guarded_interval, guarded_then, supervised_actor, ActorRestarted, SupervisedActor, Supervision,
+    },
 };
 use crate::metrics::Metrics;
 
-const ACTOR: &str = "health";
+pub const ACTOR: &str = "health";
 /// Restarts kept for `GET /api/v1/ops/restarts`.
 const LEDGER_LENGTH: usize = 100;
+/// Actors without which requests cannot be served: readiness fails while one backs off.
+const CORE_ACTORS: [&str; 2] = [db_executor::ACTOR, ACTOR];
 
 #[derive(Debug, Clone)]
 enum Probe {
@@ -48,6 +49,7 @@ struct RestartRecord {
 
 pub struct Health {
     metrics: Arc<Metrics>,
+    supervision: Supervision,
     probe_interval: Duration,
     database: Option<DbGateway>,
     probe: Probe,
@@ -66,12 +68,16 @@ pub struct Health {
     last_breaker_change: Option<BreakerChanged>,
     /// Dependencies that are reported, not probed, and do not decide readiness (NATS).
     dependencies: BTreeMap<&'static str, DependencyCheck>,
+    /// Actors announced on `ops` as backing off, with the delayed restart announced.
+    announced_backoffs: BTreeMap<&'static str, u64>,
 }
 
 impl Health {
-    pub fn new(metrics: Arc<Metrics>, probe_interval: Duration) -> Self {
+    /// `supervision` reports to this Health itself (it keeps the ledger).
+    pub fn new(metrics: Arc<Metrics>, probe_interval: Duration, supervision: Supervision) -> Self {
         Self {
             metrics,
+            supervision,
             probe_interval,
             database: None,
             probe: Probe::Pending,
@@ -84,7 +90,50 @@ impl Health {
             ledger: VecDeque::with_capacity(LEDGER_LENGTH),
             last_breaker_change: None,
             dependencies: BTreeMap::new(),
+            announced_backoffs: BTreeMap::new(),
         }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        self.probe_database(ctx);
+        if self.watch_backoffs() {
+            self.announce_readiness();
+        }
+    }
+
+    /// Announces on `ops` every actor that started backing off or was delayed again
+    /// (`actor.backing_off`) and every one that recovered (`actor.recovered`), and keeps
+    /// `storefront_actor_backing_off` current. Runs on every tick and after every restart
+    /// report, so a recovery is announced within a probe interval. True when anything
+    /// changed.
+    fn watch_backoffs(&mut self) -> bool {
+        let registry = self.supervision.registry().clone();
+        let mut changed = false;
+        for restarts in registry.iter() {
+            let (actor, backing_off, mark) = (restarts.name(), restarts.is_backing_off(), restarts.backoff_mark());
+            self.metrics.actor_backing_off.with_label_values(&[actor]).set(i64::from(backing_off));
+            let announced = self.announced_backoffs.get(actor).copied();
+            if backing_off && announced != Some(mark) {
+                let report = restarts.report();
+                tracing::warn!(actor, next_restart_at = ?report.next_restart_at, "actor restarts too often: backing off");
+                self.announced_backoffs.insert(actor, mark);
+                self.emit("actor.backing_off", supervision_event(actor, report));
+                changed = true;
+            } else if !backing_off && announced.is_some() {
+                tracing::info!(actor, "actor recovered: it ran a whole window without a panic");
+                self.announced_backoffs.remove(actor);
+                self.emit("actor.recovered", supervision_event(actor, restarts.report()));
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The thread the probe runs on, unless it is down waiting out a restart backoff (then
+    /// the probe goes through the pool, as when there is none).
+    fn probe_thread(&self) -> Option<(Addr<DbProbe>, Duration)> {
+        let down = self.supervision.registry().find(db_probe::ACTOR).is_some_and(|probe| probe.is_down());
+        self.probe_thread.clone().filter(|_| !down)
     }
 
     fn probe_database(&mut self, ctx: &mut Context<Self>) {
@@ -94,17 +143,19 @@ impl Health {
         if self.probe_in_flight {
             return;
         }
-        if let Some((probe, timeout)) = self.probe_thread.clone() {
+        if let Some((probe, timeout)) = self.probe_thread() {
             self.probe_in_flight = true;
             // A probe that times out counts as failed; its message is skipped when the
             // probe thread reaches it, so probes never pile up.
-            ctx.spawn(wrap_future(async move { probe.send(ProbeDatabase).timeout(timeout).await }).map(
-                move |outcome, act: &mut Self, ctx| {
+            guarded_then(
+                ctx,
+                async move { probe.send(ProbeDatabase).timeout(timeout).await },
+                move |outcome, act, _| {
                     let outcome = outcome
                         .unwrap_or_else(|error| Err(format!("probe did not answer within {timeout:?}: {error}")));
-                    guarded(act, ctx, |act, _| act.record_probe_outcome(outcome));
+                    act.record_probe_outcome(outcome);
                 },
-            ));
+            );
             return;
         }
         // Through the pool: a saturated pool is busy, not down; keep the last verdict
@@ -114,9 +165,9 @@ impl Health {
         }
         self.probe_in_flight = true;
         let started = std::time::Instant::now();
-        ctx.spawn(wrap_future(async move { database.run(Ping).await }).map(move |outcome, act: &mut Self, ctx| {
-            guarded(act, ctx, |act, _| act.record_probe(outcome.is_ok(), started.elapsed()));
-        }));
+        guarded_then(ctx, async move { database.run(Ping).await }, move |outcome, act, _| {
+            act.record_probe(outcome.is_ok(), started.elapsed());
+        });
     }
 
     /// A probe on the probe thread: its verdict also drives the database breaker.
@@ -191,6 +242,7 @@ impl Health {
         );
         checks.insert("process:shutdown".into(), json!([{"status": pass_fail(!self.shutting_down)}]));
         let breaker_ok = self.insert_breaker_check(&mut checks);
+        let supervision_ok = self.insert_supervision_check(&mut checks);
 
         let restarts: Vec<Value> = self
             .restarts
@@ -219,13 +271,41 @@ impl Health {
             ("db_executor", workers_ok),
             ("shutdown", !self.shutting_down),
             ("breaker", breaker_ok),
+            ("supervision", supervision_ok),
         ] {
             self.metrics.readiness.with_label_values(&[name]).set(i64::from(ok));
         }
         ReadinessReport {
-            ready: database_ok && workers_ok && !self.shutting_down && breaker_ok,
+            ready: database_ok && workers_ok && !self.shutting_down && breaker_ok && supervision_ok,
             checks: Value::Object(checks),
         }
+    }
+
+    /// `actors:supervision`, present while an actor backs off: fail for one requests cannot
+    /// do without (`CORE_ACTORS`), warn for the others. Returns whether readiness may pass.
+    fn insert_supervision_check(&self, checks: &mut serde_json::Map<String, Value>) -> bool {
+        let backing_off: Vec<&std::sync::Arc<ActorRestarts>> =
+            self.supervision.registry().iter().filter(|restarts| restarts.is_backing_off()).collect();
+        let core_backing_off = backing_off.iter().any(|restarts| CORE_ACTORS.contains(&restarts.name()));
+        if !backing_off.is_empty() {
+            let components = backing_off.iter().map(|restarts| {
+                let report = restarts.report();
+                let output = match report.next_restart_at {
+                    Some(at) => format!("restarts too often: next restart at {}", rfc3339(&at)),
+                    None => format!(
+                        "restarted after backing off: recovers once it runs {} s without a panic",
+                        report.window_seconds
+                    ),
+                };
+                let status = if CORE_ACTORS.contains(&restarts.name()) { "fail" } else { "warn" };
+                json!({
+                    "componentId": restarts.name(), "status": status, "observedValue": report.restarts_in_window,
+                    "observedUnit": "restarts in window", "output": output,
+                })
+            });
+            checks.insert("actors:supervision".into(), Value::Array(components.collect()));
+        }
+        !core_backing_off
     }
 
     /// `database:breaker`: pass closed, warn half-open (a trial is deciding), fail open.
@@ -247,7 +327,7 @@ impl Health {
         state != BreakerState::Open
     }
 
-    fn own_report(&self) -> ActorReport {
+    fn own_state(&self) -> Value {
         let probe = match &self.probe {
             Probe::Pending => json!({"status": "pending"}),
             Probe::Passed { at, latency } => {
@@ -256,14 +336,11 @@ impl Health {
             Probe::Failed { at } => json!({"status": "fail", "at": rfc3339(at)}),
         };
         let breaker = self.last_breaker_change.as_ref().map(|change| json!(change));
-        ActorReport::running(
-            ACTOR,
-            json!({
-                "probe": probe, "probe_interval_ms": self.probe_interval.as_millis() as u64,
-                "shutting_down": self.shutting_down, "restarts_recorded": self.ledger.len(),
-                "last_breaker_change": breaker,
-            }),
-        )
+        json!({
+            "probe": probe, "probe_interval_ms": self.probe_interval.as_millis() as u64,
+            "shutting_down": self.shutting_down, "restarts_recorded": self.ledger.len(),
+            "last_breaker_change": breaker,
+        })
     }
 
     fn ledger_snapshot(&self) -> RestartLedger {
@@ -282,7 +359,7 @@ impl Health {
         RestartLedger { newest_first: self.ledger.iter().rev().cloned().collect(), by_actor }
     }
 
-    fn record_restart(&mut self, restart: ActorRestarted) {
+    fn enter_in_ledger(&mut self, restart: ActorRestarted) {
         let record = self.restarts.entry(restart.actor).or_default();
         record.count += 1;
         record.last_at = Some(restart.at);
@@ -298,6 +375,16 @@ impl Health {
     }
 }
 
+/// The data of `actor.backing_off` and `actor.recovered`: the actor's supervision, flat.
+fn supervision_event(actor: &str, report: SupervisionReport) -> Value {
+    let mut data = serde_json::to_value(report).unwrap_or_else(|_| json!({}));
+    if let Some(fields) = data.as_object_mut() {
+        fields.insert("actor".into(), json!(actor));
+        fields.insert("at".into(), json!(rfc3339(&Utc::now())));
+    }
+    data
+}
+
 fn pass_fail(ok: bool) -> &'static str {
     if ok {
         "pass"
@@ -310,32 +397,27 @@ fn rfc3339(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-impl Actor for Health {
-    type Context = Context<Self>;
+supervised_actor!(Health);
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        // Runs again after a restart; the database, ledger and shutdown flag survive it.
+impl SupervisedActor for Health {
+    /// Runs again after a restart; the database, ledger and shutdown flag survive it.
+    fn start(&mut self, ctx: &mut Context<Self>) {
         self.probe_in_flight = false;
-        guarded(self, ctx, |act, ctx| {
-            act.probe_database(ctx);
-            ctx.run_interval(act.probe_interval, |act, ctx| {
-                guarded(act, ctx, |act, ctx| act.probe_database(ctx));
-            });
-        });
+        self.tick(ctx);
+        guarded_interval(ctx, self.probe_interval, Self::tick);
     }
-}
 
-impl Guarded for Health {
-    fn on_panic(&mut self, payload: &PanicPayload) {
-        // Health keeps its own ledger, so its own restarts are recorded right here.
-        let restart = record_panic(&self.metrics, ACTOR, payload);
-        self.record_restart(restart);
+    fn report_state(&mut self) -> Value {
+        self.own_state()
     }
-}
 
-impl Supervised for Health {
-    fn restarting(&mut self, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |_, _| tracing::info!(actor = ACTOR, "restarting"));
+    /// Health keeps the ledger, so its own restarts are recorded right here (and its own
+    /// backing off announced before it waits).
+    fn record_restart(&mut self, restart: ActorRestarted) {
+        self.enter_in_ledger(restart);
+        if self.watch_backoffs() {
+            self.announce_readiness();
+        }
     }
 }
 
@@ -357,7 +439,12 @@ impl Handler<WatchDatabase> for Health {
 impl Handler<ActorRestarted> for Health {
     type Result = ();
     fn handle(&mut self, msg: ActorRestarted, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, _| act.record_restart(msg));
+        guarded(self, ctx, |act, _| {
+            act.enter_in_ledger(msg);
+            if act.watch_backoffs() {
+                act.announce_readiness();
+            }
+        });
     }
 }
 
@@ -430,13 +517,6 @@ impl Handler<GetReadiness> for Health {
     }
 }
 
-impl Handler<Crash> for Health {
-    type Result = Result<(), crate::error::AppError>;
-    fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
-        guarded(self, ctx, |_, _| msg.detonate()).ok_or_else(|| crashed(ACTOR))
-    }
-}
-
 /// Hands Health the probe's own thread, so probes never queue behind requests. A probe
 /// taking longer than `timeout` counts as failed (and opens the database breaker), so it
 /// must be generous: a slow moment is not an outage.
@@ -479,15 +559,5 @@ impl Handler<GetRestartLedger> for Health {
     type Result = MessageResult<GetRestartLedger>;
     fn handle(&mut self, _msg: GetRestartLedger, ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(guarded(self, ctx, |act, _| act.ledger_snapshot()))
-    }
-}
-
-impl Handler<GetActorReport> for Health {
-    type Result = MessageResult<GetActorReport>;
-    fn handle(&mut self, _msg: GetActorReport, ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(
-            guarded(self, ctx, |act, _| act.own_report())
-                .unwrap_or_else(|| ActorReport::unresponsive(ACTOR, "panicked while reporting")),
-        )
     }
 }

@@ -4,19 +4,16 @@
 
 use std::{sync::Arc, time::Duration};
 
-use actix::{fut::wrap_future, Actor, ActorFutureExt, AsyncContext, Context, Handler, MessageResult, Supervised};
+use actix::Context;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::{
-    chaos::crashed,
     db_executor::DbGateway,
-    report::{ActorReport, GetActorReport},
-    supervision::{guarded, Guarded, PanicPayload, RestartReporter},
-    Crash,
+    supervision::{guarded_interval, guarded_then, supervised_actor, SupervisedActor, Supervision},
 };
 
-const ACTOR: &str = "janitor";
+pub const ACTOR: &str = "janitor";
 use crate::{
     db::housekeeping::{PruneExpired, Pruned},
     domain::{clock, user::LOGIN_FAILURE_WINDOW},
@@ -49,14 +46,14 @@ pub struct Janitor {
     db: DbGateway,
     retention: Retention,
     running: bool,
-    reporter: RestartReporter,
+    supervision: Supervision,
     metrics: Arc<Metrics>,
     record: Record,
 }
 
 impl Janitor {
-    pub fn new(db: DbGateway, retention: Retention, reporter: RestartReporter, metrics: Arc<Metrics>) -> Self {
-        Self { db, retention, running: false, reporter, metrics, record: Record::default() }
+    pub fn new(db: DbGateway, retention: Retention, supervision: Supervision, metrics: Arc<Metrics>) -> Self {
+        Self { db, retention, running: false, supervision, metrics, record: Record::default() }
     }
 
     fn finish(&mut self, outcome: Result<Pruned, AppError>) {
@@ -82,22 +79,19 @@ impl Janitor {
         }
     }
 
-    fn report(&self) -> ActorReport {
+    fn state(&self) -> serde_json::Value {
         let record = &self.record;
         let last_pruned = record.last_pruned.as_ref().map(|pruned| {
             json!({"idempotency_keys": pruned.idempotency_keys, "events": pruned.events,
                    "login_failures": pruned.login_failures})
         });
-        ActorReport::running(
-            ACTOR,
-            json!({
-                "interval_seconds": self.retention.interval.as_secs(), "running": self.running,
-                "runs": record.runs, "failures": record.failures,
-                "last_run_at": record.last_run_at, "last_success_at": record.last_success_at,
-                "last_pruned": last_pruned, "rows_pruned_total": record.rows_pruned_total,
-                "last_error": record.last_error,
-            }),
-        )
+        json!({
+            "interval_seconds": self.retention.interval.as_secs(), "running": self.running,
+            "runs": record.runs, "failures": record.failures,
+            "last_run_at": record.last_run_at, "last_success_at": record.last_success_at,
+            "last_pruned": last_pruned, "rows_pruned_total": record.rows_pruned_total,
+            "last_error": record.last_error,
+        })
     }
 
     fn sweep(&mut self, ctx: &mut Context<Self>) {
@@ -114,52 +108,21 @@ impl Janitor {
             keep_unpublished_events: self.retention.keep_unpublished_events,
         };
         let db = self.db.clone();
-        ctx.spawn(wrap_future(async move { db.run(prune).await }).map(|outcome, act: &mut Self, ctx| {
-            guarded(act, ctx, |act, _| act.finish(outcome));
-        }));
+        guarded_then(ctx, async move { db.run(prune).await }, |outcome, act, _| act.finish(outcome));
     }
 }
 
-impl Actor for Janitor {
-    type Context = Context<Self>;
+supervised_actor!(Janitor);
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, ctx| {
-            act.running = false;
-            ctx.run_interval(act.retention.interval, |act, ctx| {
-                guarded(act, ctx, |act, ctx| act.sweep(ctx));
-            });
-        });
+/// The record survives a restart: how long the janitor has been failing is exactly what an
+/// operator needs to see after one.
+impl SupervisedActor for Janitor {
+    fn start(&mut self, ctx: &mut Context<Self>) {
+        self.running = false;
+        guarded_interval(ctx, self.retention.interval, |act, ctx| act.sweep(ctx));
     }
-}
 
-impl Guarded for Janitor {
-    fn on_panic(&mut self, payload: &PanicPayload) {
-        self.reporter.report(ACTOR, payload);
-    }
-}
-
-impl Supervised for Janitor {
-    fn restarting(&mut self, ctx: &mut Context<Self>) {
-        // The record survives a restart: how long the janitor has been failing is exactly
-        // what an operator needs to see after one.
-        guarded(self, ctx, |_, _| tracing::info!(actor = ACTOR, "restarting"));
-    }
-}
-
-impl Handler<GetActorReport> for Janitor {
-    type Result = MessageResult<GetActorReport>;
-    fn handle(&mut self, _msg: GetActorReport, ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(
-            guarded(self, ctx, |act, _| act.report())
-                .unwrap_or_else(|| ActorReport::unresponsive(ACTOR, "panicked while reporting")),
-        )
-    }
-}
-
-impl Handler<Crash> for Janitor {
-    type Result = Result<(), AppError>;
-    fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
-        guarded(self, ctx, |_, _| msg.detonate()).ok_or_else(|| crashed(ACTOR))
+    fn report_state(&mut self) -> serde_json::Value {
+        self.state()
     }
 }

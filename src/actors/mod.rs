@@ -18,6 +18,7 @@ pub mod pool_threads;
 pub mod rate_limiter;
 pub mod relay_watch;
 pub mod report;
+pub mod restarts;
 pub mod shards;
 pub mod supervision;
 

@@ -15,10 +15,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use actix::{
-    fut::wrap_future, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Recipient, ResponseActFuture,
-    Supervised, Supervisor,
-};
+use actix::{fut::wrap_future, Addr, AsyncContext, Context, Handler, Recipient, ResponseActFuture, Supervisor};
 use actix_rt::time::{timeout, Instant};
 use async_nats::{
     connection::State,
@@ -29,12 +26,11 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::{
-    chaos::crashed,
     db_executor::DbGateway,
     health::DependencyCheck,
-    report::{ActorReport, GetActorReport},
-    supervision::{guarded, Guarded, PanicPayload, RestartReporter},
-    Crash,
+    supervision::{
+        guarded, guarded_interval, guarded_then, supervised_actor, RestartReporter, SupervisedActor, Supervision,
+    },
 };
 use crate::{
     config::NatsSettings,
@@ -66,7 +62,7 @@ pub struct NatsPublisher {
     db: DbGateway,
     metrics: Arc<Metrics>,
     health: Recipient<DependencyCheck>,
-    reporter: RestartReporter,
+    supervision: Supervision,
     interval: Duration,
     /// The outbox horizon as the relay last saw it: events beyond it wait.
     horizon: watch::Receiver<i64>,
@@ -114,13 +110,14 @@ impl NatsPublisher {
         feed: OutboxFeed,
     ) -> Addr<Self> {
         tracing::info!(stream = %settings.stream, subjects = %format!("{}.>", settings.subject_prefix), "publishing the outbox to NATS JetStream");
+        let supervision = reporter.supervision(ACTOR);
         Supervisor::start(move |_| Self {
             settings,
             holder: holder.to_string(),
             db,
             metrics,
             health,
-            reporter,
+            supervision,
             interval: feed.interval,
             horizon: feed.horizon,
             client: None,
@@ -160,11 +157,11 @@ impl NatsPublisher {
             horizon: *self.horizon.borrow(),
         };
         let generation = self.generation;
-        ctx.spawn(wrap_future(round.run()).map(move |outcome, act: &mut Self, ctx| {
+        guarded_then(ctx, round.run(), move |outcome, act, ctx| {
             if act.generation == generation {
-                guarded(act, ctx, |act, ctx| act.apply(outcome, ctx));
+                act.apply(outcome, ctx);
             }
-        }));
+        });
     }
 
     /// Makes the client once; it connects and reconnects by itself from then on.
@@ -176,23 +173,19 @@ impl NatsPublisher {
             .connection_timeout(NATS_TIMEOUT)
             .retry_on_initial_connect();
         let generation = self.generation;
-        ctx.spawn(wrap_future(async move { options.connect(servers.as_slice()).await }).map(
-            move |connected, act: &mut Self, ctx| {
-                if act.generation != generation {
-                    return;
+        guarded_then(ctx, async move { options.connect(servers.as_slice()).await }, move |connected, act, ctx| {
+            if act.generation != generation {
+                return;
+            }
+            act.busy = false;
+            match connected {
+                Ok(client) => {
+                    act.client = Some(client);
+                    act.tick(ctx);
                 }
-                guarded(act, ctx, |act, ctx| {
-                    act.busy = false;
-                    match connected {
-                        Ok(client) => {
-                            act.client = Some(client);
-                            act.tick(ctx);
-                        }
-                        Err(error) => act.report(false, "cannot connect to NATS", Some(error.to_string())),
-                    }
-                });
-            },
-        ));
+                Err(error) => act.report(false, "cannot connect to NATS", Some(error.to_string())),
+            }
+        });
     }
 
     fn apply(&mut self, outcome: Outcome, ctx: &mut Context<Self>) {
@@ -513,29 +506,19 @@ impl Handler<Tick> for NatsPublisher {
     }
 }
 
-impl Actor for NatsPublisher {
-    type Context = Context<Self>;
+supervised_actor!(NatsPublisher);
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
+impl SupervisedActor for NatsPublisher {
+    fn start(&mut self, ctx: &mut Context<Self>) {
         self.busy = false;
         if self.reported.is_none() {
             self.report(false, "connecting", None);
         }
         self.tick(ctx);
-        ctx.run_interval(self.interval, |act, ctx| {
-            guarded(act, ctx, |act, ctx| act.tick(ctx));
-        });
+        guarded_interval(ctx, self.interval, |act, ctx| act.tick(ctx));
     }
-}
 
-impl Guarded for NatsPublisher {
-    fn on_panic(&mut self, payload: &PanicPayload) {
-        self.reporter.report(ACTOR, payload);
-    }
-}
-
-impl Supervised for NatsPublisher {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+    fn recover(&mut self, _ctx: &mut Context<Self>) {
         // What a panic may have left half-done is dropped: the position is read back from
         // the database (this replica still holds the lease, so it resumes at once), and
         // the stream is checked again. The connection is kept.
@@ -543,35 +526,21 @@ impl Supervised for NatsPublisher {
         self.lease = Lease::Unknown;
         self.stream_ready = false;
     }
-}
 
-impl Handler<Crash> for NatsPublisher {
-    type Result = Result<(), AppError>;
-    fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
-        guarded(self, ctx, |_, _| msg.detonate()).ok_or_else(|| crashed(ACTOR))
-    }
-}
-
-impl Handler<GetActorReport> for NatsPublisher {
-    type Result = actix::MessageResult<GetActorReport>;
-    fn handle(&mut self, _msg: GetActorReport, ctx: &mut Context<Self>) -> Self::Result {
-        let report = guarded(self, ctx, |act, _| {
-            let (role, published_through) = match act.lease {
-                Lease::Unknown => ("claiming", None),
-                Lease::Held { through, .. } => ("active", Some(through)),
-                Lease::Standby { .. } => ("standby", None),
-            };
-            let state = json!({
-                "role": if act.retired { "retired" } else { role },
-                "connected": act.client.is_some(),
-                "stream": act.settings.stream,
-                "stream_ready": act.stream_ready,
-                "published_through": published_through,
-                "lag_events": act.metrics.nats_publish_lag.get(),
-                "published_total": act.metrics.nats_published.get(),
-            });
-            ActorReport::running(ACTOR, state)
-        });
-        actix::MessageResult(report.unwrap_or_else(|| ActorReport::unresponsive(ACTOR, "panicked while reporting")))
+    fn report_state(&mut self) -> Value {
+        let (role, published_through) = match self.lease {
+            Lease::Unknown => ("claiming", None),
+            Lease::Held { through, .. } => ("active", Some(through)),
+            Lease::Standby { .. } => ("standby", None),
+        };
+        json!({
+            "role": if self.retired { "retired" } else { role },
+            "connected": self.client.is_some(),
+            "stream": self.settings.stream,
+            "stream_ready": self.stream_ready,
+            "published_through": published_through,
+            "lag_events": self.metrics.nats_publish_lag.get(),
+            "published_total": self.metrics.nats_published.get(),
+        })
     }
 }

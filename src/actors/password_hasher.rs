@@ -6,13 +6,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use actix::{ActorContext, Addr, Handler, MailboxError, Message, SyncArbiter, SyncContext};
+use actix::{Addr, Handler, MailboxError, Message, SyncArbiter, SyncContext};
 
 use super::{
     admission::Admission,
-    pool_threads::{counted_sync_actor, PoolThreads},
+    pool_threads::{supervised_pool_actor, PoolThreads},
     report::ActorReport,
-    supervision::{catch_panic, RestartReporter},
+    restarts::ActorRestarts,
+    supervision::{RestartReporter, Supervision},
 };
 use crate::{
     auth::password::{hash_password_with, verify_password_with, HashMemory},
@@ -33,7 +34,7 @@ pub struct PasswordHasher {
     /// This thread's argon2 working memory, reused by every run (allocated at the first).
     memory: HashMemory,
     metrics: Arc<Metrics>,
-    reporter: RestartReporter,
+    supervision: Supervision,
     threads: PoolThreads,
 }
 
@@ -43,7 +44,7 @@ impl PasswordHasher {
     }
 }
 
-counted_sync_actor!(PasswordHasher);
+supervised_pool_actor!(PasswordHasher);
 
 #[derive(Message)]
 #[rtype(result = "Result<String, AppError>")]
@@ -60,10 +61,7 @@ impl Handler<Hash> for PasswordHasher {
     type Result = Result<String, AppError>;
     fn handle(&mut self, msg: Hash, ctx: &mut SyncContext<Self>) -> Self::Result {
         let memory = &mut self.memory;
-        let hashed = catch_panic(|| hash_password_with(memory, &msg.0)).unwrap_or_else(|payload| {
-            ctx.stop();
-            Err(self.reporter.report(ACTOR, &payload))
-        });
+        let hashed = self.supervision.catch(ctx, || hash_password_with(memory, &msg.0)).and_then(|hashed| hashed);
         if hashed.is_ok() {
             self.completed("hash");
         }
@@ -75,16 +73,12 @@ impl Handler<Verify> for PasswordHasher {
     type Result = Result<bool, AppError>;
     fn handle(&mut self, msg: Verify, ctx: &mut SyncContext<Self>) -> Self::Result {
         let memory = &mut self.memory;
-        let verified = catch_panic(|| match &msg.hash {
+        let verified = self.supervision.catch(ctx, || match &msg.hash {
             Some(hash) => verify_password_with(memory, &msg.password, hash),
             None => {
                 verify_password_with(memory, &msg.password, DUMMY_HASH);
                 false
             }
-        })
-        .map_err(|payload| {
-            ctx.stop();
-            self.reporter.report(ACTOR, &payload)
         });
         if verified.is_ok() {
             self.completed("verify");
@@ -99,22 +93,24 @@ pub struct Passwords {
     addr: Addr<PasswordHasher>,
     admission: Arc<Admission>,
     threads: PoolThreads,
+    restarts: Arc<ActorRestarts>,
     metrics: Arc<Metrics>,
 }
 
 impl Passwords {
     pub fn start(threads: usize, reporter: RestartReporter, metrics: Arc<Metrics>) -> Self {
         let pool = PoolThreads::new(ACTOR, threads);
+        let restarts = reporter.restarts_of(ACTOR);
         let (counted, runs) = (pool.clone(), Arc::clone(&metrics));
         let addr = SyncArbiter::start(threads, move || PasswordHasher {
             memory: HashMemory::default(),
             metrics: Arc::clone(&runs),
-            reporter: reporter.clone(),
+            supervision: reporter.supervision(ACTOR),
             threads: counted.clone(),
         });
         // Waiting requests hold no argon2 memory (only running hashes do), so the queue can
         // be deep; it is bounded so a sign-in storm is shed instead of piling up.
-        Self { addr, admission: Arc::new(Admission::new(threads * 64, None)), threads: pool, metrics }
+        Self { addr, admission: Arc::new(Admission::new(threads * 64, None)), threads: pool, restarts, metrics }
     }
 
     /// This pool's row in the actors API, read from its atomics (asking a thread would
@@ -145,6 +141,12 @@ impl Passwords {
         M::Result: Send,
         PasswordHasher: Handler<M>,
     {
+        if self.threads.alive() == 0 && self.restarts.is_down() {
+            return Err(AppError::Unavailable {
+                retry_after_secs: self.restarts.retry_after_secs(),
+                detail: "Password checks are restarting after repeated crashes; try again shortly.".into(),
+            });
+        }
         let _slot = self
             .admission
             .try_admit()

@@ -1,8 +1,9 @@
 //! What an actor says about itself in `GET /api/v1/ops/actors`: one `ActorReport` per
 //! actor kind. Async actors answer `GetActorReport` from their own state; pools of
 //! threads are described from the outside (their atomics), since asking them would wait
-//! in their queue. Restart counts are filled in by the directory, from the metrics and
-//! the Health actor's ledger, so an actor never has to count its own deaths.
+//! in their queue. Restart counts and supervision are filled in by the directory, from the
+//! metrics, the Health actor's ledger and each actor's restart history, so an actor never
+//! has to count its own deaths.
 
 use actix::Message;
 use chrono::{DateTime, Utc};
@@ -42,6 +43,32 @@ pub struct RestartSummary {
     pub last_reason: Option<String>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SupervisionState {
+    /// Restarted at once after a panic, within the restart intensity.
+    Running,
+    /// Restarted too often: each restart waits out a backoff, until the actor has run a
+    /// whole window since its last restart without a panic.
+    BackingOff,
+}
+
+/// How the actor's restarts are supervised: at most `max_restarts` at once within
+/// `window_seconds`; past that it backs off, each restart delayed (1 s doubling to 30 s,
+/// jittered), until it has run a whole window since its last restart without a panic.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SupervisionReport {
+    pub state: SupervisionState,
+    /// Restarts within the last `window_seconds`.
+    pub restarts_in_window: u32,
+    /// `ACTOR_MAX_RESTARTS`: restarts within the window that happen at once.
+    pub max_restarts: u32,
+    /// `ACTOR_RESTART_WINDOW_SECONDS`.
+    pub window_seconds: u64,
+    /// When a restart that is waiting out its backoff happens; null when none waits.
+    pub next_restart_at: Option<DateTime<Utc>>,
+}
+
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ActorReport {
     /// The name used in logs, `storefront_actor_restarts_total{actor}` and `/ops/chaos`.
@@ -50,6 +77,8 @@ pub struct ActorReport {
     pub instances: Instances,
     pub queue: Option<QueueReport>,
     pub restarts: RestartSummary,
+    /// Null for what is not an actor (the database breaker).
+    pub supervision: Option<SupervisionReport>,
     /// What the actor knows about its own work (entries, last run, lag, ...).
     #[schema(value_type = Object)]
     pub state: Value,
@@ -62,7 +91,15 @@ impl ActorReport {
     }
 
     pub fn new(name: &str, kind: ActorKind, instances: Instances, state: Value) -> Self {
-        Self { name: name.to_owned(), kind, instances, queue: None, restarts: RestartSummary::default(), state }
+        Self {
+            name: name.to_owned(),
+            kind,
+            instances,
+            queue: None,
+            restarts: RestartSummary::default(),
+            supervision: None,
+            state,
+        }
     }
 
     pub fn with_queue(mut self, in_flight: usize, capacity: usize) -> Self {

@@ -24,6 +24,8 @@ use crate::{
 /// generous, since only an operator (or a test) waits on it.
 const ACTOR_TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_STALL: Duration = Duration::from_secs(60);
+/// A crash loop without `millis` lasts this long (and no longer with it), unless cleared.
+const MAX_CRASH_LOOP: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -38,6 +40,22 @@ pub enum ChaosActor {
     NatsPublisher,
 }
 
+impl ChaosActor {
+    /// The actor's name in logs, metrics and the actors API.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::DbExecutor => "db_executor",
+            Self::Health => "health",
+            Self::Cache => "cache",
+            Self::RateLimiter => "rate_limiter",
+            Self::EventHub => "event_hub",
+            Self::Janitor => "janitor",
+            Self::EventRelay => "event_relay",
+            Self::NatsPublisher => "nats_publisher",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChaosFault {
@@ -46,6 +64,12 @@ pub enum ChaosFault {
     /// A DbExecutor thread stays busy for `millis`, as under a slow query; the rate
     /// limiter decides nothing for `millis`, as when it is down.
     Stall,
+    /// Every message the actor (each of its instances) handles panics, for `millis` (at
+    /// most, and without it, 10 minutes) or until `clear`: it restarts past its restart
+    /// intensity and backs off.
+    CrashLoop,
+    /// Ends a crash loop injected into the actor at once.
+    Clear,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -58,7 +82,7 @@ pub struct ChaosRequest {
 }
 
 #[utoipa::path(post, path = "/ops/chaos", tag = "operations", request_body = ChaosRequest, responses(
-    (status = 204, description = "The fault ran and the actor survived it (stall)"),
+    (status = 204, description = "The fault ran and the actor survived it (stall), or a crash loop was armed or cleared"),
     (status = 500, description = "The actor panicked, as asked; a fresh one replaces it"),
     (status = 401, description = "The bearer token is not the chaos token", content_type = "application/problem+json"),
     (status = 404, description = "Fault injection is disabled (no CHAOS_TOKEN)", content_type = "application/problem+json"),
@@ -78,6 +102,7 @@ pub async fn inject_fault(
     tracing::warn!(?actor, ?fault, millis, "fault injected by an operator");
     let stall = Duration::from_millis(millis).min(MAX_STALL);
     match (actor, fault) {
+        (actor, fault @ (ChaosFault::CrashLoop | ChaosFault::Clear)) => crash_loop(&state, &actor, &fault, millis)?,
         (ChaosActor::DbExecutor, ChaosFault::Panic) => state.db.run(PanicWorker).await?,
         (ChaosActor::DbExecutor, ChaosFault::Stall) => state.db.run(StallWorker { duration: stall }).await?,
         (ChaosActor::Health, ChaosFault::Panic) => crash(&state.health, "health actor").await?,
@@ -116,6 +141,34 @@ pub async fn inject_fault(
         }
     }
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Arms (`crash_loop`) or ends (`clear`) a crash loop: the actor's supervision makes every
+/// message it handles panic meanwhile.
+fn crash_loop(state: &AppState, actor: &ChaosActor, fault: &ChaosFault, millis: u64) -> Result<(), AppError> {
+    let disabled = match actor {
+        ChaosActor::Cache => state.cache.addr().is_none().then_some("the cache is disabled"),
+        ChaosActor::NatsPublisher => {
+            state.nats_publisher.is_none().then_some("NATS publishing is disabled (no NATS_URL)")
+        }
+        _ => None,
+    };
+    if let Some(why) = disabled {
+        return Err(AppError::invalid("actor", why));
+    }
+    let restarts = state
+        .actors
+        .restarts()
+        .find(actor.name())
+        .ok_or_else(|| AppError::Internal(format!("no restart history for {}", actor.name())))?;
+    match fault {
+        ChaosFault::CrashLoop if millis > 0 => {
+            restarts.crash_loop_for(Duration::from_millis(millis).min(MAX_CRASH_LOOP))
+        }
+        ChaosFault::CrashLoop => restarts.crash_loop_for(MAX_CRASH_LOOP),
+        _ => restarts.end_crash_loop(),
+    }
+    Ok(())
 }
 
 /// Makes an async actor panic in its handler; its answer is the 500 the caller gets.

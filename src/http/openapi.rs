@@ -9,7 +9,7 @@ use utoipa::{
 use crate::{
     actors::{
         breaker::BreakerState,
-        report::{ActorKind, ActorReport, Instances, QueueReport, RestartSummary},
+        report::{ActorKind, ActorReport, Instances, QueueReport, RestartSummary, SupervisionReport, SupervisionState},
     },
     domain::{
         catalog::{Product, ProductStatus},
@@ -42,7 +42,8 @@ use crate::{
     components(schemas(
         chaos::ChaosRequest, chaos::ChaosActor, chaos::ChaosFault,
         ops_api::ActorsResponse, ops_api::RestartsResponse, ops_api::RestartEntry, ops_api::MetricsSummary,
-        ops_api::LatencyBucket, ActorReport, ActorKind, Instances, QueueReport, RestartSummary, BreakerState,
+        ops_api::LatencyBucket, ActorReport, ActorKind, Instances, QueueReport, RestartSummary, SupervisionReport,
+        SupervisionState, BreakerState,
         auth::RegisterRequest, auth::LoginRequest, auth::TokenResponse,
         users::UpdateUserRequest, users::UpdatedUser, User, Role, Page<User>,
         products::CreateProductRequest, products::UpdateProductRequest, Product, ProductStatus, Page<Product>,

@@ -7,7 +7,7 @@ use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use crate::{
-    actors::health::{GetReadiness, ReadinessReport},
+    actors::health::{self, GetReadiness, ReadinessReport},
     error::AppError,
     http::{auth_header::bearer_token, openapi},
     state::AppState,
@@ -24,19 +24,26 @@ pub async fn livez() -> HttpResponse {
 }
 
 /// Whether this replica should receive traffic: database reachable, DbExecutor pool
-/// complete, not shutting down. Answered from the Health actor's memory.
+/// complete, neither it nor the Health actor backing off, not shutting down. Answered from
+/// the Health actor's memory.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "Ready", content_type = "application/health+json"),
     (status = 503, description = "Not ready", content_type = "application/health+json"),
 ))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let report = match state.health.send(GetReadiness).timeout(READINESS_TIMEOUT).await {
-        Ok(report) => report,
-        Err(error) => {
-            tracing::warn!(%error, "health actor did not answer");
-            ReadinessReport {
-                ready: false,
-                checks: json!({"health:actor": [{"status": "fail", "output": "no answer"}]}),
+    let health_down = state.actors.restarts().find(health::ACTOR).filter(|restarts| restarts.is_down());
+    let report = if let Some(restarts) = health_down {
+        let output = format!("restarting after repeated crashes, in {} s", restarts.retry_after_secs());
+        ReadinessReport { ready: false, checks: json!({"health:actor": [{"status": "fail", "output": output}]}) }
+    } else {
+        match state.health.send(GetReadiness).timeout(READINESS_TIMEOUT).await {
+            Ok(report) => report,
+            Err(error) => {
+                tracing::warn!(%error, "health actor did not answer");
+                ReadinessReport {
+                    ready: false,
+                    checks: json!({"health:actor": [{"status": "fail", "output": "no answer"}]}),
+                }
             }
         }
     };

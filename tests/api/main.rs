@@ -28,5 +28,6 @@ mod process;
 mod products;
 mod rate_limits;
 mod replicas;
+mod supervision;
 mod tail;
 mod users;

@@ -70,6 +70,18 @@ async fn actors_api_shows_every_actor_alive_with_its_queue_and_own_state(backend
         assert!(["async", "sync_pool", "breaker"].contains(&actor["kind"].as_str().unwrap()), "{actor}");
         assert!(actor["restarts"]["count"].is_u64(), "{actor}");
         assert!(actor["state"].is_object(), "{actor}");
+        let supervision = &actor["supervision"];
+        if actor["kind"] == "breaker" {
+            assert!(supervision.is_null(), "the breaker is not an actor: {actor}");
+            continue;
+        }
+        assert_eq!(supervision["state"], "running", "{actor}");
+        assert_eq!(supervision["restarts_in_window"], 0, "{actor}");
+        assert_eq!(
+            (supervision["max_restarts"].as_u64(), supervision["window_seconds"].as_u64()),
+            (Some(10), Some(60))
+        );
+        assert!(supervision["next_restart_at"].is_null(), "{actor}");
     }
     let executor = row(&report, "db_executor");
     assert_eq!(executor["kind"], "sync_pool");

@@ -1,8 +1,9 @@
 //! The ops dashboard in a real browser: headless Chromium driven over WebDriver
 //! (chromedriver, started here on a free port). An admin signs in on the page, sees every
 //! actor, a panic is injected through the API, and the page shows that actor's restart
-//! count go up without a reload. The screenshots land under target/, or, with
-//! `UPDATE_SCREENSHOTS=1`, replace the ones in docs/ that the README shows.
+//! count go up without a reload; then a crash loop, and the page shows the actor backing
+//! off. The screenshots land under target/, or, with `UPDATE_SCREENSHOTS=1`, replace the
+//! ones in docs/ that the README shows.
 //!
 //! Without Chromium and chromedriver the test prints SKIPPED and passes, unless
 //! `REQUIRE_BROWSER=1` (CI), which turns a missing browser into a failure.
@@ -197,6 +198,20 @@ async fn an_admin_watches_a_panicked_actor_restart_on_the_live_page() {
     assert_eq!(other.as_deref(), Some("0"), "only the crashed actor's count moved");
     let limiter = text_of(&browser, r#"#actors-body tr[data-actor="rate_limiter"] td.facts"#).await.unwrap_or_default();
     assert!(limiter.contains("mode local") && limiter.contains("granted"), "the limiter's mode and leases: {limiter}");
+    // A crash loop: the cache panics on every read, goes past its restart intensity and
+    // backs off; the row and the timeline (from the ops topic) say so.
+    let crash_loop = json!({"actor": "cache", "fault": "crash_loop", "millis": 60_000});
+    assert_eq!(app.chaos(crash_loop).await.status(), 204);
+    wait_for_text(&browser, &format!("{cache} .badge.backing-off"), |text| text == "backing off", "backing off shows")
+        .await;
+    wait_for_text(
+        &browser,
+        r#"#restarts li[data-kind="actor.backing_off"]"#,
+        |text| text.contains("cache") && text.contains("backing off"),
+        "the ops topic's actor.backing_off on the timeline",
+    )
+    .await;
+    assert_eq!(app.chaos(json!({"actor": "cache", "fault": "clear"})).await.status(), 204);
     let violations: serde_json::Value =
         browser.execute("return document.body.dataset.cspViolations || '0'", vec![]).await.unwrap();
     assert_eq!(violations, "0", "the page runs under its policy without violations");

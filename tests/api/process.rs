@@ -75,6 +75,8 @@ fn malformed_settings_stop_start_up_naming_the_setting() {
         ("JWT_SECRET", "short"),
         ("SHUTDOWN_TIMEOUT_SECONDS", "-1"),
         ("CORS_ALLOWED_ORIGINS", "not an origin"),
+        ("ACTOR_MAX_RESTARTS", "1001"),
+        ("ACTOR_RESTART_WINDOW_SECONDS", "0"),
     ] {
         let output = storefront(cwd.path()).arg("serve").env(variable, value).output().unwrap();
         assert!(!output.status.success(), "{variable}={value} must fail");

@@ -39,17 +39,15 @@ use std::{
 
 use actix::{
     dev::{MessageResponse, OneshotSender},
-    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, MailboxError, Message, Supervised, Supervisor,
-    WrapFuture,
+    ActorFutureExt, Addr, AsyncContext, Context, Handler, MailboxError, Message, Supervisor, WrapFuture,
 };
 use tokio::sync::oneshot;
 
 use self::redis::{RedisFailure, RedisLedgers};
 use super::{
-    chaos::crashed,
-    report::{ActorReport, GetActorReport},
+    restarts::ActorRestarts,
     shards::Shards,
-    supervision::{guarded, Guarded, PanicPayload, RestartReporter},
+    supervision::{guarded, supervised_actor, RestartReporter, SupervisedActor, Supervision},
     Crash,
 };
 use crate::{
@@ -170,6 +168,9 @@ struct Shared {
     shards: Shards<RateLimiter>,
     metrics: Arc<Metrics>,
     reporter: RestartReporter,
+    /// While the limiter backs off from restarting (it panicked too often), requests meet
+    /// the fail-open budget without asking it.
+    restarts: Arc<ActorRestarts>,
 }
 
 impl Shared {
@@ -194,11 +195,13 @@ pub struct RateLimiter {
     stats_reported: LeaseStats,
     /// Fault injection: until then the limiter decides nothing, as when it is down.
     down_until: Option<Instant>,
+    supervision: Supervision,
 }
 
 impl RateLimiter {
     fn new(slot: Option<usize>, shared: Shared) -> Self {
         let workers = shared.shards.configured();
+        let supervision = shared.reporter.supervision(ACTOR);
         Self {
             core: ShardCore::new(slot, workers, shared.quotas, shared.max_keys),
             slot,
@@ -207,6 +210,7 @@ impl RateLimiter {
             keys_reported: 0,
             stats_reported: LeaseStats::default(),
             down_until: None,
+            supervision,
         }
     }
 
@@ -223,10 +227,14 @@ impl RateLimiter {
         let mut effects = Vec::new();
         let now = self.shared.now();
         let outcome = guarded(self, ctx, |act, _| work(&mut act.core, now, &mut effects));
+        self.carry_out_all(ctx, effects, now);
+        outcome
+    }
+
+    fn carry_out_all(&mut self, ctx: &mut Context<Self>, effects: Vec<Effect<Pending>>, now: Nanos) {
         for effect in effects {
             self.carry_out(ctx, effect, now);
         }
-        outcome
     }
 
     fn carry_out(&mut self, ctx: &mut Context<Self>, effect: Effect<Pending>, now: Nanos) {
@@ -354,49 +362,66 @@ impl RateLimiter {
 
 const NO_ANSWER: NoAnswer = NoAnswer { fall_back: false };
 
-impl Actor for RateLimiter {
-    type Context = Context<Self>;
+supervised_actor!(RateLimiter);
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, ctx| {
-            ctx.set_mailbox_capacity(1024);
-            if act.redis.is_none() {
-                if let Some(target) = act.shared.redis.clone() {
-                    let holder = format!("{}:{}", target.replica, act.core_holder());
-                    match RedisLedgers::connect(&target.url, holder, target.timeout) {
-                        Ok(redis) => {
-                            // Redis not there at start-up: fall back at once, not at the first request.
-                            ctx.spawn(redis.clone().warm_up().into_actor(act).map(|warmed, act, _| {
-                                if let Err(failure) = warmed {
-                                    act.shared.mode.fall_back(&failure, act.shared.now());
-                                }
-                            }));
-                            act.redis = Some(redis);
-                        }
-                        Err(error) => {
-                            act.shared.mode.fall_back(&RedisFailure::Redis(error), act.shared.now());
-                        }
+impl SupervisedActor for RateLimiter {
+    fn start(&mut self, ctx: &mut Context<Self>) {
+        if self.redis.is_none() {
+            if let Some(target) = self.shared.redis.clone() {
+                let holder = format!("{}:{}", target.replica, self.core_holder());
+                match RedisLedgers::connect(&target.url, holder, target.timeout) {
+                    Ok(redis) => {
+                        // Redis not there at start-up: fall back at once, not at the first request.
+                        ctx.spawn(redis.clone().warm_up().into_actor(self).map(|warmed, act, _| {
+                            if let Err(failure) = warmed {
+                                act.shared.mode.fall_back(&failure, act.shared.now());
+                            }
+                        }));
+                        self.redis = Some(redis);
+                    }
+                    Err(error) => {
+                        self.shared.mode.fall_back(&RedisFailure::Redis(error), self.shared.now());
                     }
                 }
             }
-            ctx.run_interval(LEASE_SWEEP_INTERVAL, |act, ctx| act.sweep_leases(ctx));
-            ctx.run_interval(LEDGER_SWEEP_INTERVAL, |act, ctx| {
-                act.step(ctx, |core, now, _| core.sweep_ledgers(now));
-            });
+        }
+        // Both run through `step`, which guards the protocol's work.
+        ctx.run_interval(LEASE_SWEEP_INTERVAL, |act, ctx| act.sweep_leases(ctx));
+        ctx.run_interval(LEDGER_SWEEP_INTERVAL, |act, ctx| {
+            act.step(ctx, |core, now, _| core.sweep_ledgers(now));
         });
     }
-}
 
-impl Guarded for RateLimiter {
-    fn on_panic(&mut self, payload: &PanicPayload) {
-        self.shared.reporter.report(ACTOR, payload);
-    }
-}
-
-impl Supervised for RateLimiter {
-    fn restarting(&mut self, ctx: &mut Context<Self>) {
+    fn recover(&mut self, ctx: &mut Context<Self>) {
         // The ledgers are kept: forgetting them would hand every client a fresh burst.
-        self.step(ctx, |core, now, fx| core.recover(now, fx));
+        let (mut effects, now) = (Vec::new(), self.shared.now());
+        self.core.recover(now, &mut effects);
+        self.carry_out_all(ctx, effects, now);
+    }
+
+    fn report_state(&mut self) -> serde_json::Value {
+        self.report_counts();
+        let metrics = &self.shared.metrics;
+        let limited = |policy: Policy| metrics.rate_limited.with_label_values(&[policy.name()]).get();
+        let leases = |event: &str| metrics.rate_limiter_leases.with_label_values(&[event]).get();
+        let redis_calls = |result: &str| metrics.rate_limiter_redis_calls.with_label_values(&[result]).get();
+        serde_json::json!({
+            "mode": self.shared.mode.name(),
+            "keys_tracked": self.core.owned_len(), "leases_held": self.core.held_len(),
+            "max_keys": self.core.cap().get(), "requests_waiting": self.core.parked_len(),
+            "limited": {"default": limited(Policy::Default), "auth": limited(Policy::Auth)},
+            "leases": {
+                "asked": leases("asked"), "granted": leases("granted"),
+                "tokens_granted": leases("tokens_granted"), "settled": leases("settled"),
+                "recalled": leases("recalled"), "expired": leases("expired"),
+                "refused_locally": leases("refused_locally"),
+            },
+            "redis": {
+                "configured": self.shared.redis.is_some(),
+                "calls_ok": redis_calls("ok"), "calls_failed": redis_calls("failed"),
+                "fallbacks": metrics.rate_limiter_fallbacks.get(),
+            },
+        })
     }
 }
 
@@ -536,47 +561,6 @@ impl Handler<GoDown> for RateLimiter {
     }
 }
 
-impl Handler<Crash> for RateLimiter {
-    type Result = Result<(), AppError>;
-    fn handle(&mut self, msg: Crash, ctx: &mut Context<Self>) -> Self::Result {
-        guarded(self, ctx, |_, _| msg.detonate()).ok_or_else(|| crashed(ACTOR))
-    }
-}
-
-impl Handler<GetActorReport> for RateLimiter {
-    type Result = actix::MessageResult<GetActorReport>;
-    fn handle(&mut self, _msg: GetActorReport, ctx: &mut Context<Self>) -> Self::Result {
-        self.report_counts();
-        let report = guarded(self, ctx, |act, _| {
-            let metrics = &act.shared.metrics;
-            let limited = |policy: Policy| metrics.rate_limited.with_label_values(&[policy.name()]).get();
-            let leases = |event: &str| metrics.rate_limiter_leases.with_label_values(&[event]).get();
-            let redis_calls = |result: &str| metrics.rate_limiter_redis_calls.with_label_values(&[result]).get();
-            ActorReport::running(
-                ACTOR,
-                serde_json::json!({
-                    "mode": act.shared.mode.name(),
-                    "keys_tracked": act.core.owned_len(), "leases_held": act.core.held_len(),
-                    "max_keys": act.core.cap().get(), "requests_waiting": act.core.parked_len(),
-                    "limited": {"default": limited(Policy::Default), "auth": limited(Policy::Auth)},
-                    "leases": {
-                        "asked": leases("asked"), "granted": leases("granted"),
-                        "tokens_granted": leases("tokens_granted"), "settled": leases("settled"),
-                        "recalled": leases("recalled"), "expired": leases("expired"),
-                        "refused_locally": leases("refused_locally"),
-                    },
-                    "redis": {
-                        "configured": act.shared.redis.is_some(),
-                        "calls_ok": redis_calls("ok"), "calls_failed": redis_calls("failed"),
-                        "fallbacks": metrics.rate_limiter_fallbacks.get(),
-                    },
-                }),
-            )
-        });
-        actix::MessageResult(report.unwrap_or_else(|| ActorReport::unresponsive(ACTOR, "panicked while reporting")))
-    }
-}
-
 /// How the middleware and the chaos endpoint reach the limiter: this worker's shard for
 /// checks, every shard for fault injection and reports.
 #[derive(Clone)]
@@ -606,6 +590,7 @@ impl RateLimiterClient {
             redis,
             shards: Shards::new(workers),
             metrics,
+            restarts: reporter.restarts_of(ACTOR),
             reporter,
         };
         Self { local: None, shared }
@@ -618,20 +603,27 @@ impl RateLimiterClient {
         // and holds leases from the others.
         let slot = self.shared.shards.claim();
         let shared = self.shared.clone();
-        let shard = Supervisor::start(move |_| RateLimiter::new(slot, shared));
+        let shard = Supervisor::start(move |ctx: &mut Context<RateLimiter>| {
+            // The mailbox outlives restarts, so this is set once.
+            ctx.set_mailbox_capacity(1024);
+            RateLimiter::new(slot, shared)
+        });
         if let Some(slot) = slot {
             self.shared.shards.fill(slot, shard.clone());
         }
         Self { local: Some(shard), shared: self.shared.clone() }
     }
 
-    /// The decision; `Ok(None)` when the shard is faulted or could not decide.
+    /// The decision; `Ok(None)` when the shard is faulted, backing off or could not decide.
     pub async fn check(
         &self,
         policy: Policy,
         key: ClientKey,
         timeout: Duration,
     ) -> Result<Option<Decision>, MailboxError> {
+        if self.shared.restarts.is_down() {
+            return Ok(None);
+        }
         let shard = self.local.as_ref().or_else(|| self.shared.shards.each().next()).ok_or(MailboxError::Closed)?;
         shard.send(Check { policy, key }).timeout(timeout).await
     }

@@ -16,7 +16,7 @@ use actix_web::{
 };
 
 use crate::{
-    actors::event_hub::{Attach, AttachRefused},
+    actors::event_hub::{self, Attach, AttachRefused},
     config::Config,
     domain::live::Viewer,
     error::AppError,
@@ -65,6 +65,10 @@ pub async fn connect(state: web::Data<AppState>, request: HttpRequest) -> Result
                 (Viewer::User { id: user.id, role: user.role }, Some(claims.generation), Some(claims.expires_at))
             }
         };
+    let hub_down = state.actors.restarts().find(event_hub::ACTOR).is_some_and(|restarts| restarts.is_down());
+    if hub_down {
+        return Err(AppError::unavailable("Live updates are restarting; try again shortly."));
+    }
     let attach = Attach { viewer, generation, address };
     let attached = state
         .hub
