@@ -22,9 +22,10 @@
 //! returning to it when it answers.
 //!
 //! Beyond the ledgers: an owner's ledger evicted by the `RATE_LIMIT_MAX_KEYS` cap, or
-//! dropped because a panic struck while it was being changed, starts afresh (that one
-//! client gets a new burst); and while a shard does not answer, the replica-wide fail-open
-//! budget applies (`http::middleware::rate_limit`).
+//! dropped because a panic struck while it was being changed, or lost with a worker that
+//! died, starts afresh (that one client gets a new burst; a restarted worker takes its slot
+//! over); and while a shard does not answer, the replica-wide fail-open budget applies
+//! (`http::middleware::rate_limit`).
 
 pub mod redis;
 
@@ -614,8 +615,9 @@ impl RateLimiterClient {
     /// Starts this worker's shard on the current arbiter (call it inside the
     /// `HttpServer::new` factory) and returns a client that checks with it.
     pub fn on_this_worker(&self) -> Self {
-        // A worker actix restarted after the registry filled gets no slot: it owns no key
-        // and holds leases from the others.
+        // A worker that actix started in place of a dead one takes the dead one's slot over
+        // (its keys start afresh here); one started while every slot has a live shard gets
+        // none: it owns no key and holds leases from the others.
         let slot = self.shared.shards.claim();
         let shared = self.shared.clone();
         let shard = Supervisor::start(move |_| RateLimiter::new(slot, shared));
@@ -662,5 +664,77 @@ impl RateLimiterClient {
 
     pub fn shards(&self) -> &Shards<RateLimiter> {
         &self.shared.shards
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use actix::Arbiter;
+
+    use super::*;
+    use crate::{
+        actors::supervision::ActorRestarted,
+        domain::{rate_lease::owner_of, rate_limit::Quota},
+    };
+
+    struct Ledger;
+    impl Actor for Ledger {
+        type Context = Context<Self>;
+    }
+    impl Handler<ActorRestarted> for Ledger {
+        type Result = ();
+        fn handle(&mut self, _: ActorRestarted, _: &mut Context<Self>) {}
+    }
+
+    /// This worker's client, made on `arbiter` as the HTTP server's factory makes it.
+    async fn worker(base: &RateLimiterClient, arbiter: &Arbiter) -> RateLimiterClient {
+        let (sender, receiver) = oneshot::channel();
+        let base = base.clone();
+        arbiter.spawn_fn(move || {
+            let _ = sender.send(base.on_this_worker());
+        });
+        receiver.await.expect("the worker started its shard")
+    }
+
+    /// A worker dies with its shard; until a worker takes its slot over, the keys it owned
+    /// cannot be decided on another worker. The worker actix starts in its place takes the
+    /// slot over, and they can again.
+    #[actix_rt::test]
+    async fn a_restarted_worker_takes_over_the_keys_of_the_dead_one() {
+        let metrics = Arc::new(Metrics::new());
+        let reporter = RestartReporter::new(Arc::clone(&metrics), Ledger.start().recipient());
+        let quotas = Quotas { default: Quota::per_second(10, 10), auth: Quota::per_minute(3) };
+        let keys = NonZeroUsize::new(100).unwrap();
+        let base = RateLimiterClient::new(2, quotas, keys, None, metrics, reporter);
+        let (first, second) = (Arbiter::new(), Arbiter::new());
+        let survivor = worker(&base, &first).await;
+        let doomed = worker(&base, &second).await;
+        // Clients owned by the second worker's slot, each asked about once on the first
+        // worker (so no lease for them is held there).
+        let mut theirs = (0..=255)
+            .map(|n| ClientKey::Ip(IpAddr::from([192, 0, 2, n])))
+            .filter(|client| owner_of(&(Policy::Default, *client), 2) == 1);
+        let timeout = Duration::from_secs(10);
+        let mut decided = |client: &RateLimiterClient| {
+            let (client, theirs) = (client.clone(), theirs.next().unwrap());
+            async move { client.check(Policy::Default, theirs, timeout).await.ok().flatten() }
+        };
+        assert!(decided(&survivor).await.is_some_and(|decision| decision.allowed), "asked the owner");
+        drop(doomed);
+        second.stop();
+        let deadline = Instant::now() + timeout;
+        while base.shards().get(1).is_some_and(|shard| shard.connected()) {
+            assert!(Instant::now() < deadline, "the dead worker's shard still answers");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(decided(&survivor).await.is_none(), "no owner for its keys");
+        let third = Arbiter::new();
+        let _successor = worker(&base, &third).await;
+        assert!(base.shards().get(1).is_some_and(|shard| shard.connected()), "the slot was taken over");
+        assert!(decided(&survivor).await.is_some_and(|decision| decision.allowed), "its keys are decided again");
+        first.stop();
+        third.stop();
     }
 }
