@@ -1,29 +1,31 @@
 //! The RateLimiter actor: one shard per HTTP worker, on that worker's arbiter, running the
-//! lease protocol of `domain::rate_lease` (read the bound and its proof there).
+//! lease protocol of `domain::rate_lease` (read the bound, what a client is told, and why,
+//! there).
 //!
 //! Locally, each client key is owned by the shard it hashes to, which keeps its GCRA
-//! ledger; a request that lands on another worker is decided by that worker's shard from
-//! tokens the owner leased it. So the common case is a same-thread send: the owner deciding
-//! its own key, or a holder spending a token it already has. A holder asks its owner (one
-//! cross-thread message) only when its lease is used up, and refuses on its own, with no
-//! message, while the owner's last answer says nothing is left. Per client, over any t
-//! seconds, one replica admits at most
+//! ledger; a request that lands on another worker is decided by that worker's shard, either
+//! by asking the owner (one cross-thread message) or from tokens the owner leased it: a
+//! lease only goes to a worker the client keeps coming back to, or whose requests for the
+//! key overlap. So the common case is a same-thread send: the owner deciding its own key, or
+//! a holder spending a token it already has. Per client, over any t seconds, one replica
+//! admits at most
 //!
 //! ```text
 //! burst + rate × t            (S = 0, whatever the number of workers or connections)
 //! ```
 //!
-//! With `RATE_LIMIT_REDIS_URL` every shard of every replica is a holder of leases on one
-//! ledger per client kept in Redis (`redis.rs`), so the cluster admits at most
-//! `burst + rate × t` per client (S' = 0), and Redis is called when a lease is used up, not
-//! per request. If a call to Redis fails or takes longer than `RATE_LIMIT_REDIS_TIMEOUT_MS`,
+//! With `RATE_LIMIT_REDIS_URL` every shard of every replica decides through one ledger per
+//! client kept in Redis (`redis.rs`), so the cluster admits at most `burst + rate × t` per
+//! client (S' = 0); a shard whose requests for a key overlap leases tokens from Redis and
+//! calls it once per lease, a client sending one request at a time is decided by Redis
+//! each time. What Redis admits or leases is also booked on this replica's own ledgers, so
+//! that falling back to them does not hand anyone a fresh burst. If a call to Redis fails or takes longer than `RATE_LIMIT_REDIS_TIMEOUT_MS`,
 //! the whole replica falls back to its own ledgers at once (the one-replica bound, so the
 //! cluster admits at most replicas × that while it lasts) and probes Redis every 250 ms,
 //! returning to it when it answers.
 //!
-//! Beyond the ledgers: an owner's ledger evicted by the `RATE_LIMIT_MAX_KEYS` cap, or
-//! dropped because a panic struck while it was being changed, or lost with a worker that
-//! died, starts afresh (that one client gets a new burst; a restarted worker takes its slot
+//! Beyond the ledgers: a ledger dropped because a panic struck while it was being changed,
+//! or lost with a worker that died, starts afresh (that one client gets a new burst; a restarted worker takes its slot
 //! over); and while a shard does not answer, the replica-wide fail-open budget applies
 //! (`http::middleware::rate_limit`).
 
@@ -169,6 +171,9 @@ struct Shared {
     mode: Arc<LimiterMode>,
     redis: Option<RedisTarget>,
     shards: Shards<RateLimiter>,
+    /// Grant ids for every shard of the replica: only growing, so a late settlement never
+    /// matches a newer grant, whichever ledger or shard was made anew in between.
+    grant_ids: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     reporter: RestartReporter,
 }
@@ -201,7 +206,7 @@ impl RateLimiter {
     fn new(slot: Option<usize>, shared: Shared) -> Self {
         let workers = shared.shards.configured();
         Self {
-            core: ShardCore::new(slot, workers, shared.quotas, shared.max_keys),
+            core: ShardCore::new(slot, workers, shared.quotas, shared.max_keys, Arc::clone(&shared.grant_ids)),
             slot,
             shared,
             redis: None,
@@ -248,7 +253,8 @@ impl RateLimiter {
             Effect::Ask { owner, ask } => self.ask_owner(ctx, owner, ask),
             Effect::AskRedis { ask } => self.call_redis(ctx, ask, true),
             Effect::SettleRedis { key, settlement } => {
-                let ask = LeaseAsk { key, from: self.core_holder(), settle: Some(settlement), want: 0 };
+                let ask =
+                    LeaseAsk { key, from: self.core_holder(), settle: Some(settlement), want: 0, concurrent: false };
                 self.call_redis(ctx, ask, false);
             }
             Effect::Settle { owner, key, settlement } => {
@@ -256,6 +262,12 @@ impl RateLimiter {
                 if let Some(owner) = self.shared.shards.get(owner) {
                     // A lost settlement strands the tokens until the grant expires: never a wait here.
                     let _ = owner.try_send(SettleLease { from, key, settlement });
+                }
+            }
+            Effect::Charge { owner, key, tokens } => {
+                if let Some(owner) = self.shared.shards.get(owner) {
+                    // A lost charge leaves the local ledger fuller than it should be after a fall-back.
+                    let _ = owner.try_send(ChargeLedger { key, tokens });
                 }
             }
             Effect::Recall { holder, key, grants } => {
@@ -346,6 +358,8 @@ impl RateLimiter {
             ("recalled", now.recalls, before.recalls),
             ("expired", now.expired, before.expired),
             ("refused_locally", now.refused_locally, before.refused_locally),
+            ("evicted", now.evicted, before.evicted),
+            ("decided_without_ledger", now.unkept, before.unkept),
         ] {
             metrics.rate_limiter_leases.with_label_values(&[event]).inc_by(current.saturating_sub(previous));
         }
@@ -508,6 +522,21 @@ impl Handler<SettleLease> for RateLimiter {
     }
 }
 
+/// A holder's Redis answer, booked on the local owner of its key.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ChargeLedger {
+    pub key: BucketKey,
+    pub tokens: u32,
+}
+
+impl Handler<ChargeLedger> for RateLimiter {
+    type Result = ();
+    fn handle(&mut self, msg: ChargeLedger, ctx: &mut Context<Self>) {
+        self.step(ctx, |core, now, _| core.on_charge(msg.key, msg.tokens, now));
+    }
+}
+
 /// An owner wants grants back.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -566,6 +595,7 @@ impl Handler<GetActorReport> for RateLimiter {
                         "recalled": leases("recalled"), "expired": leases("expired"),
                         "refused_locally": leases("refused_locally"),
                     },
+                    "keys": {"evicted": leases("evicted"), "decided_without_ledger": leases("decided_without_ledger")},
                     "redis": {
                         "configured": act.shared.redis.is_some(),
                         "calls_ok": redis_calls("ok"), "calls_failed": redis_calls("failed"),
@@ -606,6 +636,7 @@ impl RateLimiterClient {
             mode,
             redis,
             shards: Shards::new(workers),
+            grant_ids: Arc::new(AtomicU64::new(0)),
             metrics,
             reporter,
         };
