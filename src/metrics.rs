@@ -356,7 +356,17 @@ impl Metrics {
         for backend in ["redis", "local"] {
             self.rate_limiter_backend.with_label_values(&[backend]);
         }
-        for event in ["asked", "granted", "tokens_granted", "settled", "recalled", "expired", "refused_locally"] {
+        for event in [
+            "asked",
+            "granted",
+            "tokens_granted",
+            "settled",
+            "recalled",
+            "expired",
+            "refused_locally",
+            "evicted",
+            "decided_without_ledger",
+        ] {
             self.rate_limiter_leases.with_label_values(&[event]);
         }
         for result in ["ok", "failed"] {

@@ -222,6 +222,7 @@ function facts(actor) {
         fact("limited", s.limited && (s.limited.default + s.limited.auth)),
         fact("leases", leases.granted === undefined ? null : `${leases.granted} granted, ${leases.settled} back, ${leases.recalled} recalled`),
         fact("waiting", s.requests_waiting || null),
+        fact("forgotten", s.keys && s.keys.evicted ? `${s.keys.evicted} to make room, ${s.keys.decided_without_ledger} without a ledger` : null),
         redis.configured ? fact("redis calls", `${redis.calls_ok} ok, ${redis.calls_failed} failed`) : null,
         redis.configured ? fact("fallbacks", redis.fallbacks) : null];
     }

@@ -1,37 +1,46 @@
 //! The RateLimiter actor: one shard per HTTP worker, on that worker's arbiter, running the
-//! lease protocol of `domain::rate_lease` (read the bound and its proof there).
+//! lease protocol of `domain::rate_lease` (read the bound, what a client is told, and why,
+//! there).
 //!
 //! Locally, each client key is owned by the shard it hashes to, which keeps its GCRA
-//! ledger; a request that lands on another worker is decided by that worker's shard from
-//! tokens the owner leased it. So the common case is a same-thread send: the owner deciding
-//! its own key, or a holder spending a token it already has. A holder asks its owner (one
-//! cross-thread message) only when its lease is used up, and refuses on its own, with no
-//! message, while the owner's last answer says nothing is left. Per client, over any t
-//! seconds, one replica admits at most
+//! ledger; a request that lands on another worker is decided by that worker's shard, either
+//! by asking the owner (one cross-thread message) or from tokens the owner leased it: a
+//! lease only goes to a worker the client keeps coming back to, or whose requests for the
+//! key overlap. So the common case is a same-thread send: the owner deciding its own key, or
+//! a holder spending a token it already has. Per client, over any t seconds, one replica
+//! admits at most
 //!
 //! ```text
 //! burst + rate × t            (S = 0, whatever the number of workers or connections)
 //! ```
 //!
-//! With `RATE_LIMIT_REDIS_URL` every shard of every replica is a holder of leases on one
-//! ledger per client kept in Redis (`redis.rs`), so the cluster admits at most
-//! `burst + rate × t` per client (S' = 0), and Redis is called when a lease is used up, not
-//! per request. If a call to Redis fails or takes longer than `RATE_LIMIT_REDIS_TIMEOUT_MS`,
-//! the whole replica falls back to its own ledgers at once (the one-replica bound, so the
-//! cluster admits at most replicas × that while it lasts) and probes Redis every 250 ms,
-//! returning to it when it answers.
+//! With `RATE_LIMIT_REDIS_URL` every shard of every replica decides through one ledger per
+//! client kept in Redis (`redis.rs`), so the cluster admits at most `burst + rate × t` per
+//! client (S' = 0); a shard whose requests for a key overlap leases tokens from Redis and
+//! calls it once per lease, a client sending one request at a time is decided by Redis
+//! each time. What Redis admits or leases is also booked on this replica's own ledgers, so
+//! that falling back to them does not hand anyone a fresh burst.
 //!
-//! Beyond the ledgers: an owner's ledger evicted by the `RATE_LIMIT_MAX_KEYS` cap, or
-//! dropped because a panic struck while it was being changed, starts afresh (that one
-//! client gets a new burst); and while a shard does not answer, the replica-wide fail-open
-//! budget applies (`http::middleware::rate_limit`).
+//! Redis failing: a call that fails or takes longer than `RATE_LIMIT_REDIS_TIMEOUT_MS` has
+//! its requests decided by the replica's own ledgers at once, and starts a round of
+//! `FAILURES_TO_FALL_BACK - 1` probes (the ledger script itself, on a probe key). Only if
+//! they fail too does the whole replica fall back (within one timeout of the first failed
+//! call, so at most 100 ms); a worker that was merely not scheduled in time does not switch
+//! it. While falling back it probes every 250 ms and returns to Redis after
+//! `PROBES_TO_RETURN` good probes in a row; grants it holds from Redis are not handed back
+//! meanwhile (they expire there, counted as spent).
+//!
+//! Beyond the ledgers: a ledger dropped because a panic struck while it was being changed,
+//! or lost with a worker that died, starts afresh (that one client gets a new burst; a
+//! restarted worker takes its slot over); and while a shard does not answer, the
+//! replica-wide fail-open budget applies (`http::middleware::rate_limit`).
 
 pub mod redis;
 
 use std::{
     num::NonZeroUsize,
     sync::{
-        atomic::{AtomicU64, AtomicU8, Ordering},
+        atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -69,8 +78,15 @@ const LEDGER_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a holder waits for its owner (who may hold the ask up to `RECALL_WAIT`): a
 /// cross-thread round trip, generous for a machine so busy its threads wait to be scheduled.
 const ASK_TIMEOUT: Duration = Duration::from_millis(250);
+/// How much longer than a call's timeout a round of probes may take to be counted.
+const PROBE_SLACK: Nanos = 20_000_000;
 /// How often a replica that fell back checks whether Redis answers again.
 const REDIS_PROBE_INTERVAL: Nanos = 250_000_000;
+/// Failed calls in one round (the call that failed, then the probes it started at once,
+/// all within one timeout) that make a replica leave Redis.
+const FAILURES_TO_FALL_BACK: u32 = 3;
+/// Probes in a row that must succeed before a replica that fell back uses Redis again.
+const PROBES_TO_RETURN: u32 = 3;
 
 /// Where a replica's decisions are made: `local` (no Redis configured), `redis`, or
 /// `fallback` (Redis configured but failing: local ledgers until it answers again).
@@ -78,6 +94,12 @@ const REDIS_PROBE_INTERVAL: Nanos = 250_000_000;
 pub struct LimiterMode {
     state: AtomicU8,
     next_probe: AtomicU64,
+    /// While on Redis: the end of the round of probes a failed call started, and the failed
+    /// calls counted in it.
+    round_until: AtomicU64,
+    round_failures: AtomicU32,
+    /// While falling back: probes answered in a row.
+    good_probes: AtomicU32,
     metrics: Arc<Metrics>,
 }
 
@@ -87,8 +109,14 @@ const FALLBACK: u8 = 2;
 
 impl LimiterMode {
     fn new(redis: bool, metrics: Arc<Metrics>) -> Self {
-        let mode =
-            Self { state: AtomicU8::new(if redis { REDIS } else { LOCAL }), next_probe: AtomicU64::new(0), metrics };
+        let mode = Self {
+            state: AtomicU8::new(if redis { REDIS } else { LOCAL }),
+            next_probe: AtomicU64::new(0),
+            round_until: AtomicU64::new(0),
+            round_failures: AtomicU32::new(0),
+            good_probes: AtomicU32::new(0),
+            metrics,
+        };
         mode.publish();
         mode
     }
@@ -109,27 +137,72 @@ impl LimiterMode {
         }
     }
 
+    fn falling_back(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == FALLBACK
+    }
+
     fn publish(&self) {
         let redis = self.state.load(Ordering::Acquire) == REDIS;
         self.metrics.rate_limiter_backend.with_label_values(&["redis"]).set(i64::from(redis));
         self.metrics.rate_limiter_backend.with_label_values(&["local"]).set(i64::from(!redis));
     }
 
-    /// The first failed call switches the replica to its own ledgers.
+    /// Switches the replica to its own ledgers (at start-up when Redis is not there, or
+    /// when a round of probes failed).
     fn fall_back(&self, failure: &RedisFailure, now: Nanos) {
         if self.state.compare_exchange(REDIS, FALLBACK, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             self.next_probe.store(now.saturating_add(REDIS_PROBE_INTERVAL), Ordering::Release);
+            self.good_probes.store(0, Ordering::Release);
             self.metrics.rate_limiter_fallbacks.inc();
             self.publish();
             tracing::warn!(%failure, "rate limiter: Redis failed; this replica limits on its own until Redis answers");
         }
     }
 
-    fn recover(&self) {
-        if self.state.compare_exchange(FALLBACK, REDIS, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+    /// A call failed while on Redis. True when it starts a round: the caller then sends
+    /// `FAILURES_TO_FALL_BACK - 1` probes at once. Failures of other calls during a round
+    /// do not count (a worker stalled past every timeout of its calls is not Redis failing).
+    fn call_failed(&self, now: Nanos, round: Nanos) -> bool {
+        if self.state.load(Ordering::Acquire) != REDIS {
+            return false;
+        }
+        let until = self.round_until.load(Ordering::Acquire);
+        let started = now >= until
+            && self
+                .round_until
+                .compare_exchange(until, now.saturating_add(round), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+        if started {
+            self.round_failures.store(1, Ordering::Release);
+        }
+        started
+    }
+
+    /// A probe of a round failed: the replica falls back once every call of the round did.
+    fn probe_failed(&self, failure: &RedisFailure, now: Nanos) {
+        if self.round_failures.fetch_add(1, Ordering::AcqRel).saturating_add(1) >= FAILURES_TO_FALL_BACK {
+            self.fall_back(failure, now);
+        }
+    }
+
+    /// A probe answered: on Redis, the round is over (Redis works); falling back, one more
+    /// in a row, and enough of them return the replica to Redis.
+    fn probe_answered(&self) {
+        let state = self.state.load(Ordering::Acquire);
+        if state == REDIS {
+            self.round_failures.store(0, Ordering::Release);
+        }
+        let enough =
+            state == FALLBACK && self.good_probes.fetch_add(1, Ordering::AcqRel).saturating_add(1) >= PROBES_TO_RETURN;
+        if enough && self.state.compare_exchange(FALLBACK, REDIS, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             self.publish();
             tracing::info!("rate limiter: Redis answers again; limits are shared again");
         }
+    }
+
+    /// A probe failed while falling back: the count of good ones starts again.
+    fn fallback_probe_failed(&self) {
+        self.good_probes.store(0, Ordering::Release);
     }
 
     /// True for one shard per probe interval while falling back.
@@ -166,6 +239,9 @@ struct Shared {
     mode: Arc<LimiterMode>,
     redis: Option<RedisTarget>,
     shards: Shards<RateLimiter>,
+    /// Grant ids for every shard of the replica: only growing, so a late settlement never
+    /// matches a newer grant, whichever ledger or shard was made anew in between.
+    grant_ids: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     reporter: RestartReporter,
     /// While the limiter backs off from restarting (it panicked too often), requests meet
@@ -203,7 +279,7 @@ impl RateLimiter {
         let workers = shared.shards.configured();
         let supervision = shared.reporter.supervision(ACTOR);
         Self {
-            core: ShardCore::new(slot, workers, shared.quotas, shared.max_keys),
+            core: ShardCore::new(slot, workers, shared.quotas, shared.max_keys, Arc::clone(&shared.grant_ids)),
             slot,
             shared,
             redis: None,
@@ -255,14 +331,30 @@ impl RateLimiter {
             Effect::Ask { owner, ask } => self.ask_owner(ctx, owner, ask),
             Effect::AskRedis { ask } => self.call_redis(ctx, ask, true),
             Effect::SettleRedis { key, settlement } => {
-                let ask = LeaseAsk { key, from: self.core_holder(), settle: Some(settlement), want: 0 };
-                self.call_redis(ctx, ask, false);
+                // Falling back, a grant is not handed back (each call would wait out the
+                // timeout): Redis counts it as spent when it expires.
+                if !self.shared.mode.falling_back() {
+                    let ask = LeaseAsk {
+                        key,
+                        from: self.core_holder(),
+                        settle: Some(settlement),
+                        want: 0,
+                        concurrent: false,
+                    };
+                    self.call_redis(ctx, ask, false);
+                }
             }
             Effect::Settle { owner, key, settlement } => {
                 let from = self.core_holder();
                 if let Some(owner) = self.shared.shards.get(owner) {
                     // A lost settlement strands the tokens until the grant expires: never a wait here.
                     let _ = owner.try_send(SettleLease { from, key, settlement });
+                }
+            }
+            Effect::Charge { owner, key, tokens } => {
+                if let Some(owner) = self.shared.shards.get(owner) {
+                    // A lost charge leaves the local ledger fuller than it should be after a fall-back.
+                    let _ = owner.try_send(ChargeLedger { key, tokens });
                 }
             }
             Effect::Recall { holder, key, grants } => {
@@ -315,7 +407,7 @@ impl RateLimiter {
                 }
                 Err(failure) => {
                     metrics.rate_limiter_redis_calls.with_label_values(&["failed"]).inc();
-                    act.shared.mode.fall_back(&failure, act.shared.now());
+                    act.redis_failed(ctx, &failure);
                     Err(NoAnswer { fall_back: true })
                 }
             };
@@ -325,14 +417,41 @@ impl RateLimiter {
         }));
     }
 
+    /// A call failed: its requests are decided locally (the caller does that); if this
+    /// starts a round, probes go out at once, and the replica falls back only if they fail.
+    fn redis_failed(&mut self, ctx: &mut Context<Self>, failure: &RedisFailure) {
+        let Some(redis) = self.redis.clone() else { return };
+        let round = u64::try_from(redis.timeout().as_nanos()).unwrap_or(u64::MAX).saturating_add(PROBE_SLACK);
+        if !self.shared.mode.call_failed(self.shared.now(), round) {
+            return;
+        }
+        tracing::warn!(%failure, "rate limiter: a Redis call failed; its requests were decided locally, probing Redis");
+        for _ in 1..FAILURES_TO_FALL_BACK {
+            ctx.spawn(redis.clone().probe().into_actor(self).map(|answer, act, _| {
+                act.count_call(&answer);
+                match answer {
+                    Ok(()) => act.shared.mode.probe_answered(),
+                    Err(failure) => act.shared.mode.probe_failed(&failure, act.shared.now()),
+                }
+            }));
+        }
+    }
+
+    fn count_call<T>(&self, answer: &Result<T, RedisFailure>) {
+        let result = if answer.is_ok() { "ok" } else { "failed" };
+        self.shared.metrics.rate_limiter_redis_calls.with_label_values(&[result]).inc();
+    }
+
     fn sweep_leases(&mut self, ctx: &mut Context<Self>) {
         self.step(ctx, |core, now, fx| core.sweep_leases(now, fx));
         self.report_counts();
         let now = self.shared.now();
         if let Some(redis) = self.redis.clone().filter(|_| self.shared.mode.claim_probe(now)) {
-            ctx.spawn(redis.ping().into_actor(self).map(|answer, act, _| {
-                if answer.is_ok() {
-                    act.shared.mode.recover();
+            ctx.spawn(redis.probe().into_actor(self).map(|answer, act, _| {
+                act.count_call(&answer);
+                match answer {
+                    Ok(()) => act.shared.mode.probe_answered(),
+                    Err(_) => act.shared.mode.fallback_probe_failed(),
                 }
             }));
         }
@@ -353,6 +472,8 @@ impl RateLimiter {
             ("recalled", now.recalls, before.recalls),
             ("expired", now.expired, before.expired),
             ("refused_locally", now.refused_locally, before.refused_locally),
+            ("evicted", now.evicted, before.evicted),
+            ("decided_without_ledger", now.unkept, before.unkept),
         ] {
             metrics.rate_limiter_leases.with_label_values(&[event]).inc_by(current.saturating_sub(previous));
         }
@@ -416,6 +537,7 @@ impl SupervisedActor for RateLimiter {
                 "recalled": leases("recalled"), "expired": leases("expired"),
                 "refused_locally": leases("refused_locally"),
             },
+            "keys": {"evicted": leases("evicted"), "decided_without_ledger": leases("decided_without_ledger")},
             "redis": {
                 "configured": self.shared.redis.is_some(),
                 "calls_ok": redis_calls("ok"), "calls_failed": redis_calls("failed"),
@@ -532,6 +654,21 @@ impl Handler<SettleLease> for RateLimiter {
     }
 }
 
+/// A holder's Redis answer, booked on the local owner of its key.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ChargeLedger {
+    pub key: BucketKey,
+    pub tokens: u32,
+}
+
+impl Handler<ChargeLedger> for RateLimiter {
+    type Result = ();
+    fn handle(&mut self, msg: ChargeLedger, ctx: &mut Context<Self>) {
+        self.step(ctx, |core, now, _| core.on_charge(msg.key, msg.tokens, now));
+    }
+}
+
 /// An owner wants grants back.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -589,6 +726,7 @@ impl RateLimiterClient {
             mode,
             redis,
             shards: Shards::new(workers),
+            grant_ids: Arc::new(AtomicU64::new(0)),
             metrics,
             restarts: reporter.restarts_of(ACTOR),
             reporter,
@@ -599,8 +737,9 @@ impl RateLimiterClient {
     /// Starts this worker's shard on the current arbiter (call it inside the
     /// `HttpServer::new` factory) and returns a client that checks with it.
     pub fn on_this_worker(&self) -> Self {
-        // A worker actix restarted after the registry filled gets no slot: it owns no key
-        // and holds leases from the others.
+        // A worker that actix started in place of a dead one takes the dead one's slot over
+        // (its keys start afresh here); one started while every slot has a live shard gets
+        // none: it owns no key and holds leases from the others.
         let slot = self.shared.shards.claim();
         let shared = self.shared.clone();
         let shard = Supervisor::start(move |ctx: &mut Context<RateLimiter>| {
@@ -654,5 +793,111 @@ impl RateLimiterClient {
 
     pub fn shards(&self) -> &Shards<RateLimiter> {
         &self.shared.shards
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use actix::Arbiter;
+
+    use super::*;
+    use crate::{
+        actors::supervision::ActorRestarted,
+        domain::{rate_lease::owner_of, rate_limit::Quota},
+    };
+
+    struct Ledger;
+    impl actix::Actor for Ledger {
+        type Context = Context<Self>;
+    }
+    impl Handler<ActorRestarted> for Ledger {
+        type Result = ();
+        fn handle(&mut self, _: ActorRestarted, _: &mut Context<Self>) {}
+    }
+
+    /// This worker's client, made on `arbiter` as the HTTP server's factory makes it.
+    async fn worker(base: &RateLimiterClient, arbiter: &Arbiter) -> RateLimiterClient {
+        let (sender, receiver) = oneshot::channel();
+        let base = base.clone();
+        arbiter.spawn_fn(move || {
+            let _ = sender.send(base.on_this_worker());
+        });
+        receiver.await.expect("the worker started its shard")
+    }
+
+    /// One failed call starts a round of probes and switches nothing; only a round whose
+    /// probes fail too does. Back on Redis only after `PROBES_TO_RETURN` good probes in a row.
+    #[test]
+    fn a_replica_leaves_redis_only_when_probes_fail_too_and_returns_after_several_good_ones() {
+        let metrics = Arc::new(Metrics::new());
+        let mode = LimiterMode::new(true, Arc::clone(&metrics));
+        let failure = || RedisFailure::Timeout(Duration::from_millis(50));
+        let round = 70_000_000;
+        assert!(mode.call_failed(0, round), "the first failure starts a round");
+        assert!(!mode.call_failed(10_000_000, round), "others in the round only wait for its probes");
+        mode.probe_failed(&failure(), 50_000_000);
+        mode.probe_answered();
+        assert_eq!(mode.name(), "redis", "one probe answered: Redis works");
+        assert!(mode.call_failed(round, round), "a new round");
+        mode.probe_failed(&failure(), round + 50_000_000);
+        assert_eq!(mode.name(), "redis");
+        mode.probe_failed(&failure(), round + 50_000_000);
+        assert_eq!(mode.name(), "fallback", "the failed call and both probes");
+        assert_eq!(metrics.rate_limiter_fallbacks.get(), 1);
+        for good in 1..PROBES_TO_RETURN {
+            mode.probe_answered();
+            assert_eq!(mode.name(), "fallback", "{good} good probe(s) are not enough");
+        }
+        mode.fallback_probe_failed();
+        for _ in 0..PROBES_TO_RETURN - 1 {
+            mode.probe_answered();
+        }
+        assert_eq!(mode.name(), "fallback", "a failed probe starts the count again");
+        mode.probe_answered();
+        assert_eq!(mode.name(), "redis");
+        assert_eq!(metrics.rate_limiter_backend.with_label_values(&["redis"]).get(), 1);
+    }
+
+    /// A worker dies with its shard; until a worker takes its slot over, the keys it owned
+    /// cannot be decided on another worker. The worker actix starts in its place takes the
+    /// slot over, and they can again.
+    #[actix_rt::test]
+    async fn a_restarted_worker_takes_over_the_keys_of_the_dead_one() {
+        let metrics = Arc::new(Metrics::new());
+        let registry = crate::actors::restarts::RestartRegistry::new(Default::default());
+        let reporter = RestartReporter::new(Arc::clone(&metrics), actix::Actor::start(Ledger).recipient(), registry);
+        let quotas = Quotas { default: Quota::per_second(10, 10), auth: Quota::per_minute(3) };
+        let keys = NonZeroUsize::new(100).unwrap();
+        let base = RateLimiterClient::new(2, quotas, keys, None, metrics, reporter);
+        let (first, second) = (Arbiter::new(), Arbiter::new());
+        let survivor = worker(&base, &first).await;
+        let doomed = worker(&base, &second).await;
+        // Clients owned by the second worker's slot, each asked about once on the first
+        // worker (so no lease for them is held there).
+        let mut theirs = (0..=255)
+            .map(|n| ClientKey::Ip(IpAddr::from([192, 0, 2, n])))
+            .filter(|client| owner_of(&(Policy::Default, *client), 2) == 1);
+        let timeout = Duration::from_secs(10);
+        let mut decided = |client: &RateLimiterClient| {
+            let (client, theirs) = (client.clone(), theirs.next().unwrap());
+            async move { client.check(Policy::Default, theirs, timeout).await.ok().flatten() }
+        };
+        assert!(decided(&survivor).await.is_some_and(|decision| decision.allowed), "asked the owner");
+        drop(doomed);
+        second.stop();
+        let deadline = Instant::now() + timeout;
+        while base.shards().get(1).is_some_and(|shard| shard.connected()) {
+            assert!(Instant::now() < deadline, "the dead worker's shard still answers");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(decided(&survivor).await.is_none(), "no owner for its keys");
+        let third = Arbiter::new();
+        let _successor = worker(&base, &third).await;
+        assert!(base.shards().get(1).is_some_and(|shard| shard.connected()), "the slot was taken over");
+        assert!(decided(&survivor).await.is_some_and(|decision| decision.allowed), "its keys are decided again");
+        first.stop();
+        third.stop();
     }
 }

@@ -62,29 +62,8 @@ impl RedisLedgers {
         ttl: Nanos,
         sent_at: Nanos,
     ) -> Result<LeaseAnswer, RedisFailure> {
-        let interval_us = quota.interval_ns.div_ceil(1_000);
-        let (settle_grant, settle_spent) = match ask.settle {
-            Some(Settlement { grant, spent }) => (grant.to_string(), spent),
-            None => (String::new(), 0),
-        };
-        let mut invocation = self.script.key(bucket(&ask.key));
-        invocation
-            .arg(interval_us)
-            .arg(quota.burst)
-            .arg(&self.holder)
-            .arg(settle_grant)
-            .arg(settle_spent)
-            .arg(u8::from(decide))
-            .arg(ask.want)
-            .arg(ttl / 1_000)
-            .arg(MAX_GRANTS_PER_KEY)
-            .arg(LEASE_MAX_TOKENS);
-        let call = invocation.invoke_async::<(i64, String, i64, i64, i64, i64, i64)>(&mut self.connection);
         let (allowed, grant_id, tokens, ttl_us, tat_ahead_us, outstanding, retry_us) =
-            tokio::time::timeout(self.timeout, call)
-                .await
-                .map_err(|_| RedisFailure::Timeout(self.timeout))?
-                .map_err(RedisFailure::Redis)?;
+            self.run(bucket(&ask.key), quota, ask.settle, decide, ask.want, ttl).await?;
         let micros = |value: i64| u64::try_from(value).unwrap_or(0).saturating_mul(1_000);
         let grant = if grant_id.is_empty() {
             None
@@ -104,6 +83,40 @@ impl RedisLedgers {
         })
     }
 
+    /// One run of the ledger script on `bucket`, bounded by the timeout.
+    async fn run(
+        &mut self,
+        bucket: String,
+        quota: Quota,
+        settle: Option<Settlement>,
+        decide: bool,
+        want: u32,
+        ttl: Nanos,
+    ) -> Result<LedgerReply, RedisFailure> {
+        let interval_us = quota.interval_ns.div_ceil(1_000);
+        let (settle_grant, settle_spent) = match settle {
+            Some(Settlement { grant, spent }) => (grant.to_string(), spent),
+            None => (String::new(), 0),
+        };
+        let mut invocation = self.script.key(bucket);
+        invocation
+            .arg(interval_us)
+            .arg(quota.burst)
+            .arg(&self.holder)
+            .arg(settle_grant)
+            .arg(settle_spent)
+            .arg(u8::from(decide))
+            .arg(want)
+            .arg(ttl / 1_000)
+            .arg(MAX_GRANTS_PER_KEY)
+            .arg(LEASE_MAX_TOKENS);
+        let call = invocation.invoke_async::<LedgerReply>(&mut self.connection);
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| RedisFailure::Timeout(self.timeout))?
+            .map_err(RedisFailure::Redis)
+    }
+
     /// Connects and loads the script, so the first request that needs Redis pays neither.
     /// No request waits on it, so it may take longer than a request's call.
     pub async fn warm_up(mut self) -> Result<(), RedisFailure> {
@@ -116,18 +129,23 @@ impl RedisLedgers {
             .map_err(RedisFailure::Redis)
     }
 
-    /// Whether Redis answers (within the timeout): how a replica that fell back learns it
-    /// may use Redis again.
-    pub async fn ping(mut self) -> Result<(), RedisFailure> {
-        let ping = redis::cmd("PING");
-        let call = ping.query_async::<String>(&mut self.connection);
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .map_err(|_| RedisFailure::Timeout(self.timeout))?
-            .map(drop)
-            .map_err(RedisFailure::Redis)
+    /// Whether Redis can run the ledger script (within the timeout): one decision on a
+    /// bucket of its own (no client's tokens), which reads, writes and sets an expiry as a
+    /// real call does. A Redis that answers `PING` but cannot do that (a read-only replica
+    /// after a failover, an ACL that forbids the script or the keys, out of memory) fails it.
+    pub async fn probe(mut self) -> Result<(), RedisFailure> {
+        let probe = Quota { burst: 1, interval_ns: 1_000 };
+        self.run(format!("{KEY_PREFIX}:probe"), probe, None, true, 0, 0).await.map(drop)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 }
+
+/// What the ledger script returns: allowed, grant id, grant tokens, its ttl, how far the
+/// TAT is ahead, tokens on lease, and the wait before one more request could pass.
+type LedgerReply = (i64, String, i64, i64, i64, i64, i64);
 
 /// The Redis key of one bucket, e.g. `storefront:ratelimit:v1:default:ip:192.0.2.7`.
 fn bucket(key: &BucketKey) -> String {

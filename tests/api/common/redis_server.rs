@@ -13,6 +13,8 @@ pub struct RedisServer {
     binary: PathBuf,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Settings beyond the defaults, e.g. `--replicaof` for a read-only replica.
+    extra: Vec<String>,
     process: Option<Child>,
 }
 
@@ -32,7 +34,13 @@ impl RedisServer {
     /// Starts a server, or `None` (with a loud SKIPPED) when there is no binary and CI
     /// does not require one.
     pub async fn start() -> Option<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts a server with more settings (`["--replicaof", "127.0.0.1", "1"]`, say).
+    pub async fn start_with(extra: &[&str]) -> Option<Self> {
         let mut server = Self::on_port(free_port())?;
+        server.extra = extra.iter().map(|arg| (*arg).to_owned()).collect();
         server.resume().await;
         Some(server)
     }
@@ -47,7 +55,7 @@ impl RedisServer {
             eprintln!("SKIPPED: Redis test (no redis-server binary; apt-get install redis-server to run it)");
             return None;
         };
-        Some(Self { binary, port, dir: tempfile::tempdir().unwrap(), process: None })
+        Some(Self { binary, port, dir: tempfile::tempdir().unwrap(), extra: Vec::new(), process: None })
     }
 
     pub fn url(&self) -> String {
@@ -61,6 +69,7 @@ impl RedisServer {
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
