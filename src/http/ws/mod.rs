@@ -78,6 +78,7 @@ pub async fn connect(state: web::Data<AppState>, request: HttpRequest) -> Result
         .map_err(|_| AppError::unavailable("Live updates are restarting; try again shortly."))?
         .map_err(|refused| refusal(&state, refused))?;
     let setup = session::SessionSetup {
+        open: session::OpenConnection::new(&state.metrics),
         db: state.db.clone(),
         metrics: state.metrics.clone(),
         viewer,

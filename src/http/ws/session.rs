@@ -70,6 +70,9 @@ pub struct SessionSetup {
     pub token_expires_at: Option<DateTime<Utc>>,
     pub attached: Attached,
     pub ping_interval: Duration,
+    /// Counted from the moment the hub admits the connection, so the gauge agrees with
+    /// the hub's count before the session's task first runs.
+    pub open: OpenConnection,
 }
 
 /// How and why the connection ends.
@@ -120,10 +123,10 @@ fn kicked(reason: Detached) -> End {
 }
 
 /// Counts the connection as open for as long as it lives, however its task ends.
-struct OpenConnection(Arc<Metrics>);
+pub struct OpenConnection(Arc<Metrics>);
 
 impl OpenConnection {
-    fn new(metrics: &Arc<Metrics>) -> Self {
+    pub fn new(metrics: &Arc<Metrics>) -> Self {
         metrics.ws_connections.inc();
         Self(Arc::clone(metrics))
     }
@@ -213,8 +216,7 @@ struct LiveSession {
 
 /// Serves one connection until it ends, then says goodbye as the end requires.
 pub async fn run(socket: WsSocket, setup: SessionSetup) {
-    let SessionSetup { db, metrics, viewer, generation, token_expires_at, attached, ping_interval } = setup;
-    let open = OpenConnection::new(&metrics);
+    let SessionSetup { db, metrics, viewer, generation, token_expires_at, attached, ping_interval, open } = setup;
     let Attached { membership, queue, kick, position } = attached;
     let sent = Topic::ALL.map(|topic| metrics.ws_events_sent.with_label_values(&[topic.name()]));
     let now = Instant::now();
