@@ -85,8 +85,18 @@ impl PostgresServer {
     }
 
     pub fn stop(&self) {
+        self.stop_in("fast");
+    }
+
+    /// Stops as a crash would: no backend rolls back, so no lock is released on the way
+    /// down and nothing waiting on one can slip through to a commit.
+    pub fn crash(&self) {
+        self.stop_in("immediate");
+    }
+
+    fn stop_in(&self, mode: &str) {
         let mut command = as_postgres("pg_ctl");
-        command.args(["-w", "-m", "fast", "-D"]).arg(self.data_dir()).arg("stop");
+        command.args(["-w", "-m", mode, "-D"]).arg(self.data_dir()).arg("stop");
         run(command, "pg_ctl stop");
     }
 }
