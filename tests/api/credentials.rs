@@ -15,6 +15,7 @@ on_both_backends!(
     credential_changes_per_account_are_limited,
     refusals_that_need_no_hash_compute_none,
     names_refuse_invisible_and_direction_changing_characters,
+    names_refuse_default_ignorable_separating_and_private_use_characters,
 );
 
 const REAUTHENTICATE: &str = "urn:storefront:problem:reauthentication-required";
@@ -252,4 +253,43 @@ async fn names_refuse_invisible_and_direction_changing_characters(backend: Backe
     assert_eq!(named(assert_problem(renamed, 422).await), ["name"]);
     let product: Value = app.get(&path).await.json().await.unwrap();
     assert_eq!((product["name"].as_str(), product["description"].as_str()), (Some("Laptop"), Some("for 👩\u{200D}💻")));
+}
+
+async fn names_refuse_default_ignorable_separating_and_private_use_characters(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, admin) = app.admin("root@example.com").await;
+    let (alice_id, alice) = app.user("alice@example.com").await;
+    let named =
+        |problem: Value| problem["errors"].as_array().unwrap().iter().map(|e| e["field"].clone()).collect::<Vec<_>>();
+    let refused = [
+        "Ali\u{FE0F}ce",  // variation selector 16
+        "Ali\u{E0100}ce", // variation selector 17
+        "\u{3164}",       // Hangul filler: looks blank, is a letter
+        "Bo\u{115F}b",    // Hangul choseong filler
+        "Bo\u{FFA0}b",    // halfwidth Hangul filler
+        "a\u{034F}b",     // combining grapheme joiner
+        "a\u{180B}b",     // Mongolian free variation selector
+        "one\u{2028}two", // line separator
+        "one\u{2029}two", // paragraph separator
+        "logo \u{F8FF}",  // private use
+        "x\u{F0000}",     // supplementary private use
+        "x\u{FDD0}",      // noncharacter
+        "x\u{E007F}",     // cancel tag
+    ];
+    for name in refused {
+        let register = json!({"email": "mallory@example.com", "password": PASSWORD, "name": name});
+        let problem = assert_problem(app.post_json("/api/v1/auth/register", &register).await, 422).await;
+        assert_eq!(named(problem), ["name"], "{name:?}");
+        let patch = app.send_json(Method::PATCH, &user_path(&alice_id), &alice, &json!({"name": name})).await;
+        assert_eq!(named(assert_problem(patch, 422).await), ["name"], "{name:?}");
+        let product = json!({"name": name, "price_cents": 100, "stock": 1});
+        let created = app.send_json(Method::POST, "/api/v1/products", &admin, &product).await;
+        assert_eq!(named(assert_problem(created, 422).await), ["name"], "{name:?}");
+    }
+    assert_eq!(app.login("mallory@example.com", PASSWORD).await.status(), 401);
+    // Visible text around those borders is still a name.
+    for fine in ["\u{1161}\u{1162}", "한국", "Zoë ❤", "\u{FFFD}"] {
+        let patch = app.send_json(Method::PATCH, &user_path(&alice_id), &alice, &json!({"name": fine})).await;
+        assert_eq!(patch.status(), 200, "{fine:?}");
+    }
 }
