@@ -4,7 +4,7 @@
 //! the cheap checks pass, and names refuse invisible and direction-changing characters.
 
 use crate::common::{assert_problem, Backend, TestApp, PASSWORD};
-use reqwest::Method;
+use reqwest::{header, Method};
 use serde_json::{json, Value};
 
 on_both_backends!(
@@ -15,6 +15,7 @@ on_both_backends!(
     credential_changes_per_account_are_limited,
     refusals_that_need_no_hash_compute_none,
     names_refuse_invisible_and_direction_changing_characters,
+    json_members_given_twice_are_refused,
     names_refuse_default_ignorable_separating_and_private_use_characters,
 );
 
@@ -253,6 +254,58 @@ async fn names_refuse_invisible_and_direction_changing_characters(backend: Backe
     assert_eq!(named(assert_problem(renamed, 422).await), ["name"]);
     let product: Value = app.get(&path).await.json().await.unwrap();
     assert_eq!((product["name"].as_str(), product["description"].as_str()), (Some("Laptop"), Some("for 👩\u{200D}💻")));
+}
+
+async fn send_raw(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: &'static str,
+) -> reqwest::Response {
+    let mut request = app.request(method, path).header(header::CONTENT_TYPE, "application/json").body(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+async fn json_members_given_twice_are_refused(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, admin) = app.admin("root@example.com").await;
+    let (alice_id, alice) = app.user("alice@example.com").await;
+    let path = user_path(&alice_id);
+    let named =
+        |problem: Value| problem["errors"].as_array().unwrap().iter().map(|e| e["field"].clone()).collect::<Vec<_>>();
+
+    let register = r#"{"email":"bob@example.com","password":"correct horse battery","name":"Bob","password":"x"}"#;
+    let refused = send_raw(&app, Method::POST, "/api/v1/auth/register", None, register).await;
+    assert_eq!(named(assert_problem(refused, 422).await), ["password"]);
+    assert_eq!(app.login("bob@example.com", PASSWORD).await.status(), 401, "not registered");
+
+    let login = r#"{"email":"mallory@example.com","email":"alice@example.com","password":"correct horse battery"}"#;
+    let refused = send_raw(&app, Method::POST, "/api/v1/auth/login", None, login).await;
+    assert_eq!(named(assert_problem(refused, 422).await), ["email"]);
+
+    // Which password would be checked, which set? Neither.
+    let change =
+        r#"{"password":"first new secret","current_password":"correct horse battery","password":"second new secret"}"#;
+    let refused = send_raw(&app, Method::PATCH, &path, Some(&alice), change).await;
+    assert_eq!(named(assert_problem(refused, 422).await), ["password"]);
+    let guess =
+        r#"{"password":"a new secret","current_password":"a guess","current_password":"correct horse battery"}"#;
+    let refused = send_raw(&app, Method::PATCH, &path, Some(&alice), guess).await;
+    assert_eq!(named(assert_problem(refused, 422).await), ["current_password"]);
+    let reset = r#"{"email":"alice@example.com","email":"admin-owned@example.com"}"#;
+    let refused = send_raw(&app, Method::PATCH, &path, Some(&admin), reset).await;
+    assert_eq!(named(assert_problem(refused, 422).await), ["email"]);
+    assert_eq!(me(&app, &alice).await, 200, "nothing changed");
+    assert_eq!(app.login("alice@example.com", PASSWORD).await.status(), 200);
+
+    // Every JSON body goes through the same parser.
+    let product = r#"{"name":"Laptop","price_cents":100,"stock":1,"price_cents":1}"#;
+    let refused = send_raw(&app, Method::POST, "/api/v1/products", Some(&admin), product).await;
+    assert_eq!(named(assert_problem(refused, 422).await), ["price_cents"]);
 }
 
 async fn names_refuse_default_ignorable_separating_and_private_use_characters(backend: Backend) {
