@@ -146,6 +146,15 @@ pub const EMAIL_PATTERN: &str = concat!(
     r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?){1,4}$",
 );
 
+/// The one form an email is stored, compared and throttled under: trimmed, ASCII letters
+/// lower-cased, every other character left as it is. Registration and email changes keep
+/// it (`normalize_email`) and sign-ins look it up, so a sign-in finds exactly the account a
+/// registration would call the same email. Full Unicode lower-casing would not do: it turns
+/// the Kelvin sign into `k`, so a sign-in would match an address registration refuses.
+pub fn email_key(raw: &str) -> String {
+    raw.trim().to_ascii_lowercase()
+}
+
 /// Trims an email, checks its syntax (one `@`, a local part of ASCII letters, digits and
 /// `!#$%&'*+/=?^_`{|}~-` in dot-separated atoms, and a dotted domain of letters, digits and
 /// hyphens) and lower-cases it. The syntax is checked before lower-casing, so a character
@@ -173,7 +182,7 @@ pub fn normalize_email(raw: &str) -> Result<String, FieldError> {
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         });
     if local_ok && domain_ok {
-        Ok(email.to_ascii_lowercase())
+        Ok(email_key(email))
     } else {
         Err(invalid())
     }
@@ -284,6 +293,18 @@ mod tests {
             "\u{212A}@example.com",
         ] {
             assert!(normalize_email(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sign_ins_fold_emails_as_registration_does() {
+        for typed in ["alice@example.com", " ALICE@Example.COM", "aLiCe@EXAMPLE.com\t"] {
+            assert_eq!(email_key(typed), normalize_email("Alice@Example.com").unwrap(), "{typed:?}");
+        }
+        // Registration refuses these; a sign-in must not find an account with them either.
+        for lookalike in ["\u{212A}ate@example.com", "ALİCE@example.com", "\u{212B}@example.com"] {
+            assert!(normalize_email(lookalike).is_err());
+            assert!(!email_key(lookalike).is_ascii(), "{lookalike:?}");
         }
     }
 

@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 
 use crate::{
     db::users::{BeginLogin, CreateUser, EmailIsFree, FinishLogin, LoginAttempt, LoginOutcome},
-    domain::user::{validate_new_user, NewUser, Role, User},
+    domain::user::{email_key, validate_new_user, NewUser, Role, User},
     error::AppError,
     http::{extract::Json, middleware::rate_limit::client_ip},
     state::AppState,
@@ -71,7 +71,7 @@ pub async fn login(
     body: Json<LoginRequest>,
 ) -> Result<HttpResponse, AppError> {
     let LoginRequest { email, password } = body.into_inner();
-    let email = email.trim().to_lowercase();
+    let email = email_key(&email);
     let client =
         client_ip(&request, &state.config.server.trusted_proxies).map_or_else(|| "unknown".into(), |ip| ip.to_string());
     let LoginAttempt { credentials, attempt_id } =

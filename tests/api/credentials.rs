@@ -16,6 +16,7 @@ on_both_backends!(
     refusals_that_need_no_hash_compute_none,
     names_refuse_invisible_and_direction_changing_characters,
     json_members_given_twice_are_refused,
+    sign_ins_find_exactly_the_emails_registration_calls_the_same,
     names_refuse_default_ignorable_separating_and_private_use_characters,
 );
 
@@ -306,6 +307,34 @@ async fn json_members_given_twice_are_refused(backend: Backend) {
     let product = r#"{"name":"Laptop","price_cents":100,"stock":1,"price_cents":1}"#;
     let refused = send_raw(&app, Method::POST, "/api/v1/products", Some(&admin), product).await;
     assert_eq!(named(assert_problem(refused, 422).await), ["price_cents"]);
+}
+
+async fn sign_ins_find_exactly_the_emails_registration_calls_the_same(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let register = json!({"email": "Kate.Smith@Example.COM", "password": PASSWORD, "name": "Kate"});
+    assert_eq!(app.post_json("/api/v1/auth/register", &register).await.status(), 201);
+
+    // Any case of its ASCII letters is the same email, to sign-in and registration alike.
+    for typed in ["kate.smith@example.com", "KATE.SMITH@EXAMPLE.COM", " kAtE.sMiTh@example.Com "] {
+        assert_eq!(app.login(typed, PASSWORD).await.status(), 200, "{typed:?}");
+        let again = json!({"email": typed, "password": PASSWORD, "name": "Kate again"});
+        assert_problem(app.post_json("/api/v1/auth/register", &again).await, 409).await;
+    }
+    // Characters that only Unicode's lower-casing turns into these letters (the Kelvin sign
+    // K, a dotted capital I) make no email registration accepts, so no sign-in finds Kate.
+    for lookalike in ["\u{212A}ate.smith@example.com", "\u{212A}ATE.SMITH@EXAMPLE.COM", "kate.sm\u{130}th@example.com"]
+    {
+        let again = json!({"email": lookalike, "password": PASSWORD, "name": "Kate again"});
+        let refused = assert_problem(app.post_json("/api/v1/auth/register", &again).await, 422).await;
+        assert_eq!(refused["errors"][0]["field"], "email");
+        assert_problem(app.login(lookalike, PASSWORD).await, 401).await;
+    }
+    // Nor do failures under such a lookalike count against Kate's email: with the two
+    // above, five in all, as many as would throttle hers.
+    for _ in 1..=3 {
+        assert_problem(app.login("\u{212A}ate.smith@example.com", "a guess").await, 401).await;
+    }
+    assert_eq!(app.login("KATE.smith@example.com", PASSWORD).await.status(), 200);
 }
 
 async fn names_refuse_default_ignorable_separating_and_private_use_characters(backend: Backend) {
