@@ -1,5 +1,7 @@
 //! Users, their accounts and failed-login records: one use case per operation.
 
+use std::fmt;
+
 use chrono::NaiveDateTime;
 use diesel::{
     prelude::*,
@@ -22,9 +24,10 @@ use crate::{
         },
     },
     error::AppError,
+    redact,
 };
 
-#[derive(Debug, Queryable, Selectable, Insertable)]
+#[derive(Queryable, Selectable, Insertable)]
 #[diesel(table_name = users)]
 struct UserRow {
     id: String,
@@ -418,7 +421,7 @@ impl UseCase for ListUsers {
     }
 }
 
-#[derive(Debug, Default, AsChangeset)]
+#[derive(Default, AsChangeset)]
 #[diesel(table_name = users)]
 pub struct UserChanges {
     pub email: Option<String>,
@@ -427,6 +430,32 @@ pub struct UserChanges {
     pub password_hash: Option<String>,
 }
 
+impl fmt::Debug for UserChanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { email, name, role, password_hash } = self;
+        f.debug_struct("UserChanges")
+            .field("email", email)
+            .field("name", name)
+            .field("role", role)
+            .field("password_hash", &redact::optional(password_hash))
+            .finish()
+    }
+}
+
+/// Who asked for a change, and the token generation their request was authorized in.
+#[derive(Debug, Clone, Copy)]
+pub struct Authorization {
+    pub user_id: Uuid,
+    pub token_generation: i64,
+}
+
+/// A change to a user, made only while the caller's token generation is still the one the
+/// request was authorized in (401 otherwise, nothing changed). A request is authorized when
+/// its headers arrive; its body, the current password's check and the new password's hash
+/// take a while longer, and a password, email or role change elsewhere in between (another
+/// device's, or an admin's reset) voids the token the request came with. Deciding that here,
+/// in the write's own transaction, means the later write loses: a thief's held request
+/// cannot take over an account that was reset meanwhile, nor be handed a fresh token.
 pub struct UpdateUser {
     pub id: Uuid,
     pub changes: UserChanges,
@@ -478,5 +507,19 @@ impl UseCase for DeleteUser {
             }
             outbox.append(conn, vec![user_event(self.id, "user.deleted")])
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_print_no_password_hash() {
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g";
+        let changes =
+            UserChanges { name: Some("Ada".into()), password_hash: Some(hash.into()), ..UserChanges::default() };
+        let printed = format!("{changes:?}");
+        assert!(!printed.contains("argon2") && printed.contains("[redacted]") && printed.contains("Ada"), "{printed}");
     }
 }

@@ -1,6 +1,6 @@
 //! Users: roles, the permission table, and the rules for emails, names and passwords.
 
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::FieldError;
+use crate::redact;
 
 /// A user as the API shows it: never a password or a hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -223,7 +224,7 @@ pub fn validate_new_user(email: &str, password: &str, name: &str) -> Result<NewU
 }
 
 /// A change to a user as asked (each field optional), checked in one place.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct UserPatch {
     pub name: Option<String>,
     pub email: Option<String>,
@@ -232,12 +233,36 @@ pub struct UserPatch {
 }
 
 /// A patch whose every field is valid: names trimmed, emails normalised, the role parsed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ValidPatch {
     pub name: Option<String>,
     pub email: Option<String>,
     pub password: Option<String>,
     pub role: Option<Role>,
+}
+
+impl fmt::Debug for UserPatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { name, email, password, role } = self;
+        f.debug_struct("UserPatch")
+            .field("name", name)
+            .field("email", email)
+            .field("password", &redact::optional(password))
+            .field("role", role)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ValidPatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { name, email, password, role } = self;
+        f.debug_struct("ValidPatch")
+            .field("name", name)
+            .field("email", email)
+            .field("password", &redact::optional(password))
+            .field("role", role)
+            .finish()
+    }
 }
 
 impl UserPatch {
@@ -305,6 +330,19 @@ mod tests {
         for lookalike in ["\u{212A}ate@example.com", "ALİCE@example.com", "\u{212B}@example.com"] {
             assert!(normalize_email(lookalike).is_err());
             assert!(!email_key(lookalike).is_ascii(), "{lookalike:?}");
+        }
+    }
+
+    #[test]
+    fn patches_print_no_password() {
+        let patch =
+            UserPatch { name: Some("Ada".into()), password: Some("hunter2-hunter2".into()), ..UserPatch::default() };
+        let valid = patch.clone().validate().unwrap();
+        for printed in [format!("{patch:?}"), format!("{valid:?}")] {
+            assert!(
+                !printed.contains("hunter2") && printed.contains("[redacted]") && printed.contains("Ada"),
+                "{printed}"
+            );
         }
     }
 

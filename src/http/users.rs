@@ -1,5 +1,7 @@
 //! `/api/v1/users`: the caller's own record, and user management for admins.
 
+use std::fmt;
+
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -19,10 +21,11 @@ use crate::{
     error::AppError,
     http::extract::{Json, Query},
     http::{event_position, middleware::rate_limit::client_ip, paging::PageQuery},
+    redact,
     state::AppState,
 };
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(examples(
     json!({"name": "Ada King"}),
@@ -53,7 +56,7 @@ pub struct UpdateUserRequest {
 /// The user after the change. When the change voided the caller's own tokens (their own
 /// password, email or role), a fresh access token for the caller comes with it, so the
 /// client that made the change stays signed in; every other token of theirs is void.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct UpdatedUser {
     #[serde(flatten)]
     pub user: User,
@@ -66,6 +69,31 @@ pub struct UpdatedUser {
     /// Seconds `access_token` is valid for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in: Option<u64>,
+}
+
+impl fmt::Debug for UpdateUserRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { name, email, password, role, current_password } = self;
+        f.debug_struct("UpdateUserRequest")
+            .field("name", name)
+            .field("email", email)
+            .field("password", &redact::optional(password))
+            .field("role", role)
+            .field("current_password", &redact::optional(current_password))
+            .finish()
+    }
+}
+
+impl fmt::Debug for UpdatedUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { user, access_token, token_type, expires_in } = self;
+        f.debug_struct("UpdatedUser")
+            .field("user", user)
+            .field("access_token", &redact::optional(access_token))
+            .field("token_type", token_type)
+            .field("expires_in", expires_in)
+            .finish()
+    }
 }
 
 /// The caller.
@@ -237,4 +265,37 @@ pub async fn delete(
     caller.require(Permission::DeleteUsers)?;
     state.db.run(DeleteUser { id: id.into_inner() }).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::extract::parse_json;
+
+    #[test]
+    fn debug_output_holds_no_password_or_token() {
+        let body = br#"{"name":"Ada","password":"new-secret-1","current_password":"old-secret-2"}"#;
+        let request: UpdateUserRequest = parse_json(body).unwrap();
+        let user = User {
+            id: Uuid::nil(),
+            email: "ada@example.com".into(),
+            name: "Ada".into(),
+            role: Role::User,
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+            token_generation: 1,
+        };
+        let updated = UpdatedUser {
+            user,
+            access_token: Some("eyJ-secret-token".into()),
+            token_type: Some("Bearer"),
+            expires_in: Some(900),
+        };
+        for printed in [format!("{request:?}"), format!("{updated:?}"), format!("{request:#?}")] {
+            for secret in ["new-secret-1", "old-secret-2", "eyJ-secret-token"] {
+                assert!(!printed.contains(secret), "{printed}");
+            }
+            assert!(printed.contains("[redacted]") && printed.contains("Ada"), "{printed}");
+        }
+    }
 }
