@@ -19,8 +19,8 @@ use crate::{
         clock,
         paging::{Page, PageRequest},
         user::{
-            login_retry_after, login_window_start, retry_after, window_start, Role, User, CREDENTIAL_CHANGE_LIMIT,
-            CREDENTIAL_CHANGE_WINDOW, LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_LIMIT_PER_EMAIL,
+            login_retry_after, login_window_start, retry_after, window_start, Role, User, ADMIN_RESET_LIMIT,
+            CREDENTIAL_CHANGE_LIMIT, CREDENTIAL_CHANGE_WINDOW, LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_LIMIT_PER_EMAIL,
         },
     },
     error::AppError,
@@ -215,7 +215,7 @@ fn record_login_attempt(conn: &mut DbConnection, email: &str, client: &str) -> R
 }
 
 /// A password or email change that passed every check that costs no hash: the target's
-/// email is free (409 otherwise), the account is within `CREDENTIAL_CHANGE_LIMIT` (429
+/// email is free (409 otherwise), whoever pays for the change is within their limit (429
 /// otherwise) and, when the current password must be checked, the sign-in throttle lets
 /// the attempt through (429 otherwise). The change is counted from here on (`reservation`);
 /// `AbandonCredentialChange` takes it back if it does not happen.
@@ -225,6 +225,32 @@ pub struct BeginCredentialChange {
     /// The user changes their own credentials from this client address: the current
     /// password is checked as a sign-in for the user's email would be, and counts as one.
     pub reauthenticate_from: Option<String>,
+    pub charged_to: Charge,
+    /// Checked first (401 if the caller's token generation moved), so that a request whose
+    /// token was voided while it was under way costs no hash and counts as no failed
+    /// sign-in; `UpdateUser` decides again when it writes.
+    pub authorized: Authorization,
+}
+
+/// Whose budget a credential change spends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charge {
+    /// The user's own change: `CREDENTIAL_CHANGE_LIMIT` per account.
+    Own,
+    /// An admin's reset of another user: `ADMIN_RESET_LIMIT` per admin, and never the
+    /// target's, so resets cannot lock a user out of changing their password, nor a user
+    /// who spent their own budget block the admin who helps them.
+    ResetBy(Uuid),
+}
+
+impl Charge {
+    /// The account charged, the kind of row counted, and that kind's limit.
+    fn budget(self, target: &str) -> (String, &'static str, usize) {
+        match self {
+            Self::Own => (target.to_owned(), "own", CREDENTIAL_CHANGE_LIMIT),
+            Self::ResetBy(admin) => (admin.to_string(), "reset", ADMIN_RESET_LIMIT),
+        }
+    }
 }
 
 pub struct CredentialChange {
@@ -270,37 +296,52 @@ impl UseCase for EmailIsFree {
 impl UseCase for BeginCredentialChange {
     type Output = CredentialChange;
     fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<CredentialChange, AppError> {
-        let BeginCredentialChange { user_id, new_email, reauthenticate_from } = self;
+        let BeginCredentialChange { user_id, new_email, reauthenticate_from, charged_to, authorized } = self;
         let id = user_id.to_string();
+        let (account, kind, limit) = charged_to.budget(&id);
         conn.write_transaction(|conn| {
+            let caller_generation: Option<i64> = users::table
+                .filter(users::id.eq(authorized.user_id.to_string()))
+                .filter(users::deleted_at.is_null())
+                .select(users::token_generation)
+                .first(conn)
+                .optional()?;
+            if caller_generation != Some(authorized.token_generation) {
+                return Err(no_longer_authorized());
+            }
             let user = live_user(conn, user_id)?.ok_or_else(|| AppError::NotFound("No such user.".into()))?;
             if let Some(email) = &new_email {
                 refuse_taken_email(conn, email, Some(&id))?;
             }
             if matches!(conn, DbConnection::Postgres(_)) {
-                // Counting and reserving are serialised per user (SQLite: BEGIN IMMEDIATE).
+                // Counting and reserving are serialised per account charged (SQLite: BEGIN
+                // IMMEDIATE).
                 diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('credential-change:' || $1))")
-                    .bind::<diesel::sql_types::Text, _>(&id)
+                    .bind::<diesel::sql_types::Text, _>(&account)
                     .execute(conn)?;
             }
             let now = clock::now();
             let start = window_start(now, CREDENTIAL_CHANGE_WINDOW);
-            diesel::delete(credential_changes::table.filter(credential_changes::user_id.eq(&id)))
+            diesel::delete(credential_changes::table.filter(credential_changes::user_id.eq(&account)))
                 .filter(credential_changes::changed_at.le(start))
                 .execute(conn)?;
             let recent: Vec<NaiveDateTime> = credential_changes::table
-                .filter(credential_changes::user_id.eq(&id))
+                .filter(credential_changes::user_id.eq(&account))
+                .filter(credential_changes::kind.eq(kind))
                 .select(credential_changes::changed_at)
                 .load(conn)?;
-            if let Some(retry_after_secs) = retry_after(&recent, now, CREDENTIAL_CHANGE_LIMIT, CREDENTIAL_CHANGE_WINDOW)
-            {
-                return Err(AppError::TooManyRequests {
-                    retry_after_secs,
-                    detail: format!(
-                        "This account's password or email was changed {CREDENTIAL_CHANGE_LIMIT} times within the \
-                         last hour; try again later."
+            if let Some(retry_after_secs) = retry_after(&recent, now, limit, CREDENTIAL_CHANGE_WINDOW) {
+                let detail = match charged_to {
+                    Charge::Own => format!(
+                        "This account's password or email was changed {limit} times within the last hour; try \
+                         again later."
                     ),
-                });
+                    Charge::ResetBy(_) => format!(
+                        "You reset other users' passwords or emails {limit} times within the last hour; try again \
+                         later."
+                    ),
+                };
+                return Err(AppError::TooManyRequests { retry_after_secs, detail });
             }
             let reauthentication = match reauthenticate_from {
                 Some(client) => Some(Reauthentication {
@@ -312,7 +353,11 @@ impl UseCase for BeginCredentialChange {
                 None => None,
             };
             let reservation = diesel::insert_into(credential_changes::table)
-                .values((credential_changes::user_id.eq(&id), credential_changes::changed_at.eq(now)))
+                .values((
+                    credential_changes::user_id.eq(&account),
+                    credential_changes::kind.eq(kind),
+                    credential_changes::changed_at.eq(now),
+                ))
                 .returning(credential_changes::id)
                 .get_result(conn)?;
             Ok(CredentialChange { reservation, reauthentication })
@@ -459,12 +504,49 @@ pub struct Authorization {
 pub struct UpdateUser {
     pub id: Uuid,
     pub changes: UserChanges,
+    pub authorized: Authorization,
+}
+
+fn no_longer_authorized() -> AppError {
+    AppError::Unauthorized(
+        "The access token is no longer valid: a password, email or role changed while this request was under way."
+            .into(),
+    )
+}
+
+/// Inside a write transaction: refuses (401) unless `caller` is live and still in the token
+/// generation the request was authorized in, and holds the rows of the caller and of
+/// `target` until the transaction ends, so that no change to either generation can commit
+/// in between (no-op updates take the row locks on PostgreSQL, in id order so that two
+/// admins changing each other cannot deadlock; SQLite's `BEGIN IMMEDIATE` already
+/// serialises writers).
+fn hold_authorization(conn: &mut DbConnection, caller: Authorization, target: Uuid) -> Result<(), AppError> {
+    let mut rows = vec![caller.user_id, target];
+    rows.sort_unstable();
+    rows.dedup();
+    for id in rows {
+        let row = users::table.filter(users::id.eq(id.to_string()));
+        if id == caller.user_id {
+            let held = diesel::update(
+                row.filter(users::deleted_at.is_null()).filter(users::token_generation.eq(caller.token_generation)),
+            )
+            .set(users::token_generation.eq(caller.token_generation))
+            .execute(conn)?;
+            if held == 0 {
+                return Err(no_longer_authorized());
+            }
+        } else {
+            diesel::update(row).set(users::token_generation.eq(users::token_generation)).execute(conn)?;
+        }
+    }
+    Ok(())
 }
 
 impl UseCase for UpdateUser {
     type Output = User;
     fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<User, AppError> {
         conn.write_transaction(|conn| {
+            hold_authorization(conn, self.authorized, self.id)?;
             let current = live_user(conn, self.id)?.ok_or_else(|| AppError::NotFound("No such user.".into()))?;
             let role_changes = self.changes.role.as_ref().is_some_and(|role| *role != current.role);
             if role_changes && current.role == Role::Admin.as_str() {

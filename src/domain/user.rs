@@ -32,9 +32,13 @@ pub const LOGIN_FAILURE_LIMIT: usize = 5;
 pub const LOGIN_FAILURE_LIMIT_PER_EMAIL: usize = 100;
 pub const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
-/// Password and email changes one account may start within the window, whoever makes
-/// them (the user, or an admin's reset): each costs up to two argon2id runs.
+/// Changes of their own password or email one user may start within the window: each
+/// costs up to two argon2id runs. An admin's reset of the user is not counted here.
 pub const CREDENTIAL_CHANGE_LIMIT: usize = 5;
+/// Resets of other users' passwords or emails one admin may start within the window,
+/// counted against the admin (each costs one argon2id run): enough for a support desk's
+/// hour, few enough that a stolen admin token cannot keep the hasher busy.
+pub const ADMIN_RESET_LIMIT: usize = 20;
 pub const CREDENTIAL_CHANGE_WINDOW: Duration = Duration::from_secs(60 * 60);
 
 /// Events before this instant no longer count in a sliding `window`.

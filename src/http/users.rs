@@ -11,8 +11,8 @@ use crate::{
     actors::event_position::Positioned,
     auth::AuthUser,
     db::users::{
-        AbandonCredentialChange, BeginCredentialChange, DeleteUser, FindActiveUser, FinishLogin, ListUsers,
-        LoginOutcome, Reauthentication, UpdateUser, UserChanges,
+        AbandonCredentialChange, Authorization, BeginCredentialChange, Charge, DeleteUser, FindActiveUser, FinishLogin,
+        ListUsers, LoginOutcome, Reauthentication, UpdateUser, UserChanges,
     },
     domain::{
         paging::Page,
@@ -159,6 +159,7 @@ pub async fn update(
     }
     let patch = UserPatch { name, email, password, role }.validate().map_err(AppError::Validation)?;
     let own = caller.0.id == id;
+    let authorized = Authorization { user_id: caller.0.id, token_generation: caller.0.token_generation };
     // Sending one's own email unchanged (a whole profile form, say) changes no credential.
     let email_changes = patch.email.as_ref().is_some_and(|email| !own || *email != caller.0.email);
     let changes = UserChanges {
@@ -181,9 +182,11 @@ pub async fn update(
                 ))
             }
         };
-        change_credentials(&state, id, changes, patch.password, reauthentication).await?
+        let charged_to = if own { Charge::Own } else { Charge::ResetBy(caller.0.id) };
+        let change = CredentialChangeRequest { id, authorized, charged_to, changes, new_password: patch.password };
+        change_credentials(&state, change, reauthentication).await?
     } else {
-        state.db.run(UpdateUser { id, changes }).await?
+        state.db.run(UpdateUser { id, changes, authorized }).await?
     };
     // The caller's own tokens were voided (their password, email or role changed): this
     // client gets a fresh one, in the generation the change began.
@@ -202,20 +205,35 @@ pub async fn update(
     }))
 }
 
+/// A password or email change to make, of user `id`.
+struct CredentialChangeRequest {
+    id: Uuid,
+    authorized: Authorization,
+    charged_to: Charge,
+    changes: UserChanges,
+    new_password: Option<String>,
+}
+
 /// A password or email change: every check that costs no hash first (in one transaction:
-/// the email free, the account's change limit, the sign-in throttle), then the current
-/// password (when it is the caller's own change), then the new password's hash, then the
-/// write. A change that does not happen is not counted against the account.
+/// the email free, the change limit of whoever pays for it, the sign-in throttle), then the
+/// current password (when it is the caller's own change), then the new password's hash,
+/// then the write, which happens only if the caller's token generation has not moved
+/// meanwhile. A change that does not happen is not counted against anyone.
 async fn change_credentials(
     state: &AppState,
-    id: Uuid,
-    mut changes: UserChanges,
-    new_password: Option<String>,
+    request: CredentialChangeRequest,
     // The caller's client address and current password, when it is their own change.
     reauthentication: Option<(String, String)>,
 ) -> Result<User, AppError> {
+    let CredentialChangeRequest { id, authorized, charged_to, mut changes, new_password } = request;
     let (client, current_password) = reauthentication.unzip();
-    let begin = BeginCredentialChange { user_id: id, new_email: changes.email.clone(), reauthenticate_from: client };
+    let begin = BeginCredentialChange {
+        user_id: id,
+        new_email: changes.email.clone(),
+        reauthenticate_from: client,
+        charged_to,
+        authorized,
+    };
     let plan = state.db.run(begin).await?;
     let reservation = plan.reservation;
     let changed = async {
@@ -240,7 +258,7 @@ async fn change_credentials(
         if let Some(password) = new_password {
             changes.password_hash = Some(state.passwords.hash(password).await?);
         }
-        state.db.run(UpdateUser { id, changes }).await
+        state.db.run(UpdateUser { id, changes, authorized }).await
     }
     .await;
     if changed.is_err() {
