@@ -202,7 +202,7 @@ pub fn validate_password(password: &str) -> Result<(), FieldError> {
     }
 }
 
-/// A user's name: trimmed, 1 to 100 characters, no control or format characters.
+/// A user's name: trimmed, 1 to 100 characters, no control, format or other invisible characters.
 pub fn normalize_name(raw: &str) -> Result<String, FieldError> {
     super::text::normalize_name("name", raw, NAME_MAX_CHARS)
 }

@@ -25,7 +25,7 @@ pub struct RegisterRequest {
     /// 8 to 128 characters.
     #[schema(min_length = 8, max_length = 128)]
     pub password: String,
-    /// 1 to 100 characters, after trimming; no control or format characters.
+    /// 1 to 100 characters, after trimming; no control, format or other invisible characters.
     #[schema(min_length = 1, max_length = 100)]
     pub name: String,
 }

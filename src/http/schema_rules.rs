@@ -144,8 +144,8 @@ pub fn free_text_pattern(refused: impl Fn(char) -> bool) -> String {
 }
 
 /// A name as `domain::text::normalize_name` keeps it: any white space around, then 1 to
-/// `max_chars` characters that begin and end with something else, and no control or format
-/// character anywhere.
+/// `max_chars` characters that begin and end with something else, and no character
+/// `text::refused_in_names` refuses anywhere.
 pub fn name_pattern(max_chars: usize) -> String {
     let space = class_with(|c| c.is_whitespace() && !text::refused_in_names(c));
     let visible = class_without(|c| c.is_whitespace() || text::refused_in_names(c));

@@ -33,7 +33,7 @@ use crate::{
     json!({"email": "ada.king@example.com", "current_password": "correct horse battery"}),
 ))]
 pub struct UpdateUserRequest {
-    /// 1 to 100 characters after trimming; no control or format characters.
+    /// 1 to 100 characters after trimming; no control, format or other invisible characters.
     #[schema(min_length = 1, max_length = 100)]
     pub name: Option<String>,
     /// A new email voids every token issued before it. Changing your own needs
@@ -138,11 +138,12 @@ pub async fn get(state: web::Data<AppState>, caller: AuthUser, id: web::Path<Uui
 #[utoipa::path(patch, path = "/api/v1/users/{id}", operation_id = "update_user", tag = "users", request_body = UpdateUserRequest, security(("bearer" = [])),
     responses(
         (status = 200, body = UpdatedUser, description = "Changed; carries a fresh access token when the caller's own tokens were voided"),
+        (status = 401, description = "No valid token, or the token was voided (a password, email or role change) while the request was under way: nothing changed"),
         (status = 403, description = "A non-admin sent `role` (`forbidden`), or changing your own password or email without the right `current_password` (`urn:storefront:problem:reauthentication-required`)"),
         (status = 404, description = "No such user, or not yours"),
         (status = 409, description = "Email taken, or demoting the last admin"),
         (status = 422, description = "Invalid fields"),
-        (status = 429, description = "Too many failed sign-ins for your email, or this account's password or email changed 5 times within the hour; see Retry-After"),
+        (status = 429, description = "Too many failed sign-ins for your email, or this account's password or email changed 5 times within the hour, or an admin reset others' 20 times; see Retry-After"),
     ))]
 pub async fn update(
     state: web::Data<AppState>,
