@@ -604,4 +604,68 @@ mod tests {
         let printed = format!("{changes:?}");
         assert!(!printed.contains("argon2") && printed.contains("[redacted]") && printed.contains("Ada"), "{printed}");
     }
+
+    fn database() -> DbConnection {
+        let mut conn = DbConnection::Sqlite(diesel::SqliteConnection::establish(":memory:").unwrap());
+        crate::db::migrations::run_pending(&mut conn).unwrap();
+        conn
+    }
+
+    fn create(conn: &mut DbConnection, email: &str, role: Role) -> User {
+        let user = CreateUser { email: email.into(), name: "Test".into(), role, password_hash: "h0".into() };
+        user.run(conn, &mut Outbox::unattributed()).unwrap()
+    }
+
+    fn set_password(conn: &mut DbConnection, id: Uuid, hash: &str, by: &User) -> Result<User, AppError> {
+        let changes = UserChanges { password_hash: Some(hash.into()), ..UserChanges::default() };
+        let authorized = Authorization { user_id: by.id, token_generation: by.token_generation };
+        UpdateUser { id, changes, authorized }.run(conn, &mut Outbox::unattributed())
+    }
+
+    fn stored_hash(conn: &mut DbConnection, id: Uuid) -> String {
+        users::table.filter(users::id.eq(id.to_string())).select(users::password_hash).first(conn).unwrap()
+    }
+
+    /// The writes of requests that were authorized, verified and hashed while another change
+    /// went in: each is checked against the generation it was authorized in, in its own
+    /// transaction, whatever happened before it.
+    #[test]
+    fn a_write_authorized_in_a_generation_that_moved_changes_nothing() {
+        let mut conn = database();
+        let alice = create(&mut conn, "alice@example.com", Role::User);
+        let root = create(&mut conn, "root@example.com", Role::Admin);
+
+        // Two of Alice's own changes, both authorized in generation 0: the first to write wins.
+        let first = set_password(&mut conn, alice.id, "h1", &alice).unwrap();
+        assert_eq!(first.token_generation, 1);
+        let second = set_password(&mut conn, alice.id, "h2", &alice);
+        assert!(matches!(second, Err(AppError::Unauthorized(_))));
+        assert_eq!(stored_hash(&mut conn, alice.id), "h1");
+
+        // An admin's reset, then a change of Alice's verified against her old password before it.
+        let reset = set_password(&mut conn, alice.id, "reset", &root).unwrap();
+        assert_eq!(reset.token_generation, 2);
+        let late = set_password(&mut conn, alice.id, "mine", &first);
+        assert!(matches!(late, Err(AppError::Unauthorized(_))), "the reset stands");
+        assert_eq!(stored_hash(&mut conn, alice.id), "reset");
+
+        // An admin whose own token was voided meanwhile (here, by a password change) resets nobody.
+        let root_now = set_password(&mut conn, root.id, "root's new", &root).unwrap();
+        assert!(matches!(set_password(&mut conn, alice.id, "stale admin", &root), Err(AppError::Unauthorized(_))));
+        assert_eq!(stored_hash(&mut conn, alice.id), "reset");
+        assert_eq!(set_password(&mut conn, alice.id, "by root", &root_now).unwrap().token_generation, 3);
+
+        // The cheap checks refuse a voided authorization before anything is counted.
+        let begin = BeginCredentialChange {
+            user_id: alice.id,
+            new_email: None,
+            reauthenticate_from: Some("127.0.0.1".into()),
+            charged_to: Charge::Own,
+            authorized: Authorization { user_id: alice.id, token_generation: 1 },
+        };
+        assert!(matches!(begin.run(&mut conn, &mut Outbox::unattributed()), Err(AppError::Unauthorized(_))));
+        let counted: i64 = credential_changes::table.count().get_result(&mut conn).unwrap();
+        let failures: i64 = login_failures::table.count().get_result(&mut conn).unwrap();
+        assert_eq!((counted, failures), (0, 0));
+    }
 }
