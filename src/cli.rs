@@ -73,7 +73,7 @@ pub enum MigrateAction {
     Status,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 pub enum UserAction {
     /// Create a user (or an admin) directly in the database. The password is prompted
     /// for (not echoed), or read from standard input with --password-stdin.
@@ -94,6 +94,20 @@ pub enum UserAction {
         #[arg(long, default_value = "user")]
         role: String,
     },
+}
+
+/// `--password` never shows in Debug output.
+impl std::fmt::Debug for UserAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self::Create { email, password_stdin, password, name, role } = self;
+        f.debug_struct("Create")
+            .field("email", email)
+            .field("password_stdin", password_stdin)
+            .field("password", &crate::redact::optional(password))
+            .field("name", name)
+            .field("role", role)
+            .finish()
+    }
 }
 
 impl Cli {

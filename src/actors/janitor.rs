@@ -1,6 +1,6 @@
 //! The Janitor actor: on an interval, prunes idempotency keys past their retention,
 //! outbox events past `EVENT_RETENTION_HOURS` (with NATS publishing on, only once published),
-//! and failed logins past the throttle window.
+//! failed logins past the throttle window, and credential changes past theirs.
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,7 +16,10 @@ use super::{
 pub const ACTOR: &str = "janitor";
 use crate::{
     db::housekeeping::{PruneExpired, Pruned},
-    domain::{clock, user::LOGIN_FAILURE_WINDOW},
+    domain::{
+        clock,
+        user::{CREDENTIAL_CHANGE_WINDOW, LOGIN_FAILURE_WINDOW},
+    },
     error::AppError,
     metrics::Metrics,
 };
@@ -64,7 +67,7 @@ impl Janitor {
         match outcome {
             Ok(pruned) => {
                 tracing::debug!(?pruned, "expired rows pruned");
-                let rows = pruned.idempotency_keys + pruned.events + pruned.login_failures;
+                let rows = pruned.idempotency_keys + pruned.events + pruned.login_failures + pruned.credential_changes;
                 self.record.rows_pruned_total += super::report::as_u64(rows);
                 self.record.last_pruned = Some(pruned);
                 self.record.last_success_at = Some(now);
@@ -83,7 +86,7 @@ impl Janitor {
         let record = &self.record;
         let last_pruned = record.last_pruned.as_ref().map(|pruned| {
             json!({"idempotency_keys": pruned.idempotency_keys, "events": pruned.events,
-                   "login_failures": pruned.login_failures})
+                   "login_failures": pruned.login_failures, "credential_changes": pruned.credential_changes})
         });
         json!({
             "interval_seconds": self.retention.interval.as_secs(), "running": self.running,
@@ -105,6 +108,7 @@ impl Janitor {
             idempotency_keys_before: before(self.retention.idempotency_keys),
             events_before: before(self.retention.events),
             login_failures_before: before(LOGIN_FAILURE_WINDOW),
+            credential_changes_before: before(CREDENTIAL_CHANGE_WINDOW),
             keep_unpublished_events: self.retention.keep_unpublished_events,
         };
         let db = self.db.clone();

@@ -1,11 +1,12 @@
-//! Pruning what is kept only for a while: idempotency keys, outbox events, old failed logins.
+//! Pruning what is kept only for a while: idempotency keys, outbox events, old failed logins
+//! and credential changes that no longer count against any limit.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::{
     outbox::Outbox,
-    schema::{events, idempotency_keys, login_failures, outbox_watermark},
+    schema::{credential_changes, events, idempotency_keys, login_failures, outbox_watermark},
     DbConnection, UseCase,
 };
 use crate::error::AppError;
@@ -14,6 +15,9 @@ pub struct PruneExpired {
     pub idempotency_keys_before: NaiveDateTime,
     pub events_before: NaiveDateTime,
     pub login_failures_before: NaiveDateTime,
+    /// Each account's own rows are pruned when it next changes a credential; these are the
+    /// rows of accounts that have not since.
+    pub credential_changes_before: NaiveDateTime,
     /// NATS publishing is on: events it has not published yet are kept, however old.
     pub keep_unpublished_events: bool,
 }
@@ -23,6 +27,7 @@ pub struct Pruned {
     pub idempotency_keys: usize,
     pub events: usize,
     pub login_failures: usize,
+    pub credential_changes: usize,
 }
 
 impl UseCase for PruneExpired {
@@ -44,6 +49,10 @@ impl UseCase for PruneExpired {
             },
             login_failures: diesel::delete(
                 login_failures::table.filter(login_failures::failed_at.lt(self.login_failures_before)),
+            )
+            .execute(conn)?,
+            credential_changes: diesel::delete(
+                credential_changes::table.filter(credential_changes::changed_at.lt(self.credential_changes_before)),
             )
             .execute(conn)?,
         })

@@ -36,6 +36,7 @@ diesel::table! {
         id -> BigInt,
         user_id -> Text,
         changed_at -> Timestamp,
+        kind -> Text,
     }
 }
 

@@ -1,5 +1,7 @@
 //! Users, their accounts and failed-login records: one use case per operation.
 
+use std::fmt;
+
 use chrono::NaiveDateTime;
 use diesel::{
     prelude::*,
@@ -17,14 +19,15 @@ use crate::{
         clock,
         paging::{Page, PageRequest},
         user::{
-            login_retry_after, login_window_start, retry_after, window_start, Role, User, CREDENTIAL_CHANGE_LIMIT,
-            CREDENTIAL_CHANGE_WINDOW, LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_LIMIT_PER_EMAIL,
+            login_retry_after, login_window_start, retry_after, window_start, Role, User, ADMIN_RESET_LIMIT,
+            CREDENTIAL_CHANGE_LIMIT, CREDENTIAL_CHANGE_WINDOW, LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_LIMIT_PER_EMAIL,
         },
     },
     error::AppError,
+    redact,
 };
 
-#[derive(Debug, Queryable, Selectable, Insertable)]
+#[derive(Queryable, Selectable, Insertable)]
 #[diesel(table_name = users)]
 struct UserRow {
     id: String,
@@ -212,7 +215,7 @@ fn record_login_attempt(conn: &mut DbConnection, email: &str, client: &str) -> R
 }
 
 /// A password or email change that passed every check that costs no hash: the target's
-/// email is free (409 otherwise), the account is within `CREDENTIAL_CHANGE_LIMIT` (429
+/// email is free (409 otherwise), whoever pays for the change is within their limit (429
 /// otherwise) and, when the current password must be checked, the sign-in throttle lets
 /// the attempt through (429 otherwise). The change is counted from here on (`reservation`);
 /// `AbandonCredentialChange` takes it back if it does not happen.
@@ -222,6 +225,32 @@ pub struct BeginCredentialChange {
     /// The user changes their own credentials from this client address: the current
     /// password is checked as a sign-in for the user's email would be, and counts as one.
     pub reauthenticate_from: Option<String>,
+    pub charged_to: Charge,
+    /// Checked first (401 if the caller's token generation moved), so that a request whose
+    /// token was voided while it was under way costs no hash and counts as no failed
+    /// sign-in; `UpdateUser` decides again when it writes.
+    pub authorized: Authorization,
+}
+
+/// Whose budget a credential change spends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charge {
+    /// The user's own change: `CREDENTIAL_CHANGE_LIMIT` per account.
+    Own,
+    /// An admin's reset of another user: `ADMIN_RESET_LIMIT` per admin, and never the
+    /// target's, so resets cannot lock a user out of changing their password, nor a user
+    /// who spent their own budget block the admin who helps them.
+    ResetBy(Uuid),
+}
+
+impl Charge {
+    /// The account charged, the kind of row counted, and that kind's limit.
+    fn budget(self, target: &str) -> (String, &'static str, usize) {
+        match self {
+            Self::Own => (target.to_owned(), "own", CREDENTIAL_CHANGE_LIMIT),
+            Self::ResetBy(admin) => (admin.to_string(), "reset", ADMIN_RESET_LIMIT),
+        }
+    }
 }
 
 pub struct CredentialChange {
@@ -267,37 +296,52 @@ impl UseCase for EmailIsFree {
 impl UseCase for BeginCredentialChange {
     type Output = CredentialChange;
     fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<CredentialChange, AppError> {
-        let BeginCredentialChange { user_id, new_email, reauthenticate_from } = self;
+        let BeginCredentialChange { user_id, new_email, reauthenticate_from, charged_to, authorized } = self;
         let id = user_id.to_string();
+        let (account, kind, limit) = charged_to.budget(&id);
         conn.write_transaction(|conn| {
+            let caller_generation: Option<i64> = users::table
+                .filter(users::id.eq(authorized.user_id.to_string()))
+                .filter(users::deleted_at.is_null())
+                .select(users::token_generation)
+                .first(conn)
+                .optional()?;
+            if caller_generation != Some(authorized.token_generation) {
+                return Err(no_longer_authorized());
+            }
             let user = live_user(conn, user_id)?.ok_or_else(|| AppError::NotFound("No such user.".into()))?;
             if let Some(email) = &new_email {
                 refuse_taken_email(conn, email, Some(&id))?;
             }
             if matches!(conn, DbConnection::Postgres(_)) {
-                // Counting and reserving are serialised per user (SQLite: BEGIN IMMEDIATE).
+                // Counting and reserving are serialised per account charged (SQLite: BEGIN
+                // IMMEDIATE).
                 diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('credential-change:' || $1))")
-                    .bind::<diesel::sql_types::Text, _>(&id)
+                    .bind::<diesel::sql_types::Text, _>(&account)
                     .execute(conn)?;
             }
             let now = clock::now();
             let start = window_start(now, CREDENTIAL_CHANGE_WINDOW);
-            diesel::delete(credential_changes::table.filter(credential_changes::user_id.eq(&id)))
+            diesel::delete(credential_changes::table.filter(credential_changes::user_id.eq(&account)))
                 .filter(credential_changes::changed_at.le(start))
                 .execute(conn)?;
             let recent: Vec<NaiveDateTime> = credential_changes::table
-                .filter(credential_changes::user_id.eq(&id))
+                .filter(credential_changes::user_id.eq(&account))
+                .filter(credential_changes::kind.eq(kind))
                 .select(credential_changes::changed_at)
                 .load(conn)?;
-            if let Some(retry_after_secs) = retry_after(&recent, now, CREDENTIAL_CHANGE_LIMIT, CREDENTIAL_CHANGE_WINDOW)
-            {
-                return Err(AppError::TooManyRequests {
-                    retry_after_secs,
-                    detail: format!(
-                        "This account's password or email was changed {CREDENTIAL_CHANGE_LIMIT} times within the \
-                         last hour; try again later."
+            if let Some(retry_after_secs) = retry_after(&recent, now, limit, CREDENTIAL_CHANGE_WINDOW) {
+                let detail = match charged_to {
+                    Charge::Own => format!(
+                        "This account's password or email was changed {limit} times within the last hour; try \
+                         again later."
                     ),
-                });
+                    Charge::ResetBy(_) => format!(
+                        "You reset other users' passwords or emails {limit} times within the last hour; try again \
+                         later."
+                    ),
+                };
+                return Err(AppError::TooManyRequests { retry_after_secs, detail });
             }
             let reauthentication = match reauthenticate_from {
                 Some(client) => Some(Reauthentication {
@@ -309,7 +353,11 @@ impl UseCase for BeginCredentialChange {
                 None => None,
             };
             let reservation = diesel::insert_into(credential_changes::table)
-                .values((credential_changes::user_id.eq(&id), credential_changes::changed_at.eq(now)))
+                .values((
+                    credential_changes::user_id.eq(&account),
+                    credential_changes::kind.eq(kind),
+                    credential_changes::changed_at.eq(now),
+                ))
                 .returning(credential_changes::id)
                 .get_result(conn)?;
             Ok(CredentialChange { reservation, reauthentication })
@@ -418,7 +466,7 @@ impl UseCase for ListUsers {
     }
 }
 
-#[derive(Debug, Default, AsChangeset)]
+#[derive(Default, AsChangeset)]
 #[diesel(table_name = users)]
 pub struct UserChanges {
     pub email: Option<String>,
@@ -427,15 +475,78 @@ pub struct UserChanges {
     pub password_hash: Option<String>,
 }
 
+impl fmt::Debug for UserChanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { email, name, role, password_hash } = self;
+        f.debug_struct("UserChanges")
+            .field("email", email)
+            .field("name", name)
+            .field("role", role)
+            .field("password_hash", &redact::optional(password_hash))
+            .finish()
+    }
+}
+
+/// Who asked for a change, and the token generation their request was authorized in.
+#[derive(Debug, Clone, Copy)]
+pub struct Authorization {
+    pub user_id: Uuid,
+    pub token_generation: i64,
+}
+
+/// A change to a user, made only while the caller's token generation is still the one the
+/// request was authorized in (401 otherwise, nothing changed). A request is authorized when
+/// its headers arrive; its body, the current password's check and the new password's hash
+/// take a while longer, and a password, email or role change elsewhere in between (another
+/// device's, or an admin's reset) voids the token the request came with. Deciding that here,
+/// in the write's own transaction, means the later write loses: a thief's held request
+/// cannot take over an account that was reset meanwhile, nor be handed a fresh token.
 pub struct UpdateUser {
     pub id: Uuid,
     pub changes: UserChanges,
+    pub authorized: Authorization,
+}
+
+fn no_longer_authorized() -> AppError {
+    AppError::Unauthorized(
+        "The access token is no longer valid: a password, email or role changed while this request was under way."
+            .into(),
+    )
+}
+
+/// Inside a write transaction: refuses (401) unless `caller` is live and still in the token
+/// generation the request was authorized in, and holds the rows of the caller and of
+/// `target` until the transaction ends, so that no change to either generation can commit
+/// in between (no-op updates take the row locks on PostgreSQL, in id order so that two
+/// admins changing each other cannot deadlock; SQLite's `BEGIN IMMEDIATE` already
+/// serialises writers).
+fn hold_authorization(conn: &mut DbConnection, caller: Authorization, target: Uuid) -> Result<(), AppError> {
+    let mut rows = vec![caller.user_id, target];
+    rows.sort_unstable();
+    rows.dedup();
+    for id in rows {
+        let row = users::table.filter(users::id.eq(id.to_string()));
+        if id == caller.user_id {
+            let held = diesel::update(
+                row.filter(users::deleted_at.is_null()).filter(users::token_generation.eq(caller.token_generation)),
+            )
+            .set(users::token_generation.eq(caller.token_generation))
+            .execute(conn)?;
+            if held == 0 {
+                return Err(no_longer_authorized());
+            }
+        } else {
+            diesel::update(row).set(users::token_generation.eq(users::token_generation)).execute(conn)?;
+        }
+    }
+    Ok(())
 }
 
 impl UseCase for UpdateUser {
     type Output = User;
     fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<User, AppError> {
         conn.write_transaction(|conn| {
+            hold_authorization(conn, self.authorized, self.id)?;
             let current = live_user(conn, self.id)?.ok_or_else(|| AppError::NotFound("No such user.".into()))?;
             let role_changes = self.changes.role.as_ref().is_some_and(|role| *role != current.role);
             if role_changes && current.role == Role::Admin.as_str() {
@@ -478,5 +589,83 @@ impl UseCase for DeleteUser {
             }
             outbox.append(conn, vec![user_event(self.id, "user.deleted")])
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_print_no_password_hash() {
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g";
+        let changes =
+            UserChanges { name: Some("Ada".into()), password_hash: Some(hash.into()), ..UserChanges::default() };
+        let printed = format!("{changes:?}");
+        assert!(!printed.contains("argon2") && printed.contains("[redacted]") && printed.contains("Ada"), "{printed}");
+    }
+
+    fn database() -> DbConnection {
+        let mut conn = DbConnection::Sqlite(diesel::SqliteConnection::establish(":memory:").unwrap());
+        crate::db::migrations::run_pending(&mut conn).unwrap();
+        conn
+    }
+
+    fn create(conn: &mut DbConnection, email: &str, role: Role) -> User {
+        let user = CreateUser { email: email.into(), name: "Test".into(), role, password_hash: "h0".into() };
+        user.run(conn, &mut Outbox::unattributed()).unwrap()
+    }
+
+    fn set_password(conn: &mut DbConnection, id: Uuid, hash: &str, by: &User) -> Result<User, AppError> {
+        let changes = UserChanges { password_hash: Some(hash.into()), ..UserChanges::default() };
+        let authorized = Authorization { user_id: by.id, token_generation: by.token_generation };
+        UpdateUser { id, changes, authorized }.run(conn, &mut Outbox::unattributed())
+    }
+
+    fn stored_hash(conn: &mut DbConnection, id: Uuid) -> String {
+        users::table.filter(users::id.eq(id.to_string())).select(users::password_hash).first(conn).unwrap()
+    }
+
+    /// The writes of requests that were authorized, verified and hashed while another change
+    /// went in: each is checked against the generation it was authorized in, in its own
+    /// transaction, whatever happened before it.
+    #[test]
+    fn a_write_authorized_in_a_generation_that_moved_changes_nothing() {
+        let mut conn = database();
+        let alice = create(&mut conn, "alice@example.com", Role::User);
+        let root = create(&mut conn, "root@example.com", Role::Admin);
+
+        // Two of Alice's own changes, both authorized in generation 0: the first to write wins.
+        let first = set_password(&mut conn, alice.id, "h1", &alice).unwrap();
+        assert_eq!(first.token_generation, 1);
+        let second = set_password(&mut conn, alice.id, "h2", &alice);
+        assert!(matches!(second, Err(AppError::Unauthorized(_))));
+        assert_eq!(stored_hash(&mut conn, alice.id), "h1");
+
+        // An admin's reset, then a change of Alice's verified against her old password before it.
+        let reset = set_password(&mut conn, alice.id, "reset", &root).unwrap();
+        assert_eq!(reset.token_generation, 2);
+        let late = set_password(&mut conn, alice.id, "mine", &first);
+        assert!(matches!(late, Err(AppError::Unauthorized(_))), "the reset stands");
+        assert_eq!(stored_hash(&mut conn, alice.id), "reset");
+
+        // An admin whose own token was voided meanwhile (here, by a password change) resets nobody.
+        let root_now = set_password(&mut conn, root.id, "root's new", &root).unwrap();
+        assert!(matches!(set_password(&mut conn, alice.id, "stale admin", &root), Err(AppError::Unauthorized(_))));
+        assert_eq!(stored_hash(&mut conn, alice.id), "reset");
+        assert_eq!(set_password(&mut conn, alice.id, "by root", &root_now).unwrap().token_generation, 3);
+
+        // The cheap checks refuse a voided authorization before anything is counted.
+        let begin = BeginCredentialChange {
+            user_id: alice.id,
+            new_email: None,
+            reauthenticate_from: Some("127.0.0.1".into()),
+            charged_to: Charge::Own,
+            authorized: Authorization { user_id: alice.id, token_generation: 1 },
+        };
+        assert!(matches!(begin.run(&mut conn, &mut Outbox::unattributed()), Err(AppError::Unauthorized(_))));
+        let counted: i64 = credential_changes::table.count().get_result(&mut conn).unwrap();
+        let failures: i64 = login_failures::table.count().get_result(&mut conn).unwrap();
+        assert_eq!((counted, failures), (0, 0));
     }
 }

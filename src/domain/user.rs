@@ -1,6 +1,6 @@
 //! Users: roles, the permission table, and the rules for emails, names and passwords.
 
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::FieldError;
+use crate::redact;
 
 /// A user as the API shows it: never a password or a hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -31,9 +32,13 @@ pub const LOGIN_FAILURE_LIMIT: usize = 5;
 pub const LOGIN_FAILURE_LIMIT_PER_EMAIL: usize = 100;
 pub const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
-/// Password and email changes one account may start within the window, whoever makes
-/// them (the user, or an admin's reset): each costs up to two argon2id runs.
+/// Changes of their own password or email one user may start within the window: each
+/// costs up to two argon2id runs. An admin's reset of the user is not counted here.
 pub const CREDENTIAL_CHANGE_LIMIT: usize = 5;
+/// Resets of other users' passwords or emails one admin may start within the window,
+/// counted against the admin (each costs one argon2id run): enough for a support desk's
+/// hour, few enough that a stolen admin token cannot keep the hasher busy.
+pub const ADMIN_RESET_LIMIT: usize = 20;
 pub const CREDENTIAL_CHANGE_WINDOW: Duration = Duration::from_secs(60 * 60);
 
 /// Events before this instant no longer count in a sliding `window`.
@@ -146,6 +151,15 @@ pub const EMAIL_PATTERN: &str = concat!(
     r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?){1,4}$",
 );
 
+/// The one form an email is stored, compared and throttled under: trimmed, ASCII letters
+/// lower-cased, every other character left as it is. Registration and email changes keep
+/// it (`normalize_email`) and sign-ins look it up, so a sign-in finds exactly the account a
+/// registration would call the same email. Full Unicode lower-casing would not do: it turns
+/// the Kelvin sign into `k`, so a sign-in would match an address registration refuses.
+pub fn email_key(raw: &str) -> String {
+    raw.trim().to_ascii_lowercase()
+}
+
 /// Trims an email, checks its syntax (one `@`, a local part of ASCII letters, digits and
 /// `!#$%&'*+/=?^_`{|}~-` in dot-separated atoms, and a dotted domain of letters, digits and
 /// hyphens) and lower-cases it. The syntax is checked before lower-casing, so a character
@@ -173,7 +187,7 @@ pub fn normalize_email(raw: &str) -> Result<String, FieldError> {
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         });
     if local_ok && domain_ok {
-        Ok(email.to_ascii_lowercase())
+        Ok(email_key(email))
     } else {
         Err(invalid())
     }
@@ -188,7 +202,7 @@ pub fn validate_password(password: &str) -> Result<(), FieldError> {
     }
 }
 
-/// A user's name: trimmed, 1 to 100 characters, no control or format characters.
+/// A user's name: trimmed, 1 to 100 characters, no control, format or other invisible characters.
 pub fn normalize_name(raw: &str) -> Result<String, FieldError> {
     super::text::normalize_name("name", raw, NAME_MAX_CHARS)
 }
@@ -214,7 +228,7 @@ pub fn validate_new_user(email: &str, password: &str, name: &str) -> Result<NewU
 }
 
 /// A change to a user as asked (each field optional), checked in one place.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct UserPatch {
     pub name: Option<String>,
     pub email: Option<String>,
@@ -223,12 +237,36 @@ pub struct UserPatch {
 }
 
 /// A patch whose every field is valid: names trimmed, emails normalised, the role parsed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ValidPatch {
     pub name: Option<String>,
     pub email: Option<String>,
     pub password: Option<String>,
     pub role: Option<Role>,
+}
+
+impl fmt::Debug for UserPatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { name, email, password, role } = self;
+        f.debug_struct("UserPatch")
+            .field("name", name)
+            .field("email", email)
+            .field("password", &redact::optional(password))
+            .field("role", role)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ValidPatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { name, email, password, role } = self;
+        f.debug_struct("ValidPatch")
+            .field("name", name)
+            .field("email", email)
+            .field("password", &redact::optional(password))
+            .field("role", role)
+            .finish()
+    }
 }
 
 impl UserPatch {
@@ -284,6 +322,31 @@ mod tests {
             "\u{212A}@example.com",
         ] {
             assert!(normalize_email(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sign_ins_fold_emails_as_registration_does() {
+        for typed in ["alice@example.com", " ALICE@Example.COM", "aLiCe@EXAMPLE.com\t"] {
+            assert_eq!(email_key(typed), normalize_email("Alice@Example.com").unwrap(), "{typed:?}");
+        }
+        // Registration refuses these; a sign-in must not find an account with them either.
+        for lookalike in ["\u{212A}ate@example.com", "ALİCE@example.com", "\u{212B}@example.com"] {
+            assert!(normalize_email(lookalike).is_err());
+            assert!(!email_key(lookalike).is_ascii(), "{lookalike:?}");
+        }
+    }
+
+    #[test]
+    fn patches_print_no_password() {
+        let patch =
+            UserPatch { name: Some("Ada".into()), password: Some("hunter2-hunter2".into()), ..UserPatch::default() };
+        let valid = patch.clone().validate().unwrap();
+        for printed in [format!("{patch:?}"), format!("{valid:?}")] {
+            assert!(
+                !printed.contains("hunter2") && printed.contains("[redacted]") && printed.contains("Ada"),
+                "{printed}"
+            );
         }
     }
 

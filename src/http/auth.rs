@@ -1,18 +1,21 @@
 //! `POST /api/v1/auth/register` and `POST /api/v1/auth/login`.
 
+use std::fmt;
+
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::{
     db::users::{BeginLogin, CreateUser, EmailIsFree, FinishLogin, LoginAttempt, LoginOutcome},
-    domain::user::{validate_new_user, NewUser, Role, User},
+    domain::user::{email_key, validate_new_user, NewUser, Role, User},
     error::AppError,
     http::{extract::Json, middleware::rate_limit::client_ip},
+    redact::Redacted,
     state::AppState,
 };
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(examples(json!({"email": "ada@example.com", "password": "correct horse battery", "name": "Ada Lovelace"})))]
 pub struct RegisterRequest {
@@ -22,12 +25,12 @@ pub struct RegisterRequest {
     /// 8 to 128 characters.
     #[schema(min_length = 8, max_length = 128)]
     pub password: String,
-    /// 1 to 100 characters, after trimming; no control or format characters.
+    /// 1 to 100 characters, after trimming; no control, format or other invisible characters.
     #[schema(min_length = 1, max_length = 100)]
     pub name: String,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(examples(json!({"email": "ada@example.com", "password": "correct horse battery"})))]
 pub struct LoginRequest {
@@ -35,11 +38,40 @@ pub struct LoginRequest {
     pub password: String,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct TokenResponse {
     pub access_token: String,
     pub token_type: &'static str,
     pub expires_in: u64,
+}
+
+impl fmt::Debug for RegisterRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { email, password: _, name } = self;
+        f.debug_struct("RegisterRequest")
+            .field("email", email)
+            .field("password", &Redacted)
+            .field("name", name)
+            .finish()
+    }
+}
+
+impl fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { email, password: _ } = self;
+        f.debug_struct("LoginRequest").field("email", email).field("password", &Redacted).finish()
+    }
+}
+
+impl fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { access_token: _, token_type, expires_in } = self;
+        f.debug_struct("TokenResponse")
+            .field("access_token", &Redacted)
+            .field("token_type", token_type)
+            .field("expires_in", expires_in)
+            .finish()
+    }
 }
 
 /// Create an account (role `user`, balance 0).
@@ -71,7 +103,7 @@ pub async fn login(
     body: Json<LoginRequest>,
 ) -> Result<HttpResponse, AppError> {
     let LoginRequest { email, password } = body.into_inner();
-    let email = email.trim().to_lowercase();
+    let email = email_key(&email);
     let client =
         client_ip(&request, &state.config.server.trusted_proxies).map_or_else(|| "unknown".into(), |ip| ip.to_string());
     let LoginAttempt { credentials, attempt_id } =
@@ -98,5 +130,27 @@ pub async fn login(
             }))
         }
         _ => Err(AppError::Unauthorized("The email or password is wrong.".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::extract::parse_json;
+
+    #[test]
+    fn debug_output_holds_no_password_or_token() {
+        let secret = "hunter2-hunter2";
+        let register: RegisterRequest =
+            parse_json(format!(r#"{{"email":"a@example.com","password":"{secret}","name":"Ada"}}"#).as_bytes())
+                .unwrap();
+        let login: LoginRequest =
+            parse_json(format!(r#"{{"email":"a@example.com","password":"{secret}"}}"#).as_bytes()).unwrap();
+        let token = TokenResponse { access_token: secret.into(), token_type: "Bearer", expires_in: 900 };
+        for printed in [format!("{register:?}"), format!("{login:?}"), format!("{token:?}"), format!("{token:#?}")] {
+            assert!(!printed.contains(secret), "{printed}");
+            assert!(printed.contains("[redacted]"), "{printed}");
+        }
+        assert!(format!("{login:?}").contains("a@example.com"), "what is no secret still shows");
     }
 }

@@ -1,6 +1,8 @@
 //! The boundary: how request bodies, queries and paths become typed values, and how they
 //! fail. Malformed JSON and wrong JSON types are 400, unknown or missing fields and
-//! invalid values 422, oversized bodies 413, a body that is not `application/json` 415;
+//! invalid values 422, a member given twice in one object (`{"password":"a","password":"b"}`)
+//! 422 rather than silently the last one, oversized bodies 413, a body that is not
+//! `application/json` 415;
 //! every failure names the field in the client's terms (`items[0].quantity`), never the
 //! parser's internals.
 //!
@@ -10,7 +12,12 @@
 //! naming the field, and changes nothing. PostgreSQL cannot store NUL at all and SQLite
 //! would store it silently, so the rule lives here, before either sees it.
 
-use std::{borrow::Cow, fmt::Display, ops::Deref};
+use std::{
+    borrow::Cow,
+    cell::RefCell,
+    fmt::{self, Display},
+    ops::Deref,
+};
 
 use actix_web::{
     dev::Payload,
@@ -19,7 +26,7 @@ use actix_web::{
     web, FromRequest, HttpRequest,
 };
 use futures_util::future::LocalBoxFuture;
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::error::{AppError, FieldError};
@@ -83,9 +90,17 @@ pub fn is_json_media_type(content_type: Option<&str>) -> bool {
     })
 }
 
-/// Parses, applies the text rule, then maps the JSON onto `T`.
+/// Parses (refusing a member given twice), applies the text rule, then maps the JSON onto `T`.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
-    let mut value: Value = serde_json::from_slice(bytes).map_err(|error| {
+    let duplicate = RefCell::new(None);
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed = UniqueKeys { path: String::new(), duplicate: &duplicate }
+        .deserialize(&mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value));
+    if let Some(path) = duplicate.into_inner() {
+        return Err(AppError::Validation(vec![FieldError::new(path, "is given more than once")]));
+    }
+    let mut value = parsed.map_err(|error| {
         AppError::BadRequest(format!(
             "The request body is not valid JSON (line {}, column {}).",
             error.line(),
@@ -102,6 +117,80 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
         let path = error.path().to_string();
         classify(if path == "." { "" } else { &path }, error.inner())
     })
+}
+
+/// A JSON value, built as `serde_json::Value` is but refusing an object that names a member
+/// twice: `serde_json` would keep the last silently, so a body could say one thing to a
+/// reader (a log, a proxy, a WAF) and another to the service. The path of the first repeated
+/// member lands in `duplicate`, in the client's terms (`items[0].quantity`).
+struct UniqueKeys<'a> {
+    path: String,
+    duplicate: &'a RefCell<Option<String>>,
+}
+
+impl<'a> UniqueKeys<'a> {
+    fn at(&self, path: String) -> Self {
+        Self { path, duplicate: self.duplicate }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for UniqueKeys<'_> {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for UniqueKeys<'_> {
+    type Value = Value;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::String(value.to_owned()))
+    }
+    fn visit_string<E>(self, value: String) -> Result<Value, E> {
+        Ok(Value::String(value))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Value, A::Error> {
+        let mut values = Vec::new();
+        while let Some(value) = items.next_element_seed(self.at(format!("{}[{}]", self.path, values.len())))? {
+            values.push(value);
+        }
+        Ok(Value::Array(values))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = members.next_key::<String>()? {
+            let path = joined(&self.path, &key);
+            if object.contains_key(&key) {
+                *self.duplicate.borrow_mut() = Some(path);
+                return Err(de::Error::custom("a member is given more than once"));
+            }
+            let value = members.next_value_seed(self.at(path))?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
 }
 
 /// Collects a field error for every string (and object key) with a forbidden character.
@@ -379,6 +468,23 @@ mod tests {
         assert_eq!(field_errors(unknown).1[0].0, "colour");
         let not_json = parse_json::<Body>(b"{").unwrap_err();
         assert!(!not_json.to_problem().detail.contains("EOF"));
+    }
+
+    #[test]
+    fn a_member_given_twice_is_refused_wherever_it_is() {
+        let twice = parse_json::<Body>(br#"{"items":[],"description":"a","description":"b"}"#).unwrap_err();
+        assert_eq!(field_errors(twice), (422, vec![("description".into(), "is given more than once".into())]));
+        let nested = br#"{"items":[{"product_id":"p","quantity":1},{"product_id":"p","quantity":1,"quantity":9}]}"#;
+        let nested = parse_json::<Body>(nested).unwrap_err();
+        assert_eq!(field_errors(nested), (422, vec![("items[1].quantity".into(), "is given more than once".into())]));
+        // Even where the type would take anything, and when both say the same.
+        let anything = parse_json::<Value>(br#"{"a":{"b":1,"b":1}}"#).unwrap_err();
+        assert_eq!(field_errors(anything).1[0].0, "a.b");
+        // The same name in different objects is no repetition; trailing garbage is still 400.
+        let fine = parse_json::<Value>(br#"{"a":{"b":1},"c":[{"b":2},{"b":3}],"n":1.5,"m":-2,"z":null}"#).unwrap();
+        assert_eq!(fine["c"][1]["b"], 3);
+        assert_eq!(fine["n"], 1.5);
+        assert_eq!(field_errors(parse_json::<Value>(br#"{"a":1} x"#).unwrap_err()).0, 400);
     }
 
     #[test]

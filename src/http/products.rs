@@ -72,7 +72,7 @@ pub enum SortOrder {
     json!({"name": "Blue widget", "description": "A widget, blue.\nFits every standard socket.", "price_cents": 1999, "stock": 100, "status": "active"}),
 ))]
 pub struct CreateProductRequest {
-    /// 1 to 200 characters, after trimming; no control or format characters.
+    /// 1 to 200 characters, after trimming; no control, format or other invisible characters.
     #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// At most 2000 characters; may span lines.
@@ -91,7 +91,7 @@ pub struct CreateProductRequest {
 #[serde(deny_unknown_fields)]
 #[schema(examples(json!({"price_cents": 1799, "stock": 80}), json!({"status": "archived"})))]
 pub struct UpdateProductRequest {
-    /// 1 to 200 characters, after trimming; no control or format characters.
+    /// 1 to 200 characters, after trimming; no control, format or other invisible characters.
     #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
     #[schema(max_length = 2000)]

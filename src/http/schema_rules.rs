@@ -144,8 +144,8 @@ pub fn free_text_pattern(refused: impl Fn(char) -> bool) -> String {
 }
 
 /// A name as `domain::text::normalize_name` keeps it: any white space around, then 1 to
-/// `max_chars` characters that begin and end with something else, and no control or format
-/// character anywhere.
+/// `max_chars` characters that begin and end with something else, and no character
+/// `text::refused_in_names` refuses anywhere.
 pub fn name_pattern(max_chars: usize) -> String {
     let space = class_with(|c| c.is_whitespace() && !text::refused_in_names(c));
     let visible = class_without(|c| c.is_whitespace() || text::refused_in_names(c));
@@ -241,6 +241,19 @@ mod tests {
             '\u{FEFF}',
             '\u{E0041}',
             '\u{110BD}',
+            '\u{034F}',
+            '\u{115F}',
+            '\u{180B}',
+            '\u{2029}',
+            '\u{3164}',
+            '\u{E000}',
+            '\u{FDD0}',
+            '\u{FE0F}',
+            '\u{FFA0}',
+            '\u{FFFF}',
+            '\u{E0100}',
+            '\u{F0000}',
+            '\u{10FFFF}',
             '😀',
             '.',
             '-',
@@ -282,10 +295,44 @@ mod tests {
         }
     }
 
+    /// Every border of the validator's table of refused characters, and a character of each
+    /// refused kind: the pattern and the validator agree on each, inside a name and around one.
+    #[test]
+    fn name_patterns_and_the_validator_agree_at_every_border() {
+        let borders = (0..=u32::from(char::MAX))
+            .filter_map(char::from_u32)
+            .filter(|&c| {
+                let before = char::from_u32(u32::from(c).wrapping_sub(1)).map(text::refused_in_names);
+                let after = char::from_u32(u32::from(c) + 1).map(text::refused_in_names);
+                let refused = Some(text::refused_in_names(c));
+                before != refused || after != refused
+            })
+            .collect::<Vec<_>>();
+        assert!(borders.len() > 50, "{} borders", borders.len());
+        for c in borders.into_iter().chain(['\u{2028}', '\u{E0041}', '\u{FE0F}', '\u{3164}', '\u{10FFFD}']) {
+            for name in [format!("a{c}b"), format!("{c}ab"), format!("ab{c}"), c.to_string()] {
+                assert_eq!(
+                    NAME.is_match(&name),
+                    normalize_name("name", &name, 5).is_ok(),
+                    "U+{:04X} in {name:?}",
+                    u32::from(c)
+                );
+            }
+        }
+    }
+
     #[test]
     fn patterns_name_what_they_refuse() {
         let name = name_pattern(100);
-        for refused in ["\\u200B-\\u200F", "\\u202A-\\u202E", "\\u2066-\\u206F", "\\uFEFF", "\\u0000-\\u001F"] {
+        for refused in [
+            "\\u200B-\\u200F",
+            "\\u2028-\\u202E",
+            "\\u2060-\\u206F",
+            "\\uFE00-\\uFE0F",
+            "\\uFEFF",
+            "\\u0000-\\u001F",
+            "\\uE000-\\uF8FF",
+        ] {
             assert!(name.contains(refused), "{refused} in {name}");
         }
         assert!(full_match(&name).is_match(&format!(" {} ", "x".repeat(100))));

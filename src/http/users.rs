@@ -1,5 +1,7 @@
 //! `/api/v1/users`: the caller's own record, and user management for admins.
 
+use std::fmt;
+
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -9,8 +11,8 @@ use crate::{
     actors::event_position::Positioned,
     auth::AuthUser,
     db::users::{
-        AbandonCredentialChange, BeginCredentialChange, DeleteUser, FindActiveUser, FinishLogin, ListUsers,
-        LoginOutcome, Reauthentication, UpdateUser, UserChanges,
+        AbandonCredentialChange, Authorization, BeginCredentialChange, Charge, DeleteUser, FindActiveUser, FinishLogin,
+        ListUsers, LoginOutcome, Reauthentication, UpdateUser, UserChanges,
     },
     domain::{
         paging::Page,
@@ -19,10 +21,11 @@ use crate::{
     error::AppError,
     http::extract::{Json, Query},
     http::{event_position, middleware::rate_limit::client_ip, paging::PageQuery},
+    redact,
     state::AppState,
 };
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(examples(
     json!({"name": "Ada King"}),
@@ -30,7 +33,7 @@ use crate::{
     json!({"email": "ada.king@example.com", "current_password": "correct horse battery"}),
 ))]
 pub struct UpdateUserRequest {
-    /// 1 to 100 characters after trimming; no control or format characters.
+    /// 1 to 100 characters after trimming; no control, format or other invisible characters.
     #[schema(min_length = 1, max_length = 100)]
     pub name: Option<String>,
     /// A new email voids every token issued before it. Changing your own needs
@@ -53,7 +56,7 @@ pub struct UpdateUserRequest {
 /// The user after the change. When the change voided the caller's own tokens (their own
 /// password, email or role), a fresh access token for the caller comes with it, so the
 /// client that made the change stays signed in; every other token of theirs is void.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct UpdatedUser {
     #[serde(flatten)]
     pub user: User,
@@ -66,6 +69,31 @@ pub struct UpdatedUser {
     /// Seconds `access_token` is valid for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in: Option<u64>,
+}
+
+impl fmt::Debug for UpdateUserRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { name, email, password, role, current_password } = self;
+        f.debug_struct("UpdateUserRequest")
+            .field("name", name)
+            .field("email", email)
+            .field("password", &redact::optional(password))
+            .field("role", role)
+            .field("current_password", &redact::optional(current_password))
+            .finish()
+    }
+}
+
+impl fmt::Debug for UpdatedUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { user, access_token, token_type, expires_in } = self;
+        f.debug_struct("UpdatedUser")
+            .field("user", user)
+            .field("access_token", &redact::optional(access_token))
+            .field("token_type", token_type)
+            .field("expires_in", expires_in)
+            .finish()
+    }
 }
 
 /// The caller.
@@ -110,11 +138,12 @@ pub async fn get(state: web::Data<AppState>, caller: AuthUser, id: web::Path<Uui
 #[utoipa::path(patch, path = "/api/v1/users/{id}", operation_id = "update_user", tag = "users", request_body = UpdateUserRequest, security(("bearer" = [])),
     responses(
         (status = 200, body = UpdatedUser, description = "Changed; carries a fresh access token when the caller's own tokens were voided"),
+        (status = 401, description = "No valid token, or the token was voided (a password, email or role change) while the request was under way: nothing changed"),
         (status = 403, description = "A non-admin sent `role` (`forbidden`), or changing your own password or email without the right `current_password` (`urn:storefront:problem:reauthentication-required`)"),
         (status = 404, description = "No such user, or not yours"),
         (status = 409, description = "Email taken, or demoting the last admin"),
         (status = 422, description = "Invalid fields"),
-        (status = 429, description = "Too many failed sign-ins for your email, or this account's password or email changed 5 times within the hour; see Retry-After"),
+        (status = 429, description = "Too many failed sign-ins for your email, or this account's password or email changed 5 times within the hour, or an admin reset others' 20 times; see Retry-After"),
     ))]
 pub async fn update(
     state: web::Data<AppState>,
@@ -131,6 +160,7 @@ pub async fn update(
     }
     let patch = UserPatch { name, email, password, role }.validate().map_err(AppError::Validation)?;
     let own = caller.0.id == id;
+    let authorized = Authorization { user_id: caller.0.id, token_generation: caller.0.token_generation };
     // Sending one's own email unchanged (a whole profile form, say) changes no credential.
     let email_changes = patch.email.as_ref().is_some_and(|email| !own || *email != caller.0.email);
     let changes = UserChanges {
@@ -153,9 +183,11 @@ pub async fn update(
                 ))
             }
         };
-        change_credentials(&state, id, changes, patch.password, reauthentication).await?
+        let charged_to = if own { Charge::Own } else { Charge::ResetBy(caller.0.id) };
+        let change = CredentialChangeRequest { id, authorized, charged_to, changes, new_password: patch.password };
+        change_credentials(&state, change, reauthentication).await?
     } else {
-        state.db.run(UpdateUser { id, changes }).await?
+        state.db.run(UpdateUser { id, changes, authorized }).await?
     };
     // The caller's own tokens were voided (their password, email or role changed): this
     // client gets a fresh one, in the generation the change began.
@@ -174,20 +206,35 @@ pub async fn update(
     }))
 }
 
+/// A password or email change to make, of user `id`.
+struct CredentialChangeRequest {
+    id: Uuid,
+    authorized: Authorization,
+    charged_to: Charge,
+    changes: UserChanges,
+    new_password: Option<String>,
+}
+
 /// A password or email change: every check that costs no hash first (in one transaction:
-/// the email free, the account's change limit, the sign-in throttle), then the current
-/// password (when it is the caller's own change), then the new password's hash, then the
-/// write. A change that does not happen is not counted against the account.
+/// the email free, the change limit of whoever pays for it, the sign-in throttle), then the
+/// current password (when it is the caller's own change), then the new password's hash,
+/// then the write, which happens only if the caller's token generation has not moved
+/// meanwhile. A change that does not happen is not counted against anyone.
 async fn change_credentials(
     state: &AppState,
-    id: Uuid,
-    mut changes: UserChanges,
-    new_password: Option<String>,
+    request: CredentialChangeRequest,
     // The caller's client address and current password, when it is their own change.
     reauthentication: Option<(String, String)>,
 ) -> Result<User, AppError> {
+    let CredentialChangeRequest { id, authorized, charged_to, mut changes, new_password } = request;
     let (client, current_password) = reauthentication.unzip();
-    let begin = BeginCredentialChange { user_id: id, new_email: changes.email.clone(), reauthenticate_from: client };
+    let begin = BeginCredentialChange {
+        user_id: id,
+        new_email: changes.email.clone(),
+        reauthenticate_from: client,
+        charged_to,
+        authorized,
+    };
     let plan = state.db.run(begin).await?;
     let reservation = plan.reservation;
     let changed = async {
@@ -212,7 +259,7 @@ async fn change_credentials(
         if let Some(password) = new_password {
             changes.password_hash = Some(state.passwords.hash(password).await?);
         }
-        state.db.run(UpdateUser { id, changes }).await
+        state.db.run(UpdateUser { id, changes, authorized }).await
     }
     .await;
     if changed.is_err() {
@@ -237,4 +284,37 @@ pub async fn delete(
     caller.require(Permission::DeleteUsers)?;
     state.db.run(DeleteUser { id: id.into_inner() }).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::extract::parse_json;
+
+    #[test]
+    fn debug_output_holds_no_password_or_token() {
+        let body = br#"{"name":"Ada","password":"new-secret-1","current_password":"old-secret-2"}"#;
+        let request: UpdateUserRequest = parse_json(body).unwrap();
+        let user = User {
+            id: Uuid::nil(),
+            email: "ada@example.com".into(),
+            name: "Ada".into(),
+            role: Role::User,
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+            token_generation: 1,
+        };
+        let updated = UpdatedUser {
+            user,
+            access_token: Some("eyJ-secret-token".into()),
+            token_type: Some("Bearer"),
+            expires_in: Some(900),
+        };
+        for printed in [format!("{request:?}"), format!("{updated:?}"), format!("{request:#?}")] {
+            for secret in ["new-secret-1", "old-secret-2", "eyJ-secret-token"] {
+                assert!(!printed.contains(secret), "{printed}");
+            }
+            assert!(printed.contains("[redacted]") && printed.contains("Ada"), "{printed}");
+        }
+    }
 }

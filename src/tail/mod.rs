@@ -37,12 +37,25 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(60);
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// What `storefront tail` was asked for, validated.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TailOptions {
     url: Url,
     topics: Vec<String>,
     since: Option<i64>,
     token: Option<String>,
+}
+
+/// The access token never shows in Debug output.
+impl std::fmt::Debug for TailOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self { url, topics, since, token } = self;
+        f.debug_struct("TailOptions")
+            .field("url", url)
+            .field("topics", topics)
+            .field("since", since)
+            .field("token", &crate::redact::optional(token))
+            .finish()
+    }
 }
 
 impl TailOptions {
@@ -307,6 +320,13 @@ fn on_error(error: &Value) -> Option<Next> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_print_no_token() {
+        let options = TailOptions::new("http://127.0.0.1:8080", &[], None, Some("eyJ-secret-token".into())).unwrap();
+        let printed = format!("{options:?}");
+        assert!(!printed.contains("eyJ-secret-token") && printed.contains("[redacted]"), "{printed}");
+    }
 
     #[test]
     fn the_url_of_the_service_leads_to_its_live_updates_endpoint() {

@@ -6,7 +6,7 @@ use crate::common::{Backend, TestApp};
 use chrono::{NaiveDateTime, Utc};
 use diesel::{sql_types::Timestamp, Connection, PgConnection, QueryableByName, RunQueryDsl, SqliteConnection};
 
-on_both_backends!(expired_keys_events_and_failed_logins_are_pruned_and_fresh_ones_kept);
+on_both_backends!(expired_keys_events_failed_logins_and_credential_changes_are_pruned_and_fresh_ones_kept);
 
 #[derive(QueryableByName)]
 struct Count {
@@ -35,7 +35,7 @@ fn count(url: &str, table: &str) -> i64 {
     rows[0].n
 }
 
-async fn expired_keys_events_and_failed_logins_are_pruned_and_fresh_ones_kept(backend: Backend) {
+async fn expired_keys_events_failed_logins_and_credential_changes_are_pruned_and_fresh_ones_kept(backend: Backend) {
     let app = TestApp::builder(backend).setting("janitor-interval-seconds", "1").spawn().await;
     let url = app.database_url.clone();
     let now = Utc::now().naive_utc();
@@ -57,10 +57,26 @@ async fn expired_keys_events_and_failed_logins_are_pruned_and_fresh_ones_kept(ba
     }
     insert_at(&url, "INSERT INTO login_failures (email, failed_at) VALUES ('a@example.com', $1)", hours_ago(2));
     insert_at(&url, "INSERT INTO login_failures (email, failed_at) VALUES ('a@example.com', $1)", now);
+    // Past the hour's window, of an account (and an admin) that changed nothing since: no
+    // later change of theirs would prune them.
+    insert_at(&url, "INSERT INTO credential_changes (user_id, changed_at) VALUES ('quiet', $1)", hours_ago(2));
+    insert_at(
+        &url,
+        "INSERT INTO credential_changes (user_id, kind, changed_at) VALUES ('admin', 'reset', $1)",
+        hours_ago(2),
+    );
+    insert_at(&url, "INSERT INTO credential_changes (user_id, changed_at) VALUES ('busy', $1)", now);
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let remaining = || (count(&url, "events"), count(&url, "idempotency_keys"), count(&url, "login_failures"));
-    while remaining() != (1, 1, 1) {
+    let remaining = || {
+        (
+            count(&url, "events"),
+            count(&url, "idempotency_keys"),
+            count(&url, "login_failures"),
+            count(&url, "credential_changes"),
+        )
+    };
+    while remaining() != (1, 1, 1, 1) {
         assert!(tokio::time::Instant::now() < deadline, "not pruned in time: {:?}", remaining());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -75,5 +91,5 @@ async fn expired_keys_events_and_failed_logins_are_pruned_and_fresh_ones_kept(ba
         assert!(tokio::time::Instant::now() < deadline, "no later sweep ran");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(remaining(), (1, 1, 1));
+    assert_eq!(remaining(), (1, 1, 1, 1));
 }

@@ -1,0 +1,1 @@
+ALTER TABLE credential_changes DROP COLUMN kind;
