@@ -147,7 +147,7 @@ impl Application {
                 queue_depth: config.db.queue_depth(),
                 timeout: config.db.timeout,
                 outbox_appended: outbox_appended.clone(),
-                cache: cache_tiers.clone(),
+                stale_entries: Arc::new(cache_tiers.clone()),
                 breaker: Arc::clone(&breaker),
                 event_position: event_position.clone(),
             },

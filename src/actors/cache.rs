@@ -21,6 +21,7 @@ use super::{
     supervision::{guarded, guarded_then, supervised_actor, RestartReporter, SupervisedActor, Supervision},
 };
 pub use crate::domain::cache_key::CacheKey;
+use crate::domain::cache_key::StaleEntries;
 use crate::{
     db::{catalog::GetProduct, users::FindActiveUser},
     domain::{catalog::RenderedProduct, user::User},
@@ -391,6 +392,12 @@ impl CacheTiers {
         for near in self.near.each() {
             near.do_send(Clear);
         }
+    }
+}
+
+impl StaleEntries for CacheTiers {
+    fn forget(&self, key: CacheKey) {
+        self.invalidate(key);
     }
 }
 

@@ -14,8 +14,7 @@ use crate::{
         Crash,
     },
     error::AppError,
-    http::extract::Json,
-    http::{auth_header::bearer_token, ops::constant_time_eq},
+    http::{auth_header::bearer_token, extract::Json},
     state::AppState,
 };
 
@@ -93,9 +92,9 @@ pub async fn inject_fault(
     request: HttpRequest,
     body: Json<ChaosRequest>,
 ) -> Result<HttpResponse, AppError> {
-    let expected = state.config.ops.chaos_token.as_ref().map(|token| token.expose().as_bytes()).unwrap_or_default();
     let given = bearer_token(&request).unwrap_or_default();
-    if expected.is_empty() || !constant_time_eq(given.as_bytes(), expected) {
+    let expected = state.config.ops.chaos_token.as_ref().filter(|token| !token.expose().is_empty());
+    if !expected.is_some_and(|token| token.matches(given)) {
         return Err(AppError::Unauthorized("A valid chaos token is required.".into()));
     }
     let ChaosRequest { actor, fault, millis } = body.into_inner();

@@ -7,7 +7,6 @@ use uuid::Uuid;
 
 use crate::{
     actors::event_position::Positioned,
-    auth::AuthUser,
     db::users::{
         AbandonCredentialChange, BeginCredentialChange, DeleteUser, FindActiveUser, FinishLogin, ListUsers,
         LoginOutcome, Reauthentication, UpdateUser, UserChanges,
@@ -17,6 +16,7 @@ use crate::{
         user::{Permission, Role, User, UserPatch},
     },
     error::AppError,
+    http::auth_user::AuthUser,
     http::extract::{Json, Query},
     http::{event_position, middleware::rate_limit::client_ip, paging::PageQuery},
     state::AppState,
