@@ -34,6 +34,7 @@ use crate::{
         event_relay::{self, EventRelay, RelaySettings},
         health::{self, BeginShutdown, Health, WatchDatabase, WatchOps},
         janitor::{self, Janitor, Retention},
+        names,
         nats_publisher::{NatsPublisher, OutboxFeed, Retire},
         rate_limiter::{RateLimiterClient, RedisTarget},
         restarts::RestartRegistry,
@@ -236,15 +237,15 @@ impl Application {
                 .describe(move || breaker.report())
                 .describe(move || probe_thread.report())
                 .describe(move || passwords.report())
-                .ask("health", health.clone().recipient())
-                .ask_shards("rate_limiter", None, http_workers, RATE_LIMITER_SUMMED, {
+                .ask(names::HEALTH, health.clone().recipient())
+                .ask_shards(names::RATE_LIMITER, None, http_workers, RATE_LIMITER_SUMMED, {
                     let shards = rate_limiter.shards().clone();
                     move || shards.each().map(|shard| shard.clone().recipient()).collect()
                 })
-                .ask("janitor", janitor.clone().recipient());
+                .ask(names::JANITOR, janitor.clone().recipient());
             match cache.addr() {
                 Some(addr) => directory.ask_shards(
-                    "cache",
+                    names::CACHE,
                     Some(addr.clone().recipient()),
                     http_workers,
                     &["entries", "loads_in_flight"],
@@ -253,11 +254,15 @@ impl Application {
                         move || shards.each().map(|shard| shard.clone().recipient()).collect()
                     },
                 ),
-                None => directory.describe(|| ActorReport::disabled("cache", ActorKind::Async, "CACHE_CAPACITY=0")),
+                None => {
+                    directory.describe(|| ActorReport::disabled(names::CACHE, ActorKind::Async, "CACHE_CAPACITY=0"))
+                }
             };
-            directory.ask("event_relay", event_relay.clone().recipient()).ask("event_hub", hub.clone().recipient());
+            directory
+                .ask(names::EVENT_RELAY, event_relay.clone().recipient())
+                .ask(names::EVENT_HUB, hub.clone().recipient());
             if let Some(publisher) = &nats_publisher {
-                directory.ask("nats_publisher", publisher.clone().recipient());
+                directory.ask(names::NATS_PUBLISHER, publisher.clone().recipient());
             }
             directory
         };

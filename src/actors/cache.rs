@@ -29,7 +29,7 @@ use crate::{
     metrics::Metrics,
 };
 
-const ACTOR: &str = "cache";
+const ACTOR: &str = super::names::CACHE;
 /// Messages each cache actor's mailbox holds (reads ask with `send`; it survives restarts).
 const MAILBOX_CAPACITY: usize = 1024;
 /// A miss (404) is remembered only briefly: the thing may be created soon.

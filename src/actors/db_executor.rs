@@ -52,7 +52,7 @@ impl<U: UseCase> Message for Query<U> {
     type Result = Result<U::Output, AppError>;
 }
 
-pub const ACTOR: &str = "db_executor";
+pub const ACTOR: &str = super::names::DB_EXECUTOR;
 
 pub struct DbExecutor {
     pool: DbPool,

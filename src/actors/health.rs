@@ -27,7 +27,7 @@ use super::{
 };
 use crate::metrics::Metrics;
 
-pub const ACTOR: &str = "health";
+pub const ACTOR: &str = super::names::HEALTH;
 /// Restarts kept for `GET /api/v1/ops/restarts`.
 const LEDGER_LENGTH: usize = 100;
 /// Actors without which requests cannot be served: readiness fails while one backs off.
@@ -268,7 +268,7 @@ impl Health {
 
         for (name, ok) in [
             ("database", database_ok),
-            ("db_executor", workers_ok),
+            (db_executor::ACTOR, workers_ok),
             ("shutdown", !self.shutting_down),
             ("breaker", breaker_ok),
             ("supervision", supervision_ok),

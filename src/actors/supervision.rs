@@ -76,6 +76,11 @@ pub struct RestartReporter {
 
 impl RestartReporter {
     pub fn new(metrics: Arc<Metrics>, ledger: Recipient<ActorRestarted>, registry: RestartRegistry) -> Self {
+        // Every actor's series exists from start-up, at zero, before its first restart.
+        for actor in registry.iter() {
+            metrics.actor_restarts.with_label_values(&[actor.name()]);
+            metrics.actor_backing_off.with_label_values(&[actor.name()]);
+        }
         Self { metrics, ledger, registry }
     }
 

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use crate::{
     actors::{
         chaos::{PanicWorker, StallWorker},
-        Crash,
+        names, Crash,
     },
     error::AppError,
     http::{auth_header::bearer_token, extract::Json},
@@ -43,14 +43,14 @@ impl ChaosActor {
     /// The actor's name in logs, metrics and the actors API.
     fn name(&self) -> &'static str {
         match self {
-            Self::DbExecutor => "db_executor",
-            Self::Health => "health",
-            Self::Cache => "cache",
-            Self::RateLimiter => "rate_limiter",
-            Self::EventHub => "event_hub",
-            Self::Janitor => "janitor",
-            Self::EventRelay => "event_relay",
-            Self::NatsPublisher => "nats_publisher",
+            Self::DbExecutor => names::DB_EXECUTOR,
+            Self::Health => names::HEALTH,
+            Self::Cache => names::CACHE,
+            Self::RateLimiter => names::RATE_LIMITER,
+            Self::EventHub => names::EVENT_HUB,
+            Self::Janitor => names::JANITOR,
+            Self::EventRelay => names::EVENT_RELAY,
+            Self::NatsPublisher => names::NATS_PUBLISHER,
         }
     }
 }
