@@ -107,7 +107,9 @@ async fn main() -> std::io::Result<()> {
             timeout: Duration::from_secs(5),
             outbox_appended: Default::default(),
             // No cache: reads only, and nothing to invalidate.
-            cache: CacheTiers::start(None, Duration::ZERO, 1, Arc::clone(&metrics), reporter.clone()),
+            stale_entries: Arc::new(
+                CacheTiers::prepare(None, Duration::ZERO, 1, Arc::clone(&metrics), reporter.clone()).0,
+            ),
             breaker,
             // No relay: nothing publishes a position, and these reads answer none.
             event_position: Default::default(),

@@ -234,12 +234,6 @@ impl Problem {
     }
 }
 
-impl From<crate::db::connection::CommitUncertain> for AppError {
-    fn from(_: crate::db::connection::CommitUncertain) -> Self {
-        Self::OutcomeUnknown
-    }
-}
-
 impl From<diesel::result::Error> for AppError {
     fn from(error: diesel::result::Error) -> Self {
         use diesel::result::{DatabaseErrorKind, Error};

@@ -6,20 +6,6 @@ use prometheus::{
     TextEncoder,
 };
 
-/// The supervised actors whose restarts are counted.
-pub const KNOWN_ACTORS: &[&str] = &[
-    "db_executor",
-    "db_probe",
-    "health",
-    "cache",
-    "rate_limiter",
-    "janitor",
-    "event_relay",
-    "event_hub",
-    "nats_publisher",
-    "password_hasher",
-];
-
 pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
@@ -346,10 +332,6 @@ impl Metrics {
     /// Every labelled series a dashboard or an alert relies on exists from start-up, at
     /// zero, before its first event (other modules add their own families the same way).
     fn start_at_zero(&self) {
-        for actor in KNOWN_ACTORS {
-            self.actor_restarts.with_label_values(&[actor]);
-            self.actor_backing_off.with_label_values(&[actor]);
-        }
         for policy in ["default", "auth"] {
             self.rate_limited.with_label_values(&[policy]);
         }

@@ -18,9 +18,10 @@ use super::{
     event_position::Positioned,
     restarts::ActorRestarts,
     shards::Shards,
-    supervision::{guarded, guarded_then, supervised_actor, RestartReporter, SupervisedActor, Supervision},
+    supervision::{guarded, guarded_then, supervised_actor, RestartReporter, SupervisedActor, Supervision, Unstarted},
 };
 pub use crate::domain::cache_key::CacheKey;
+use crate::domain::cache_key::StaleEntries;
 use crate::{
     db::{catalog::GetProduct, users::FindActiveUser},
     domain::{catalog::RenderedProduct, user::User},
@@ -28,7 +29,7 @@ use crate::{
     metrics::Metrics,
 };
 
-const ACTOR: &str = "cache";
+const ACTOR: &str = super::names::CACHE;
 /// Messages each cache actor's mailbox holds (reads ask with `send`; it survives restarts).
 const MAILBOX_CAPACITY: usize = 1024;
 /// A miss (404) is remembered only briefly: the thing may be created soon.
@@ -233,19 +234,13 @@ fn lookup<A: TierActor>(act: &mut A, key: CacheKey, span: tracing::Span, ctx: &m
 }
 
 pub struct Cache {
-    /// Given once the gateway exists (`CacheTiers::use_database`): the gateway's executors
-    /// drop the entries their writes make stale, so it is started after the cache.
-    db: Option<DbGateway>,
+    /// Where loads go. Its executors drop the entries their writes make stale, so it was
+    /// started after this cache's address existed (see `UnstartedCache`).
+    db: DbGateway,
     tier: Tier,
     supervision: Supervision,
     /// The near shards in front of this cache, emptied with it after a panic.
-    near: Option<Shards<NearCache>>,
-}
-
-impl Cache {
-    fn new(capacity: NonZeroUsize, ttl: Duration, metrics: Arc<Metrics>, supervision: Supervision) -> Self {
-        Self { db: None, tier: Tier::new(capacity, ttl, metrics, true), supervision, near: None }
-    }
+    near: Shards<NearCache>,
 }
 
 impl TierActor for Cache {
@@ -257,12 +252,7 @@ impl TierActor for Cache {
         self.tier.count(&key, "miss");
         self.tier.metrics.cache_loads.with_label_values(&[key.cache()]).inc();
         let db = self.db.clone();
-        async move {
-            // The gateway is attached before the server accepts anything; without it, the
-            // reader is told to go to the database itself.
-            let db = db.ok_or_else(|| AppError::unavailable("The cache has no database yet."))?;
-            load(&db, &key).await
-        }
+        async move { load(&db, &key).await }
     }
 }
 
@@ -273,37 +263,13 @@ impl SupervisedActor for Cache {
     fn recover(&mut self, _ctx: &mut Context<Self>) {
         self.tier.reset();
         // What the near shards copied came from the state that just panicked.
-        for near in self.near.iter().flat_map(Shards::each) {
+        for near in self.near.each() {
             near.do_send(Clear);
         }
     }
 
     fn report_state(&mut self) -> serde_json::Value {
         self.state()
-    }
-}
-
-/// Tells the shared cache which near shards front it.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct AttachNear(Shards<NearCache>);
-
-impl Handler<AttachNear> for Cache {
-    type Result = ();
-    fn handle(&mut self, msg: AttachNear, _ctx: &mut Context<Self>) {
-        self.near = Some(msg.0);
-    }
-}
-
-/// Gives the shared cache the gateway its loads go through.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct UseDatabase(DbGateway);
-
-impl Handler<UseDatabase> for Cache {
-    type Result = ();
-    fn handle(&mut self, msg: UseDatabase, _ctx: &mut Context<Self>) {
-        self.db = Some(msg.0);
     }
 }
 
@@ -327,8 +293,9 @@ struct Invalidate(CacheKey);
 struct Clear;
 
 /// The cache's actors: the shared `Cache` and one `NearCache` shard per HTTP worker (none
-/// of either with `CACHE_CAPACITY=0`). Started before the DbGateway, whose executors hold a
-/// copy to drop the entries a write made stale before the writer is answered.
+/// of either with `CACHE_CAPACITY=0`). Its addresses exist before the DbGateway, whose
+/// executors hold a copy (as `StaleEntries`) to drop the entries a write made stale before
+/// the writer is answered.
 #[derive(Clone)]
 pub struct CacheTiers {
     shared: Option<Addr<Cache>>,
@@ -340,32 +307,30 @@ pub struct CacheTiers {
 }
 
 impl CacheTiers {
-    pub fn start(
+    /// The tiers' addresses, for the gateway to be built with; the shared cache runs once
+    /// `UnstartedCache::start` gives it that gateway.
+    pub fn prepare(
         capacity: Option<NonZeroUsize>,
         ttl: Duration,
         http_workers: usize,
         metrics: Arc<Metrics>,
         reporter: RestartReporter,
-    ) -> Self {
+    ) -> (Self, UnstartedCache) {
         let near = Shards::new(if capacity.is_some() { http_workers } else { 1 });
         let restarts = reporter.restarts_of(ACTOR);
         let shared = capacity.map(|capacity| {
-            let supervision = reporter.supervision(ACTOR);
-            let cache = Supervisor::start(move |ctx: &mut Context<Cache>| {
-                ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-                Cache::new(capacity, ttl, metrics, supervision)
-            });
-            cache.do_send(AttachNear(near.clone()));
-            cache
+            let cache = Unstarted::new().with_mailbox_capacity(MAILBOX_CAPACITY);
+            let tier = Tier::new(capacity, ttl, metrics, true);
+            (cache, tier, reporter.supervision(ACTOR))
         });
-        Self { shared, near, ttl, capacity, restarts }
-    }
-
-    /// Call once, right after the gateway started (and before the server accepts).
-    pub fn use_database(&self, db: &DbGateway) {
-        if let Some(cache) = &self.shared {
-            cache.do_send(UseDatabase(db.clone()));
-        }
+        let tiers = Self {
+            shared: shared.as_ref().map(|(cache, ..)| cache.address()),
+            near: near.clone(),
+            ttl,
+            capacity,
+            restarts,
+        };
+        (tiers, UnstartedCache { shared, near })
     }
 
     /// Forgets a key in the shared cache and then in every near shard. Mailboxes are FIFO,
@@ -391,6 +356,27 @@ impl CacheTiers {
         for near in self.near.each() {
             near.do_send(Clear);
         }
+    }
+}
+
+/// The shared cache, addressable but not yet running: it loads through the gateway, which
+/// is built with the tiers' addresses (to drop what its writes make stale).
+pub struct UnstartedCache {
+    shared: Option<(Unstarted<Cache>, Tier, Supervision)>,
+    near: Shards<NearCache>,
+}
+
+impl UnstartedCache {
+    pub fn start(self, db: DbGateway) {
+        if let Some((cache, tier, supervision)) = self.shared {
+            cache.start(Cache { db, tier, supervision, near: self.near });
+        }
+    }
+}
+
+impl StaleEntries for CacheTiers {
+    fn forget(&self, key: CacheKey) {
+        self.invalidate(key);
     }
 }
 

@@ -16,7 +16,6 @@ use tracing::Span;
 use super::{
     admission::{Admission, AdmissionSlot},
     breaker::DbBreaker,
-    cache::CacheTiers,
     event_position::{EventPosition, Positioned},
     pool_threads::{supervised_pool_actor, PoolThreads},
     restarts::ActorRestarts,
@@ -27,6 +26,7 @@ use crate::{
         outbox::{Attribution, Outbox, OutboxSignals},
         DbConnection, DbPool, UseCase,
     },
+    domain::cache_key::StaleEntries,
     error::AppError,
     metrics::Metrics,
 };
@@ -52,7 +52,7 @@ impl<U: UseCase> Message for Query<U> {
     type Result = Result<U::Output, AppError>;
 }
 
-pub const ACTOR: &str = "db_executor";
+pub const ACTOR: &str = super::names::DB_EXECUTOR;
 
 pub struct DbExecutor {
     pool: DbPool,
@@ -62,7 +62,7 @@ pub struct DbExecutor {
     /// Set off when a use case appended outbox events, so they are read at once.
     outbox_appended: OutboxSignals,
     /// Where a write drops the cache entries it made stale.
-    cache: CacheTiers,
+    stale_entries: Arc<dyn StaleEntries>,
     /// This replica, named in every outbox event its use cases append.
     origin: uuid::Uuid,
 }
@@ -82,7 +82,7 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
         // waiting out a connection attempt.
         self.breaker.admit()?;
         let (pool, breaker, origin) = (&self.pool, &self.breaker, self.origin);
-        let (signals, cache) = (&self.outbox_appended, &self.cache);
+        let (signals, stale_entries) = (&self.outbox_appended, &self.stale_entries);
         let (use_case, request_id) = (query.use_case, query.request_id);
         let mut outbox = Outbox::attributed(Attribution { origin, request_id });
         let outcome = self.supervision.catch(ctx, || {
@@ -102,7 +102,7 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
             // committed, a use case may panic after its COMMIT, and a dropped entry is only
             // a miss. The relay leaves this replica's events to this.
             for key in outbox.take_stale() {
-                cache.invalidate(key);
+                stale_entries.forget(key);
             }
             // Read at once instead of at the next poll.
             signals.appended();
@@ -134,7 +134,8 @@ pub struct DbGatewaySettings {
     pub timeout: Duration,
     /// Set off after each use case that appended outbox events.
     pub outbox_appended: OutboxSignals,
-    pub cache: CacheTiers,
+    /// Told of each entry a write made stale, before the writer is answered (the cache).
+    pub stale_entries: Arc<dyn StaleEntries>,
     pub breaker: Arc<DbBreaker>,
     /// Where the EventRelay publishes the position reads answer.
     pub event_position: EventPosition,
@@ -146,7 +147,7 @@ impl DbGateway {
         let counted = threads.clone();
         let origin = settings.origin;
         let outbox_appended = settings.outbox_appended;
-        let cache = settings.cache;
+        let stale_entries = settings.stale_entries;
         let breaker = Arc::clone(&settings.breaker);
         let reported_pool = pool.clone();
         let restarts = reporter.restarts_of(ACTOR);
@@ -157,7 +158,7 @@ impl DbGateway {
             supervision: reporter.supervision(ACTOR),
             threads: counted.clone(),
             outbox_appended: outbox_appended.clone(),
-            cache: cache.clone(),
+            stale_entries: Arc::clone(&stale_entries),
             breaker: Arc::clone(&breaker),
         });
         Self {

@@ -17,7 +17,7 @@ use crate::{
     db::{connection::ConnectError, ConnectionManager, DbConnection},
 };
 
-pub const ACTOR: &str = "db_probe";
+pub const ACTOR: &str = super::names::DB_PROBE;
 
 pub struct DbProbe {
     manager: ConnectionManager,

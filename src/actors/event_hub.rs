@@ -40,7 +40,7 @@ use crate::{
     websocket,
 };
 
-pub const ACTOR: &str = "event_hub";
+pub const ACTOR: &str = super::names::EVENT_HUB;
 
 pub type SessionId = u64;
 

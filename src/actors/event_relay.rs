@@ -46,7 +46,7 @@ use crate::{
 };
 use uuid::Uuid;
 
-pub const ACTOR: &str = "event_relay";
+pub const ACTOR: &str = super::names::EVENT_RELAY;
 /// Events read per poll; a longer backlog is read by the polls that follow at once.
 const BATCH: i64 = 1000;
 const HUB_TIMEOUT: Duration = Duration::from_secs(5);

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::metrics::Metrics;
 
-pub const ACTOR: &str = "health";
+pub const ACTOR: &str = super::names::HEALTH;
 /// Restarts kept for `GET /api/v1/ops/restarts`.
 const LEDGER_LENGTH: usize = 100;
 /// Actors without which requests cannot be served: readiness fails while one backs off.
@@ -51,18 +51,18 @@ pub struct Health {
     metrics: Arc<Metrics>,
     supervision: Supervision,
     probe_interval: Duration,
-    database: Option<DbGateway>,
+    database: DbGateway,
     probe: Probe,
     probe_in_flight: bool,
     shutting_down: bool,
     restarts: BTreeMap<&'static str, RestartRecord>,
-    /// Where `ops` events go, once the hub exists (it is built after Health).
-    ops: Option<Recipient<OpsEvent>>,
+    /// Where `ops` events go (the EventHub's topic).
+    ops: Recipient<OpsEvent>,
     /// Readiness as last announced on `ops`.
     announced_ready: Option<bool>,
-    /// The probe's own thread and connection, and how long a probe may take before it
-    /// counts as failed; without it the probe goes through the pool.
-    probe_thread: Option<(Addr<DbProbe>, Duration)>,
+    /// The probe's own thread and connection (so probes never queue behind requests), and
+    /// how long a probe may take before it counts as failed (and opens the breaker).
+    probe_thread: DedicatedProbe,
     /// The most recent restarts, newest at the back.
     ledger: VecDeque<ActorRestarted>,
     last_breaker_change: Option<BreakerChanged>,
@@ -74,19 +74,20 @@ pub struct Health {
 
 impl Health {
     /// `supervision` reports to this Health itself (it keeps the ledger).
-    pub fn new(metrics: Arc<Metrics>, probe_interval: Duration, supervision: Supervision) -> Self {
+    pub fn new(metrics: Arc<Metrics>, probe_interval: Duration, supervision: Supervision, watched: Watched) -> Self {
+        let Watched { database, probe_thread, ops } = watched;
         Self {
             metrics,
             supervision,
             probe_interval,
-            database: None,
+            database,
             probe: Probe::Pending,
             probe_in_flight: false,
             shutting_down: false,
             restarts: BTreeMap::new(),
-            ops: None,
+            ops,
             announced_ready: None,
-            probe_thread: None,
+            probe_thread,
             ledger: VecDeque::with_capacity(LEDGER_LENGTH),
             last_breaker_change: None,
             dependencies: BTreeMap::new(),
@@ -131,19 +132,17 @@ impl Health {
 
     /// The thread the probe runs on, unless it is down waiting out a restart backoff (then
     /// the probe goes through the pool, as when there is none).
-    fn probe_thread(&self) -> Option<(Addr<DbProbe>, Duration)> {
+    fn probe_thread(&self) -> Option<DedicatedProbe> {
         let down = self.supervision.registry().find(db_probe::ACTOR).is_some_and(|probe| probe.is_down());
-        self.probe_thread.clone().filter(|_| !down)
+        (!down).then(|| self.probe_thread.clone())
     }
 
     fn probe_database(&mut self, ctx: &mut Context<Self>) {
-        let Some(database) = self.database.clone() else {
-            return;
-        };
+        let database = self.database.clone();
         if self.probe_in_flight {
             return;
         }
-        if let Some((probe, timeout)) = self.probe_thread() {
+        if let Some(DedicatedProbe { probe, timeout }) = self.probe_thread() {
             self.probe_in_flight = true;
             // A probe that times out counts as failed; its message is skipped when the
             // probe thread reaches it, so probes never pile up.
@@ -172,11 +171,9 @@ impl Health {
 
     /// A probe on the probe thread: its verdict also drives the database breaker.
     fn record_probe_outcome(&mut self, outcome: Result<Duration, String>) {
-        if let Some(database) = &self.database {
-            match &outcome {
-                Ok(_) => database.breaker().probe_passed(),
-                Err(error) => database.breaker().probe_failed(error),
-            }
+        match &outcome {
+            Ok(_) => self.database.breaker().probe_passed(),
+            Err(error) => self.database.breaker().probe_failed(error),
         }
         match outcome {
             Ok(latency) => self.record_probe(true, latency),
@@ -211,14 +208,12 @@ impl Health {
     }
 
     fn emit(&self, kind: &'static str, data: Value) {
-        if let Some(ops) = &self.ops {
-            ops.do_send(OpsEvent { kind, data });
-        }
+        self.ops.do_send(OpsEvent { kind, data });
     }
 
     fn report(&self) -> ReadinessReport {
         let workers_alive = self.metrics.db_workers_alive.get();
-        let workers_wanted = self.database.as_ref().map_or(0, |db| db.workers() as i64);
+        let workers_wanted = self.database.workers() as i64;
         let mut checks = serde_json::Map::new();
 
         let database_ok = matches!(self.probe, Probe::Passed { .. });
@@ -268,7 +263,7 @@ impl Health {
 
         for (name, ok) in [
             ("database", database_ok),
-            ("db_executor", workers_ok),
+            (db_executor::ACTOR, workers_ok),
             ("shutdown", !self.shutting_down),
             ("breaker", breaker_ok),
             ("supervision", supervision_ok),
@@ -311,8 +306,7 @@ impl Health {
     /// `database:breaker`: pass closed, warn half-open (a trial is deciding), fail open.
     /// Returns whether readiness may pass.
     fn insert_breaker_check(&self, checks: &mut serde_json::Map<String, Value>) -> bool {
-        let Some(database) = &self.database else { return true };
-        let state = database.breaker().state();
+        let state = self.database.breaker().state();
         let status = match state {
             BreakerState::Closed => "pass",
             BreakerState::HalfOpen => "warn",
@@ -421,19 +415,21 @@ impl SupervisedActor for Health {
     }
 }
 
-/// Hands Health the database to probe (it is built after Health, which it reports to).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct WatchDatabase(pub DbGateway);
+/// What Health watches, all built after Health's address (which they report to).
+pub struct Watched {
+    /// The pool whose readiness and breaker Health judges.
+    pub database: DbGateway,
+    pub probe_thread: DedicatedProbe,
+    /// Where readiness changes and backoffs are announced.
+    pub ops: Recipient<OpsEvent>,
+}
 
-impl Handler<WatchDatabase> for Health {
-    type Result = ();
-    fn handle(&mut self, msg: WatchDatabase, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, ctx| {
-            act.database = Some(msg.0);
-            act.probe_database(ctx);
-        });
-    }
+/// The probe's own thread. A probe taking longer than `timeout` counts as failed (and
+/// opens the database breaker), so it must be generous: a slow moment is not an outage.
+#[derive(Clone)]
+pub struct DedicatedProbe {
+    pub probe: Addr<DbProbe>,
+    pub timeout: Duration,
 }
 
 impl Handler<ActorRestarted> for Health {
@@ -445,18 +441,6 @@ impl Handler<ActorRestarted> for Health {
                 act.announce_readiness();
             }
         });
-    }
-}
-
-/// Hands Health the EventHub's `ops` topic.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct WatchOps(pub Recipient<OpsEvent>);
-
-impl Handler<WatchOps> for Health {
-    type Result = ();
-    fn handle(&mut self, msg: WatchOps, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, _| act.ops = Some(msg.0));
     }
 }
 
@@ -514,23 +498,6 @@ impl Handler<GetReadiness> for Health {
             ready: false,
             checks: json!({"health:actor": [{"status": "fail", "output": "restarting"}]}),
         }))
-    }
-}
-
-/// Hands Health the probe's own thread, so probes never queue behind requests. A probe
-/// taking longer than `timeout` counts as failed (and opens the database breaker), so it
-/// must be generous: a slow moment is not an outage.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct UseProbeThread {
-    pub probe: Addr<DbProbe>,
-    pub timeout: Duration,
-}
-
-impl Handler<UseProbeThread> for Health {
-    type Result = ();
-    fn handle(&mut self, msg: UseProbeThread, ctx: &mut Context<Self>) {
-        guarded(self, ctx, |act, _| act.probe_thread = Some((msg.probe, msg.timeout)));
     }
 }
 

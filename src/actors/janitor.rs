@@ -13,7 +13,7 @@ use super::{
     supervision::{guarded_interval, guarded_then, supervised_actor, SupervisedActor, Supervision},
 };
 
-pub const ACTOR: &str = "janitor";
+pub const ACTOR: &str = super::names::JANITOR;
 use crate::{
     db::housekeeping::{PruneExpired, Pruned},
     domain::{

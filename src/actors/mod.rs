@@ -12,6 +12,7 @@ pub mod event_position;
 pub mod event_relay;
 pub mod health;
 pub mod janitor;
+pub mod names;
 pub mod nats_publisher;
 pub mod password_hasher;
 pub mod pool_threads;

@@ -45,7 +45,7 @@ use crate::{
     metrics::Metrics,
 };
 
-const ACTOR: &str = "nats_publisher";
+const ACTOR: &str = super::names::NATS_PUBLISHER;
 /// The `/readyz` check this actor reports.
 const CHECK: &str = "nats";
 /// Events published per round; a longer backlog is worked off in back-to-back rounds.

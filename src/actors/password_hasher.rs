@@ -21,7 +21,7 @@ use crate::{
     metrics::Metrics,
 };
 
-const ACTOR: &str = "password_hasher";
+const ACTOR: &str = super::names::PASSWORD_HASHER;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A hash of a random password nobody kept, with the parameters of every new hash:

@@ -44,7 +44,7 @@ impl RelayProgress {
         self.polls += 1;
         self.failures += 1;
         self.consecutive_failures += 1;
-        tracing::warn!(actor = "event_relay", %error, consecutive = self.consecutive_failures, "outbox poll failed; will retry");
+        tracing::warn!(actor = super::names::EVENT_RELAY, %error, consecutive = self.consecutive_failures, "outbox poll failed; will retry");
         self.last_error = Some(error.to_string());
     }
 

@@ -16,11 +16,11 @@ use std::{
 use chrono::{DateTime, Utc};
 use rand::RngExt;
 
-use super::report::{SupervisionReport, SupervisionState};
-use crate::{
-    domain::restart_intensity::{backoff, RestartIntensity},
-    metrics::KNOWN_ACTORS,
+use super::{
+    names,
+    report::{SupervisionReport, SupervisionState},
 };
+use crate::domain::restart_intensity::{backoff, RestartIntensity};
 
 /// Restarts kept beyond the `max_restarts + 1` a decision needs, so that the count shown
 /// while an actor backs off (when its restarts come at least half a second apart) is exact.
@@ -180,7 +180,7 @@ fn wall_clock_in(delay: Duration) -> DateTime<Utc> {
     Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX)
 }
 
-/// Every supervised actor's restart history, by name (`metrics::KNOWN_ACTORS`), on one clock.
+/// Every supervised actor's restart history, by name (`names::ALL`), on one clock.
 #[derive(Clone)]
 pub struct RestartRegistry {
     actors: Arc<[Arc<ActorRestarts>]>,
@@ -189,18 +189,18 @@ pub struct RestartRegistry {
 impl RestartRegistry {
     pub fn new(intensity: RestartIntensity) -> Self {
         let epoch = Instant::now();
-        Self { actors: KNOWN_ACTORS.iter().map(|name| Arc::new(ActorRestarts::new(name, intensity, epoch))).collect() }
+        Self { actors: names::ALL.iter().map(|name| Arc::new(ActorRestarts::new(name, intensity, epoch))).collect() }
     }
 
     pub fn find(&self, name: &str) -> Option<&Arc<ActorRestarts>> {
         self.actors.iter().find(|actor| actor.name == name)
     }
 
-    /// The history of `name`. An actor missing from `KNOWN_ACTORS` still gets one (kept
+    /// The history of `name`. An actor missing from `names::ALL` still gets one (kept
     /// by its instances alone), but no row, check or event reads it.
     pub fn of(&self, name: &'static str) -> Arc<ActorRestarts> {
         self.find(name).cloned().unwrap_or_else(|| {
-            tracing::warn!(actor = name, "actor missing from KNOWN_ACTORS: its backoff is not reported");
+            tracing::warn!(actor = name, "actor missing from names::ALL: its backoff is not reported");
             let intensity = self.actors.first().map_or_else(RestartIntensity::default, |actor| actor.intensity);
             Arc::new(ActorRestarts::new(name, intensity, Instant::now()))
         })

@@ -31,8 +31,8 @@ use std::{
 };
 
 use actix::{
-    fut::wrap_future, Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Message, Recipient, SpawnHandle,
-    SyncContext,
+    fut::wrap_future, Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Message, Recipient,
+    SpawnHandle, Supervised, SyncContext,
 };
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -56,6 +56,53 @@ pub fn catch_panic<T>(work: impl FnOnce() -> T) -> Result<T, PanicPayload> {
     catch_unwind(AssertUnwindSafe(work))
 }
 
+/// A supervised actor whose address exists before the actor does, for one that the actors
+/// it is built from must already reach: Health keeps the ledger every actor reports its
+/// restarts to, and watches the database pool that such actors make up; the shared cache
+/// is told by the DbExecutors what they made stale, and loads through them.
+pub struct Unstarted<A: Actor<Context = Context<A>>> {
+    context: Context<A>,
+}
+
+impl<A: Supervised + Actor<Context = Context<A>>> Unstarted<A> {
+    pub fn new() -> Self {
+        Self { context: Context::new() }
+    }
+
+    pub fn with_mailbox_capacity(mut self, capacity: usize) -> Self {
+        self.context.set_mailbox_capacity(capacity);
+        self
+    }
+
+    /// Messages sent here wait in the mailbox until the actor starts.
+    pub fn address(&self) -> Addr<A> {
+        self.context.address()
+    }
+
+    /// What `actix::Supervisor::start` does, for the context made earlier: runs `actor`,
+    /// and whenever it stops while anyone still holds its address, restarts it (its
+    /// `restarting`, then `started` again).
+    pub fn start(self, actor: A) -> Addr<A> {
+        let address = self.context.address();
+        let mut running = self.context.into_future(actor);
+        actix::spawn(async move {
+            loop {
+                (&mut running).await;
+                if !running.restart() {
+                    break;
+                }
+            }
+        });
+        address
+    }
+}
+
+impl<A: Supervised + Actor<Context = Context<A>>> Default for Unstarted<A> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// One restart, as recorded in the Health actor's ledger.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
@@ -76,6 +123,11 @@ pub struct RestartReporter {
 
 impl RestartReporter {
     pub fn new(metrics: Arc<Metrics>, ledger: Recipient<ActorRestarted>, registry: RestartRegistry) -> Self {
+        // Every actor's series exists from start-up, at zero, before its first restart.
+        for actor in registry.iter() {
+            metrics.actor_restarts.with_label_values(&[actor.name()]);
+            metrics.actor_backing_off.with_label_values(&[actor.name()]);
+        }
         Self { metrics, ledger, registry }
     }
 

@@ -1,8 +1,5 @@
-//! Who is calling: password hashing, access tokens, and the extractor that turns a bearer
-//! token into an authenticated user.
+//! Who is calling: password hashing and access tokens. The extractor that turns a bearer
+//! token into an authenticated user is HTTP's: `http::auth_user`.
 
-pub mod extractor;
 pub mod password;
 pub mod tokens;
-
-pub use extractor::AuthUser;

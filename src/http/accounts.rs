@@ -6,7 +6,6 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    auth::AuthUser,
     db::accounts::{Deposit, GetAccount, ListTransfers, MakeTransfer},
     domain::{
         money::validate_amount,
@@ -15,6 +14,7 @@ use crate::{
         user::Permission,
     },
     error::AppError,
+    http::auth_user::AuthUser,
     http::extract::{Json, Query},
     http::{event_position, idempotency, paging::PageQuery},
     state::AppState,

@@ -11,11 +11,10 @@ use utoipa::ToSchema;
 use crate::{
     actors::{
         chaos::{PanicWorker, StallWorker},
-        Crash,
+        names, Crash,
     },
     error::AppError,
-    http::extract::Json,
-    http::{auth_header::bearer_token, ops::constant_time_eq},
+    http::{auth_header::bearer_token, extract::Json},
     state::AppState,
 };
 
@@ -44,14 +43,14 @@ impl ChaosActor {
     /// The actor's name in logs, metrics and the actors API.
     fn name(&self) -> &'static str {
         match self {
-            Self::DbExecutor => "db_executor",
-            Self::Health => "health",
-            Self::Cache => "cache",
-            Self::RateLimiter => "rate_limiter",
-            Self::EventHub => "event_hub",
-            Self::Janitor => "janitor",
-            Self::EventRelay => "event_relay",
-            Self::NatsPublisher => "nats_publisher",
+            Self::DbExecutor => names::DB_EXECUTOR,
+            Self::Health => names::HEALTH,
+            Self::Cache => names::CACHE,
+            Self::RateLimiter => names::RATE_LIMITER,
+            Self::EventHub => names::EVENT_HUB,
+            Self::Janitor => names::JANITOR,
+            Self::EventRelay => names::EVENT_RELAY,
+            Self::NatsPublisher => names::NATS_PUBLISHER,
         }
     }
 }
@@ -93,9 +92,9 @@ pub async fn inject_fault(
     request: HttpRequest,
     body: Json<ChaosRequest>,
 ) -> Result<HttpResponse, AppError> {
-    let expected = state.config.ops.chaos_token.as_ref().map(|token| token.expose().as_bytes()).unwrap_or_default();
     let given = bearer_token(&request).unwrap_or_default();
-    if expected.is_empty() || !constant_time_eq(given.as_bytes(), expected) {
+    let expected = state.config.ops.chaos_token.as_ref().filter(|token| !token.expose().is_empty());
+    if !expected.is_some_and(|token| token.matches(given)) {
         return Err(AppError::Unauthorized("A valid chaos token is required.".into()));
     }
     let ChaosRequest { actor, fault, millis } = body.into_inner();

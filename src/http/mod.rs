@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod auth;
 pub mod auth_header;
+pub mod auth_user;
 pub mod chaos;
 pub mod dashboard;
 pub mod docs;
@@ -77,7 +78,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, config: &Config) {
                 .service(web::resource("/orders/{id}/cancel").route(web::post().to(orders::cancel)))
                 .service(web::resource("/ws").route(web::get().to(ws::connect))),
         )
-        .service(web::resource("/openapi.json").route(web::get().to(ops::openapi_document)))
+        .service(web::resource("/openapi.json").route(web::get().to(openapi::openapi_document)))
         .service(web::resource("/ops").route(web::get().to(dashboard::to_page)))
         .service(web::resource("/ops/").route(web::get().to(dashboard::page)))
         .service(web::resource("/ops/app.js").route(web::get().to(dashboard::script)))

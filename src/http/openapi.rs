@@ -1,5 +1,6 @@
 //! The OpenAPI 3 document, built from the handlers' annotations.
 
+use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
@@ -21,6 +22,7 @@ use crate::{
         accounts, auth, chaos, dashboard, docs, middleware::problem::PROBLEM_JSON, ops, ops_api, orders, products,
         users, ws,
     },
+    state::AppState,
 };
 
 #[derive(OpenApi)]
@@ -30,7 +32,7 @@ use crate::{
         description = "Shop backend: users, catalog, credit accounts, transfers and orders, with committed changes pushed live over a WebSocket (GET /api/v1/ws) and operators' views under /api/v1/ops."
     ),
     paths(
-        ops::livez, ops::readyz, ops::metrics, ops::openapi_document, docs::docs_file, chaos::inject_fault,
+        ops::livez, ops::readyz, ops::metrics, openapi_document, docs::docs_file, chaos::inject_fault,
         dashboard::page, ops_api::actors, ops_api::restarts, ops_api::metrics_summary,
         auth::register, auth::login,
         users::me, users::list, users::get, users::update, users::delete,
@@ -90,8 +92,15 @@ pub fn document_value(chaos_mounted: bool) -> Value {
     document
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3 document")))]
+pub async fn openapi_document(state: web::Data<AppState>) -> HttpResponse {
+    let chaos_mounted = state.config.ops.chaos_token.is_some();
+    HttpResponse::Ok().content_type("application/json").body(document_json(chaos_mounted))
+}
+
 /// The document as JSON, built on first use: it never changes while the process runs.
-pub fn document_json(chaos_mounted: bool) -> &'static str {
+fn document_json(chaos_mounted: bool) -> &'static str {
     static WITH_CHAOS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     static WITHOUT_CHAOS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let cell = if chaos_mounted { &WITH_CHAOS } else { &WITHOUT_CHAOS };

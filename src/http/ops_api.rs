@@ -15,9 +15,9 @@ use crate::{
         health::{GetRestartLedger, RestartLedger},
         report::ActorReport,
     },
-    auth::extractor::AuthUser,
     domain::user::Permission,
     error::AppError,
+    http::auth_user::AuthUser,
     state::AppState,
 };
 

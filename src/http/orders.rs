@@ -7,7 +7,6 @@ use uuid::Uuid;
 
 use crate::{
     actors::event_position::Positioned,
-    auth::AuthUser,
     db::orders::{CancelOrder, GetOrder, ListOrders, PlaceOrder},
     domain::{
         paging::{Page, PageRequest},
@@ -15,6 +14,7 @@ use crate::{
         user::Permission,
     },
     error::{AppError, FieldError},
+    http::auth_user::AuthUser,
     http::extract::{Json, Query},
     http::{event_position, idempotency},
     state::AppState,

@@ -9,7 +9,6 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
-    auth::AuthUser,
     db::catalog::{CreateProduct, DeleteProduct, ListProducts, UpdateProduct},
     domain::{
         catalog::{none_match_hits, IfMatch, Product, ProductFilter, ProductInput, ProductStatus},
@@ -17,6 +16,7 @@ use crate::{
         user::Permission,
     },
     error::AppError,
+    http::auth_user::AuthUser,
     http::{
         event_position,
         extract::{Json, Query},

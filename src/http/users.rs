@@ -9,7 +9,6 @@ use uuid::Uuid;
 
 use crate::{
     actors::event_position::Positioned,
-    auth::AuthUser,
     db::users::{
         AbandonCredentialChange, Authorization, BeginCredentialChange, Charge, DeleteUser, FindActiveUser, FinishLogin,
         ListUsers, LoginOutcome, Reauthentication, UpdateUser, UserChanges,
@@ -19,6 +18,7 @@ use crate::{
         user::{Permission, Role, User, UserPatch},
     },
     error::AppError,
+    http::auth_user::AuthUser,
     http::extract::{Json, Query},
     http::{event_position, middleware::rate_limit::client_ip, paging::PageQuery},
     redact,

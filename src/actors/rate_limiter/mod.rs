@@ -70,7 +70,7 @@ use crate::{
     metrics::Metrics,
 };
 
-const ACTOR: &str = "rate_limiter";
+const ACTOR: &str = crate::actors::names::RATE_LIMITER;
 /// How often leases are settled before they expire (and Redis probed while it is down).
 const LEASE_SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// How often full, idle ledgers are forgotten.

@@ -4,10 +4,10 @@
 use actix_web::{dev::Payload, web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 
+use super::{auth_header::bearer_token, middleware::rate_limit::VerifiedToken};
 use crate::{
     domain::user::{Permission, User},
     error::AppError,
-    http::{auth_header::bearer_token, middleware::rate_limit::VerifiedToken},
     state::AppState,
 };
 
