@@ -103,7 +103,7 @@ impl std::fmt::Debug for UserAction {
         f.debug_struct("Create")
             .field("email", email)
             .field("password_stdin", password_stdin)
-            .field("password", &crate::redact::optional(password))
+            .field("password", &crate::domain::redact::optional(password))
             .field("name", name)
             .field("role", role)
             .finish()

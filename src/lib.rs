@@ -14,7 +14,6 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod metrics;
-pub mod redact;
 pub mod request_context;
 pub mod state;
 pub mod tail;

@@ -15,6 +15,7 @@ use super::{
     DbConnection, UseCase,
 };
 use crate::{
+    domain::redact,
     domain::{
         clock,
         paging::{Page, PageRequest},
@@ -24,7 +25,6 @@ use crate::{
         },
     },
     error::AppError,
-    redact,
 };
 
 #[derive(Queryable, Selectable, Insertable)]

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::redact;
 use super::FieldError;
-use crate::redact;
 
 /// A user as the API shows it: never a password or a hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]

@@ -8,10 +8,10 @@ use utoipa::ToSchema;
 
 use crate::{
     db::users::{BeginLogin, CreateUser, EmailIsFree, FinishLogin, LoginAttempt, LoginOutcome},
+    domain::redact::Redacted,
     domain::user::{email_key, validate_new_user, NewUser, Role, User},
     error::AppError,
     http::{extract::Json, middleware::rate_limit::client_ip},
-    redact::Redacted,
     state::AppState,
 };
 

@@ -13,6 +13,7 @@ use crate::{
         AbandonCredentialChange, Authorization, BeginCredentialChange, Charge, DeleteUser, FindActiveUser, FinishLogin,
         ListUsers, LoginOutcome, Reauthentication, UpdateUser, UserChanges,
     },
+    domain::redact,
     domain::{
         paging::Page,
         user::{Permission, Role, User, UserPatch},
@@ -21,7 +22,6 @@ use crate::{
     http::auth_user::AuthUser,
     http::extract::{Json, Query},
     http::{event_position, middleware::rate_limit::client_ip, paging::PageQuery},
-    redact,
     state::AppState,
 };
 

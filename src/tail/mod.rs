@@ -53,7 +53,7 @@ impl std::fmt::Debug for TailOptions {
             .field("url", url)
             .field("topics", topics)
             .field("since", since)
-            .field("token", &crate::redact::optional(token))
+            .field("token", &crate::domain::redact::optional(token))
             .finish()
     }
 }
