@@ -24,8 +24,9 @@ use super::{
 };
 use crate::{
     db::{
+        error::Unavailable,
         outbox::{Attribution, Outbox, OutboxSignals},
-        DbConnection, DbPool, UseCase,
+        DbConnection, DbError, DbPool, UseCase,
     },
     error::AppError,
     metrics::Metrics,
@@ -94,7 +95,7 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
                 tracing::warn!(%error, "no database connection available");
                 AppError::unavailable("The database is unavailable; try again shortly.")
             })?;
-            use_case.run(&mut conn, &mut outbox)
+            use_case.run(&mut conn, &mut outbox).map_err(AppError::from)
         });
         if outbox.appended() {
             // Read-your-writes: sent before the answer, so the writer's next read is queued
@@ -272,11 +273,11 @@ pub struct Ping;
 
 impl UseCase for Ping {
     type Output = ();
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), DbError> {
         use diesel::r2d2::R2D2Connection;
         conn.ping().map_err(|error| {
             tracing::warn!(%error, "database ping failed");
-            AppError::unavailable("The database is unavailable.")
+            DbError::Unavailable(Unavailable::PingFailed)
         })
     }
 }

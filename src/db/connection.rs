@@ -203,6 +203,12 @@ impl DbConnection {
 #[display("the outcome of COMMIT is unknown")]
 pub struct CommitUncertain;
 
+impl From<CommitUncertain> for super::DbError {
+    fn from(_: CommitUncertain) -> Self {
+        Self::CommitUncertain
+    }
+}
+
 fn with_connect_timeout(url: &str, timeout: Duration) -> String {
     if url.contains("connect_timeout=") {
         return url.to_owned();

@@ -12,7 +12,7 @@ use diesel::{
 use uuid::Uuid;
 
 use super::{
-    accounts::{account, account_event, credit, debit, insufficient_funds},
+    accounts::{account, account_event, credit, debit},
     catalog::{find_live, product_columns, product_event, ProductRow},
     idempotency::{run_once, IdempotencyKey, Outcome, Written},
     kept_prepared::KeepPrepared,
@@ -22,6 +22,8 @@ use super::{
     DbConnection, UseCase,
 };
 use crate::{
+    db::DbError,
+    domain::refusal::{Missing, Refusal},
     domain::{
         catalog::ProductStatus,
         clock,
@@ -30,14 +32,13 @@ use crate::{
             price_order, Account, Order, OrderItem, OrderLine, OrderRefusal, OrderStatus, PricedOrder, ProductOnSale,
         },
     },
-    error::{AppError, FieldError},
 };
 
 type OrderRow = (String, String, String, i64, NaiveDateTime, NaiveDateTime);
 type ItemRow = (String, String, String, i64, i64);
 
 /// Orders with their items, in the order given.
-fn assemble_orders(conn: &mut DbConnection, rows: Vec<OrderRow>) -> Result<Vec<Order>, AppError> {
+fn assemble_orders(conn: &mut DbConnection, rows: Vec<OrderRow>) -> Result<Vec<Order>, DbError> {
     let ids: Vec<&String> = rows.iter().map(|row| &row.0).collect();
     let items: Vec<ItemRow> = order_items::table
         .filter(order_items::order_id.eq_any(ids))
@@ -66,7 +67,7 @@ fn assemble_orders(conn: &mut DbConnection, rows: Vec<OrderRow>) -> Result<Vec<O
                 id: parse_id(&id)?,
                 user_id: parse_id(&user_id)?,
                 status: OrderStatus::parse(&status)
-                    .ok_or_else(|| AppError::Internal(format!("unknown order status {status:?}")))?,
+                    .ok_or_else(|| DbError::Internal(format!("unknown order status {status:?}")))?,
                 total_cents,
                 created_at: clock::to_utc(created_at),
                 updated_at: clock::to_utc(updated_at),
@@ -80,7 +81,7 @@ fn order_columns(
     (orders::id, orders::user_id, orders::status, orders::total_cents, orders::created_at, orders::updated_at)
 }
 
-fn load_order(conn: &mut DbConnection, id: &str) -> Result<Option<Order>, AppError> {
+fn load_order(conn: &mut DbConnection, id: &str) -> Result<Option<Order>, DbError> {
     let row: Option<OrderRow> = orders::table.find(id).select(order_columns()).first(conn).optional()?;
     Ok(assemble_orders(conn, row.into_iter().collect())?.pop())
 }
@@ -93,13 +94,13 @@ pub struct PlaceOrder {
 
 impl UseCase for PlaceOrder {
     type Output = Outcome<Order>;
-    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Outcome<Order>, AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Outcome<Order>, DbError> {
         let (user_id, lines) = (self.user_id, self.lines);
-        run_once(conn, outbox, self.idempotency.as_ref(), 201, |conn| place_order(conn, user_id, &lines))
+        run_once(conn, outbox, self.idempotency.as_ref(), |conn| place_order(conn, user_id, &lines))
     }
 }
 
-fn place_order(conn: &mut DbConnection, user_id: Uuid, lines: &[OrderLine]) -> Result<Written<Order>, AppError> {
+fn place_order(conn: &mut DbConnection, user_id: Uuid, lines: &[OrderLine]) -> Result<Written<Order>, DbError> {
     let now = clock::now();
     let id = Uuid::now_v7();
     let order_id = id.to_string();
@@ -144,7 +145,7 @@ fn place_order(conn: &mut DbConnection, user_id: Uuid, lines: &[OrderLine]) -> R
         // stock takes found, and takes the names and prices that hold now.
         let balance_before = account.balance_cents.checked_add(order.total_cents);
         let found = products_as_taken(conn, lines, &taken)?;
-        let repriced = price_order(lines, &found, balance_before).map_err(refused)?;
+        let repriced = price_order(lines, &found, balance_before).map_err(DbError::from)?;
         for (position, (item, now_item)) in (0_i32..).zip(order.items.iter_mut().zip(repriced.items)) {
             if *item != now_item {
                 diesel::update(order_items::table.find((&order_id, position)))
@@ -161,10 +162,10 @@ fn place_order(conn: &mut DbConnection, user_id: Uuid, lines: &[OrderLine]) -> R
             // The account's row has been locked since the debit, so the balance judged
             // above is the one these change.
             account = if difference > 0 {
-                debit(conn, user_id, difference, now)?.ok_or_else(|| refused(OrderRefusal::InsufficientFunds))?
+                debit(conn, user_id, difference, now)?.ok_or_else(|| DbError::from(OrderRefusal::InsufficientFunds))?
             } else {
                 credit(conn, user_id, -difference, now)?
-                    .ok_or_else(|| AppError::Internal("a price drop would overflow the balance".into()))?
+                    .ok_or_else(|| DbError::Internal("a price drop would overflow the balance".into()))?
             };
             diesel::update(orders::table.find(&order_id))
                 .set(orders::total_cents.eq(repriced.total_cents))
@@ -190,7 +191,7 @@ fn products_as_taken(
     conn: &mut DbConnection,
     lines: &[OrderLine],
     taken: &[Option<ProductRow>],
-) -> Result<Vec<Option<ProductOnSale>>, AppError> {
+) -> Result<Vec<Option<ProductOnSale>>, DbError> {
     lines
         .iter()
         .zip(taken)
@@ -227,7 +228,7 @@ fn open_order(
     order_id: &str,
     lines: &[OrderLine],
     now: NaiveDateTime,
-) -> Result<(PricedOrder, Account), AppError> {
+) -> Result<(PricedOrder, Account), DbError> {
     if let DbConnection::Postgres(conn) = conn {
         return open_order_on_postgres(conn, user_id, order_id, lines, now);
     }
@@ -245,9 +246,9 @@ fn open_order(
     // one the debit changes.
     let balance_cents: Option<i64> =
         accounts::table.find(user_id.to_string()).select(accounts::balance_cents).first(conn).optional()?;
-    let priced = price_order(lines, &products, balance_cents).map_err(refused)?;
+    let priced = price_order(lines, &products, balance_cents).map_err(DbError::from)?;
     let account =
-        debit(conn, user_id, priced.total_cents, now)?.ok_or_else(|| refused(OrderRefusal::InsufficientFunds))?;
+        debit(conn, user_id, priced.total_cents, now)?.ok_or_else(|| DbError::from(OrderRefusal::InsufficientFunds))?;
     diesel::insert_into(orders::table)
         .values((
             orders::id.eq(order_id),
@@ -286,7 +287,7 @@ fn open_order_on_postgres(
     order_id: &str,
     lines: &[OrderLine],
     now: NaiveDateTime,
-) -> Result<(PricedOrder, Account), AppError> {
+) -> Result<(PricedOrder, Account), DbError> {
     let rows: Vec<OpenedLine> = diesel::sql_query(OPEN_ORDER)
         .bind::<Array<Text>, _>(lines.iter().map(|line| line.product_id.to_string()).collect::<Vec<_>>())
         .bind::<Array<BigInt>, _>(lines.iter().map(|line| line.quantity).collect::<Vec<_>>())
@@ -307,7 +308,7 @@ fn open_order_on_postgres(
         }
         balance_read = row.balance_read_cents;
         let slot = usize::try_from(row.position).ok().and_then(|position| products.get_mut(position));
-        let slot = slot.ok_or_else(|| AppError::Internal(format!("order line {} out of range", row.position)))?;
+        let slot = slot.ok_or_else(|| DbError::Internal(format!("order line {} out of range", row.position)))?;
         if let (Some(name), Some(price_cents), Some(stock), Some(status)) =
             (row.name, row.price_cents, row.stock, row.status)
         {
@@ -323,9 +324,9 @@ fn open_order_on_postgres(
         (Ok(priced), Some((account, total_cents))) if priced.total_cents == total_cents => Ok((priced, account)),
         // The balance read covered the order, but a concurrent payment spent it before the
         // debit (which waits for it and re-checks).
-        (Ok(_), None) => Err(refused(OrderRefusal::InsufficientFunds)),
-        (Err(refusal), None) => Err(refused(refusal)),
-        (verdict, _) => Err(AppError::Internal(format!("the order statement and price_order disagree: {verdict:?}"))),
+        (Ok(_), None) => Err(DbError::from(OrderRefusal::InsufficientFunds)),
+        (Err(refusal), None) => Err(refusal.into()),
+        (verdict, _) => Err(DbError::Internal(format!("the order statement and price_order disagree: {verdict:?}"))),
     }
 }
 
@@ -394,34 +395,13 @@ struct OpenedLine {
     debited_cents: Option<i64>,
 }
 
-/// The problem an order refusal is answered with.
-fn refused(refusal: OrderRefusal) -> AppError {
-    match refusal {
-        OrderRefusal::UnavailableProducts { lines } => {
-            let mut errors: Vec<FieldError> = lines
-                .into_iter()
-                .map(|index| FieldError::new(format!("items[{index}].product_id"), "is not an active product"))
-                .collect();
-            errors.sort_by(|a, b| a.field.cmp(&b.field));
-            AppError::Validation(errors)
-        }
-        OrderRefusal::InsufficientStock { product_ids } => AppError::Conflict {
-            kind: "insufficient-stock",
-            detail: "Some products do not have enough stock.".into(),
-            extensions: serde_json::Map::from_iter([("product_ids".to_owned(), serde_json::json!(product_ids))]),
-        },
-        OrderRefusal::TotalTooLarge => AppError::invalid("items", "the order total is too large"),
-        OrderRefusal::InsufficientFunds => insufficient_funds(),
-    }
-}
-
 pub struct GetOrder {
     pub id: Uuid,
 }
 
 impl UseCase for GetOrder {
     type Output = Option<Order>;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Option<Order>, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Option<Order>, DbError> {
         load_order(conn, &self.id.to_string())
     }
 }
@@ -435,7 +415,7 @@ pub struct ListOrders {
 
 impl UseCase for ListOrders {
     type Output = Page<Order>;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Page<Order>, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Page<Order>, DbError> {
         let query = || {
             let mut query = orders::table.into_boxed();
             if let Some(user_id) = self.user_id {
@@ -460,29 +440,29 @@ impl UseCase for ListOrders {
 pub struct CancelOrder {
     pub id: Uuid,
     pub requested_by: Uuid,
-    /// Admins may cancel anyone's order; others only their own (else 404).
+    /// Admins may cancel anyone's order; others only their own (else `NotFound`).
     pub may_cancel_any: bool,
 }
 
 impl UseCase for CancelOrder {
     type Output = Order;
-    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Order, AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Order, DbError> {
         let id = self.id.to_string();
         conn.write_transaction(|conn| {
             let order = load_order(conn, &id)?
                 .filter(|order| self.may_cancel_any || order.user_id == self.requested_by)
-                .ok_or_else(|| AppError::NotFound("No such order.".into()))?;
+                .ok_or(Refusal::NotFound(Missing::Order))?;
             let now = clock::now();
             let cancelled = diesel::update(orders::table.find(&id))
                 .filter(orders::status.eq(OrderStatus::Paid.as_str()))
                 .set((orders::status.eq(OrderStatus::Cancelled.as_str()), orders::updated_at.eq(now)))
                 .execute(conn)?;
             if cancelled == 0 {
-                return Err(AppError::conflict("The order is already cancelled."));
+                return Err(Refusal::OrderAlreadyCancelled.into());
             }
             // The account first, then the products in id order, as placing an order does.
             let account = credit(conn, order.user_id, order.total_cents, now)?
-                .ok_or_else(|| AppError::Internal("refund would overflow the balance".into()))?;
+                .ok_or_else(|| DbError::Internal("refund would overflow the balance".into()))?;
             let mut items: Vec<&OrderItem> = order.items.iter().collect();
             items.sort_by_key(|item| item.product_id.to_string());
             let mut events = Vec::with_capacity(items.len() + 2);

@@ -13,6 +13,8 @@ use super::{
     DbConnection, UseCase,
 };
 use crate::{
+    db::DbError,
+    domain::refusal::{Missing, Refusal},
     domain::{
         clock,
         paging::{Page, PageRequest},
@@ -21,7 +23,6 @@ use crate::{
             CREDENTIAL_CHANGE_WINDOW, LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_LIMIT_PER_EMAIL,
         },
     },
-    error::AppError,
 };
 
 #[derive(Debug, Queryable, Selectable, Insertable)]
@@ -39,10 +40,10 @@ struct UserRow {
 }
 
 impl UserRow {
-    fn into_user(self) -> Result<User, AppError> {
+    fn into_user(self) -> Result<User, DbError> {
         Ok(User {
             id: parse_id(&self.id)?,
-            role: Role::parse(&self.role).ok_or_else(|| AppError::Internal(format!("unknown role {:?}", self.role)))?,
+            role: Role::parse(&self.role).ok_or_else(|| DbError::Internal(format!("unknown role {:?}", self.role)))?,
             email: self.email,
             name: self.name,
             created_at: clock::to_utc(self.created_at),
@@ -52,15 +53,13 @@ impl UserRow {
     }
 }
 
-pub fn parse_id(raw: &str) -> Result<Uuid, AppError> {
-    Uuid::parse_str(raw).map_err(|_| AppError::Internal(format!("malformed id {raw:?} in the database")))
+pub fn parse_id(raw: &str) -> Result<Uuid, DbError> {
+    Uuid::parse_str(raw).map_err(|_| DbError::Internal(format!("malformed id {raw:?} in the database")))
 }
 
-fn email_taken(error: DieselError) -> AppError {
+fn email_taken(error: DieselError) -> DbError {
     match error {
-        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
-            AppError::conflict("An account with this email already exists.")
-        }
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => DbError::Refused(Refusal::EmailTaken),
         other => other.into(),
     }
 }
@@ -70,7 +69,7 @@ fn user_event(id: Uuid, kind: &'static str) -> NewEvent {
     NewEvent::private(topic::USERS, kind, id, serde_json::json!({ "id": id }))
 }
 
-fn live_user(conn: &mut DbConnection, id: Uuid) -> Result<Option<UserRow>, AppError> {
+fn live_user(conn: &mut DbConnection, id: Uuid) -> Result<Option<UserRow>, DbError> {
     Ok(users::table
         .filter(users::id.eq(id.to_string()))
         .filter(users::deleted_at.is_null())
@@ -91,7 +90,7 @@ pub struct CreateUser {
 
 impl UseCase for CreateUser {
     type Output = User;
-    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<User, AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<User, DbError> {
         let now = clock::now();
         let row = UserRow {
             id: Uuid::now_v7().to_string(),
@@ -147,7 +146,7 @@ pub struct BeginLogin {
 
 impl UseCase for BeginLogin {
     type Output = LoginAttempt;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<LoginAttempt, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<LoginAttempt, DbError> {
         let BeginLogin { email, client } = self;
         conn.write_transaction(|conn| {
             let attempt_id = record_login_attempt(conn, &email, &client)?;
@@ -159,9 +158,9 @@ impl UseCase for BeginLogin {
                 .optional()?;
             let credentials = found
                 .map(|(id, role, password_hash, token_generation)| {
-                    Ok::<_, AppError>(Credentials {
+                    Ok::<_, DbError>(Credentials {
                         user_id: parse_id(&id)?,
-                        role: Role::parse(&role).ok_or_else(|| AppError::Internal(format!("unknown role {role:?}")))?,
+                        role: Role::parse(&role).ok_or_else(|| DbError::Internal(format!("unknown role {role:?}")))?,
                         password_hash,
                         token_generation,
                     })
@@ -172,11 +171,11 @@ impl UseCase for BeginLogin {
     }
 }
 
-/// Inside a write transaction: refuses (429) while `email` is throttled for `client` (or
+/// Inside a write transaction: refuses (`SignInsThrottled`) while `email` is throttled for `client` (or
 /// for every address, past the per-email ceiling); otherwise records the attempt as a
 /// failure until it is proven otherwise and returns its id. Attempts on one email are
 /// serialised, so parallel guesses cannot slip past the limit.
-fn record_login_attempt(conn: &mut DbConnection, email: &str, client: &str) -> Result<i64, AppError> {
+fn record_login_attempt(conn: &mut DbConnection, email: &str, client: &str) -> Result<i64, DbError> {
     if matches!(conn, DbConnection::Postgres(_)) {
         // SQLite's BEGIN IMMEDIATE already serialises writers.
         diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
@@ -197,10 +196,7 @@ fn record_login_attempt(conn: &mut DbConnection, email: &str, client: &str) -> R
         .chain(login_retry_after(&everywhere, now, LOGIN_FAILURE_LIMIT_PER_EMAIL))
         .max();
     if let Some(retry_after_secs) = throttled {
-        return Err(AppError::TooManyRequests {
-            retry_after_secs,
-            detail: "Too many failed sign-ins for this email; try again later.".into(),
-        });
+        return Err(Refusal::SignInsThrottled { retry_after_secs }.into());
     }
     diesel::delete(login_failures::table.filter(login_failures::email.eq(email)))
         .filter(login_failures::failed_at.le(login_window_start(now)))
@@ -212,9 +208,9 @@ fn record_login_attempt(conn: &mut DbConnection, email: &str, client: &str) -> R
 }
 
 /// A password or email change that passed every check that costs no hash: the target's
-/// email is free (409 otherwise), the account is within `CREDENTIAL_CHANGE_LIMIT` (429
-/// otherwise) and, when the current password must be checked, the sign-in throttle lets
-/// the attempt through (429 otherwise). The change is counted from here on (`reservation`);
+/// email is free (`EmailTaken` otherwise), the account is within `CREDENTIAL_CHANGE_LIMIT`
+/// (`CredentialChangesThrottled` otherwise) and, when the current password must be checked,
+/// the sign-in throttle lets the attempt through (`SignInsThrottled` otherwise). The change is counted from here on (`reservation`);
 /// `AbandonCredentialChange` takes it back if it does not happen.
 pub struct BeginCredentialChange {
     pub user_id: Uuid,
@@ -237,40 +233,40 @@ pub struct Reauthentication {
     pub password_hash: String,
 }
 
-/// Refuses (409) an email another live user has, unless that user is `except`. A check
+/// Refuses (`EmailTaken`) an email another live user has, unless that user is `except`. A check
 /// before hashing a password, so that a taken email costs no argon2 run; the unique index
 /// still decides when two requests race for one email.
-fn refuse_taken_email(conn: &mut DbConnection, email: &str, except: Option<&str>) -> Result<(), AppError> {
+fn refuse_taken_email(conn: &mut DbConnection, email: &str, except: Option<&str>) -> Result<(), DbError> {
     let mut others = users::table.filter(users::email.eq(email)).filter(users::deleted_at.is_null()).into_boxed();
     if let Some(id) = except {
         others = others.filter(users::id.ne(id));
     }
     let taken: i64 = others.count().get_result(conn)?;
     if taken > 0 {
-        return Err(AppError::conflict("An account with this email already exists."));
+        return Err(DbError::Refused(Refusal::EmailTaken));
     }
     Ok(())
 }
 
-/// Refuses (409) a registration whose email is taken, before its password is hashed.
+/// Refuses (`EmailTaken`) a registration whose email is taken, before its password is hashed.
 pub struct EmailIsFree {
     pub email: String,
 }
 
 impl UseCase for EmailIsFree {
     type Output = ();
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), DbError> {
         refuse_taken_email(conn, &self.email, None)
     }
 }
 
 impl UseCase for BeginCredentialChange {
     type Output = CredentialChange;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<CredentialChange, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<CredentialChange, DbError> {
         let BeginCredentialChange { user_id, new_email, reauthenticate_from } = self;
         let id = user_id.to_string();
         conn.write_transaction(|conn| {
-            let user = live_user(conn, user_id)?.ok_or_else(|| AppError::NotFound("No such user.".into()))?;
+            let user = live_user(conn, user_id)?.ok_or(Refusal::NotFound(Missing::User))?;
             if let Some(email) = &new_email {
                 refuse_taken_email(conn, email, Some(&id))?;
             }
@@ -291,13 +287,7 @@ impl UseCase for BeginCredentialChange {
                 .load(conn)?;
             if let Some(retry_after_secs) = retry_after(&recent, now, CREDENTIAL_CHANGE_LIMIT, CREDENTIAL_CHANGE_WINDOW)
             {
-                return Err(AppError::TooManyRequests {
-                    retry_after_secs,
-                    detail: format!(
-                        "This account's password or email was changed {CREDENTIAL_CHANGE_LIMIT} times within the \
-                         last hour; try again later."
-                    ),
-                });
+                return Err(Refusal::CredentialChangesThrottled { retry_after_secs }.into());
             }
             let reauthentication = match reauthenticate_from {
                 Some(client) => Some(Reauthentication {
@@ -324,7 +314,7 @@ pub struct AbandonCredentialChange {
 
 impl UseCase for AbandonCredentialChange {
     type Output = ();
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), DbError> {
         diesel::delete(credential_changes::table.filter(credential_changes::id.eq(self.reservation))).execute(conn)?;
         Ok(())
     }
@@ -349,7 +339,7 @@ pub struct FinishLogin {
 
 impl UseCase for FinishLogin {
     type Output = ();
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), DbError> {
         let by_email = login_failures::table.filter(login_failures::email.eq(&self.email));
         match self.outcome {
             LoginOutcome::Succeeded => {
@@ -363,11 +353,11 @@ impl UseCase for FinishLogin {
     }
 }
 
-/// Refuses (409) an operation that would take away the last live admin. Callers hold a
+/// Refuses (`LastAdmin`) an operation that would take away the last live admin. Callers hold a
 /// write transaction; on PostgreSQL an advisory lock serialises such operations, so two
 /// admins demoting each other at once cannot both pass the count (SQLite's `BEGIN
 /// IMMEDIATE` already serialises writers).
-fn keep_an_admin(conn: &mut DbConnection) -> Result<(), AppError> {
+fn keep_an_admin(conn: &mut DbConnection) -> Result<(), DbError> {
     const ADMIN_SET_LOCK: i64 = 0x5354_4f52_4541_444d; // "STOREADM"
     if matches!(conn, DbConnection::Postgres(_)) {
         diesel::sql_query(format!("SELECT pg_advisory_xact_lock({ADMIN_SET_LOCK})")).execute(conn)?;
@@ -378,11 +368,7 @@ fn keep_an_admin(conn: &mut DbConnection) -> Result<(), AppError> {
         .count()
         .get_result(conn)?;
     if admins <= 1 {
-        return Err(AppError::Conflict {
-            kind: "last-admin",
-            detail: "This is the last admin; make another admin first.".into(),
-            extensions: serde_json::Map::new(),
-        });
+        return Err(Refusal::LastAdmin.into());
     }
     Ok(())
 }
@@ -393,7 +379,7 @@ pub struct FindActiveUser {
 
 impl UseCase for FindActiveUser {
     type Output = Option<User>;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Option<User>, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Option<User>, DbError> {
         live_user(conn, self.id)?.map(UserRow::into_user).transpose()
     }
 }
@@ -404,7 +390,7 @@ pub struct ListUsers {
 
 impl UseCase for ListUsers {
     type Output = Page<User>;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Page<User>, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Page<User>, DbError> {
         let live = || users::table.filter(users::deleted_at.is_null());
         let total: i64 = live().count().get_result(conn)?;
         let rows: Vec<UserRow> = live()
@@ -434,9 +420,9 @@ pub struct UpdateUser {
 
 impl UseCase for UpdateUser {
     type Output = User;
-    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<User, AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<User, DbError> {
         conn.write_transaction(|conn| {
-            let current = live_user(conn, self.id)?.ok_or_else(|| AppError::NotFound("No such user.".into()))?;
+            let current = live_user(conn, self.id)?.ok_or(Refusal::NotFound(Missing::User))?;
             let role_changes = self.changes.role.as_ref().is_some_and(|role| *role != current.role);
             if role_changes && current.role == Role::Admin.as_str() {
                 keep_an_admin(conn)?;
@@ -450,7 +436,7 @@ impl UseCase for UpdateUser {
                 .execute(conn)
                 .map_err(email_taken)?;
             outbox.append(conn, vec![user_event(self.id, "user.updated")])?;
-            live_user(conn, self.id)?.ok_or_else(|| AppError::NotFound("No such user.".into()))?.into_user()
+            live_user(conn, self.id)?.ok_or(Refusal::NotFound(Missing::User))?.into_user()
         })
     }
 }
@@ -463,7 +449,7 @@ pub struct DeleteUser {
 
 impl UseCase for DeleteUser {
     type Output = ();
-    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<(), AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<(), DbError> {
         conn.write_transaction(|conn| {
             if live_user(conn, self.id)?.is_some_and(|user| user.role == Role::Admin.as_str()) {
                 keep_an_admin(conn)?;
@@ -474,7 +460,7 @@ impl UseCase for DeleteUser {
             .set(users::deleted_at.eq(Some(clock::now())))
             .execute(conn)?;
             if deleted == 0 {
-                return Err(AppError::NotFound("No such user.".into()));
+                return Err(DbError::Refused(Refusal::NotFound(Missing::User)));
             }
             outbox.append(conn, vec![user_event(self.id, "user.deleted")])
         })

@@ -8,6 +8,7 @@ pub mod money;
 pub mod paging;
 pub mod rate_lease;
 pub mod rate_limit;
+pub mod refusal;
 pub mod restart_intensity;
 pub mod shop;
 pub mod text;
