@@ -14,10 +14,10 @@ use super::{
 };
 
 pub const ACTOR: &str = "janitor";
+use crate::db::DbError;
 use crate::{
     db::housekeeping::{PruneExpired, Pruned},
     domain::{clock, user::LOGIN_FAILURE_WINDOW},
-    error::AppError,
     metrics::Metrics,
 };
 
@@ -56,7 +56,7 @@ impl Janitor {
         Self { db, retention, running: false, supervision, metrics, record: Record::default() }
     }
 
-    fn finish(&mut self, outcome: Result<Pruned, AppError>) {
+    fn finish(&mut self, outcome: Result<Pruned, DbError>) {
         self.running = false;
         let now = Utc::now();
         self.record.runs += 1;

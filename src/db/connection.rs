@@ -205,7 +205,7 @@ pub struct CommitUncertain;
 
 impl From<CommitUncertain> for super::DbError {
     fn from(_: CommitUncertain) -> Self {
-        Self::CommitUncertain
+        Self::OutcomeUnknown
     }
 }
 

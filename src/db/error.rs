@@ -18,15 +18,16 @@ pub enum DbError {
     /// the same request may succeed shortly.
     #[display("database unavailable: {_0:?}")]
     Unavailable(Unavailable),
-    /// A COMMIT failed: the change may or may not have been applied.
-    #[display("the outcome of COMMIT is unknown")]
-    CommitUncertain,
+    /// A write may or may not have been applied: its COMMIT failed, or its caller stopped
+    /// waiting while it ran.
+    #[display("the outcome of the write is unknown")]
+    OutcomeUnknown,
     /// Something broke inside; the message is for the log.
     #[display("{_0}")]
     Internal(String),
 }
 
-/// Why the database could not be used.
+/// Why the database could not be used (here, or by the executors that run its use cases).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unavailable {
     /// No connection could be had, or the one in use broke.
@@ -35,6 +36,20 @@ pub enum Unavailable {
     TransactionConflict,
     /// The readiness ping failed.
     PingFailed,
+    /// Every executor is busy and the admission queue is full.
+    AtCapacity,
+    /// The circuit breaker is open after repeated connection failures.
+    BreakerOpen { retry_after_secs: u64 },
+    /// Every executor crashed too often and waits out its restart backoff.
+    WorkersRestarting { retry_after_secs: u64 },
+    /// The named actor crashed too often and waits out its restart backoff.
+    ActorRestarting { actor: &'static str, retry_after_secs: u64 },
+    /// The caller stopped waiting before the work started; it never will.
+    Abandoned,
+    /// No executor answered in time, and the work was withdrawn before it started.
+    TimedOut,
+    /// Asked before the database side was started.
+    NotStartedYet,
 }
 
 impl std::error::Error for DbError {}

@@ -3,6 +3,7 @@
 //! type and status (see `error.rs`). Nothing below `http` knows of either.
 
 use crate::{
+    actors::supervision::ActorFailure,
     db::{error::Unavailable, DbError},
     domain::{
         refusal::{Missing, Refusal},
@@ -89,13 +90,48 @@ impl From<DbError> for AppError {
     fn from(error: DbError) -> Self {
         match error {
             DbError::Refused(refusal) => refusal.into(),
-            DbError::Unavailable(why) => Self::unavailable(match why {
-                Unavailable::ConnectionLost => "The database is unavailable; try again shortly.",
-                Unavailable::TransactionConflict => "The request conflicted with a concurrent one; try again.",
-                Unavailable::PingFailed => "The database is unavailable.",
-            }),
-            DbError::CommitUncertain => Self::OutcomeUnknown,
+            DbError::Unavailable(why) => why.into(),
+            DbError::OutcomeUnknown => Self::OutcomeUnknown,
             DbError::Internal(cause) => Self::Internal(cause),
+        }
+    }
+}
+
+impl From<Unavailable> for AppError {
+    fn from(why: Unavailable) -> Self {
+        let (retry_after_secs, detail) = match why {
+            Unavailable::ConnectionLost => (1, "The database is unavailable; try again shortly.".into()),
+            Unavailable::TransactionConflict => (1, "The request conflicted with a concurrent one; try again.".into()),
+            Unavailable::PingFailed => (1, "The database is unavailable.".into()),
+            Unavailable::AtCapacity => (1, "The service is at capacity; try again shortly.".into()),
+            Unavailable::BreakerOpen { retry_after_secs } => {
+                (retry_after_secs, "The database is unavailable (circuit breaker open); try again shortly.".into())
+            }
+            Unavailable::WorkersRestarting { retry_after_secs } => (
+                retry_after_secs,
+                "The database workers are restarting after repeated crashes; try again shortly.".into(),
+            ),
+            Unavailable::ActorRestarting { actor, retry_after_secs } => (
+                retry_after_secs,
+                format!("The {actor} actor is restarting after repeated crashes; try again shortly."),
+            ),
+            Unavailable::Abandoned => (1, "The request was abandoned before it ran.".into()),
+            Unavailable::TimedOut => {
+                (1, "The database did not answer in time; nothing was changed, try again shortly.".into())
+            }
+            Unavailable::NotStartedYet => (1, "The cache has no database yet.".into()),
+        };
+        Self::Unavailable { retry_after_secs, detail }
+    }
+}
+
+impl From<ActorFailure> for AppError {
+    fn from(failure: ActorFailure) -> Self {
+        match failure {
+            ActorFailure::Panicked { actor } => Self::Internal(format!("actor {actor} panicked")),
+            ActorFailure::BackingOff { actor, retry_after_secs } => {
+                Unavailable::ActorRestarting { actor, retry_after_secs }.into()
+            }
         }
     }
 }

@@ -212,7 +212,7 @@ async fn change_credentials(
         if let Some(password) = new_password {
             changes.password_hash = Some(state.passwords.hash(password).await?);
         }
-        state.db.run(UpdateUser { id, changes }).await
+        Ok(state.db.run(UpdateUser { id, changes }).await?)
     }
     .await;
     if changed.is_err() {
