@@ -65,7 +65,7 @@ pub(super) fn credit(
 }
 
 /// Takes from a balance only if it covers the amount: the account afterwards, `None` when
-/// it does not. An order's debit on PostgreSQL is `orders::OPEN_ORDER`: keep the two alike.
+/// it does not. An order's debit on PostgreSQL is inside `orders::OPEN_ORDER`, with this guard.
 pub(super) fn debit(
     conn: &mut DbConnection,
     user_id: Uuid,
