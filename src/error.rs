@@ -99,11 +99,6 @@ impl AppError {
         Self::Internal(text)
     }
 
-    /// A refusal of what the client asked (a 4xx): the answer, not a failure to give one.
-    pub fn is_refusal(&self) -> bool {
-        self.status_code().is_client_error()
-    }
-
     pub fn to_problem(&self) -> Problem {
         let status = self.status_code();
         let mut problem = Problem::for_status(status);
@@ -231,27 +226,6 @@ impl Problem {
         instance.clone_into(&mut self.instance);
         request_id.clone_into(&mut self.request_id);
         self
-    }
-}
-
-impl From<diesel::result::Error> for AppError {
-    fn from(error: diesel::result::Error) -> Self {
-        use diesel::result::{DatabaseErrorKind, Error};
-        match error {
-            Error::NotFound => Self::NotFound("The resource does not exist.".into()),
-            Error::DatabaseError(
-                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
-                info,
-            ) => {
-                tracing::warn!(error = %info.message(), "database connection lost");
-                Self::unavailable("The database is unavailable; try again shortly.")
-            }
-            Error::DatabaseError(DatabaseErrorKind::SerializationFailure, info) => {
-                tracing::warn!(error = %info.message(), "transaction conflict");
-                Self::unavailable("The request conflicted with a concurrent one; try again.")
-            }
-            other => Self::internal("database error", &other),
-        }
     }
 }
 

@@ -119,7 +119,8 @@ fn create_user(
     migrations::run_pending(&mut conn).map_err(|e| format!("migrations failed: {e}"))?;
     let user = CreateUser { email, name, role, password_hash }
         .run(&mut conn, &mut Outbox::unattributed())
-        .map_err(|e| e.to_string())?;
+        // In the words an API client would be given.
+        .map_err(|e| storefront::error::AppError::from(e).to_string())?;
     println!("{}", serde_json::to_string(&user).map_err(|e| e.to_string())?);
     Ok(())
 }

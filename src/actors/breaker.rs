@@ -27,7 +27,10 @@ use actix::{Message, Recipient};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::{error::AppError, metrics::Metrics};
+use crate::{
+    db::{error::Unavailable, DbError},
+    metrics::Metrics,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -114,7 +117,7 @@ impl DbBreaker {
 
     /// Whether a request may reach the pool: only while closed. A refusal costs one atomic
     /// load and says when to come back.
-    pub fn admit(&self) -> Result<(), AppError> {
+    pub fn admit(&self) -> Result<(), DbError> {
         match self.state() {
             BreakerState::Closed => Ok(()),
             _ => Err(refusal(self.cooldown_remaining())),
@@ -230,12 +233,9 @@ impl DbBreaker {
     }
 }
 
-fn refusal(retry_after: Duration) -> AppError {
+fn refusal(retry_after: Duration) -> DbError {
     let seconds = retry_after.as_millis().div_ceil(1000).max(1);
-    AppError::Unavailable {
-        retry_after_secs: u64::try_from(seconds).unwrap_or(u64::MAX),
-        detail: "The database is unavailable (circuit breaker open); try again shortly.".into(),
-    }
+    DbError::Unavailable(Unavailable::BreakerOpen { retry_after_secs: u64::try_from(seconds).unwrap_or(u64::MAX) })
 }
 
 #[cfg(test)]
@@ -283,7 +283,7 @@ mod tests {
         assert_eq!(breaker.state(), BreakerState::Open);
         assert_eq!(metrics.ops.db_breaker_state.get(), 1);
         match breaker.admit() {
-            Err(AppError::Unavailable { retry_after_secs, .. }) => assert_eq!(retry_after_secs, 1),
+            Err(DbError::Unavailable(Unavailable::BreakerOpen { retry_after_secs })) => assert_eq!(retry_after_secs, 1),
             other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
         }
 

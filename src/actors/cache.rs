@@ -20,12 +20,12 @@ use super::{
     shards::Shards,
     supervision::{guarded, guarded_then, supervised_actor, RestartReporter, SupervisedActor, Supervision, Unstarted},
 };
+use crate::db::{error::Unavailable, DbError};
 pub use crate::domain::cache_key::CacheKey;
 use crate::domain::cache_key::StaleEntries;
 use crate::{
     db::{catalog::GetProduct, users::FindActiveUser},
     domain::{catalog::RenderedProduct, user::User},
-    error::AppError,
     metrics::Metrics,
 };
 
@@ -51,12 +51,12 @@ impl CachedItem {
     }
 }
 
-async fn load(db: &DbGateway, key: &CacheKey) -> Result<Cached, AppError> {
+async fn load(db: &DbGateway, key: &CacheKey) -> Result<Cached, DbError> {
     match *key {
         CacheKey::Product(id) => {
             let product = db.read_positioned(GetProduct { id }).await?;
             let rendered = product.value.as_ref().map(RenderedProduct::of).transpose();
-            let rendered = rendered.map_err(|error| AppError::Internal(format!("rendering a product: {error}")))?;
+            let rendered = rendered.map_err(|error| DbError::Internal(format!("rendering a product: {error}")))?;
             Ok(Positioned { value: CachedItem::Product(rendered), position: product.position })
         }
         CacheKey::User(id) => Ok(db.read_positioned(FindActiveUser { id }).await?.map(CachedItem::User)),
@@ -195,7 +195,7 @@ impl Tier {
 trait TierActor: SupervisedActor {
     fn tier(&mut self) -> &mut Tier;
     /// The read that fills a new load.
-    fn fetch(&mut self, key: CacheKey) -> impl Future<Output = Result<Cached, AppError>> + 'static;
+    fn fetch(&mut self, key: CacheKey) -> impl Future<Output = Result<Cached, DbError>> + 'static;
 }
 
 /// `Get`, `Invalidate` and `Clear` for a tier actor, each under its panic guard.
@@ -248,7 +248,7 @@ impl TierActor for Cache {
         &mut self.tier
     }
 
-    fn fetch(&mut self, key: CacheKey) -> impl Future<Output = Result<Cached, AppError>> + 'static {
+    fn fetch(&mut self, key: CacheKey) -> impl Future<Output = Result<Cached, DbError>> + 'static {
         self.tier.count(&key, "miss");
         self.tier.metrics.cache_loads.with_label_values(&[key.cache()]).inc();
         let db = self.db.clone();
@@ -442,25 +442,25 @@ impl CacheClient {
     }
 
     /// A product (`None`: there is none), with the position its entry was loaded at.
-    pub async fn product(&self, id: Uuid) -> Result<Positioned<Option<RenderedProduct>>, AppError> {
+    pub async fn product(&self, id: Uuid) -> Result<Positioned<Option<RenderedProduct>>, DbError> {
         let Positioned { value, position } = self.get(CacheKey::Product(id)).await?;
         match value {
             CachedItem::Product(product) => Ok(Positioned { value: product, position }),
-            CachedItem::User(_) => Err(AppError::Internal("cache returned a user for a product key".into())),
+            CachedItem::User(_) => Err(DbError::Internal("cache returned a user for a product key".into())),
         }
     }
 
     /// A live user (`None`: no such user, or deleted).
-    pub async fn user(&self, id: Uuid) -> Result<Option<User>, AppError> {
+    pub async fn user(&self, id: Uuid) -> Result<Option<User>, DbError> {
         Ok(self.user_with_position(id).await?.value)
     }
 
     /// A live user, with the position its entry was loaded at.
-    pub async fn user_with_position(&self, id: Uuid) -> Result<Positioned<Option<User>>, AppError> {
+    pub async fn user_with_position(&self, id: Uuid) -> Result<Positioned<Option<User>>, DbError> {
         let Positioned { value, position } = self.get(CacheKey::User(id)).await?;
         match value {
             CachedItem::User(user) => Ok(Positioned { value: user, position }),
-            CachedItem::Product(_) => Err(AppError::Internal("cache returned a product for a user key".into())),
+            CachedItem::Product(_) => Err(DbError::Internal("cache returned a product for a user key".into())),
         }
     }
 
@@ -484,7 +484,7 @@ impl CacheClient {
         }
     }
 
-    async fn get(&self, key: CacheKey) -> Result<Cached, AppError> {
+    async fn get(&self, key: CacheKey) -> Result<Cached, DbError> {
         let near = self.near.as_ref().filter(|_| !self.tiers.restarts.is_down());
         let Some(near) = near else { return self.shared_reader().read(key).await };
         // Same thread: no wake-up of another worker, no contention on a shared mailbox.
@@ -496,7 +496,7 @@ impl CacheClient {
                 match actix_rt::time::timeout(load + ask, pending).await {
                     Ok(Ok(Some(value))) => return Ok(value),
                     Ok(Ok(None)) | Err(_) => {
-                        return Err(AppError::unavailable("The database is unavailable; try again shortly."));
+                        return Err(DbError::Unavailable(Unavailable::ConnectionLost));
                     }
                     // The shard restarted and dropped its waiters.
                     Ok(Err(_)) => {}
@@ -519,7 +519,7 @@ struct SharedReader {
 }
 
 impl SharedReader {
-    async fn read(&self, key: CacheKey) -> Result<Cached, AppError> {
+    async fn read(&self, key: CacheKey) -> Result<Cached, DbError> {
         let Some(cache) = &self.cache else { return load(&self.db, &key).await };
         let bypass = |reason: &str| {
             self.metrics.cache_bypass.with_label_values(&[key.cache(), reason]).inc();
@@ -535,7 +535,7 @@ impl SharedReader {
                 // The one shared load failed or hung: every waiter shares that answer rather
                 // than stampeding a struggling database with loads of its own.
                 Ok(Ok(None)) | Err(_) => {
-                    return Err(AppError::unavailable("The database is unavailable; try again shortly."));
+                    return Err(DbError::Unavailable(Unavailable::ConnectionLost));
                 }
                 // The cache actor restarted and dropped its waiters.
                 Ok(Err(_)) => bypass("restarted"),
@@ -573,7 +573,7 @@ impl TierActor for NearCache {
         &mut self.tier
     }
 
-    fn fetch(&mut self, key: CacheKey) -> impl Future<Output = Result<Cached, AppError>> + 'static {
+    fn fetch(&mut self, key: CacheKey) -> impl Future<Output = Result<Cached, DbError>> + 'static {
         let reader = self.reader.clone();
         async move { reader.read(key).await }
     }

@@ -4,7 +4,7 @@
 use actix::Message;
 
 use crate::{
-    db::{outbox::Outbox, DbConnection, UseCase},
+    db::{outbox::Outbox, DbConnection, DbError, UseCase},
     error::AppError,
 };
 
@@ -24,7 +24,7 @@ pub struct PanicWorker;
 
 impl UseCase for PanicWorker {
     type Output = ();
-    fn run(self, _conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), AppError> {
+    fn run(self, _conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), DbError> {
         panic!("fault injected: DbExecutor panic requested by an operator");
     }
 }
@@ -36,7 +36,7 @@ pub struct StallWorker {
 
 impl UseCase for StallWorker {
     type Output = ();
-    fn run(self, _conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), AppError> {
+    fn run(self, _conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), DbError> {
         std::thread::sleep(self.duration);
         Ok(())
     }

@@ -23,11 +23,11 @@ use super::{
 };
 use crate::{
     db::{
+        error::Unavailable,
         outbox::{Attribution, Outbox, OutboxSignals},
-        DbConnection, DbPool, UseCase,
+        DbConnection, DbError, DbPool, UseCase,
     },
     domain::cache_key::StaleEntries,
-    error::AppError,
     metrics::Metrics,
 };
 
@@ -49,7 +49,7 @@ pub struct Query<U> {
 }
 
 impl<U: UseCase> Message for Query<U> {
-    type Result = Result<U::Output, AppError>;
+    type Result = Result<U::Output, DbError>;
 }
 
 pub const ACTOR: &str = super::names::DB_EXECUTOR;
@@ -70,13 +70,13 @@ pub struct DbExecutor {
 supervised_pool_actor!(DbExecutor);
 
 impl<U: UseCase> Handler<Query<U>> for DbExecutor {
-    type Result = Result<U::Output, AppError>;
+    type Result = Result<U::Output, DbError>;
 
     fn handle(&mut self, query: Query<U>, ctx: &mut SyncContext<Self>) -> Self::Result {
         let _entered = query.span.enter();
         if query.progress.compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire).is_err() {
             // The caller gave up before this started and was told nothing happened.
-            return Err(AppError::unavailable("The request was abandoned before it ran."));
+            return Err(DbError::Unavailable(Unavailable::Abandoned));
         }
         // Work queued before the breaker opened is refused now rather than each piece
         // waiting out a connection attempt.
@@ -92,7 +92,7 @@ impl<U: UseCase> Handler<Query<U>> for DbExecutor {
             });
             let mut conn = connection.map_err(|error| {
                 tracing::warn!(%error, "no database connection available");
-                AppError::unavailable("The database is unavailable; try again shortly.")
+                DbError::Unavailable(Unavailable::ConnectionLost)
             })?;
             use_case.run(&mut conn, &mut outbox)
         });
@@ -210,7 +210,7 @@ impl DbGateway {
     /// that had already started runs on, and its caller learns the outcome is unknown (504).
     /// A write is answered after the cache was told to drop what it changed (by the
     /// executor, right after COMMIT), so the writer's next read is queued behind that.
-    pub async fn run<U: UseCase>(&self, use_case: U) -> Result<U::Output, AppError> {
+    pub async fn run<U: UseCase>(&self, use_case: U) -> Result<U::Output, DbError> {
         if let Err(refused) = self.breaker.admit() {
             self.metrics.db_shed.with_label_values(&["breaker_open"]).inc();
             return Err(refused);
@@ -219,10 +219,9 @@ impl DbGateway {
             // Every executor panicked too often and sleeps out its backoff: nothing would
             // take the request before then.
             self.metrics.db_shed.with_label_values(&["backing_off"]).inc();
-            return Err(AppError::Unavailable {
+            return Err(DbError::Unavailable(Unavailable::WorkersRestarting {
                 retry_after_secs: self.restarts.retry_after_secs(),
-                detail: "The database workers are restarting after repeated crashes; try again shortly.".into(),
-            });
+            }));
         }
         let progress = Arc::new(AtomicU8::new(QUEUED));
         let query = Query {
@@ -241,29 +240,23 @@ impl DbGateway {
                 let reason = if withdrawn { "timeout" } else { "overran" };
                 self.metrics.db_shed.with_label_values(&[reason]).inc();
                 tracing::warn!(timeout_ms = self.timeout.as_millis() as u64, withdrawn, "database request timed out");
-                Err(if withdrawn {
-                    AppError::unavailable(
-                        "The database did not answer in time; nothing was changed, try again shortly.",
-                    )
-                } else {
-                    AppError::OutcomeUnknown
-                })
+                Err(if withdrawn { DbError::Unavailable(Unavailable::TimedOut) } else { DbError::OutcomeUnknown })
             }
-            Err(MailboxError::Closed) => Err(AppError::Internal("the DbExecutor mailbox is closed".into())),
+            Err(MailboxError::Closed) => Err(DbError::Internal("the DbExecutor mailbox is closed".into())),
         }
     }
 
     /// Runs a read and answers it with the outbox position observed before it began: every
     /// change the answer does not reflect has a larger event id (see `event_position`).
-    pub async fn read_positioned<U: UseCase>(&self, read: U) -> Result<Positioned<U::Output>, AppError> {
+    pub async fn read_positioned<U: UseCase>(&self, read: U) -> Result<Positioned<U::Output>, DbError> {
         let position = self.event_position.observe();
         Ok(Positioned { value: self.run(read).await?, position })
     }
 
-    fn admit(&self) -> Result<AdmissionSlot, AppError> {
+    fn admit(&self) -> Result<AdmissionSlot, DbError> {
         self.admission.try_admit().ok_or_else(|| {
             self.metrics.db_shed.with_label_values(&["saturated"]).inc();
-            AppError::unavailable("The service is at capacity; try again shortly.")
+            DbError::Unavailable(Unavailable::AtCapacity)
         })
     }
 }
@@ -273,11 +266,11 @@ pub struct Ping;
 
 impl UseCase for Ping {
     type Output = ();
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), DbError> {
         use diesel::r2d2::R2D2Connection;
         conn.ping().map_err(|error| {
             tracing::warn!(%error, "database ping failed");
-            AppError::unavailable("The database is unavailable.")
+            DbError::Unavailable(Unavailable::PingFailed)
         })
     }
 }

@@ -10,7 +10,7 @@ use actix::{Addr, Handler, Message, SyncArbiter, SyncContext};
 use super::{
     pool_threads::{supervised_pool_actor, PoolThreads},
     report::ActorReport,
-    supervision::{RestartReporter, Supervision},
+    supervision::{ActorFailure, RestartReporter, Supervision},
 };
 use crate::{
     config::DatabaseConfig,
@@ -82,7 +82,7 @@ impl Handler<ProbeDatabase> for DbProbe {
     fn handle(&mut self, _msg: ProbeDatabase, ctx: &mut SyncContext<Self>) -> Self::Result {
         let started = Instant::now();
         let (manager, connection) = (&self.manager, &mut self.connection);
-        match self.supervision.catch(ctx, || probe(manager, connection)) {
+        match self.supervision.catch::<_, _, ActorFailure>(ctx, || probe(manager, connection)) {
             Ok(Ok(())) => Ok(started.elapsed()),
             Ok(Err(error)) => Err(error.message),
             // A fresh probe (and connection) is built for this thread.

@@ -34,6 +34,7 @@ use super::{
     relay_watch::RelayProgress,
     supervision::{guarded, guarded_interval, guarded_then, supervised_actor, SupervisedActor, Supervision},
 };
+use crate::db::DbError;
 use crate::{
     db::{
         events::{EventsAfter, StoredEvent, Tail},
@@ -42,7 +43,6 @@ use crate::{
         outbox_listener,
     },
     domain::cache_key::CacheKey,
-    error::AppError,
 };
 use uuid::Uuid;
 
@@ -171,9 +171,9 @@ impl EventRelay {
                 hub.send(Publish { after, events })
                     .timeout(HUB_TIMEOUT)
                     .await
-                    .map_err(|error| AppError::internal("event hub did not take a batch", &error))?;
+                    .map_err(|error| DbError::internal("event hub did not take a batch", &error))?;
             }
-            Ok::<_, AppError>((count, last, horizon))
+            Ok::<_, DbError>((count, last, horizon))
         };
         guarded_then(ctx, read_and_hand_on, move |outcome, act, ctx| {
             act.polling = false;

@@ -14,13 +14,13 @@ use super::{
 };
 
 pub const ACTOR: &str = super::names::JANITOR;
+use crate::db::DbError;
 use crate::{
     db::housekeeping::{PruneExpired, Pruned},
     domain::{
         clock,
         user::{CREDENTIAL_CHANGE_WINDOW, LOGIN_FAILURE_WINDOW},
     },
-    error::AppError,
     metrics::Metrics,
 };
 
@@ -59,7 +59,7 @@ impl Janitor {
         Self { db, retention, running: false, supervision, metrics, record: Record::default() }
     }
 
-    fn finish(&mut self, outcome: Result<Pruned, AppError>) {
+    fn finish(&mut self, outcome: Result<Pruned, DbError>) {
         self.running = false;
         let now = Utc::now();
         self.record.runs += 1;

@@ -32,6 +32,7 @@ use super::{
         guarded, guarded_interval, guarded_then, supervised_actor, RestartReporter, SupervisedActor, Supervision,
     },
 };
+use crate::db::DbError;
 use crate::{
     config::NatsSettings,
     db::{
@@ -41,7 +42,6 @@ use crate::{
         outbox::topic,
     },
     domain::clock,
-    error::AppError,
     metrics::Metrics,
 };
 
@@ -295,7 +295,7 @@ enum Claim {
 enum Outcome {
     NatsDown { reason: &'static str, detail: Option<String>, progress: Option<Progress> },
     Standby { progress: Progress },
-    DatabaseUnavailable(AppError),
+    DatabaseUnavailable(DbError),
     Published(Published),
 }
 

@@ -42,7 +42,11 @@ use super::{
     report::ActorReport,
     restarts::{ActorRestarts, Restart, RestartRegistry},
 };
-use crate::{error::AppError, metrics::Metrics};
+use crate::{
+    db::{error::Unavailable, DbError},
+    error::AppError,
+    metrics::Metrics,
+};
 
 /// What a crash loop injected with `/ops/chaos` panics with.
 const CRASH_LOOP: &str = "fault injected: crash loop requested by an operator";
@@ -183,14 +187,12 @@ impl Supervision {
 
     /// What the caller of a panicked actor is answered with (a 500 problem), or of one
     /// waiting out its backoff (a 503 with `Retry-After`).
-    pub fn failure(&self) -> AppError {
+    pub fn failure(&self) -> ActorFailure {
+        let actor = self.actor();
         if self.waiting {
-            AppError::Unavailable {
-                retry_after_secs: self.restarts.retry_after_secs(),
-                detail: format!("The {} actor is restarting after repeated crashes; try again shortly.", self.actor()),
-            }
+            ActorFailure::BackingOff { actor, retry_after_secs: self.restarts.retry_after_secs() }
         } else {
-            AppError::Internal(format!("actor {} panicked", self.actor()))
+            ActorFailure::Panicked { actor }
         }
     }
 
@@ -198,9 +200,10 @@ impl Supervision {
     /// thread's actor stopped, so the SyncArbiter's factory builds a fresh one on the same
     /// thread (after a backoff, see `wait_before_restart`); the caller gets the 500 it is
     /// answered with.
-    pub fn catch<A, T>(&mut self, ctx: &mut SyncContext<A>, work: impl FnOnce() -> T) -> Result<T, AppError>
+    pub fn catch<A, T, E>(&mut self, ctx: &mut SyncContext<A>, work: impl FnOnce() -> T) -> Result<T, E>
     where
         A: Actor<Context = SyncContext<A>>,
+        E: From<ActorFailure>,
     {
         let crash_looping = self.restarts.crash_looping();
         catch_panic(|| {
@@ -211,7 +214,7 @@ impl Supervision {
             let restart = self.panicked(&payload);
             self.reporter.ledger.do_send(restart);
             ctx.stop();
-            self.failure()
+            self.failure().into()
         })
     }
 
@@ -353,10 +356,30 @@ pub fn restarting<A: SupervisedActor>(act: &mut A, ctx: &mut Context<A>) {
     supervision.waiting = std::mem::take(&mut supervision.delayed);
 }
 
+/// Why a supervised actor did not do what it was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActorFailure {
+    /// It panicked doing it (and a fresh one takes its place).
+    Panicked { actor: &'static str },
+    /// It crashed too often and waits out its restart backoff, running nothing.
+    BackingOff { actor: &'static str, retry_after_secs: u64 },
+}
+
+impl From<ActorFailure> for DbError {
+    fn from(failure: ActorFailure) -> Self {
+        match failure {
+            ActorFailure::Panicked { actor } => Self::Internal(format!("actor {actor} panicked")),
+            ActorFailure::BackingOff { actor, retry_after_secs } => {
+                Self::Unavailable(Unavailable::ActorRestarting { actor, retry_after_secs })
+            }
+        }
+    }
+}
+
 /// Answers `Crash`: the actor panics in its handler, and its caller gets the 500 (a 503
 /// while the actor waits out a backoff: it runs nothing then).
 pub fn crash<A: SupervisedActor>(act: &mut A, ctx: &mut Context<A>, crash: Crash) -> Result<(), AppError> {
-    guarded(act, ctx, |_, _| crash.detonate()).ok_or_else(|| act.supervision().failure())
+    guarded(act, ctx, |_, _| crash.detonate()).ok_or_else(|| act.supervision().failure().into())
 }
 
 /// Answers `GetActorReport` from the actor's memory.

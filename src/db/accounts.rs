@@ -15,23 +15,16 @@ use super::{
     DbConnection, UseCase,
 };
 use crate::{
+    db::DbError,
+    domain::refusal::{Missing, Refusal},
     domain::{
         clock,
         paging::{Page, PageRequest},
         shop::{Account, Transfer},
     },
-    error::AppError,
 };
 
-pub(super) fn insufficient_funds() -> AppError {
-    AppError::Conflict {
-        kind: "insufficient-funds",
-        detail: "The balance is too low for this.".into(),
-        extensions: serde_json::Map::new(),
-    }
-}
-
-fn user_is_live(conn: &mut DbConnection, id: Uuid) -> Result<bool, AppError> {
+fn user_is_live(conn: &mut DbConnection, id: Uuid) -> Result<bool, DbError> {
     let found: i64 = users::table
         .filter(users::id.eq(id.to_string()))
         .filter(users::deleted_at.is_null())
@@ -40,13 +33,13 @@ fn user_is_live(conn: &mut DbConnection, id: Uuid) -> Result<bool, AppError> {
     Ok(found > 0)
 }
 
-pub(super) fn load_account(conn: &mut DbConnection, user_id: Uuid) -> Result<Account, AppError> {
+pub(super) fn load_account(conn: &mut DbConnection, user_id: Uuid) -> Result<Account, DbError> {
     let (balance_cents, updated_at): (i64, NaiveDateTime) = accounts::table
         .find(user_id.to_string())
         .select((accounts::balance_cents, accounts::updated_at))
         .first(conn)
         .optional()?
-        .ok_or_else(|| AppError::NotFound("No such account.".into()))?;
+        .ok_or(Refusal::NotFound(Missing::Account))?;
     Ok(account(user_id, balance_cents, updated_at))
 }
 
@@ -60,7 +53,7 @@ pub(super) fn credit(
     user_id: Uuid,
     amount: i64,
     now: NaiveDateTime,
-) -> Result<Option<Account>, AppError> {
+) -> Result<Option<Account>, DbError> {
     let credited = diesel::update(accounts::table.find(user_id.to_string()))
         .filter(accounts::balance_cents.le(i64::MAX - amount))
         .set((accounts::balance_cents.eq(accounts::balance_cents + amount), accounts::updated_at.eq(now)))
@@ -72,13 +65,13 @@ pub(super) fn credit(
 }
 
 /// Takes from a balance only if it covers the amount: the account afterwards, `None` when
-/// it does not. An order's debit on PostgreSQL is `orders::OPEN_ORDER`: keep the two alike.
+/// it does not. An order's debit on PostgreSQL is inside `orders::OPEN_ORDER`, with this guard.
 pub(super) fn debit(
     conn: &mut DbConnection,
     user_id: Uuid,
     amount: i64,
     now: NaiveDateTime,
-) -> Result<Option<Account>, AppError> {
+) -> Result<Option<Account>, DbError> {
     let debited = diesel::update(accounts::table.find(user_id.to_string()))
         .filter(accounts::balance_cents.ge(amount))
         .set((accounts::balance_cents.eq(accounts::balance_cents - amount), accounts::updated_at.eq(now)))
@@ -99,7 +92,7 @@ pub struct GetAccount {
 
 impl UseCase for GetAccount {
     type Output = Account;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Account, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Account, DbError> {
         load_account(conn, self.user_id)
     }
 }
@@ -113,14 +106,14 @@ pub struct Deposit {
 
 impl UseCase for Deposit {
     type Output = Outcome<Account>;
-    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Outcome<Account>, AppError> {
-        run_once(conn, outbox, self.idempotency.as_ref(), 201, |conn| {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Outcome<Account>, DbError> {
+        run_once(conn, outbox, self.idempotency.as_ref(), |conn| {
             if !user_is_live(conn, self.user_id)? {
-                return Err(AppError::NotFound("No such user.".into()));
+                return Err(DbError::Refused(Refusal::NotFound(Missing::User)));
             }
             let now = clock::now();
-            let account = credit(conn, self.user_id, self.amount_cents, now)?
-                .ok_or_else(|| AppError::invalid("amount_cents", "would overflow the balance"))?;
+            let account =
+                credit(conn, self.user_id, self.amount_cents, now)?.ok_or(Refusal::DepositOverflowsBalance)?;
             diesel::insert_into(deposits::table)
                 .values((
                     deposits::id.eq(Uuid::now_v7().to_string()),
@@ -144,21 +137,21 @@ pub struct MakeTransfer {
 
 impl UseCase for MakeTransfer {
     type Output = Outcome<Transfer>;
-    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Outcome<Transfer>, AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Outcome<Transfer>, DbError> {
         let (from, to, amount) = (self.from_user_id, self.to_user_id, self.amount_cents);
-        run_once(conn, outbox, self.idempotency.as_ref(), 201, |conn| {
+        run_once(conn, outbox, self.idempotency.as_ref(), |conn| {
             if !user_is_live(conn, to)? {
-                return Err(AppError::NotFound("No such recipient.".into()));
+                return Err(DbError::Refused(Refusal::NotFound(Missing::Recipient)));
             }
             let now = clock::now();
             // Lower user id first: two opposite transfers lock the same rows in the same order.
-            let overflow = || AppError::invalid("amount_cents", "would overflow the recipient's balance");
+            let overflow = || DbError::Refused(Refusal::TransferOverflowsRecipient);
             let (sender, recipient) = if from.to_string() < to.to_string() {
-                let sender = debit(conn, from, amount, now)?.ok_or_else(insufficient_funds)?;
+                let sender = debit(conn, from, amount, now)?.ok_or(Refusal::InsufficientFunds)?;
                 (sender, credit(conn, to, amount, now)?.ok_or_else(overflow)?)
             } else {
                 let recipient = credit(conn, to, amount, now)?.ok_or_else(overflow)?;
-                (debit(conn, from, amount, now)?.ok_or_else(insufficient_funds)?, recipient)
+                (debit(conn, from, amount, now)?.ok_or(Refusal::InsufficientFunds)?, recipient)
             };
             let transfer = Transfer {
                 id: Uuid::now_v7(),
@@ -183,7 +176,7 @@ impl UseCase for MakeTransfer {
 
 type TransferRow = (String, String, String, i64, NaiveDateTime);
 
-fn into_transfer((id, from, to, amount_cents, created_at): TransferRow) -> Result<Transfer, AppError> {
+fn into_transfer((id, from, to, amount_cents, created_at): TransferRow) -> Result<Transfer, DbError> {
     Ok(Transfer {
         id: parse_id(&id)?,
         from_user_id: parse_id(&from)?,
@@ -201,7 +194,7 @@ pub struct ListTransfers {
 
 impl UseCase for ListTransfers {
     type Output = Page<Transfer>;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Page<Transfer>, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Page<Transfer>, DbError> {
         let id = self.user_id.to_string();
         let mine =
             || transfers::table.filter(transfers::from_user_id.eq(id.clone()).or(transfers::to_user_id.eq(id.clone())));

@@ -11,6 +11,8 @@ use super::{
     DbConnection, UseCase,
 };
 use crate::{
+    db::DbError,
+    domain::refusal::{Missing, Refusal},
     domain::{
         catalog::{
             contains_pattern, fold, IfMatch, Product, ProductChanges, ProductFilter, ProductSort, ProductStatus,
@@ -18,7 +20,6 @@ use crate::{
         clock,
         paging::{Page, PageRequest},
     },
-    error::AppError,
 };
 
 #[derive(Debug, Queryable, Selectable, Insertable)]
@@ -46,11 +47,11 @@ pub fn product_columns() -> ProductColumns {
 }
 
 impl ProductRow {
-    pub fn into_product(self) -> Result<Product, AppError> {
+    pub fn into_product(self) -> Result<Product, DbError> {
         Ok(Product {
             id: parse_id(&self.id)?,
             status: ProductStatus::parse(&self.status)
-                .ok_or_else(|| AppError::Internal(format!("unknown product status {:?}", self.status)))?,
+                .ok_or_else(|| DbError::Internal(format!("unknown product status {:?}", self.status)))?,
             name: self.name,
             description: self.description,
             price_cents: self.price_cents,
@@ -62,12 +63,12 @@ impl ProductRow {
     }
 }
 
-fn not_found() -> AppError {
-    AppError::NotFound("No such product.".into())
+fn not_found() -> DbError {
+    DbError::Refused(Refusal::NotFound(Missing::Product))
 }
 
 /// A live (not deleted) product by id.
-pub fn find_live(conn: &mut DbConnection, id: &str) -> Result<Option<ProductRow>, AppError> {
+pub fn find_live(conn: &mut DbConnection, id: &str) -> Result<Option<ProductRow>, DbError> {
     Ok(products::table
         .filter(products::id.eq(id))
         .filter(products::deleted_at.is_null())
@@ -77,7 +78,7 @@ pub fn find_live(conn: &mut DbConnection, id: &str) -> Result<Option<ProductRow>
 }
 
 /// The product as it is now, with the event announcing the change.
-pub fn product_event(conn: &mut DbConnection, id: &str, kind: &'static str) -> Result<(Product, NewEvent), AppError> {
+pub fn product_event(conn: &mut DbConnection, id: &str, kind: &'static str) -> Result<(Product, NewEvent), DbError> {
     let product = find_live(conn, id)?.ok_or_else(not_found)?.into_product()?;
     let event = NewEvent::public(topic::PRODUCTS, kind, &product);
     Ok((product, event))
@@ -89,7 +90,7 @@ pub struct CreateProduct {
 
 impl UseCase for CreateProduct {
     type Output = Product;
-    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Product, AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Product, DbError> {
         let now = clock::now();
         let c = self.changes;
         let name = c.name.unwrap_or_default();
@@ -121,7 +122,7 @@ pub struct GetProduct {
 
 impl UseCase for GetProduct {
     type Output = Option<Product>;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Option<Product>, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Option<Product>, DbError> {
         find_live(conn, &self.id.to_string())?.map(ProductRow::into_product).transpose()
     }
 }
@@ -146,12 +147,12 @@ pub struct UpdateProduct {
 
 impl UseCase for UpdateProduct {
     type Output = Product;
-    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Product, AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Product, DbError> {
         let id = self.id.to_string();
         conn.write_transaction(|conn| {
             let current = find_live(conn, &id)?.ok_or_else(not_found)?;
             if self.if_match.as_ref().is_some_and(|precondition| !precondition.holds(current.version)) {
-                return Err(AppError::PreconditionFailed);
+                return Err(Refusal::ProductChanged.into());
             }
             let c = self.changes;
             let changeset = ProductChangeset {
@@ -168,7 +169,7 @@ impl UseCase for UpdateProduct {
                 .set((&changeset, products::version.eq(current.version + 1), products::updated_at.eq(clock::now())))
                 .execute(conn)?;
             if updated == 0 {
-                return Err(AppError::PreconditionFailed);
+                return Err(Refusal::ProductChanged.into());
             }
             let (product, event) = product_event(conn, &id, "product.updated")?;
             outbox.append(conn, vec![event])?;
@@ -184,7 +185,7 @@ pub struct DeleteProduct {
 
 impl UseCase for DeleteProduct {
     type Output = ();
-    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<(), AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<(), DbError> {
         let id = self.id.to_string();
         conn.write_transaction(|conn| {
             let now = clock::now();
@@ -212,7 +213,7 @@ pub struct ListProducts {
 
 impl UseCase for ListProducts {
     type Output = Page<Product>;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Page<Product>, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Page<Product>, DbError> {
         let filter = &self.filter;
         let query = || {
             let mut query = products::table.filter(products::deleted_at.is_null()).into_boxed();

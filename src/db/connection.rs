@@ -203,7 +203,7 @@ impl DbConnection {
 #[display("the outcome of COMMIT is unknown")]
 pub struct CommitUncertain;
 
-impl From<CommitUncertain> for crate::error::AppError {
+impl From<CommitUncertain> for super::DbError {
     fn from(_: CommitUncertain) -> Self {
         Self::OutcomeUnknown
     }

@@ -10,7 +10,7 @@ use super::{
     schema::{events, outbox_watermark},
     DbConnection, UseCase,
 };
-use crate::error::AppError;
+use crate::db::DbError;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = events)]
@@ -34,7 +34,7 @@ const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 const SETTLE_RECHECK: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl StartingPoint {
-    pub fn find(conn: &mut DbConnection) -> Result<(i64, Horizon), AppError> {
+    pub fn find(conn: &mut DbConnection) -> Result<(i64, Horizon), DbError> {
         let newest = events::table.select(diesel::dsl::max(events::id)).first::<Option<i64>>(conn)?.unwrap_or(0);
         if matches!(conn, DbConnection::Sqlite(_)) {
             return Ok((newest, Horizon::at(i64::MAX)));
@@ -74,7 +74,7 @@ pub struct Tail {
 
 impl UseCase for EventsAfter {
     type Output = Tail;
-    fn run(mut self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Tail, AppError> {
+    fn run(mut self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Tail, DbError> {
         let through = self.horizon.advance(conn)?;
         let events = events::table
             .filter(events::id.gt(self.after))
@@ -135,7 +135,7 @@ impl ReplayPage {
 
 impl UseCase for ReplayPage {
     type Output = Replay;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Replay, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Replay, DbError> {
         // First only the sizes, to find where the page ends in bytes; then exactly those rows.
         let sizes: Vec<(i64, i32)> = self
             .visible(self.through)

@@ -9,7 +9,7 @@ use super::{
     schema::{credential_changes, events, idempotency_keys, login_failures, outbox_watermark},
     DbConnection, UseCase,
 };
-use crate::error::AppError;
+use crate::db::DbError;
 
 pub struct PruneExpired {
     pub idempotency_keys_before: NaiveDateTime,
@@ -32,7 +32,7 @@ pub struct Pruned {
 
 impl UseCase for PruneExpired {
     type Output = Pruned;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Pruned, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Pruned, DbError> {
         Ok(Pruned {
             idempotency_keys: diesel::delete(
                 idempotency_keys::table.filter(idempotency_keys::created_at.lt(self.idempotency_keys_before)),
@@ -61,7 +61,7 @@ impl UseCase for PruneExpired {
 
 /// Deletes events older than `before` and raises the watermark to the highest id deleted,
 /// in one transaction, so a subscriber resuming below it learns that its replay has a gap.
-fn prune_events(conn: &mut DbConnection, before: NaiveDateTime, newest_prunable: i64) -> Result<usize, AppError> {
+fn prune_events(conn: &mut DbConnection, before: NaiveDateTime, newest_prunable: i64) -> Result<usize, DbError> {
     conn.write_transaction(|conn| {
         let expired = events::table.filter(events::created_at.lt(before)).filter(events::id.le(newest_prunable));
         let Some(highest) = expired.select(diesel::dsl::max(events::id)).first::<Option<i64>>(conn)? else {

@@ -1,9 +1,10 @@
 //! Idempotency keys. A keyed request claims its key, runs its effect and stores the
-//! response in one transaction. A replay with the same body gets the stored status and
-//! body; the same key with another body gets 422. A client error is stored too (it is the
-//! first response); a server error stores nothing, so a retry runs again.
+//! answer in one transaction. A replay with the same body gets the stored answer, which
+//! this module keeps without reading it (the caller's `FirstAnswer` writes it); the same
+//! key with another body is refused. A refusal by the rules is stored too (it is the first
+//! answer); a failure stores nothing, so a retry runs again.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use diesel::{
     prelude::*,
@@ -20,22 +21,39 @@ use super::{
     schema::idempotency_keys as keys,
     DbConnection,
 };
-use crate::{domain::clock, error::AppError};
+use crate::{
+    db::DbError,
+    domain::{clock, refusal::Refusal},
+};
 
 /// A claim (left by the earlier two-step scheme) older than this belongs to a request
 /// that died; a retry may take it over.
 const ABANDONED_AFTER: Duration = Duration::from_secs(60);
 
-/// What identifies one keyed request, and where its first answer was given.
+/// What identifies one keyed request, and how its first answer is kept.
 #[derive(Debug, Clone)]
 pub struct IdempotencyKey {
     pub user_id: Uuid,
     pub scope: String,
     pub key: String,
     pub fingerprint: String,
-    /// For rendering a stored error exactly as it was first sent.
-    pub request_id: String,
-    pub instance: String,
+    pub answers: Arc<dyn FirstAnswer>,
+}
+
+/// A stored answer: opaque to this module, which keeps it and gives it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+/// How the caller's first answer is written down, so that a replay is the very answer
+/// first given: the caller (the HTTP layer) knows what a client was sent.
+pub trait FirstAnswer: std::fmt::Debug + Send + Sync {
+    /// The answer to a request whose effect produced `body` (its output, as JSON).
+    fn done(&self, body: String) -> Answer;
+    /// The answer to a request the rules refused.
+    fn refused(&self, refusal: &Refusal) -> Answer;
 }
 
 impl IdempotencyKey {
@@ -46,7 +64,7 @@ impl IdempotencyKey {
 
 pub enum Outcome<T> {
     Fresh(T),
-    Replay { status: u16, body: String },
+    Replay(Answer),
 }
 
 /// What an effect wrote: its answer, and the events that describe its changes, which
@@ -62,20 +80,19 @@ pub struct Written<T> {
 /// stored in a second one, see `store_refusal`), so a request
 /// that fails before its effect commits (a lost connection, a server error) leaves no
 /// trace and a retry runs afresh as soon as the database is back; a COMMIT whose outcome
-/// is unknown answers 504 and a retry finds either the stored response or nothing. On
-/// PostgreSQL a concurrent duplicate is refused at once (409) by a transaction-scoped
+/// is unknown is `CommitUncertain` and a retry finds either the stored response or nothing. On
+/// PostgreSQL a concurrent duplicate is refused at once (`IdempotencyKeyInUse`) by a transaction-scoped
 /// advisory lock on the key; SQLite's `BEGIN IMMEDIATE` makes it wait for the first
 /// and then replay its answer.
 pub fn run_once<T, F>(
     conn: &mut DbConnection,
     outbox: &mut Outbox,
     key: Option<&IdempotencyKey>,
-    status: u16,
     effect: F,
-) -> Result<Outcome<T>, AppError>
+) -> Result<Outcome<T>, DbError>
 where
     T: Serialize,
-    F: FnOnce(&mut DbConnection) -> Result<Written<T>, AppError>,
+    F: FnOnce(&mut DbConnection) -> Result<Written<T>, DbError>,
 {
     let Some(key) = key else {
         return conn.write_transaction(|conn| {
@@ -85,30 +102,30 @@ where
         });
     };
     let attempt = conn.write_transaction(|conn| {
-        if let Some((status, body)) = claim(conn, key)? {
-            return Ok(Outcome::Replay { status, body });
+        if let Some(answer) = claim(conn, key)? {
+            return Ok(Outcome::Replay(answer));
         }
         let Written { value, events } = effect(conn).map_err(Attempt::Effect)?;
-        let body = serde_json::to_string(&value).map_err(|e| AppError::internal("encode response", &e))?;
-        store(conn, key, status, &body)?;
+        let body = serde_json::to_string(&value).map_err(|e| DbError::internal("encode response", &e))?;
+        store(conn, key, &key.answers.done(body))?;
         outbox.append(conn, events)?;
         Ok(Outcome::Fresh(value))
     });
     match attempt {
         Ok(outcome) => Ok(outcome),
-        Err(Attempt::Effect(refusal)) if refusal.is_refusal() => store_refusal(conn, key, refusal),
+        Err(Attempt::Effect(DbError::Refused(refusal))) => store_refusal(conn, key, refusal),
         Err(Attempt::Effect(error) | Attempt::Failed(error)) => Err(error),
     }
 }
 
 /// Why the keyed transaction was rolled back: its effect's error, or any other.
 enum Attempt {
-    Effect(AppError),
-    Failed(AppError),
+    Effect(DbError),
+    Failed(DbError),
 }
 
-impl From<AppError> for Attempt {
-    fn from(error: AppError) -> Self {
+impl From<DbError> for Attempt {
+    fn from(error: DbError) -> Self {
         Self::Failed(error)
     }
 }
@@ -125,26 +142,25 @@ impl From<CommitUncertain> for Attempt {
     }
 }
 
-/// The first answer is the answer, refusals (client errors) included. The effect's
+/// The first answer is the answer, refusals by the rules included. The effect's
 /// transaction was rolled back whole (a savepoint around every effect would cost two
 /// round trips on every request), so the refusal is stored in a transaction of its own —
 /// unless another request with the key answered in between: then that is the answer.
-fn store_refusal<T>(conn: &mut DbConnection, key: &IdempotencyKey, refusal: AppError) -> Result<Outcome<T>, AppError> {
+fn store_refusal<T>(conn: &mut DbConnection, key: &IdempotencyKey, refusal: Refusal) -> Result<Outcome<T>, DbError> {
     let replay = conn.write_transaction(|conn| {
-        if let Some((status, body)) = claim(conn, key)? {
-            return Ok(Some(Outcome::Replay { status, body }));
+        if let Some(answer) = claim(conn, key)? {
+            return Ok(Some(Outcome::Replay(answer)));
         }
-        let problem = refusal.to_problem().finish(&key.instance, &key.request_id);
-        store(conn, key, problem.status, &serde_json::to_string(&problem).unwrap_or_default())?;
-        Ok::<_, AppError>(None)
+        store(conn, key, &key.answers.refused(&refusal))?;
+        Ok::<_, DbError>(None)
     })?;
-    replay.ok_or(refusal)
+    replay.ok_or(DbError::Refused(refusal))
 }
 
 /// Claims the key for this transaction (a row without an answer, which `store` fills in),
-/// or answers the earlier request's stored status and body. 409 while another
+/// or answers the earlier request's stored answer. Refused while another
 /// transaction holds the key.
-fn claim(conn: &mut DbConnection, key: &IdempotencyKey) -> Result<Option<(u16, String)>, AppError> {
+fn claim(conn: &mut DbConnection, key: &IdempotencyKey) -> Result<Option<Answer>, DbError> {
     if let DbConnection::Postgres(pg) = conn {
         if claim_on_postgres(pg, key)? {
             return Ok(None);
@@ -172,11 +188,11 @@ fn claim(conn: &mut DbConnection, key: &IdempotencyKey) -> Result<Option<(u16, S
     Ok(None)
 }
 
-/// One round trip: take a transaction-scoped advisory lock on the key (refusing with 409
+/// One round trip: take a transaction-scoped advisory lock on the key (refusing
 /// when another transaction holds it, i.e. the first request is still running), then
 /// insert the claim unless a row for the key exists. True when claimed. The lock comes
 /// first, so a row found afterwards is committed and the caller reads its answer.
-fn claim_on_postgres(conn: &mut PgConnection, key: &IdempotencyKey) -> Result<bool, AppError> {
+fn claim_on_postgres(conn: &mut PgConnection, key: &IdempotencyKey) -> Result<bool, DbError> {
     /// The advisory lock class of idempotency keys (the two-key form never collides with
     /// the one-key locks used elsewhere).
     const LOCK_CLASS: i32 = 0x4944_4b59; // "IDKY"
@@ -216,7 +232,7 @@ fn claim_on_postgres(conn: &mut PgConnection, key: &IdempotencyKey) -> Result<bo
 }
 
 /// The stored answer of an earlier request with this key, if there is one.
-fn earlier_answer(conn: &mut DbConnection, key: &IdempotencyKey) -> Result<Option<(u16, String)>, AppError> {
+fn earlier_answer(conn: &mut DbConnection, key: &IdempotencyKey) -> Result<Option<Answer>, DbError> {
     let existing: Option<(String, Option<i32>, Option<String>, chrono::NaiveDateTime)> = keys::table
         .find(key.primary_key())
         .select((keys::fingerprint, keys::response_status, keys::response_body, keys::created_at))
@@ -224,10 +240,10 @@ fn earlier_answer(conn: &mut DbConnection, key: &IdempotencyKey) -> Result<Optio
         .optional()?;
     match existing {
         None => Ok(None),
-        Some((fingerprint, _, _, _)) if fingerprint != key.fingerprint => {
-            Err(AppError::Unprocessable("This Idempotency-Key was already used with a different request.".into()))
+        Some((fingerprint, _, _, _)) if fingerprint != key.fingerprint => Err(Refusal::IdempotencyKeyReused.into()),
+        Some((_, Some(status), Some(body), _)) => {
+            Ok(Some(Answer { status: u16::try_from(status).unwrap_or(500), body }))
         }
-        Some((_, Some(status), Some(body), _)) => Ok(Some((u16::try_from(status).unwrap_or(500), body))),
         // A claim without an answer was left by the earlier two-step scheme (a replica of
         // an older version during a rolling deploy): running, or dead once old enough.
         Some((_, _, _, claimed_at))
@@ -244,15 +260,15 @@ fn earlier_answer(conn: &mut DbConnection, key: &IdempotencyKey) -> Result<Optio
 }
 
 /// Records the answer in this transaction's claim.
-fn store(conn: &mut DbConnection, key: &IdempotencyKey, status: u16, body: &str) -> Result<(), AppError> {
+fn store(conn: &mut DbConnection, key: &IdempotencyKey, answer: &Answer) -> Result<(), DbError> {
     diesel::update(keys::table.find(key.primary_key()))
-        .set((keys::response_status.eq(Some(i32::from(status))), keys::response_body.eq(Some(body))))
+        .set((keys::response_status.eq(Some(i32::from(answer.status))), keys::response_body.eq(Some(&answer.body))))
         .returning(keys::response_status)
         .keep_prepared()
         .load::<Option<i32>>(conn)?;
     Ok(())
 }
 
-fn still_running() -> AppError {
-    AppError::conflict("A request with this Idempotency-Key is still being processed.")
+fn still_running() -> DbError {
+    Refusal::IdempotencyKeyInUse.into()
 }

@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod bootstrap;
 pub mod catalog;
 pub mod connection;
+pub mod error;
 pub mod events;
 pub mod housekeeping;
 pub mod idempotency;
@@ -19,4 +20,5 @@ pub mod use_case;
 pub mod users;
 
 pub use connection::{build_pool, ConnectionManager, DbConnection, DbPool};
+pub use error::DbError;
 pub use use_case::UseCase;

@@ -11,7 +11,7 @@ use super::{
     schema::{events, nats_publisher},
     DbConnection, UseCase,
 };
-use crate::error::AppError;
+use crate::db::DbError;
 
 /// The publisher's row (the migration creates it).
 const PUBLISHER: &str = "nats";
@@ -38,7 +38,7 @@ pub struct Progress {
     pub backlog: i64,
 }
 
-fn progress(conn: &mut DbConnection, held: bool) -> Result<Progress, AppError> {
+fn progress(conn: &mut DbConnection, held: bool) -> Result<Progress, DbError> {
     let published_through: i64 = nats_publisher::table
         .filter(nats_publisher::name.eq(PUBLISHER))
         .select(nats_publisher::published_through)
@@ -57,7 +57,7 @@ pub struct ClaimLease {
 
 impl UseCase for ClaimLease {
     type Output = Progress;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Progress, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Progress, DbError> {
         use nats_publisher::{holder, lease_expires_at, name};
         let claimable = holder
             .is_null()
@@ -76,7 +76,7 @@ pub struct ReadProgress;
 
 impl UseCase for ReadProgress {
     type Output = Progress;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Progress, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Progress, DbError> {
         progress(conn, false)
     }
 }
@@ -96,7 +96,7 @@ pub struct Pending {
 
 impl UseCase for UnpublishedEvents {
     type Output = Pending;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Pending, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Pending, DbError> {
         let events = events::table
             .filter(events::id.gt(self.after))
             .filter(events::id.le(self.through))
@@ -119,7 +119,7 @@ pub struct RecordPublished {
 
 impl UseCase for RecordPublished {
     type Output = bool;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<bool, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<bool, DbError> {
         use nats_publisher::{holder, lease_expires_at, name, published_through};
         let updated = diesel::update(nats_publisher::table.filter(name.eq(PUBLISHER)).filter(holder.eq(&self.holder)))
             .set((published_through.eq(self.through), lease_expires_at.eq(self.until)))
@@ -135,7 +135,7 @@ pub struct ReleaseLease {
 
 impl UseCase for ReleaseLease {
     type Output = ();
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), DbError> {
         use nats_publisher::{holder, lease_expires_at, name};
         diesel::update(nats_publisher::table.filter(name.eq(PUBLISHER)).filter(holder.eq(&self.holder)))
             .set((holder.eq(None::<String>), lease_expires_at.eq(None::<NaiveDateTime>)))
@@ -145,7 +145,7 @@ impl UseCase for ReleaseLease {
 }
 
 /// The newest event id the janitor may prune: the publisher's position.
-pub fn published_through(conn: &mut DbConnection) -> Result<i64, AppError> {
+pub fn published_through(conn: &mut DbConnection) -> Result<i64, DbError> {
     Ok(nats_publisher::table
         .filter(nats_publisher::name.eq(PUBLISHER))
         .select(nats_publisher::published_through)

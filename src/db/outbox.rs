@@ -33,8 +33,8 @@ use uuid::Uuid;
 
 use super::{kept_prepared::KeepPrepared, schema::events, DbConnection};
 use crate::{
+    db::DbError,
     domain::{cache_key::CacheKey, clock},
-    error::AppError,
 };
 
 /// The PostgreSQL notification channel that says "the outbox has new events" (sent after
@@ -97,7 +97,7 @@ impl Outbox {
 
     /// Appends events in one INSERT; call it last in a write transaction, after every row
     /// lock is taken (see the module docs).
-    pub fn append(&mut self, conn: &mut DbConnection, new_events: Vec<NewEvent>) -> Result<(), AppError> {
+    pub fn append(&mut self, conn: &mut DbConnection, new_events: Vec<NewEvent>) -> Result<(), DbError> {
         if new_events.is_empty() {
             return Ok(());
         }

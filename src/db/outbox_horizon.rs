@@ -39,7 +39,7 @@ use diesel::{
 };
 
 use super::DbConnection;
-use crate::error::AppError;
+use crate::db::DbError;
 
 /// Candidates kept while appenders run; beyond that a reader just waits for the oldest
 /// ones (the horizon moves to the newest candidate that settled).
@@ -119,7 +119,7 @@ impl Horizon {
 
     /// Looks at the database and returns the horizon (unbounded on SQLite). Call it
     /// outside a transaction: the second statement must see what ended after the first.
-    pub fn advance(&mut self, conn: &mut DbConnection) -> Result<i64, AppError> {
+    pub fn advance(&mut self, conn: &mut DbConnection) -> Result<i64, DbError> {
         let DbConnection::Postgres(pg) = conn else {
             self.settled_through = i64::MAX;
             return Ok(i64::MAX);

@@ -3,11 +3,11 @@
 //! modules depend on nothing above them.
 
 use super::{outbox::Outbox, DbConnection};
-use crate::error::AppError;
+use crate::db::DbError;
 
 /// One database use case, run on a DbExecutor thread with a pooled connection. The events
 /// it describes its writes with go through `outbox`, which carries their attribution.
 pub trait UseCase: Send + 'static {
     type Output: Send + 'static;
-    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Self::Output, AppError>;
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<Self::Output, DbError>;
 }

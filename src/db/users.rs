@@ -15,7 +15,9 @@ use super::{
     DbConnection, UseCase,
 };
 use crate::{
+    db::DbError,
     domain::redact,
+    domain::refusal::{Missing, Refusal},
     domain::{
         clock,
         paging::{Page, PageRequest},
@@ -24,7 +26,6 @@ use crate::{
             CREDENTIAL_CHANGE_LIMIT, CREDENTIAL_CHANGE_WINDOW, LOGIN_FAILURE_LIMIT, LOGIN_FAILURE_LIMIT_PER_EMAIL,
         },
     },
-    error::AppError,
 };
 
 #[derive(Queryable, Selectable, Insertable)]
@@ -42,10 +43,10 @@ struct UserRow {
 }
 
 impl UserRow {
-    fn into_user(self) -> Result<User, AppError> {
+    fn into_user(self) -> Result<User, DbError> {
         Ok(User {
             id: parse_id(&self.id)?,
-            role: Role::parse(&self.role).ok_or_else(|| AppError::Internal(format!("unknown role {:?}", self.role)))?,
+            role: Role::parse(&self.role).ok_or_else(|| DbError::Internal(format!("unknown role {:?}", self.role)))?,
             email: self.email,
             name: self.name,
             created_at: clock::to_utc(self.created_at),
@@ -55,15 +56,13 @@ impl UserRow {
     }
 }
 
-pub fn parse_id(raw: &str) -> Result<Uuid, AppError> {
-    Uuid::parse_str(raw).map_err(|_| AppError::Internal(format!("malformed id {raw:?} in the database")))
+pub fn parse_id(raw: &str) -> Result<Uuid, DbError> {
+    Uuid::parse_str(raw).map_err(|_| DbError::Internal(format!("malformed id {raw:?} in the database")))
 }
 
-fn email_taken(error: DieselError) -> AppError {
+fn email_taken(error: DieselError) -> DbError {
     match error {
-        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
-            AppError::conflict("An account with this email already exists.")
-        }
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => DbError::Refused(Refusal::EmailTaken),
         other => other.into(),
     }
 }
@@ -73,7 +72,7 @@ fn user_event(id: Uuid, kind: &'static str) -> NewEvent {
     NewEvent::private(topic::USERS, kind, id, serde_json::json!({ "id": id }))
 }
 
-fn live_user(conn: &mut DbConnection, id: Uuid) -> Result<Option<UserRow>, AppError> {
+fn live_user(conn: &mut DbConnection, id: Uuid) -> Result<Option<UserRow>, DbError> {
     Ok(users::table
         .filter(users::id.eq(id.to_string()))
         .filter(users::deleted_at.is_null())
@@ -94,7 +93,7 @@ pub struct CreateUser {
 
 impl UseCase for CreateUser {
     type Output = User;
-    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<User, AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<User, DbError> {
         let now = clock::now();
         let row = UserRow {
             id: Uuid::now_v7().to_string(),
@@ -150,7 +149,7 @@ pub struct BeginLogin {
 
 impl UseCase for BeginLogin {
     type Output = LoginAttempt;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<LoginAttempt, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<LoginAttempt, DbError> {
         let BeginLogin { email, client } = self;
         conn.write_transaction(|conn| {
             let attempt_id = record_login_attempt(conn, &email, &client)?;
@@ -162,9 +161,9 @@ impl UseCase for BeginLogin {
                 .optional()?;
             let credentials = found
                 .map(|(id, role, password_hash, token_generation)| {
-                    Ok::<_, AppError>(Credentials {
+                    Ok::<_, DbError>(Credentials {
                         user_id: parse_id(&id)?,
-                        role: Role::parse(&role).ok_or_else(|| AppError::Internal(format!("unknown role {role:?}")))?,
+                        role: Role::parse(&role).ok_or_else(|| DbError::Internal(format!("unknown role {role:?}")))?,
                         password_hash,
                         token_generation,
                     })
@@ -175,11 +174,11 @@ impl UseCase for BeginLogin {
     }
 }
 
-/// Inside a write transaction: refuses (429) while `email` is throttled for `client` (or
+/// Inside a write transaction: refuses (`SignInsThrottled`) while `email` is throttled for `client` (or
 /// for every address, past the per-email ceiling); otherwise records the attempt as a
 /// failure until it is proven otherwise and returns its id. Attempts on one email are
 /// serialised, so parallel guesses cannot slip past the limit.
-fn record_login_attempt(conn: &mut DbConnection, email: &str, client: &str) -> Result<i64, AppError> {
+fn record_login_attempt(conn: &mut DbConnection, email: &str, client: &str) -> Result<i64, DbError> {
     if matches!(conn, DbConnection::Postgres(_)) {
         // SQLite's BEGIN IMMEDIATE already serialises writers.
         diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
@@ -200,10 +199,7 @@ fn record_login_attempt(conn: &mut DbConnection, email: &str, client: &str) -> R
         .chain(login_retry_after(&everywhere, now, LOGIN_FAILURE_LIMIT_PER_EMAIL))
         .max();
     if let Some(retry_after_secs) = throttled {
-        return Err(AppError::TooManyRequests {
-            retry_after_secs,
-            detail: "Too many failed sign-ins for this email; try again later.".into(),
-        });
+        return Err(Refusal::SignInsThrottled { retry_after_secs }.into());
     }
     diesel::delete(login_failures::table.filter(login_failures::email.eq(email)))
         .filter(login_failures::failed_at.le(login_window_start(now)))
@@ -266,36 +262,36 @@ pub struct Reauthentication {
     pub password_hash: String,
 }
 
-/// Refuses (409) an email another live user has, unless that user is `except`. A check
+/// Refuses (`EmailTaken`) an email another live user has, unless that user is `except`. A check
 /// before hashing a password, so that a taken email costs no argon2 run; the unique index
 /// still decides when two requests race for one email.
-fn refuse_taken_email(conn: &mut DbConnection, email: &str, except: Option<&str>) -> Result<(), AppError> {
+fn refuse_taken_email(conn: &mut DbConnection, email: &str, except: Option<&str>) -> Result<(), DbError> {
     let mut others = users::table.filter(users::email.eq(email)).filter(users::deleted_at.is_null()).into_boxed();
     if let Some(id) = except {
         others = others.filter(users::id.ne(id));
     }
     let taken: i64 = others.count().get_result(conn)?;
     if taken > 0 {
-        return Err(AppError::conflict("An account with this email already exists."));
+        return Err(DbError::Refused(Refusal::EmailTaken));
     }
     Ok(())
 }
 
-/// Refuses (409) a registration whose email is taken, before its password is hashed.
+/// Refuses (`EmailTaken`) a registration whose email is taken, before its password is hashed.
 pub struct EmailIsFree {
     pub email: String,
 }
 
 impl UseCase for EmailIsFree {
     type Output = ();
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), DbError> {
         refuse_taken_email(conn, &self.email, None)
     }
 }
 
 impl UseCase for BeginCredentialChange {
     type Output = CredentialChange;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<CredentialChange, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<CredentialChange, DbError> {
         let BeginCredentialChange { user_id, new_email, reauthenticate_from, charged_to, authorized } = self;
         let id = user_id.to_string();
         let (account, kind, limit) = charged_to.budget(&id);
@@ -307,9 +303,9 @@ impl UseCase for BeginCredentialChange {
                 .first(conn)
                 .optional()?;
             if caller_generation != Some(authorized.token_generation) {
-                return Err(no_longer_authorized());
+                return Err(Refusal::AuthorizationVoided.into());
             }
-            let user = live_user(conn, user_id)?.ok_or_else(|| AppError::NotFound("No such user.".into()))?;
+            let user = live_user(conn, user_id)?.ok_or(Refusal::NotFound(Missing::User))?;
             if let Some(email) = &new_email {
                 refuse_taken_email(conn, email, Some(&id))?;
             }
@@ -331,17 +327,11 @@ impl UseCase for BeginCredentialChange {
                 .select(credential_changes::changed_at)
                 .load(conn)?;
             if let Some(retry_after_secs) = retry_after(&recent, now, limit, CREDENTIAL_CHANGE_WINDOW) {
-                let detail = match charged_to {
-                    Charge::Own => format!(
-                        "This account's password or email was changed {limit} times within the last hour; try \
-                         again later."
-                    ),
-                    Charge::ResetBy(_) => format!(
-                        "You reset other users' passwords or emails {limit} times within the last hour; try again \
-                         later."
-                    ),
+                let refusal = match charged_to {
+                    Charge::Own => Refusal::CredentialChangesThrottled { retry_after_secs },
+                    Charge::ResetBy(_) => Refusal::CredentialResetsThrottled { retry_after_secs },
                 };
-                return Err(AppError::TooManyRequests { retry_after_secs, detail });
+                return Err(refusal.into());
             }
             let reauthentication = match reauthenticate_from {
                 Some(client) => Some(Reauthentication {
@@ -372,7 +362,7 @@ pub struct AbandonCredentialChange {
 
 impl UseCase for AbandonCredentialChange {
     type Output = ();
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), DbError> {
         diesel::delete(credential_changes::table.filter(credential_changes::id.eq(self.reservation))).execute(conn)?;
         Ok(())
     }
@@ -397,7 +387,7 @@ pub struct FinishLogin {
 
 impl UseCase for FinishLogin {
     type Output = ();
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<(), DbError> {
         let by_email = login_failures::table.filter(login_failures::email.eq(&self.email));
         match self.outcome {
             LoginOutcome::Succeeded => {
@@ -411,11 +401,11 @@ impl UseCase for FinishLogin {
     }
 }
 
-/// Refuses (409) an operation that would take away the last live admin. Callers hold a
+/// Refuses (`LastAdmin`) an operation that would take away the last live admin. Callers hold a
 /// write transaction; on PostgreSQL an advisory lock serialises such operations, so two
 /// admins demoting each other at once cannot both pass the count (SQLite's `BEGIN
 /// IMMEDIATE` already serialises writers).
-fn keep_an_admin(conn: &mut DbConnection) -> Result<(), AppError> {
+fn keep_an_admin(conn: &mut DbConnection) -> Result<(), DbError> {
     const ADMIN_SET_LOCK: i64 = 0x5354_4f52_4541_444d; // "STOREADM"
     if matches!(conn, DbConnection::Postgres(_)) {
         diesel::sql_query(format!("SELECT pg_advisory_xact_lock({ADMIN_SET_LOCK})")).execute(conn)?;
@@ -426,11 +416,7 @@ fn keep_an_admin(conn: &mut DbConnection) -> Result<(), AppError> {
         .count()
         .get_result(conn)?;
     if admins <= 1 {
-        return Err(AppError::Conflict {
-            kind: "last-admin",
-            detail: "This is the last admin; make another admin first.".into(),
-            extensions: serde_json::Map::new(),
-        });
+        return Err(Refusal::LastAdmin.into());
     }
     Ok(())
 }
@@ -441,7 +427,7 @@ pub struct FindActiveUser {
 
 impl UseCase for FindActiveUser {
     type Output = Option<User>;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Option<User>, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Option<User>, DbError> {
         live_user(conn, self.id)?.map(UserRow::into_user).transpose()
     }
 }
@@ -452,7 +438,7 @@ pub struct ListUsers {
 
 impl UseCase for ListUsers {
     type Output = Page<User>;
-    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Page<User>, AppError> {
+    fn run(self, conn: &mut DbConnection, _outbox: &mut Outbox) -> Result<Page<User>, DbError> {
         let live = || users::table.filter(users::deleted_at.is_null());
         let total: i64 = live().count().get_result(conn)?;
         let rows: Vec<UserRow> = live()
@@ -507,20 +493,13 @@ pub struct UpdateUser {
     pub authorized: Authorization,
 }
 
-fn no_longer_authorized() -> AppError {
-    AppError::Unauthorized(
-        "The access token is no longer valid: a password, email or role changed while this request was under way."
-            .into(),
-    )
-}
-
 /// Inside a write transaction: refuses (401) unless `caller` is live and still in the token
 /// generation the request was authorized in, and holds the rows of the caller and of
 /// `target` until the transaction ends, so that no change to either generation can commit
 /// in between (no-op updates take the row locks on PostgreSQL, in id order so that two
 /// admins changing each other cannot deadlock; SQLite's `BEGIN IMMEDIATE` already
 /// serialises writers).
-fn hold_authorization(conn: &mut DbConnection, caller: Authorization, target: Uuid) -> Result<(), AppError> {
+fn hold_authorization(conn: &mut DbConnection, caller: Authorization, target: Uuid) -> Result<(), DbError> {
     let mut rows = vec![caller.user_id, target];
     rows.sort_unstable();
     rows.dedup();
@@ -533,7 +512,7 @@ fn hold_authorization(conn: &mut DbConnection, caller: Authorization, target: Uu
             .set(users::token_generation.eq(caller.token_generation))
             .execute(conn)?;
             if held == 0 {
-                return Err(no_longer_authorized());
+                return Err(Refusal::AuthorizationVoided.into());
             }
         } else {
             diesel::update(row).set(users::token_generation.eq(users::token_generation)).execute(conn)?;
@@ -544,10 +523,10 @@ fn hold_authorization(conn: &mut DbConnection, caller: Authorization, target: Uu
 
 impl UseCase for UpdateUser {
     type Output = User;
-    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<User, AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<User, DbError> {
         conn.write_transaction(|conn| {
             hold_authorization(conn, self.authorized, self.id)?;
-            let current = live_user(conn, self.id)?.ok_or_else(|| AppError::NotFound("No such user.".into()))?;
+            let current = live_user(conn, self.id)?.ok_or(Refusal::NotFound(Missing::User))?;
             let role_changes = self.changes.role.as_ref().is_some_and(|role| *role != current.role);
             if role_changes && current.role == Role::Admin.as_str() {
                 keep_an_admin(conn)?;
@@ -561,7 +540,7 @@ impl UseCase for UpdateUser {
                 .execute(conn)
                 .map_err(email_taken)?;
             outbox.append(conn, vec![user_event(self.id, "user.updated")])?;
-            live_user(conn, self.id)?.ok_or_else(|| AppError::NotFound("No such user.".into()))?.into_user()
+            live_user(conn, self.id)?.ok_or(Refusal::NotFound(Missing::User))?.into_user()
         })
     }
 }
@@ -574,7 +553,7 @@ pub struct DeleteUser {
 
 impl UseCase for DeleteUser {
     type Output = ();
-    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<(), AppError> {
+    fn run(self, conn: &mut DbConnection, outbox: &mut Outbox) -> Result<(), DbError> {
         conn.write_transaction(|conn| {
             if live_user(conn, self.id)?.is_some_and(|user| user.role == Role::Admin.as_str()) {
                 keep_an_admin(conn)?;
@@ -585,7 +564,7 @@ impl UseCase for DeleteUser {
             .set(users::deleted_at.eq(Some(clock::now())))
             .execute(conn)?;
             if deleted == 0 {
-                return Err(AppError::NotFound("No such user.".into()));
+                return Err(DbError::Refused(Refusal::NotFound(Missing::User)));
             }
             outbox.append(conn, vec![user_event(self.id, "user.deleted")])
         })
@@ -616,7 +595,7 @@ mod tests {
         user.run(conn, &mut Outbox::unattributed()).unwrap()
     }
 
-    fn set_password(conn: &mut DbConnection, id: Uuid, hash: &str, by: &User) -> Result<User, AppError> {
+    fn set_password(conn: &mut DbConnection, id: Uuid, hash: &str, by: &User) -> Result<User, DbError> {
         let changes = UserChanges { password_hash: Some(hash.into()), ..UserChanges::default() };
         let authorized = Authorization { user_id: by.id, token_generation: by.token_generation };
         UpdateUser { id, changes, authorized }.run(conn, &mut Outbox::unattributed())
@@ -639,19 +618,22 @@ mod tests {
         let first = set_password(&mut conn, alice.id, "h1", &alice).unwrap();
         assert_eq!(first.token_generation, 1);
         let second = set_password(&mut conn, alice.id, "h2", &alice);
-        assert!(matches!(second, Err(AppError::Unauthorized(_))));
+        assert!(matches!(second, Err(DbError::Refused(Refusal::AuthorizationVoided))));
         assert_eq!(stored_hash(&mut conn, alice.id), "h1");
 
         // An admin's reset, then a change of Alice's verified against her old password before it.
         let reset = set_password(&mut conn, alice.id, "reset", &root).unwrap();
         assert_eq!(reset.token_generation, 2);
         let late = set_password(&mut conn, alice.id, "mine", &first);
-        assert!(matches!(late, Err(AppError::Unauthorized(_))), "the reset stands");
+        assert!(matches!(late, Err(DbError::Refused(Refusal::AuthorizationVoided))), "the reset stands");
         assert_eq!(stored_hash(&mut conn, alice.id), "reset");
 
         // An admin whose own token was voided meanwhile (here, by a password change) resets nobody.
         let root_now = set_password(&mut conn, root.id, "root's new", &root).unwrap();
-        assert!(matches!(set_password(&mut conn, alice.id, "stale admin", &root), Err(AppError::Unauthorized(_))));
+        assert!(matches!(
+            set_password(&mut conn, alice.id, "stale admin", &root),
+            Err(DbError::Refused(Refusal::AuthorizationVoided))
+        ));
         assert_eq!(stored_hash(&mut conn, alice.id), "reset");
         assert_eq!(set_password(&mut conn, alice.id, "by root", &root_now).unwrap().token_generation, 3);
 
@@ -663,7 +645,10 @@ mod tests {
             charged_to: Charge::Own,
             authorized: Authorization { user_id: alice.id, token_generation: 1 },
         };
-        assert!(matches!(begin.run(&mut conn, &mut Outbox::unattributed()), Err(AppError::Unauthorized(_))));
+        assert!(matches!(
+            begin.run(&mut conn, &mut Outbox::unattributed()),
+            Err(DbError::Refused(Refusal::AuthorizationVoided))
+        ));
         let counted: i64 = credential_changes::table.count().get_result(&mut conn).unwrap();
         let failures: i64 = login_failures::table.count().get_result(&mut conn).unwrap();
         assert_eq!((counted, failures), (0, 0));

@@ -9,6 +9,7 @@ pub mod paging;
 pub mod rate_lease;
 pub mod rate_limit;
 pub mod redact;
+pub mod refusal;
 pub mod restart_intensity;
 pub mod shop;
 pub mod text;

@@ -1,6 +1,8 @@
 //! The `Idempotency-Key` header: turning it into a key the database layer honours, and a
 //! stored first response back into the very same response.
 
+use std::sync::Arc;
+
 use actix_web::{
     http::{header, StatusCode},
     HttpRequest, HttpResponse,
@@ -10,7 +12,8 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::{
-    db::idempotency::{IdempotencyKey, Outcome},
+    db::idempotency::{Answer, FirstAnswer, IdempotencyKey, Outcome},
+    domain::refusal::Refusal,
     error::AppError,
     http::middleware::problem::PROBLEM_JSON,
 };
@@ -43,14 +46,32 @@ pub fn key_of(
     let digest = Sha256::new().chain_update(scope.as_bytes()).chain_update([0]).chain_update(&canonical).finalize();
     let fingerprint = digest.iter().map(|byte| format!("{byte:02x}")).collect();
     let request_id = crate::request_context::current().map(|id| id.to_string()).unwrap_or_default();
-    Ok(Some(IdempotencyKey {
-        user_id,
-        scope,
-        key: key.to_owned(),
-        fingerprint,
-        request_id,
-        instance: request.path().to_owned(),
-    }))
+    let answers = first_response(request.path(), &request_id);
+    Ok(Some(IdempotencyKey { user_id, scope, key: key.to_owned(), fingerprint, answers }))
+}
+
+/// How a request at `instance` with `request_id` keeps its first answer.
+pub fn first_response(instance: &str, request_id: &str) -> Arc<dyn FirstAnswer> {
+    Arc::new(FirstResponse { instance: instance.to_owned(), request_id: request_id.to_owned() })
+}
+
+/// What a keyed request's client was first sent: `201 Created` with the resource, or the
+/// refusal's problem as the problem middleware would finish it for this request.
+#[derive(Debug)]
+struct FirstResponse {
+    instance: String,
+    request_id: String,
+}
+
+impl FirstAnswer for FirstResponse {
+    fn done(&self, body: String) -> Answer {
+        Answer { status: StatusCode::CREATED.as_u16(), body }
+    }
+
+    fn refused(&self, refusal: &Refusal) -> Answer {
+        let problem = AppError::from(refusal.clone()).to_problem().finish(&self.instance, &self.request_id);
+        Answer { status: problem.status, body: serde_json::to_string(&problem).unwrap_or_default() }
+    }
 }
 
 /// The fresh `201 Created`, or the stored first response replayed byte for byte. With a
@@ -61,7 +82,7 @@ pub fn respond_created<T: Serialize>(outcome: Outcome<T>, collection: Option<&st
             let body = serde_json::to_string(&value).map_err(|e| AppError::internal("encode response", &e))?;
             (StatusCode::CREATED, body, false)
         }
-        Outcome::Replay { status, body } => {
+        Outcome::Replay(Answer { status, body }) => {
             (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body, true)
         }
     };

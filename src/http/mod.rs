@@ -16,6 +16,7 @@ pub mod ops;
 pub mod ops_api;
 pub mod orders;
 pub mod paging;
+pub mod problems;
 pub mod products;
 pub mod schema_rules;
 pub mod users;

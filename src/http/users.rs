@@ -259,7 +259,7 @@ async fn change_credentials(
         if let Some(password) = new_password {
             changes.password_hash = Some(state.passwords.hash(password).await?);
         }
-        state.db.run(UpdateUser { id, changes, authorized }).await
+        Ok(state.db.run(UpdateUser { id, changes, authorized }).await?)
     }
     .await;
     if changed.is_err() {

@@ -430,8 +430,7 @@ async fn the_statements_of_an_order_stay_prepared_on_their_connection() {
                 scope: "POST /api/v1/orders".into(),
                 key: key.into(),
                 fingerprint: "the same order".into(),
-                request_id: key.into(),
-                instance: "/api/v1/orders".into(),
+                answers: storefront::http::idempotency::first_response("/api/v1/orders", key),
             }),
         };
         order.run(&mut conn, &mut Outbox::unattributed()).unwrap();
