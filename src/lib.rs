@@ -11,7 +11,6 @@ pub mod config;
 pub mod db;
 pub mod descriptors;
 pub mod domain;
-pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod request_context;

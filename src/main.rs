@@ -14,6 +14,7 @@ use storefront::{
         users::CreateUser,
     },
     domain::user::{validate_new_user, NewUser, Role},
+    http::error::AppError,
     tail::TailOptions,
     telemetry, Application,
 };
@@ -112,7 +113,7 @@ fn create_user(
         let reasons: Vec<String> = errors.iter().map(|e| format!("{} {}", e.field, e.message)).collect();
         format!("invalid user: {}", reasons.join("; "))
     })?;
-    let password_hash = hash_password(password).map_err(|e| e.to_string())?;
+    let password_hash = hash_password(password).map_err(|e| AppError::from(e).to_string())?;
     let mut conn = bootstrap::open(database, IfMissing::Create)
         .map_err(|e| e.message)?
         .ok_or_else(|| "the database could not be created".to_owned())?;
@@ -120,7 +121,7 @@ fn create_user(
     let user = CreateUser { email, name, role, password_hash }
         .run(&mut conn, &mut Outbox::unattributed())
         // In the words an API client would be given.
-        .map_err(|e| storefront::error::AppError::from(e).to_string())?;
+        .map_err(|e| AppError::from(e).to_string())?;
     println!("{}", serde_json::to_string(&user).map_err(|e| e.to_string())?);
     Ok(())
 }

@@ -3,14 +3,12 @@
 
 use actix::Message;
 
-use crate::{
-    db::{outbox::Outbox, DbConnection, DbError, UseCase},
-    error::AppError,
-};
+use super::failure::ActorFailure;
+use crate::db::{outbox::Outbox, DbConnection, DbError, UseCase};
 
 /// Makes the receiving async actor panic inside its handler.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<(), AppError>")]
+#[rtype(result = "Result<(), ActorFailure>")]
 pub struct Crash;
 
 impl Crash {

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use actix::{Addr, Handler, Message, SyncArbiter, SyncContext};
 
 use super::{
+    failure::ActorFailure,
     pool_threads::{supervised_pool_actor, PoolThreads},
     report::ActorReport,
-    supervision::{ActorFailure, RestartReporter, Supervision},
+    supervision::{RestartReporter, Supervision},
 };
 use crate::{
     config::DatabaseConfig,

@@ -10,6 +10,7 @@ pub mod directory;
 pub mod event_hub;
 pub mod event_position;
 pub mod event_relay;
+pub mod failure;
 pub mod health;
 pub mod janitor;
 pub mod names;

@@ -10,14 +10,14 @@ use actix::{Addr, Handler, MailboxError, Message, SyncArbiter, SyncContext};
 
 use super::{
     admission::Admission,
+    failure::ActorFailure,
     pool_threads::{supervised_pool_actor, PoolThreads},
     report::ActorReport,
     restarts::ActorRestarts,
     supervision::{RestartReporter, Supervision},
 };
 use crate::{
-    auth::password::{hash_password_with, verify_password_with, HashMemory},
-    error::AppError,
+    auth::password::{hash_password_with, verify_password_with, HashError, HashMemory},
     metrics::Metrics,
 };
 
@@ -46,22 +46,45 @@ impl PasswordHasher {
 
 supervised_pool_actor!(PasswordHasher);
 
+/// Why a password was neither hashed nor checked.
+#[derive(Debug, derive_more::Display, derive_more::From)]
+pub enum PasswordError {
+    /// Every thread crashed too often and waits out its restart backoff.
+    #[display("password checks are restarting")]
+    Restarting { retry_after_secs: u64 },
+    /// The queue is full: a sign-in storm is shed.
+    #[display("too many password checks at once")]
+    Busy,
+    #[display("password check timed out")]
+    TimedOut,
+    #[display("password hasher mailbox closed")]
+    MailboxClosed,
+    #[display("{_0}")]
+    #[from]
+    Actor(ActorFailure),
+    #[display("{_0}")]
+    #[from]
+    Hash(HashError),
+}
+
+impl std::error::Error for PasswordError {}
+
 #[derive(Message)]
-#[rtype(result = "Result<String, AppError>")]
+#[rtype(result = "Result<String, PasswordError>")]
 struct Hash(String);
 
 #[derive(Message)]
-#[rtype(result = "Result<bool, AppError>")]
+#[rtype(result = "Result<bool, PasswordError>")]
 struct Verify {
     password: String,
     hash: Option<String>,
 }
 
 impl Handler<Hash> for PasswordHasher {
-    type Result = Result<String, AppError>;
+    type Result = Result<String, PasswordError>;
     fn handle(&mut self, msg: Hash, ctx: &mut SyncContext<Self>) -> Self::Result {
         let memory = &mut self.memory;
-        let hashed = self.supervision.catch(ctx, || hash_password_with(memory, &msg.0)).and_then(|hashed| hashed);
+        let hashed = self.supervision.catch(ctx, || hash_password_with(memory, &msg.0)).and_then(|hashed| Ok(hashed?));
         if hashed.is_ok() {
             self.completed("hash");
         }
@@ -70,7 +93,7 @@ impl Handler<Hash> for PasswordHasher {
 }
 
 impl Handler<Verify> for PasswordHasher {
-    type Result = Result<bool, AppError>;
+    type Result = Result<bool, PasswordError>;
     fn handle(&mut self, msg: Verify, ctx: &mut SyncContext<Self>) -> Self::Result {
         let memory = &mut self.memory;
         let verified = self.supervision.catch(ctx, || match &msg.hash {
@@ -126,34 +149,28 @@ impl Passwords {
             .with_queue(self.admission.in_flight(), self.admission.capacity())
     }
 
-    pub async fn hash(&self, password: String) -> Result<String, AppError> {
+    pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
         self.ask(Hash(password)).await?
     }
 
     /// `hash: None` (unknown account) does the full work of a check and answers false.
-    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, AppError> {
+    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, PasswordError> {
         self.ask(Verify { password, hash }).await?
     }
 
-    async fn ask<M>(&self, msg: M) -> Result<M::Result, AppError>
+    async fn ask<M>(&self, msg: M) -> Result<M::Result, PasswordError>
     where
         M: Message + Send + 'static,
         M::Result: Send,
         PasswordHasher: Handler<M>,
     {
         if self.threads.alive() == 0 && self.restarts.is_down() {
-            return Err(AppError::Unavailable {
-                retry_after_secs: self.restarts.retry_after_secs(),
-                detail: "Password checks are restarting after repeated crashes; try again shortly.".into(),
-            });
+            return Err(PasswordError::Restarting { retry_after_secs: self.restarts.retry_after_secs() });
         }
-        let _slot = self
-            .admission
-            .try_admit()
-            .ok_or_else(|| AppError::unavailable("Too many sign-ins at once; try again shortly."))?;
+        let _slot = self.admission.try_admit().ok_or(PasswordError::Busy)?;
         self.addr.send(msg).timeout(TIMEOUT).await.map_err(|error| match error {
-            MailboxError::Timeout => AppError::unavailable("Password check timed out; try again shortly."),
-            MailboxError::Closed => AppError::Internal("password hasher mailbox closed".into()),
+            MailboxError::Timeout => PasswordError::TimedOut,
+            MailboxError::Closed => PasswordError::MailboxClosed,
         })
     }
 }

@@ -39,14 +39,11 @@ use serde_json::Value;
 
 use super::{
     chaos::Crash,
+    failure::ActorFailure,
     report::ActorReport,
     restarts::{ActorRestarts, Restart, RestartRegistry},
 };
-use crate::{
-    db::{error::Unavailable, DbError},
-    error::AppError,
-    metrics::Metrics,
-};
+use crate::metrics::Metrics;
 
 /// What a crash loop injected with `/ops/chaos` panics with.
 const CRASH_LOOP: &str = "fault injected: crash loop requested by an operator";
@@ -356,30 +353,10 @@ pub fn restarting<A: SupervisedActor>(act: &mut A, ctx: &mut Context<A>) {
     supervision.waiting = std::mem::take(&mut supervision.delayed);
 }
 
-/// Why a supervised actor did not do what it was asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ActorFailure {
-    /// It panicked doing it (and a fresh one takes its place).
-    Panicked { actor: &'static str },
-    /// It crashed too often and waits out its restart backoff, running nothing.
-    BackingOff { actor: &'static str, retry_after_secs: u64 },
-}
-
-impl From<ActorFailure> for DbError {
-    fn from(failure: ActorFailure) -> Self {
-        match failure {
-            ActorFailure::Panicked { actor } => Self::Internal(format!("actor {actor} panicked")),
-            ActorFailure::BackingOff { actor, retry_after_secs } => {
-                Self::Unavailable(Unavailable::ActorRestarting { actor, retry_after_secs })
-            }
-        }
-    }
-}
-
 /// Answers `Crash`: the actor panics in its handler, and its caller gets the 500 (a 503
 /// while the actor waits out a backoff: it runs nothing then).
-pub fn crash<A: SupervisedActor>(act: &mut A, ctx: &mut Context<A>, crash: Crash) -> Result<(), AppError> {
-    guarded(act, ctx, |_, _| crash.detonate()).ok_or_else(|| act.supervision().failure().into())
+pub fn crash<A: SupervisedActor>(act: &mut A, ctx: &mut Context<A>, crash: Crash) -> Result<(), ActorFailure> {
+    guarded(act, ctx, |_, _| crash.detonate()).ok_or_else(|| act.supervision().failure())
 }
 
 /// Answers `GetActorReport` from the actor's memory.
@@ -418,7 +395,7 @@ macro_rules! supervised_actor {
         }
 
         impl actix::Handler<$crate::actors::chaos::Crash> for $actor {
-            type Result = Result<(), $crate::error::AppError>;
+            type Result = Result<(), $crate::actors::failure::ActorFailure>;
 
             fn handle(&mut self, msg: $crate::actors::chaos::Crash, ctx: &mut Self::Context) -> Self::Result {
                 $crate::actors::supervision::crash(self, ctx, msg)

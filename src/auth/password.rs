@@ -12,11 +12,26 @@ use argon2::{
     Algorithm, Argon2, Block, Params, Version,
 };
 
-use crate::error::AppError;
+/// argon2 could not make a hash: a defect of ours (parameters, salt, output), never of the
+/// password, so callers answer it as an internal failure.
+#[derive(Debug, derive_more::Display)]
+#[display("argon2 {step}: {cause}")]
+pub struct HashError {
+    step: &'static str,
+    cause: String,
+}
+
+impl std::error::Error for HashError {}
+
+impl HashError {
+    fn at<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> Self {
+        move |cause| Self { step, cause: cause.to_string() }
+    }
+}
 
 /// The parameters of every new hash.
-fn new_hash_params() -> Result<Params, AppError> {
-    Params::new(19_456, 2, 1, None).map_err(|e| AppError::Internal(format!("argon2 params: {e}")))
+fn new_hash_params() -> Result<Params, HashError> {
+    Params::new(19_456, 2, 1, None).map_err(HashError::at("params"))
 }
 
 /// The working memory of one argon2 run at a time, allocated at its first use and kept.
@@ -29,7 +44,7 @@ impl HashMemory {
     /// The blocks a run with `params` needs. Only the parameters of new hashes size the kept
     /// memory: a stored hash made with more memory (none today) gets a block of its own for
     /// that run, so one odd hash cannot pin a bigger block for the thread's life.
-    fn run<T>(&mut self, params: &Params, run: impl FnOnce(&mut [Block]) -> T) -> Result<T, AppError> {
+    fn run<T>(&mut self, params: &Params, run: impl FnOnce(&mut [Block]) -> T) -> Result<T, HashError> {
         let needed = params.block_count();
         let kept = new_hash_params()?.block_count();
         if needed > kept {
@@ -43,20 +58,20 @@ impl HashMemory {
 }
 
 /// A new PHC string for `password`, with a fresh random salt.
-pub fn hash_password_with(memory: &mut HashMemory, password: &str) -> Result<String, AppError> {
+pub fn hash_password_with(memory: &mut HashMemory, password: &str) -> Result<String, HashError> {
     let params = new_hash_params()?;
     let salt = SaltString::generate(&mut OsRng);
     let mut salt_bytes = [0_u8; 64];
-    let salt_bytes = salt.decode_b64(&mut salt_bytes).map_err(|e| AppError::Internal(format!("argon2 salt: {e}")))?;
+    let salt_bytes = salt.decode_b64(&mut salt_bytes).map_err(HashError::at("salt"))?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     let mut output = [0_u8; Params::DEFAULT_OUTPUT_LEN];
     memory
         .run(&params, |blocks| {
             argon.hash_password_into_with_memory(password.as_bytes(), salt_bytes, &mut output, blocks)
         })?
-        .map_err(|e| AppError::Internal(format!("argon2 hash: {e}")))?;
-    let hash = Output::new(&output).map_err(|e| AppError::Internal(format!("argon2 output: {e}")))?;
-    let params_string = (&params).try_into().map_err(|e| AppError::Internal(format!("argon2 params: {e}")))?;
+        .map_err(HashError::at("hash"))?;
+    let hash = Output::new(&output).map_err(HashError::at("output"))?;
+    let params_string = (&params).try_into().map_err(HashError::at("params"))?;
     Ok(PasswordHash {
         algorithm: Algorithm::Argon2id.ident(),
         version: Some(Version::V0x13.into()),
@@ -68,7 +83,7 @@ pub fn hash_password_with(memory: &mut HashMemory, password: &str) -> Result<Str
 }
 
 /// A new PHC string, for a one-off caller (`storefront user create`).
-pub fn hash_password(password: &str) -> Result<String, AppError> {
+pub fn hash_password(password: &str) -> Result<String, HashError> {
     hash_password_with(&mut HashMemory::default(), password)
 }
 

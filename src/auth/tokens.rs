@@ -7,7 +7,7 @@ use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{config::Secret, domain::user::Role, error::AppError};
+use crate::{config::Secret, domain::user::Role};
 
 pub const ISSUER: &str = "storefront";
 pub const AUDIENCE: &str = "storefront-api";
@@ -38,6 +38,25 @@ pub struct VerifiedClaims {
     pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// Why no token came out: the bearer's (any defect of the token is the same answer, so a
+/// client learns nothing about which check failed) or ours (signing failed).
+#[derive(Debug, derive_more::Display)]
+pub enum TokenError {
+    #[display("the access token is missing, invalid or expired")]
+    Invalid,
+    #[display("cannot sign token: {_0}")]
+    Unsigned(jsonwebtoken::errors::Error),
+}
+
+impl std::error::Error for TokenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Invalid => None,
+            Self::Unsigned(cause) => Some(cause),
+        }
+    }
+}
+
 pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
@@ -66,7 +85,7 @@ impl TokenKeys {
         }
     }
 
-    pub fn issue(&self, user_id: Uuid, role: Role, generation: i64) -> Result<IssuedToken, AppError> {
+    pub fn issue(&self, user_id: Uuid, role: Role, generation: i64) -> Result<IssuedToken, TokenError> {
         let now = chrono::Utc::now().timestamp();
         let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
         let claims = Claims {
@@ -79,25 +98,23 @@ impl TokenKeys {
             exp: now.saturating_add(ttl),
             gen: generation,
         };
-        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| AppError::internal("cannot sign token", &e))?;
+        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(TokenError::Unsigned)?;
         Ok(IssuedToken { token, expires_in: self.ttl.as_secs() })
     }
 
-    /// The user id of a valid token; any defect is the same 401 to the client.
-    pub fn verify(&self, token: &str) -> Result<Uuid, AppError> {
+    /// The user id of a valid token; any defect is the same `TokenError::Invalid`.
+    pub fn verify(&self, token: &str) -> Result<Uuid, TokenError> {
         self.verify_claims(token).map(|claims| claims.user_id)
     }
 
     /// The user id and token generation of a valid token.
-    pub fn verify_claims(&self, token: &str) -> Result<VerifiedClaims, AppError> {
-        let invalid = || AppError::Unauthorized("The access token is missing, invalid or expired.".into());
+    pub fn verify_claims(&self, token: &str) -> Result<VerifiedClaims, TokenError> {
         let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|error| {
             tracing::debug!(%error, "token rejected");
-            invalid()
+            TokenError::Invalid
         })?;
-        let user_id = Uuid::parse_str(&data.claims.sub).map_err(|_| invalid())?;
-        let expires_at = chrono::DateTime::from_timestamp(data.claims.exp, 0).ok_or_else(invalid)?;
+        let user_id = Uuid::parse_str(&data.claims.sub).map_err(|_| TokenError::Invalid)?;
+        let expires_at = chrono::DateTime::from_timestamp(data.claims.exp, 0).ok_or(TokenError::Invalid)?;
         Ok(VerifiedClaims { user_id, generation: data.claims.gen, expires_at })
     }
 }

@@ -10,7 +10,7 @@ use crate::{
     db::users::{BeginLogin, CreateUser, EmailIsFree, FinishLogin, LoginAttempt, LoginOutcome},
     domain::redact::Redacted,
     domain::user::{email_key, validate_new_user, NewUser, Role, User},
-    error::AppError,
+    http::error::AppError,
     http::{extract::Json, middleware::rate_limit::client_ip},
     state::AppState,
 };
@@ -116,7 +116,7 @@ pub async fn login(
         Ok(verified) => verified,
         Err(error) => {
             state.db.run(FinishLogin { email, client, attempt_id, outcome: LoginOutcome::Unchecked }).await?;
-            return Err(error);
+            return Err(error.into());
         }
     };
     match account {

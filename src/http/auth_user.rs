@@ -7,7 +7,7 @@ use futures_util::future::LocalBoxFuture;
 use super::{auth_header::bearer_token, middleware::rate_limit::VerifiedToken};
 use crate::{
     domain::user::{Permission, User},
-    error::AppError,
+    http::error::AppError,
     state::AppState,
 };
 

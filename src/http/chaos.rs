@@ -13,7 +13,7 @@ use crate::{
         chaos::{PanicWorker, StallWorker},
         names, Crash,
     },
-    error::AppError,
+    http::error::AppError,
     http::{auth_header::bearer_token, extract::Json},
     state::AppState,
 };
@@ -176,5 +176,5 @@ where
     A: Actor + Handler<Crash>,
     A::Context: ToEnvelope<A, Crash>,
 {
-    actor.send(Crash).timeout(ACTOR_TIMEOUT).await.map_err(|error| AppError::internal(name, &error))?
+    Ok(actor.send(Crash).timeout(ACTOR_TIMEOUT).await.map_err(|error| AppError::internal(name, &error))??)
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use actix_web::{http::header, web, web::Bytes, HttpResponse};
 
-use crate::error::AppError;
+use crate::http::error::AppError;
 
 /// Swagger UI runs scripts and styles of its own origin only; its icons are data: URIs and
 /// React sets inline styles. It talks to this origin alone (the document and "Try it out").

@@ -29,7 +29,7 @@ use futures_util::future::LocalBoxFuture;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use crate::error::{AppError, FieldError};
+use crate::http::error::{AppError, FieldError};
 
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 /// The only fields whose text may span lines.

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::{
     db::idempotency::{Answer, FirstAnswer, IdempotencyKey, Outcome},
     domain::refusal::Refusal,
-    error::AppError,
+    http::error::AppError,
     http::middleware::problem::PROBLEM_JSON,
 };
 

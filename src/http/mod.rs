@@ -6,7 +6,9 @@ pub mod auth_header;
 pub mod auth_user;
 pub mod chaos;
 pub mod dashboard;
+
 pub mod docs;
+pub mod error;
 pub mod event_position;
 pub mod extract;
 pub mod idempotency;
@@ -24,7 +26,7 @@ pub mod ws;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::{config::Config, error::AppError};
+use crate::{config::Config, http::error::AppError};
 
 /// Registers every route. Each path is one `resource` so that a wrong method gets 405
 /// with an `Allow` header instead of 404.

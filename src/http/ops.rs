@@ -8,8 +8,8 @@ use serde_json::json;
 
 use crate::{
     actors::health::{self, GetReadiness, ReadinessReport},
-    error::AppError,
     http::auth_header::bearer_token,
+    http::error::AppError,
     state::AppState,
 };
 

@@ -16,8 +16,8 @@ use crate::{
         report::ActorReport,
     },
     domain::user::Permission,
-    error::AppError,
     http::auth_user::AuthUser,
+    http::error::AppError,
     state::AppState,
 };
 

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use crate::{domain::paging::PageRequest, error::AppError};
+use crate::{domain::paging::PageRequest, http::error::AppError};
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct PageQuery {

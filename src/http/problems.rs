@@ -1,9 +1,11 @@
 //! The one table from what the lower layers answer to what a client is told: each refusal
-//! of the rules and each database failure becomes an `AppError`, which names its problem
-//! type and status (see `error.rs`). Nothing below `http` knows of either.
+//! of the rules, each database failure, each failure of an actor, a password check or a
+//! token becomes an `AppError`, which names its problem type and status (see `error.rs`).
+//! Nothing below `http` knows of either.
 
 use crate::{
-    actors::supervision::ActorFailure,
+    actors::{failure::ActorFailure, password_hasher::PasswordError},
+    auth::{password::HashError, tokens::TokenError},
     db::{error::Unavailable, DbError},
     domain::{
         refusal::{Missing, Refusal},
@@ -11,7 +13,7 @@ use crate::{
         user::{ADMIN_RESET_LIMIT, CREDENTIAL_CHANGE_LIMIT},
         FieldError,
     },
-    error::AppError,
+    http::error::AppError,
 };
 
 impl From<Refusal> for AppError {
@@ -148,10 +150,74 @@ impl From<ActorFailure> for AppError {
     }
 }
 
+impl From<PasswordError> for AppError {
+    fn from(error: PasswordError) -> Self {
+        match error {
+            PasswordError::Restarting { retry_after_secs } => Self::Unavailable {
+                retry_after_secs,
+                detail: "Password checks are restarting after repeated crashes; try again shortly.".into(),
+            },
+            PasswordError::Busy => Self::unavailable("Too many sign-ins at once; try again shortly."),
+            PasswordError::TimedOut => Self::unavailable("Password check timed out; try again shortly."),
+            PasswordError::MailboxClosed => Self::Internal("password hasher mailbox closed".into()),
+            PasswordError::Actor(failure) => failure.into(),
+            PasswordError::Hash(error) => error.into(),
+        }
+    }
+}
+
+impl From<HashError> for AppError {
+    fn from(error: HashError) -> Self {
+        Self::Internal(error.to_string())
+    }
+}
+
+impl From<TokenError> for AppError {
+    fn from(error: TokenError) -> Self {
+        match error {
+            TokenError::Invalid => Self::Unauthorized("The access token is missing, invalid or expired.".into()),
+            TokenError::Unsigned(cause) => Self::internal("cannot sign token", &cause),
+        }
+    }
+}
+
 fn insufficient_funds() -> AppError {
     AppError::Conflict {
         kind: "insufficient-funds",
         detail: "The balance is too low for this.".into(),
         extensions: serde_json::Map::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn told(error: impl Into<AppError>) -> (u16, String, String) {
+        let problem = error.into().to_problem().finish("/api/v1/auth/login", "request");
+        (problem.status, problem.type_uri, problem.detail)
+    }
+
+    #[test]
+    fn failures_of_password_checks_and_tokens_are_told_as_before() {
+        let told_as = |status: u16, kind: &str, detail: &str| {
+            (status, format!("urn:storefront:problem:{kind}"), detail.to_owned())
+        };
+        assert_eq!(
+            told(PasswordError::Busy),
+            told_as(503, "unavailable", "Too many sign-ins at once; try again shortly.")
+        );
+        assert_eq!(
+            told(PasswordError::TimedOut),
+            told_as(503, "unavailable", "Password check timed out; try again shortly.")
+        );
+        assert_eq!(
+            told(PasswordError::Actor(ActorFailure::Panicked { actor: "password_hasher" })),
+            told_as(500, "internal", "The server could not complete the request.")
+        );
+        assert_eq!(
+            told(TokenError::Invalid),
+            told_as(401, "unauthorized", "The access token is missing, invalid or expired.")
+        );
     }
 }

@@ -15,8 +15,8 @@ use crate::{
         paging::{Page, PageRequest},
         user::Permission,
     },
-    error::AppError,
     http::auth_user::AuthUser,
+    http::error::AppError,
     http::{
         event_position,
         extract::{Json, Query},

@@ -18,8 +18,8 @@ use crate::{
         paging::Page,
         user::{Permission, Role, User, UserPatch},
     },
-    error::AppError,
     http::auth_user::AuthUser,
+    http::error::AppError,
     http::extract::{Json, Query},
     http::{event_position, middleware::rate_limit::client_ip, paging::PageQuery},
     state::AppState,
@@ -251,7 +251,7 @@ async fn change_credentials(
                 Ok(false) => return Err(AppError::ReauthenticationRequired("The current password is wrong.".into())),
                 Err(error) => {
                     state.db.run(FinishLogin { email, client, attempt_id, outcome: LoginOutcome::Unchecked }).await?;
-                    return Err(error);
+                    return Err(error.into());
                 }
             };
             state.db.run(FinishLogin { email, client, attempt_id, outcome }).await?;

@@ -54,6 +54,7 @@ use tokio::sync::oneshot;
 
 use self::redis::{RedisFailure, RedisLedgers};
 use super::{
+    failure::ActorFailure,
     restarts::ActorRestarts,
     shards::Shards,
     supervision::{guarded, supervised_actor, RestartReporter, SupervisedActor, Supervision},
@@ -66,7 +67,6 @@ use crate::{
         },
         rate_limit::{BucketKey, ClientKey, Decision, Policy, Quotas},
     },
-    error::AppError,
     metrics::Metrics,
 };
 
@@ -780,7 +780,7 @@ impl RateLimiterClient {
     }
 
     /// Crashes this worker's shard (the one that served the chaos request).
-    pub async fn crash(&self, timeout: Duration) -> Result<Result<(), AppError>, MailboxError> {
+    pub async fn crash(&self, timeout: Duration) -> Result<Result<(), ActorFailure>, MailboxError> {
         let shard = self.local.as_ref().or_else(|| self.shared.shards.each().next()).ok_or(MailboxError::Closed)?;
         shard.send(Crash).timeout(timeout).await
     }

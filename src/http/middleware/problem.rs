@@ -9,7 +9,7 @@ use actix_web::{
     Error,
 };
 
-use crate::error::Problem;
+use crate::http::error::Problem;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 

@@ -19,8 +19,8 @@ use actix_web::{
 use crate::{
     auth::tokens::VerifiedClaims,
     domain::rate_limit::{whole_seconds_up, ClientKey, Decision, FailOpenBudget, Policy, Quotas},
-    error::AppError,
     http::auth_header::bearer_token,
+    http::error::AppError,
     state::AppState,
 };
 

@@ -19,7 +19,7 @@ use crate::{
     actors::event_hub::{self, Attach, AttachRefused},
     config::Config,
     domain::live::Viewer,
-    error::AppError,
+    http::error::AppError,
     http::{auth_header::bearer_token, middleware::rate_limit::client_ip},
     metrics::refusal_reason,
     state::AppState,

@@ -1,5 +1,6 @@
-//! The one error type. Every failure a client can see becomes an RFC 9457 problem; the
-//! `http::middleware::problem` layer adds `instance` and `request_id` and writes the body.
+//! The HTTP error type. Every failure a client can see becomes an RFC 9457 problem; the
+//! lower layers answer with errors of their own, which `problems.rs` maps to this one, and
+//! the `http::middleware::problem` layer adds `instance` and `request_id` and writes the body.
 
 use actix_web::{
     http::{header, StatusCode},
@@ -66,23 +67,25 @@ impl AppError {
         Self::Validation(vec![FieldError::new(field, message)])
     }
 
-    fn slug(&self) -> &'static str {
+    /// The one table of problem kinds: each variant's status and type (its URI is
+    /// `urn:storefront:problem:<type>`); the title is the status's reason phrase.
+    fn kind(&self) -> (StatusCode, &'static str) {
         match self {
-            Self::BadRequest(_) | Self::Malformed(_) => "bad-request",
-            Self::Validation(_) => "validation-error",
-            Self::Unprocessable(_) => "unprocessable",
-            Self::Unauthorized(_) => "unauthorized",
-            Self::Forbidden(_) => "forbidden",
-            Self::ReauthenticationRequired(_) => "reauthentication-required",
-            Self::NotFound(_) => "not-found",
-            Self::Conflict { kind, .. } => kind,
-            Self::PreconditionFailed => "precondition-failed",
-            Self::PayloadTooLarge => "payload-too-large",
-            Self::UnsupportedMediaType => "unsupported-media-type",
-            Self::TooManyRequests { .. } => "rate-limited",
-            Self::Unavailable { .. } => "unavailable",
-            Self::OutcomeUnknown => "outcome-unknown",
-            Self::Internal(_) => "internal",
+            Self::BadRequest(_) | Self::Malformed(_) => (StatusCode::BAD_REQUEST, "bad-request"),
+            Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation-error"),
+            Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::ReauthenticationRequired(_) => (StatusCode::FORBIDDEN, "reauthentication-required"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            Self::Conflict { kind, .. } => (StatusCode::CONFLICT, kind),
+            Self::PreconditionFailed => (StatusCode::PRECONDITION_FAILED, "precondition-failed"),
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
+            Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type"),
+            Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
+            Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::OutcomeUnknown => (StatusCode::GATEWAY_TIMEOUT, "outcome-unknown"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 
@@ -100,9 +103,9 @@ impl AppError {
     }
 
     pub fn to_problem(&self) -> Problem {
-        let status = self.status_code();
+        let (status, kind) = self.kind();
         let mut problem = Problem::for_status(status);
-        problem.kind = self.slug();
+        problem.kind = kind;
         match self {
             Self::BadRequest(detail)
             | Self::Unprocessable(detail)
@@ -139,21 +142,7 @@ impl AppError {
 
 impl ResponseError for AppError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            Self::BadRequest(_) | Self::Malformed(_) => StatusCode::BAD_REQUEST,
-            Self::Validation(_) | Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) | Self::ReauthenticationRequired(_) => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Conflict { .. } => StatusCode::CONFLICT,
-            Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
-            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.kind().0
     }
 
     fn error_response(&self) -> HttpResponse {
