@@ -367,7 +367,11 @@ start_redis() {
 
 # The limiter's backend as /metrics says (redis or local).
 limiter_backend() {
-    if curl -fsS --max-time 5 "http://$1/metrics" | grep -q '^storefront_rate_limiter_backend{backend="redis"} 1'; then
+    # Read the page whole first: `curl | grep -q` under pipefail fails whenever grep stops
+    # reading at the match before curl has written the rest (SIGPIPE).
+    local page
+    page=$(curl -fsS --max-time 5 "http://$1/metrics" || true)
+    if grep -q '^storefront_rate_limiter_backend{backend="redis"} 1' <<<"$page"; then
         echo redis
     else
         echo "local (fell back: not a valid run)"

@@ -324,7 +324,8 @@ async fn tracked_keys_stay_under_the_cap_when_clients_churn() {
             .unwrap();
         assert_eq!(response.status(), 200, "each new client gets its burst");
     }
-    // Each per-worker limiter shard keeps its share of the cap (50 / workers).
-    let tracked = app.metric("storefront_rate_limit_keys").await;
+    // Each per-worker limiter shard keeps its share of the cap (50 / workers). The gauge is
+    // reported on the limiter's tick, not per request: wait for the first report.
+    let tracked = app.metric_reaching("storefront_rate_limit_keys", 1.0).await;
     assert!(tracked > 0.0 && tracked <= 50.0, "{tracked} buckets tracked, the cap is 50");
 }
