@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod descriptors;
 pub mod domain;
+pub mod error_chain;
 pub mod http;
 pub mod metrics;
 pub mod request_context;

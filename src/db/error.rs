@@ -58,14 +58,7 @@ impl DbError {
     /// An internal failure caused by `error`: the message keeps `context` and every
     /// `source()` of the chain.
     pub fn internal(context: &str, error: &(dyn std::error::Error + 'static)) -> Self {
-        let mut text = format!("{context}: {error}");
-        let mut source = error.source();
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        Self::Internal(text)
+        Self::Internal(crate::error_chain::describe(context, error))
     }
 }
 
